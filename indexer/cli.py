@@ -1,0 +1,92 @@
+"""`satfind-index`: build or extend an index from GeoTIFF archives."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+PROG = "satfind-index"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Tile GeoTIFF archives into web-mercator tiles, embed them and store them "
+        "in a searchable index. Re-running adds only what is new.",
+    )
+    p.add_argument("archives", nargs="*", metavar="ARCHIVE",
+                   help="a folder (searched recursively), a raster, a .txt list of rasters, "
+                   "or a STAC item JSON")
+    p.add_argument("--index", required=True, metavar="DIR", help="index directory")
+    p.add_argument("--config", metavar="FILE", help="index_config.toml (default: built-in "
+                   "defaults, or ./index_config.toml when present)")
+    p.add_argument("--strict", action="store_true",
+                   help="any bad input is fatal (default: report it and index the rest)")
+    p.add_argument("--remove", action="append", default=[], metavar="SOURCE",
+                   help="remove a source's tiles (a raster path or a source key); repeatable")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _remove(index_dir: str, targets: list[str], identity) -> int:
+    from indexer.config import StoreSettings
+    from indexer.writer import IndexWriter
+
+    status = 0
+    with IndexWriter(index_dir, identity, StoreSettings()) as w:
+        for t in targets:
+            path = str(Path(t).resolve())
+            keys = [k for k, e in w.sources.items() if k == t or e["path"] == path]
+            if not keys:
+                print(f"{PROG}: {t}: not a source of {index_dir}", file=sys.stderr)
+                status = 1
+            for k in keys:
+                n = w.remove_source(k)
+                print(f"removed {w_path(path, t)}: {n} tiles")
+        w.commit()
+    return status
+
+
+def w_path(path: str, given: str) -> str:
+    return given if not os.path.exists(path) else path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.archives and not args.remove:
+        _parser().error("give at least one ARCHIVE (or --remove SOURCE)")
+    from encoder.model import EncoderError, SatelliteEncoder
+    from indexer.config import ConfigError, load_settings
+    from indexer.errors import IndexError_
+    from indexer.job import IndexJob
+
+    config = args.config
+    if config is None and Path("index_config.toml").is_file():
+        config = "index_config.toml"
+    try:
+        settings = load_settings(config)
+        encoder = SatelliteEncoder(settings.encoder)
+        if args.remove:
+            status = _remove(args.index, args.remove, encoder.identity)
+            if not args.archives:
+                return status
+        job = IndexJob(args.index, settings, encoder, strict=args.strict,
+                       progress=not args.quiet)
+        report = job.run(args.archives)
+    except (ConfigError, EncoderError, IndexError_) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    if report.interrupted:
+        return 130
+    if args.strict and report.problems:
+        print(f"{PROG}: --strict: stopped at the first bad input", file=sys.stderr)
+        return 1
+    nothing = report.rasters_indexed + report.rasters_unchanged == 0
+    return 1 if nothing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

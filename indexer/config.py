@@ -1,0 +1,229 @@
+"""`index_config.toml` read into typed, validated settings.
+
+Every field has a default; an unknown key or a wrong type is a one-line `ConfigError`
+naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from encoder.model import EncoderSpec
+
+
+class ConfigError(ValueError):
+    """Bad configuration (one-line message)."""
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    # Extensions picked up when an ARCHIVE is a folder (searched recursively).
+    raster_extensions: tuple[str, ...] = (".tif", ".tiff")
+    # STAC items: the asset key to index; "" = the first GeoTIFF asset with role "data"/"visual".
+    stac_asset: str = ""
+    # Acquisition time from the file name when neither STAC nor the TIFF datetime tag has one:
+    # a regex whose first group is parsed with `filename_time_format` (strptime).
+    filename_time_pattern: str = r"(?<!\d)(\d{8})(?!\d)"
+    filename_time_format: str = "%Y%m%d"
+    # Sensor name from the file name: {glob pattern = sensor}; first match wins.
+    sensor_patterns: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    # Ground pixel size (metres) the encoder was trained at; tiles are cut at the web-mercator
+    # zoom whose pixel size is nearest to it...
+    target_gsd_m: float = 10.0
+    # ...but never finer than native/max_upsample nor coarser than native*max_downsample, so
+    # a 300 m raster is not blown up into thousands of blurry tiles, nor a 15 cm aerial
+    # shrunk into a fraction of one tile.
+    max_upsample: float = 2.0
+    max_downsample: float = 4.0
+    # Fixed zoom for every raster (0 = derive from target_gsd_m as above).
+    zoom: int = 0
+    # 1-based band indexes mapped to R, G, B.
+    bands: tuple[int, ...] = (1, 2, 3)
+    # "auto": uint8 as is, other types percentile stretch. "uint8": pass through (clipped).
+    # "divisor": value / reflectance_divisor * 255 (e.g. Sentinel-2 L2A). "percentile".
+    scaling: str = "auto"
+    reflectance_divisor: float = 10000.0
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    # Tiles with more invalid (nodata / alpha / outside the raster) pixels than this are
+    # skipped and counted.
+    max_nodata_fraction: float = 0.5
+    # Pixels that are 0 in every selected band count as nodata even without a nodata value.
+    zero_is_nodata: bool = True
+    resampling: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    batch_size: int = 64
+    # DataLoader worker processes that read and warp tiles (0 = in the main process).
+    workers: int = 2
+    # A commit (manifest rename) every this many tiles: an interrupted run loses at most this.
+    commit_every: int = 2048
+    thumbnail_size: int = 128
+    thumbnail_quality: int = 85
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    # Below this many vectors the index is exact (Flat); at or above it, IVF-PQ is trained.
+    ivf_min_vectors: int = 50_000
+    # IVF lists; 0 = about 4*sqrt(N) at training time.
+    nlist: int = 0
+    # PQ sub-quantisers (must divide the embedding dimension); 0 = dim/8.
+    pq_m: int = 0
+    # Keep float16 copies of every vector (exact re-rank, "more like this", IVF re-training).
+    keep_float16: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    tiling: TilingSettings = field(default_factory=TilingSettings)
+    job: JobSettings = field(default_factory=JobSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    source: str = "<defaults>"
+
+
+_SECTIONS = {
+    "encoder": EncoderSpec,
+    "discovery": DiscoverySettings,
+    "tiling": TilingSettings,
+    "job": JobSettings,
+    "store": StoreSettings,
+}
+# Sections owned by other layers (search, api, ui) are allowed and read there.
+_FOREIGN_SECTIONS = {"search", "api", "ui", "train"}
+
+
+def _coerce(where: str, value: Any, typ: Any) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typ.__args__
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(f"{where}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {str(k): _coerce(f"{where}.{k}", v, typ.__args__[1]) for k, v in value.items()}
+    raise ConfigError(f"{where}: unsupported setting type {typ}")
+
+
+def _build(cls: type, table: dict, where: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(f"{where}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _validate(s: Settings) -> None:
+    where = s.source
+    t = s.tiling
+    if t.target_gsd_m <= 0:
+        raise ConfigError(f"{where}: tiling.target_gsd_m must be > 0, got {t.target_gsd_m}")
+    if t.max_upsample < 1 or t.max_downsample < 1:
+        raise ConfigError(f"{where}: tiling.max_upsample and max_downsample must be >= 1")
+    if not 0 <= t.zoom <= 24:
+        raise ConfigError(f"{where}: tiling.zoom must be 0 (auto) or 1..24, got {t.zoom}")
+    if len(t.bands) != 3 or any(b < 1 for b in t.bands):
+        raise ConfigError(f"{where}: tiling.bands must be three 1-based band indexes, got "
+                          f"{list(t.bands)}")
+    if t.scaling not in {"auto", "uint8", "divisor", "percentile"}:
+        raise ConfigError(f"{where}: tiling.scaling must be auto, uint8, divisor or percentile, "
+                          f"got {t.scaling!r}")
+    lo, hi = t.percentiles
+    if not 0 <= lo < hi <= 100:
+        raise ConfigError(f"{where}: tiling.percentiles must be 0 <= low < high <= 100")
+    if t.reflectance_divisor <= 0:
+        raise ConfigError(f"{where}: tiling.reflectance_divisor must be > 0")
+    if not 0 <= t.max_nodata_fraction < 1:
+        raise ConfigError(f"{where}: tiling.max_nodata_fraction must be in [0, 1)")
+    from rasterio.enums import Resampling
+
+    if t.resampling not in Resampling.__members__:
+        raise ConfigError(f"{where}: tiling.resampling {t.resampling!r} is not a GDAL "
+                          "resampling method (nearest, bilinear, cubic, average, ...)")
+    j = s.job
+    if j.batch_size < 1 or j.workers < 0 or j.commit_every < 1:
+        raise ConfigError(f"{where}: job.batch_size and job.commit_every must be >= 1, "
+                          "job.workers >= 0")
+    if not 16 <= j.thumbnail_size <= 1024 or not 1 <= j.thumbnail_quality <= 100:
+        raise ConfigError(f"{where}: job.thumbnail_size must be 16..1024 and "
+                          "thumbnail_quality 1..100")
+    st = s.store
+    if st.ivf_min_vectors < 1000 or st.nlist < 0 or st.pq_m < 0:
+        raise ConfigError(f"{where}: store.ivf_min_vectors must be >= 1000, nlist/pq_m >= 0")
+    try:
+        re.compile(s.discovery.filename_time_pattern)
+    except re.error as e:
+        raise ConfigError(f"{where}: discovery.filename_time_pattern is not a regex: {e}") from None
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read a TOML config (or defaults when `path` is None)."""
+    if path is None:
+        return Settings()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    parts: dict[str, Any] = {}
+    for section, table in data.items():
+        if section in _FOREIGN_SECTIONS:
+            continue
+        if section not in _SECTIONS:
+            raise ConfigError(f"{p}: unknown section [{section}] "
+                              f"(known: {', '.join(sorted(_SECTIONS | dict.fromkeys(_FOREIGN_SECTIONS)))})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{p}: [{section}] must be a table")
+        parts[section] = _build(_SECTIONS[section], table, f"{p}: {section}")
+    # A relative checkpoint / model-config path is relative to the config file.
+    enc = parts.get("encoder")
+    if enc is not None:
+        repl = {}
+        for key in ("checkpoint", "model"):
+            val = getattr(enc, key)
+            if val and (key == "checkpoint" or val.endswith(".json")) and not Path(val).is_absolute():
+                repl[key] = str((p.parent / val).resolve())
+        if repl:
+            parts["encoder"] = dataclasses.replace(enc, **repl)
+    s = Settings(**parts, source=str(p))
+    _validate(s)
+    return s

@@ -1,0 +1,96 @@
+"""Tile reading as a torch Dataset, so DataLoader worker processes read, warp, scale and
+JPEG-encode tiles while the main process encodes the previous batch."""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import mercantile
+import numpy as np
+import torch
+from PIL import Image
+from rasterio.errors import RasterioError
+from torch.utils.data import DataLoader, Dataset
+
+from indexer.config import JobSettings, TilingSettings
+from indexer.raster import RasterInfo
+from indexer.tiling import TileReader
+
+OPEN_READERS = 8  # per worker process
+
+
+@dataclass(frozen=True)
+class RasterPlan:
+    info: RasterInfo
+    zoom: int
+    tile_range: tuple[int, int, int, int]
+
+
+def jpeg_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
+    """uint8 [3, H, W] -> JPEG bytes, `size` pixels wide."""
+    img = Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)))
+    if img.width != size:
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class TileDataset(Dataset):
+    """Item i: tile tasks[i] = (raster index, x, y) read from plans[raster index]."""
+
+    def __init__(self, plans: list[RasterPlan], tasks: list[tuple[int, int, int]], tile_px: int,
+                 tiling: TilingSettings, job: JobSettings):
+        self.plans, self.tasks, self.px = plans, tasks, tile_px
+        self.tiling, self.job = tiling, job
+        self._readers: OrderedDict[int, TileReader] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def _reader(self, r: int) -> TileReader:
+        if r in self._readers:
+            self._readers.move_to_end(r)
+            return self._readers[r]
+        while len(self._readers) >= OPEN_READERS:
+            self._readers.popitem(last=False)[1].close()
+        plan = self.plans[r]
+        reader = TileReader(plan.info, plan.zoom, self.px, self.tiling, plan.tile_range)
+        self._readers[r] = reader
+        return reader
+
+    def __getitem__(self, i: int) -> dict:
+        r, x, y = self.tasks[i]
+        z = self.plans[r].zoom
+        item = {"raster": r, "x": x, "y": y, "z": z, "rgb": None, "nodata_fraction": 1.0,
+                "thumb": None, "error": None}
+        try:
+            read = self._reader(r).read(mercantile.Tile(x, y, z))
+        except (RasterioError, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            item["error"] = f"cannot read tile {z}/{x}/{y} (truncated or corrupt file?): {msg}"
+            return item
+        item["nodata_fraction"] = read.nodata_fraction
+        if read.nodata_fraction <= self.tiling.max_nodata_fraction:
+            item["rgb"] = read.rgb
+            item["thumb"] = jpeg_thumbnail(read.rgb, self.job.thumbnail_size,
+                                           self.job.thumbnail_quality)
+        return item
+
+
+def collate(items: list[dict]) -> list[dict]:
+    return items
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def tile_loader(dataset: TileDataset, job: JobSettings) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers,
+        collate_fn=collate, worker_init_fn=_worker_init if job.workers else None,
+        prefetch_factor=4 if job.workers else None, persistent_workers=False,
+    )

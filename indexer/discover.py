@@ -1,0 +1,166 @@
+"""Archive discovery: folders, single rasters, list files and STAC items -> raster sources."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from indexer.config import DiscoverySettings
+from indexer.errors import InputError
+
+LIST_SUFFIXES = {".txt", ".lst"}
+STAC_SUFFIXES = {".json", ".geojson"}
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """One raster to index, with what its catalogue entry (if any) says about it."""
+
+    path: str  # absolute path of the raster file
+    stac_item: str | None = None  # the STAC item JSON it came from
+    acquired: datetime | None = None  # from STAC
+    sensor: str | None = None  # from STAC platform/constellation
+
+
+def _is_stac_item(data: object) -> bool:
+    return isinstance(data, dict) and data.get("type") == "Feature" and "stac_version" in data
+
+
+def _stac_sources(path: Path, settings: DiscoverySettings) -> list[RasterSource]:
+    import pystac
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(str(path), f"not a readable JSON file ({e.__class__.__name__})") from None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features", [])
+    else:
+        features = [data]
+    out = []
+    for feat in features:
+        if not _is_stac_item(feat):
+            raise InputError(str(path), "not a STAC item (expected type 'Feature' with stac_version)")
+        try:
+            item = pystac.Item.from_dict(feat)
+        except Exception as e:  # pystac raises several types for malformed items
+            raise InputError(str(path), f"invalid STAC item: {e}") from None
+        out.append(_stac_item_source(item, path, settings))
+    return out
+
+
+def _stac_item_source(item, path: Path, settings: DiscoverySettings) -> RasterSource:
+    assets = item.assets
+    if settings.stac_asset:
+        if settings.stac_asset not in assets:
+            raise InputError(
+                str(path), f"STAC item {item.id!r} has no asset {settings.stac_asset!r} "
+                f"(has: {', '.join(assets) or 'none'})"
+            )
+        asset = assets[settings.stac_asset]
+    else:
+        tiffs = [a for a in assets.values() if "tiff" in (a.media_type or "").lower()
+                 or a.href.lower().endswith((".tif", ".tiff"))]
+        preferred = [a for a in tiffs if {"data", "visual"} & set(a.roles or [])]
+        if not (preferred or tiffs):
+            raise InputError(str(path), f"STAC item {item.id!r} has no GeoTIFF asset")
+        asset = (preferred or tiffs)[0]
+    href = asset.href
+    if "://" in href and not href.startswith("file://"):
+        raise InputError(str(path), f"STAC item {item.id!r}: remote asset {href} is not supported")
+    href = href.removeprefix("file://")
+    raster = (path.parent / href).resolve() if not Path(href).is_absolute() else Path(href)
+    if not raster.is_file():
+        raise InputError(str(path), f"STAC item {item.id!r}: asset file {raster} is missing")
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    sensor = item.common_metadata.platform or item.common_metadata.constellation
+    return RasterSource(str(raster), stac_item=str(path), acquired=when, sensor=sensor)
+
+
+def _list_file_sources(path: Path, settings: DiscoverySettings):
+    sources, problems = [], []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        return [], [InputError(str(path), f"cannot read list file ({e.__class__.__name__})")]
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        entry = Path(line)
+        if not entry.is_absolute():
+            entry = path.parent / entry
+        s, p = _discover_one(entry, settings, from_list=True)
+        sources += s
+        problems += p
+    return sources, problems
+
+
+def _discover_one(path: Path, settings: DiscoverySettings, from_list: bool = False):
+    if not path.exists():
+        return [], [InputError(str(path), "does not exist")]
+    if path.is_dir():
+        return _folder_sources(path, settings)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in STAC_SUFFIXES:
+            return _stac_sources(path, settings), []
+        if suffix in LIST_SUFFIXES and not from_list:
+            return _list_file_sources(path, settings)
+    except InputError as e:
+        return [], [e]
+    return [RasterSource(str(path.resolve()))], []
+
+
+def _folder_sources(folder: Path, settings: DiscoverySettings):
+    exts = {e.lower() for e in settings.raster_extensions}
+    rasters, stac_files = [], []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        if p.suffix.lower() in exts:
+            rasters.append(p.resolve())
+        elif p.suffix.lower() in STAC_SUFFIXES:
+            stac_files.append(p)
+    sources, problems = [], []
+    for f in stac_files:
+        try:
+            sources += _stac_sources(f, settings)
+        except InputError as e:
+            # Other JSON files in an archive folder are not an error; broken STAC items are.
+            if "not a STAC item" not in e.message:
+                problems.append(e)
+    described = {s.path for s in sources}
+    sources += [RasterSource(str(r)) for r in rasters if str(r) not in described]
+    if not sources and not problems:
+        problems.append(InputError(str(folder), "folder contains no GeoTIFF or STAC item "
+                                   f"(looked for {', '.join(sorted(exts))}, .json)"))
+    return sources, problems
+
+
+def discover(archives: list[str], settings: DiscoverySettings):
+    """ARCHIVE arguments -> (unique raster sources in a stable order, input problems)."""
+    sources: list[RasterSource] = []
+    problems: list[InputError] = []
+    for a in archives:
+        s, p = _discover_one(Path(a), settings)
+        sources += s
+        problems += p
+    seen: dict[str, RasterSource] = {}
+    for s in sources:
+        # A raster reached both directly and through a STAC item keeps the STAC metadata.
+        if s.path not in seen or (s.stac_item and not seen[s.path].stac_item):
+            seen[s.path] = s
+    return list(seen.values()), problems
+
+
+def parse_tiff_datetime(value: str) -> datetime | None:
+    """TIFFTAG_DATETIME is 'YYYY:MM:DD HH:MM:SS' (TIFF 6.0); treated as UTC."""
+    try:
+        return datetime.strptime(value.strip(), "%Y:%m:%d %H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None

@@ -1,0 +1,194 @@
+"""Inspecting a raster before indexing: CRS, footprint, ground pixel size, time, sensor,
+scaling statistics, and the checks that turn bad input into one-line errors."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
+
+from indexer.config import DiscoverySettings, TilingSettings
+from indexer.discover import RasterSource, parse_tiff_datetime
+from indexer.errors import InputError
+
+EARTH_RADIUS_M = 6378137.0
+METRES_PER_DEGREE = 2 * math.pi * EARTH_RADIUS_M / 360
+# Decimated read used for validity checks and percentile statistics (never the full scene).
+OVERVIEW_PX = 512
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str
+    lonlat_bounds: tuple[float, float, float, float]  # west, south, east, north
+    native_gsd_m: float
+    acquired: datetime | None
+    sensor: str
+    add_alpha: bool  # no nodata value: the warp adds an alpha band to mark outside pixels
+    scale_lo: tuple[float, float, float]  # per selected band: value mapped to 0
+    scale_hi: tuple[float, float, float]  # ... and to 255
+
+    @property
+    def centre_lat(self) -> float:
+        return (self.lonlat_bounds[1] + self.lonlat_bounds[3]) / 2
+
+
+def content_sha256(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_stat(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _native_gsd_m(src, lat: float) -> float:
+    """Ground size of one source pixel in metres (geometric mean of x and y)."""
+    rx, ry = abs(src.res[0]), abs(src.res[1])
+    crs = src.crs
+    if crs.is_geographic:
+        gx, gy = rx * METRES_PER_DEGREE * math.cos(math.radians(lat)), ry * METRES_PER_DEGREE
+    else:
+        unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+        gx, gy = rx * unit, ry * unit
+        if crs.to_epsg() in (3857, 900913):  # web-mercator metres shrink with latitude
+            c = math.cos(math.radians(lat))
+            gx, gy = gx * c, gy * c
+    return math.sqrt(gx * gy)
+
+
+def _acquired(source: RasterSource, tags: dict, settings: DiscoverySettings) -> datetime | None:
+    if source.acquired is not None:
+        return source.acquired
+    if "TIFFTAG_DATETIME" in tags:
+        when = parse_tiff_datetime(tags["TIFFTAG_DATETIME"])
+        if when is not None:
+            return when
+    m = re.search(settings.filename_time_pattern, Path(source.path).name)
+    if m:
+        try:
+            return datetime.strptime(m.group(1), settings.filename_time_format).replace(tzinfo=UTC)
+        except (ValueError, IndexError):
+            return None
+    return None
+
+
+def _sensor(source: RasterSource, tags: dict, settings: DiscoverySettings) -> str:
+    if source.sensor:
+        return source.sensor
+    name = Path(source.path).name
+    for pattern, sensor in settings.sensor_patterns.items():
+        if fnmatch.fnmatch(name, pattern):
+            return sensor
+    for key in ("SENSOR", "SATELLITE", "PLATFORM", "SPACECRAFT_ID"):
+        if tags.get(key):
+            return str(tags[key])
+    return "unknown"
+
+
+def _valid_mask(src, data: np.ndarray, mask: np.ndarray, tiling: TilingSettings) -> np.ndarray:
+    valid = mask > 0
+    if tiling.zero_is_nodata:
+        valid &= np.any(data != 0, axis=0)
+    return valid
+
+
+def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
+                   tiling: TilingSettings) -> RasterInfo:
+    """Open and check one raster; raises InputError with a one-line reason."""
+    path = source.path
+    try:
+        src = rasterio.open(path)
+    except RasterioError:
+        raise InputError(path, "not a raster GDAL can read (or a corrupt GeoTIFF)") from None
+    with src:
+        if src.crs is None:
+            raise InputError(path, "raster has no CRS (georeference it, e.g. gdal_edit.py -a_srs)")
+        if src.width == 0 or src.height == 0:
+            raise InputError(path, "raster has no pixels")
+        bad = [b for b in tiling.bands if b > src.count]
+        if bad:
+            raise InputError(path, f"band {bad[0]} requested by tiling.bands but the raster "
+                             f"has {src.count} band(s)")
+        try:
+            w, s, e, n = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
+        except Exception as exc:  # PROJ errors come in several types
+            raise InputError(path, f"cannot transform bounds to lon/lat: {exc}") from None
+        n, s = min(n, 85.05112878), max(s, -85.05112878)  # web-mercator limits
+        if not (math.isfinite(w) and math.isfinite(e)) or w >= e or s >= n:
+            raise InputError(path, "raster footprint is outside the web-mercator world")
+        lat = (s + n) / 2
+        # Decimated read: checks that pixels decode and gives the statistics for scaling.
+        scale = min(1.0, OVERVIEW_PX / max(src.width, src.height))
+        shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
+        try:
+            data = src.read(list(tiling.bands), out_shape=(3, *shape))
+            mask = src.dataset_mask(out_shape=shape)
+        except RasterioError as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else "read error"
+            raise InputError(path, f"cannot read pixels (truncated or corrupt file?): {msg}") from None
+        valid = _valid_mask(src, data, mask, tiling)
+        if not valid.any():
+            raise InputError(path, "raster is entirely nodata (no valid pixel)")
+        dtype = src.dtypes[0]
+        lo, hi = _scaling(dtype, data, valid, tiling, path)
+        tags = src.tags()
+        has_alpha = any(ci.name == "alpha" for ci in src.colorinterp)
+        return RasterInfo(
+            path=path, width=src.width, height=src.height, count=src.count, dtype=dtype,
+            crs=src.crs.to_string(), lonlat_bounds=(w, s, e, n),
+            native_gsd_m=_native_gsd_m(src, lat),
+            acquired=_acquired(source, tags, discovery),
+            sensor=_sensor(source, tags, discovery),
+            add_alpha=src.nodata is None and not has_alpha,
+            scale_lo=lo, scale_hi=hi,
+        )
+
+
+def _scaling(dtype: str, data: np.ndarray, valid: np.ndarray, tiling: TilingSettings, path: str):
+    mode = tiling.scaling
+    if mode == "auto":
+        mode = "uint8" if dtype == "uint8" else "percentile"
+    if mode == "uint8":
+        return (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
+    if mode == "divisor":
+        d = tiling.reflectance_divisor
+        return (0.0, 0.0, 0.0), (d, d, d)
+    lo, hi = [], []
+    for band in data:
+        vals = band[valid].astype(np.float64)
+        p_lo, p_hi = np.percentile(vals, tiling.percentiles)
+        if p_hi <= p_lo:
+            p_hi = p_lo + 1.0
+        lo.append(float(p_lo))
+        hi.append(float(p_hi))
+    return tuple(lo), tuple(hi)
+
+
+def to_uint8(data: np.ndarray, lo: tuple[float, ...], hi: tuple[float, ...]) -> np.ndarray:
+    """[3, H, W] any dtype -> uint8 by the per-band linear map lo->0, hi->255 (clipped)."""
+    if data.dtype == np.uint8 and lo == (0.0, 0.0, 0.0) and hi == (255.0, 255.0, 255.0):
+        return data
+    lo_a = np.asarray(lo, dtype=np.float32)[:, None, None]
+    hi_a = np.asarray(hi, dtype=np.float32)[:, None, None]
+    out = (data.astype(np.float32) - lo_a) * (255.0 / (hi_a - lo_a))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -1,0 +1,101 @@
+"""Web-mercator tiling: zoom choice from the target ground pixel size, the tile grid of a
+raster, and windowed reads of aligned tiles through a WarpedVRT (any CRS in)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mercantile
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from indexer.config import TilingSettings
+from indexer.raster import EARTH_RADIUS_M, RasterInfo, to_uint8
+
+WORLD_M = 2 * math.pi * EARTH_RADIUS_M  # web-mercator world width in projected metres
+ORIGIN = WORLD_M / 2
+MAX_ZOOM = 24
+
+
+def tile_gsd_m(zoom: int, lat: float, tile_px: int) -> float:
+    """Ground size (m) of one pixel of a `tile_px`-wide tile at `zoom` and latitude `lat`."""
+    return WORLD_M * math.cos(math.radians(lat)) / (tile_px * 2**zoom)
+
+
+def choose_zoom(native_gsd_m: float, lat: float, tile_px: int, tiling: TilingSettings) -> int:
+    """Zoom whose pixel size is nearest (in log scale) to target_gsd_m, restricted to
+    [native / max_upsample, native * max_downsample] when any zoom falls in that range."""
+    if tiling.zoom:
+        return tiling.zoom
+    lo = native_gsd_m / tiling.max_upsample
+    hi = native_gsd_m * tiling.max_downsample
+    zooms = range(MAX_ZOOM + 1)
+    allowed = [z for z in zooms if lo <= tile_gsd_m(z, lat, tile_px) <= hi]
+    goal = tiling.target_gsd_m
+    if not allowed:  # the range falls between two zooms: nearest to the native size
+        allowed, goal = list(zooms), native_gsd_m
+    return min(allowed, key=lambda z: abs(math.log(tile_gsd_m(z, lat, tile_px) / goal)))
+
+
+def raster_tiles(info: RasterInfo, zoom: int) -> list[mercantile.Tile]:
+    """Tiles at `zoom` that intersect the raster's lon/lat footprint, in row-major order."""
+    w, s, e, n = info.lonlat_bounds
+    tiles = list(mercantile.tiles(w, s, e, n, zooms=[zoom]))
+    return sorted(tiles, key=lambda t: (t.y, t.x))
+
+
+def tile_range(tiles: list[mercantile.Tile]) -> tuple[int, int, int, int]:
+    """(min x, min y, max x, max y) of a non-empty list of tiles."""
+    xs, ys = [t.x for t in tiles], [t.y for t in tiles]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+@dataclass(frozen=True)
+class TileRead:
+    rgb: np.ndarray  # uint8 [3, S, S]
+    nodata_fraction: float
+
+
+class TileReader:
+    """Reads aligned web-mercator tiles of one raster at one zoom.
+
+    One WarpedVRT spans the raster's tile range on the exact tile grid (pixel size =
+    tile width / S), so every tile is an integer window of it: GDAL warps only that window.
+    """
+
+    def __init__(self, info: RasterInfo, zoom: int, tile_px: int, tiling: TilingSettings,
+                 tile_range: tuple[int, int, int, int]):
+        self.info, self.zoom, self.px, self.tiling = info, zoom, tile_px, tiling
+        self.x0, self.y0, x1, y1 = tile_range
+        nx, ny = x1 - self.x0 + 1, y1 - self.y0 + 1
+        tile_m = WORLD_M / 2**zoom
+        res = tile_m / tile_px
+        transform = Affine(res, 0.0, -ORIGIN + self.x0 * tile_m, 0.0, -res,
+                           ORIGIN - self.y0 * tile_m)
+        self._src = rasterio.open(info.path)
+        self._vrt = WarpedVRT(
+            self._src, crs="EPSG:3857", transform=transform, width=nx * tile_px,
+            height=ny * tile_px, resampling=Resampling[tiling.resampling],
+            add_alpha=info.add_alpha,
+        )
+        self._bands = list(tiling.bands)
+
+    def read(self, tile: mercantile.Tile) -> TileRead:
+        win = Window((tile.x - self.x0) * self.px, (tile.y - self.y0) * self.px, self.px, self.px)
+        data = self._vrt.read(self._bands, window=win)
+        valid = self._vrt.dataset_mask(window=win) > 0
+        if self.tiling.zero_is_nodata:
+            valid &= np.any(data != 0, axis=0)
+        rgb = to_uint8(data, self.info.scale_lo, self.info.scale_hi)
+        if not valid.all():
+            rgb = np.where(valid[None], rgb, np.uint8(0))
+        return TileRead(rgb=rgb, nodata_fraction=float(1.0 - valid.mean()))
+
+    def close(self) -> None:
+        self._vrt.close()
+        self._src.close()
