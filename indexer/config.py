@@ -131,7 +131,7 @@ def _coerce(where: str, value: Any, typ: Any) -> Any:
             return tuple(_coerce(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(f"{where}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(f"{where}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
@@ -209,8 +209,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         if section in _FOREIGN_SECTIONS:
             continue
         if section not in _SECTIONS:
-            raise ConfigError(f"{p}: unknown section [{section}] "
-                              f"(known: {', '.join(sorted(_SECTIONS | dict.fromkeys(_FOREIGN_SECTIONS)))})")
+            known = ", ".join(sorted([*_SECTIONS, *_FOREIGN_SECTIONS]))
+            raise ConfigError(f"{p}: unknown section [{section}] (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{p}: [{section}] must be a table")
         parts[section] = _build(_SECTIONS[section], table, f"{p}: {section}")
@@ -220,7 +220,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         repl = {}
         for key in ("checkpoint", "model"):
             val = getattr(enc, key)
-            if val and (key == "checkpoint" or val.endswith(".json")) and not Path(val).is_absolute():
+            is_path = key == "checkpoint" or val.endswith(".json")
+            if val and is_path and not Path(val).is_absolute():
                 repl[key] = str((p.parent / val).resolve())
         if repl:
             parts["encoder"] = dataclasses.replace(enc, **repl)

@@ -42,7 +42,8 @@ def _stac_sources(path: Path, settings: DiscoverySettings) -> list[RasterSource]
     out = []
     for feat in features:
         if not _is_stac_item(feat):
-            raise InputError(str(path), "not a STAC item (expected type 'Feature' with stac_version)")
+            raise InputError(str(path),
+                             "not a STAC item (expected type 'Feature' with stac_version)")
         try:
             item = pystac.Item.from_dict(feat)
         except Exception as e:  # pystac raises several types for malformed items

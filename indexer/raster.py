@@ -145,7 +145,8 @@ def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
             mask = src.dataset_mask(out_shape=shape)
         except RasterioError as exc:
             msg = str(exc).splitlines()[0] if str(exc) else "read error"
-            raise InputError(path, f"cannot read pixels (truncated or corrupt file?): {msg}") from None
+            raise InputError(path,
+                             f"cannot read pixels (truncated or corrupt file?): {msg}") from None
         valid = _valid_mask(src, data, mask, tiling)
         if not valid.any():
             raise InputError(path, "raster is entirely nodata (no valid pixel)")

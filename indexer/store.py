@@ -99,15 +99,14 @@ class IndexSnapshot:
             return TILE_SCHEMA.empty_table()
         return pa.concat_tables([pq.read_table(p, columns=columns) for p in self.tile_parts])
 
-    def sql(self, query: str, params: list | None = None) -> duckdb.DuckDBPyRelation:
+    def sql(self, query: str, params: list | None = None) -> pa.Table:
         """Run DuckDB SQL with a `tiles` view over the snapshot's Parquet parts."""
         con = duckdb.connect()
         if self.tile_parts:
-            files = ", ".join(f"'{p.as_posix()}'" for p in self.tile_parts)
-            con.execute(f"CREATE VIEW tiles AS SELECT * FROM read_parquet([{files}])")
+            con.read_parquet([str(p) for p in self.tile_parts]).create_view("tiles")
         else:
             con.register("tiles", self.tiles())
-        return con.execute(query, params or []).fetch_arrow_table()
+        return con.sql(query, params=params).to_arrow_table()
 
     def thumbnail(self, tile_id: int) -> bytes | None:
         for part, path in zip(self.manifest["parts"], self.thumb_parts, strict=True):

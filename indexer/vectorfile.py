@@ -30,7 +30,7 @@ class VectorFileWriter:
         exists = path.exists()
         self._f = open(path, "r+b" if exists else "w+b")
         if not exists and committed_rows:
-            raise FileNotFoundError(f"{path} is missing but the manifest names {committed_rows} rows")
+            raise FileNotFoundError(f"{path} is missing; the manifest names {committed_rows} rows")
         self.rows = committed_rows
         self._f.truncate(HEADER_BYTES + committed_rows * dim * DTYPE.itemsize)
         self._write_header()

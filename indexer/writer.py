@@ -52,6 +52,8 @@ TILE_SCHEMA = pa.schema([
 ])
 THUMB_SCHEMA = pa.schema([("id", pa.int64()), ("jpeg", pa.binary())])
 TILE_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "id"]
+# POSIX locks are per process; this set stops two writers inside one process.
+_HELD: set[Path] = set()
 
 
 def _now() -> str:
@@ -73,17 +75,23 @@ class IndexWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / TILES_DIR).mkdir(exist_ok=True)
         (self.dir / THUMBS_DIR).mkdir(exist_ok=True)
+        self._key = self.dir.resolve()
+        busy = IndexError_(f"{self.dir}: another satfind-index process is writing this index")
+        if self._key in _HELD:
+            raise busy
         self._lock = open(self.dir / LOCK, "a+")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock belongs to this process only: forked DataLoader workers do
+            # not inherit it, so a killed writer never leaves the index locked by orphans.
+            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             self._lock.close()
-            raise IndexError_(f"{self.dir}: another satfind-index process is writing this index") \
-                from None
+            raise busy from None
+        _HELD.add(self._key)
         try:
             self._open(identity)
         except BaseException:
-            self._lock.close()
+            self._release()
             raise
 
     def _open(self, identity: EncoderIdentity) -> None:
@@ -264,10 +272,14 @@ class IndexWriter:
         info["chosen"] = (f"auto: IVF-PQ trained at {n} vectors (store.ivf_min_vectors = "
                           f"{self.settings.ivf_min_vectors})")
 
+    def _release(self) -> None:
+        _HELD.discard(self._key)
+        self._lock.close()
+
     def close(self) -> None:
         if self._vectors is not None:
             self._vectors.close()
-        self._lock.close()
+        self._release()
 
     def __enter__(self) -> IndexWriter:
         return self

@@ -1,0 +1,144 @@
+"""Crash safety with a real subprocess: SIGKILL mid-run, readers in another process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.job import IndexJob
+from indexer.manifest import THUMBS_DIR, TILES_DIR
+from indexer.store import IndexSnapshot
+from tests.conftest import OFFLINE_CONFIG, ROOT, make_raster
+
+KILL_DEADLINE_S = 120
+
+
+def _config(tmp_path: Path) -> Path:
+    text = OFFLINE_CONFIG.read_text()
+    text = text.replace("workers = 2", "workers = 1").replace("commit_every = 256",
+                                                                "commit_every = 64")
+    text = text.replace("batch_size = 64", "batch_size = 32")
+    assert "commit_every = 64" in text and "workers = 1" in text
+    cfg = tmp_path / "crash.toml"
+    cfg.write_text(text)
+    return cfg
+
+
+def _start(archive: Path, idx: Path, cfg: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "indexer.cli", str(archive), "--index", str(idx),
+         "--config", str(cfg), "-q"],
+        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _committed(idx: Path) -> dict | None:
+    try:
+        return json.loads((idx / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def test_sigkill_then_resume(tmp_path, settings, encoder):
+    archive = tmp_path / "archive"
+    make_raster(archive / "big.tif", size=2048, res=5.0, seed=3)
+    # The reference: the same job, uninterrupted, in this process.
+    ref = IndexJob(tmp_path / "ref", settings, encoder, progress=False).run([str(archive)])
+    expected = {(r["z"], r["x"], r["y"]) for r in IndexSnapshot.open(tmp_path / "ref").tiles()
+                .to_pylist()}
+    assert len(expected) == ref.tiles_written > 500
+
+    idx, cfg = tmp_path / "idx", _config(tmp_path)
+    proc = _start(archive, idx, cfg)
+    reads = 0
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    try:
+        while time.monotonic() < deadline:  # bounded in time
+            m = _committed(idx)
+            if m and m["counts"]["tiles"] > 0:
+                # Another process (this one) opens and searches while the job writes.
+                snap = IndexSnapshot.open(idx)
+                some = snap.tiles(["id"])["id"].to_numpy()[:3]
+                _, found = snap.search(snap.get_vectors(some), 1)
+                assert (found[:, 0] == some).all()
+                reads += 1
+                if m["counts"]["tiles"] >= 192:
+                    break
+            assert proc.poll() is None, f"job ended before it could be killed: {proc.stderr.read()}"
+            time.sleep(0.02)
+        else:
+            pytest.fail("the job committed nothing within the deadline")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert reads >= 1
+
+    # The killed index opens at its last commit and searches.
+    snap = IndexSnapshot.open(idx)
+    at_kill = snap.ntotal
+    assert 0 < at_kill < len(expected)
+    (src,) = snap.manifest["sources"].values()
+    assert src["status"] == "partial"
+    ids = snap.tiles(["id"])["id"].to_numpy()
+    _, found = snap.search(snap.get_vectors(ids[-5:]), 1)
+    assert (found[:, 0] == ids[-5:]).all()
+
+    # Re-running completes the job: same tiles as the uninterrupted run, no duplicates.
+    proc = _start(archive, idx, cfg)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    snap = IndexSnapshot.open(idx)
+    rows = snap.tiles().to_pylist()
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == snap.ntotal
+    assert {(r["z"], r["x"], r["y"]) for r in rows} == expected
+    assert len(rows) == len(expected)
+    (src,) = snap.manifest["sources"].values()
+    assert src["status"] == "complete" and src["tiles"] == len(expected)
+    # Garbage from the killed run is gone: every part on disk is named by the manifest.
+    named = {p["name"] for p in snap.manifest["parts"]}
+    assert {f.name for f in (idx / TILES_DIR).iterdir()} == named
+    assert {f.name for f in (idx / THUMBS_DIR).iterdir()} == named
+    # Float16 copies match the FAISS index for every live id.
+    vecs = snap.get_vectors(ids)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=2e-3)
+
+
+def test_ctrl_c_commits_what_was_read(tmp_path):
+    archive = tmp_path / "archive"
+    make_raster(archive / "big.tif", size=3072, res=5.0, seed=4)
+    idx, cfg = tmp_path / "idx", _config(tmp_path)
+    proc = _start(archive, idx, cfg)
+    try:
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        while time.monotonic() < deadline:
+            m = _committed(idx)
+            if m and m["counts"]["tiles"] > 0:
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert out.startswith("interrupted, committed so far:")
+    assert "Traceback" not in err
+    snap = IndexSnapshot.open(idx)
+    assert snap.ntotal == int(out.split("tiles: ")[1].split(" written")[0])

@@ -1,0 +1,149 @@
+"""The store on its own: commits, snapshots, IVF switch, removal, locking, garbage."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import mercantile
+import numpy as np
+import pytest
+
+from encoder.model import EncoderIdentity
+from indexer.config import StoreSettings
+from indexer.errors import IndexError_
+from indexer.store import IndexSnapshot
+from indexer.writer import IndexWriter
+from tests.conftest import ROOT
+
+DIM = 16
+IDENT = EncoderIdentity("fake", "c" * 64, "w" * 64, DIM, 64)
+
+
+def _rows(n: int, key: str, start: int = 0) -> list[dict]:
+    out = []
+    for i in range(start, start + n):
+        t = mercantile.Tile(i % 1000, i // 1000, 12)
+        b = mercantile.bounds(t)
+        out.append({"z": 12, "x": t.x, "y": t.y, "west": b.west, "south": b.south,
+                    "east": b.east, "north": b.north, "source": f"/data/{key}.tif",
+                    "source_key": key, "acquired": datetime(2020, 1, 1, tzinfo=UTC),
+                    "sensor": "test", "gsd_m": 5.0, "native_gsd_m": 5.0,
+                    "nodata_fraction": 0.0})
+    return out
+
+
+def _vecs(n: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _add(w: IndexWriter, n: int, key: str, seed: int) -> np.ndarray:
+    v = _vecs(n, seed)
+    w.add(_rows(n, key), v, [b"jpeg"] * n)
+    w.set_source(key, {"path": f"/data/{key}.tif", "status": "complete"})
+    return v
+
+
+def test_uncommitted_work_is_invisible_and_vectors_file_is_npy(tmp_path):
+    with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
+        v = _add(w, 10, "a", 0)
+        w.commit()
+        _add(w, 5, "b", 1)  # never committed
+    snap = IndexSnapshot.open(tmp_path)
+    assert snap.ntotal == 10 and snap.tiles().num_rows == 10
+    assert set(snap.manifest["sources"]) == {"a"}
+    assert np.allclose(np.load(tmp_path / "vectors.f16.npy"), v, atol=1e-3)
+    # the next writer truncates the uncommitted float16 rows and starts ids after 10
+    with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
+        _add(w, 3, "c", 2)
+        w.commit()
+    snap = IndexSnapshot.open(tmp_path)
+    assert sorted(snap.tiles(["id"])["id"].to_pylist()) == list(range(13))
+    assert np.load(tmp_path / "vectors.f16.npy").shape == (13, DIM)
+
+
+def test_flat_switches_to_ivfpq_and_keeps_ids(tmp_path):
+    st = StoreSettings(ivf_min_vectors=1000, nlist=8, pq_m=4)
+    with IndexWriter(tmp_path, IDENT, st) as w:
+        _add(w, 600, "a", 0)
+        w.commit()
+        assert w.m["index"]["factory"] == "Flat"
+        _add(w, 600, "b", 1)
+        w.commit()
+    snap = IndexSnapshot.open(tmp_path)
+    info = snap.manifest["index"]
+    assert info["factory"] == "IVF8,PQ4" and "IVF-PQ" in info["chosen"]
+    assert snap.ntotal == 1200
+    # exact search over candidates from IVF-PQ: the query's own tile is among the top 10
+    ids = np.arange(0, 1200, 37)
+    _, found = snap.search(snap.get_vectors(ids), 10, nprobe=8)
+    hit = np.mean([i in row for i, row in zip(ids, found, strict=True)])
+    assert hit >= 0.9
+
+
+def test_remove_source_everywhere(tmp_path):
+    with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
+        _add(w, 20, "a", 0)
+        _add(w, 30, "b", 1)
+        w.commit()
+        assert w.remove_source("a") == 20
+        w.commit()
+    snap = IndexSnapshot.open(tmp_path)
+    assert snap.ntotal == 30
+    assert set(snap.tiles(["source_key"])["source_key"].to_pylist()) == {"b"}
+    assert set(snap.manifest["sources"]) == {"b"}
+    kept = snap.tiles(["id"])["id"].to_numpy()
+    assert snap.thumbnail(int(kept[0])) == b"jpeg"
+    _, found = snap.search(snap.get_vectors(np.arange(20)), 5)  # removed vectors are gone
+    assert not np.isin(found, np.arange(20)).any()
+
+
+def test_foreign_encoder_is_refused(tmp_path):
+    with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
+        w.commit()
+    other = dataclasses.replace(IDENT, weights_sha256="x" * 64)
+    with pytest.raises(IndexError_, match="built with encoder fake@wwwwwwwwwwww"):
+        IndexWriter(tmp_path, other, StoreSettings())
+    with pytest.raises(IndexError_, match="query encoder"):
+        IndexSnapshot.open(tmp_path).check_encoder(other)
+
+
+def test_one_writer_at_a_time(tmp_path):
+    with IndexWriter(tmp_path, IDENT, StoreSettings()):
+        with pytest.raises(IndexError_, match="another satfind-index process"):
+            IndexWriter(tmp_path, IDENT, StoreSettings())
+        # ... and from another process
+        code = ("import sys; from tests.test_store import *\n"
+                "try:\n    IndexWriter(sys.argv[1], IDENT, StoreSettings())\n"
+                "except IndexError_ as e:\n    print(e); sys.exit(3)\n")
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                           text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 3 and "another satfind-index process" in r.stdout, r.stderr
+    with IndexWriter(tmp_path, IDENT, StoreSettings()):  # released on close
+        pass
+
+
+def test_garbage_from_interrupted_runs_is_cleaned(tmp_path):
+    with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
+        _add(w, 5, "a", 0)
+        w.commit()
+    (tmp_path / "tiles" / "part-00099.parquet").write_bytes(b"junk")
+    (tmp_path / "vectors-000099.faiss").write_bytes(b"junk")
+    (tmp_path / ".manifest.json.tmp-1").write_bytes(b"junk")
+    assert IndexSnapshot.open(tmp_path).ntotal == 5  # readers ignore it
+    with IndexWriter(tmp_path, IDENT, StoreSettings()):
+        pass
+    assert not (tmp_path / "tiles" / "part-00099.parquet").exists()
+    assert not (tmp_path / "vectors-000099.faiss").exists()
+    assert not (tmp_path / ".manifest.json.tmp-1").exists()
+
+
+def test_not_an_index(tmp_path):
+    with pytest.raises(IndexError_, match="no committed index"):
+        IndexSnapshot.open(tmp_path)
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(IndexError_, match="unreadable manifest"):
+        IndexSnapshot.open(tmp_path)
