@@ -1,0 +1,72 @@
+"""SatelliteEncoder: offline construction, identity, normalised embeddings, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from encoder.model import EncoderError, EncoderSpec, SatelliteEncoder
+
+TINY = EncoderSpec(model="satfind-tiny", random_weights=True, seed=0, device="cpu")
+
+
+def test_embeddings_are_normalised_and_deterministic(encoder):
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 255, size=(5, 3, 64, 64), dtype=np.uint8)
+    a = encoder.encode_images(tiles)
+    assert a.shape == (5, encoder.dim) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    # channels-last input and a different input size go through the same preprocessing
+    assert np.allclose(encoder.encode_images(tiles.transpose(0, 2, 3, 1)), a, atol=1e-5)
+    big = tiles.repeat(2, axis=2).repeat(2, axis=3)
+    assert encoder.encode_images(big).shape == (5, encoder.dim)
+    t = encoder.encode_text(["a river", "a solar farm next to a river"])
+    assert t.shape == (2, encoder.dim)
+    assert np.allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(t[0], t[1])
+
+
+def test_identity_depends_on_weights_not_on_the_process():
+    a, b = SatelliteEncoder(TINY), SatelliteEncoder(TINY)
+    assert a.identity == b.identity
+    c = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=1))
+    assert c.identity.weights_sha256 != a.identity.weights_sha256
+    assert c.identity.architecture == a.identity.architecture == "satfind-tiny"
+    assert a.identity.embed_dim == 64 and a.identity.image_size == 64
+
+
+def test_local_checkpoint_loads_the_same_model(tmp_path):
+    a = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=7))
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": a.model.state_dict()}, ckpt)
+    b = SatelliteEncoder(EncoderSpec(model="satfind-tiny", checkpoint=str(ckpt)))
+    assert b.identity == a.identity
+    x = np.random.default_rng(1).integers(0, 255, size=(2, 3, 64, 64), dtype=np.uint8)
+    assert np.allclose(a.encode_images(x), b.encode_images(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("spec,needle", [
+    (EncoderSpec(model="nope", random_weights=True), "unknown open_clip model"),
+    (EncoderSpec(model="satfind-tiny"), "set exactly one of"),
+    (EncoderSpec(model="satfind-tiny", random_weights=True, pretrained="openai"),
+     "set exactly one of"),
+    (EncoderSpec(model="satfind-tiny", checkpoint="/no/such.pt"), "does not exist"),
+    (EncoderSpec(model="/no/such/config.json", random_weights=True), "does not exist"),
+])
+def test_bad_specs_are_one_line_errors(spec, needle):
+    with pytest.raises(EncoderError, match=needle) as e:
+        SatelliteEncoder(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(EncoderError, match="cannot load weights"):
+        SatelliteEncoder(EncoderSpec(model="satfind-tiny", checkpoint=str(bad)))
+
+
+def test_bad_image_batch(encoder):
+    with pytest.raises(EncoderError, match="uint8"):
+        encoder.encode_images(np.zeros((1, 3, 64, 64), dtype=np.float32))
