@@ -113,6 +113,8 @@ class IndexJob:
         by_path: dict[str, list[str]] = {}
         for key, e in writer.sources.items():
             by_path.setdefault(e["path"], []).append(key)
+        self._known = {(e["path"], e["size"], e["mtime_ns"]): e["content_sha256"]
+                       for e in writer.sources.values()}
         plans: list[RasterPlan] = []
         tasks: list[tuple[int, int, int]] = []
         pendings: list[_Pending] = []
@@ -121,7 +123,7 @@ class IndexJob:
                   leave=False)
         for src in it:
             try:
-                sha = self._content_hash(writer, src.path)
+                sha = self._content_hash(src.path)
             except OSError as e:
                 self._problem(report, InputError(src.path, f"cannot read file ({e.strerror})"))
                 continue
@@ -157,12 +159,10 @@ class IndexJob:
             pendings.append(_Pending(key, entry, remaining=len(todo), written=len(done)))
         return plans, tasks, pendings
 
-    def _content_hash(self, writer: IndexWriter, path: str) -> str:
+    def _content_hash(self, path: str) -> str:
+        """The recorded hash when size and mtime are unchanged, else hash the file."""
         size, mtime = file_stat(path)
-        for e in writer.sources.values():  # unchanged size + mtime: reuse the recorded hash
-            if e["path"] == path and e["size"] == size and e["mtime_ns"] == mtime:
-                return e["content_sha256"]
-        return content_sha256(path)
+        return self._known.get((path, size, mtime)) or content_sha256(path)
 
     def _finish(self, writer: IndexWriter, p: _Pending, report: JobReport) -> None:
         p.finished = True

@@ -34,7 +34,8 @@ def _thumb_means(snap):
     for i in snap.tiles(["id"])["id"].to_pylist():
         img = np.asarray(Image.open(io.BytesIO(snap.thumbnail(i))).convert("RGB"), dtype=float)
         px = img.reshape(-1, 3)
-        out.append(np.median(px[px.sum(axis=1) > 15], axis=0))
+        valid = px[px.sum(axis=1) > 15]
+        out.append(np.median(valid, axis=0) if len(valid) else np.full(3, np.nan))
     return np.array(out)
 
 
@@ -147,3 +148,14 @@ def test_bad_config_is_one_line(tmp_path, capsys, toml, needle):
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1 and err.startswith("satfind-index: error")
     assert not (tmp_path / "idx").exists()
+
+
+@pytest.mark.parametrize("crs,res", [("EPSG:4326", 0.00005), ("EPSG:3857", 6.9),
+                                     ("EPSG:32632", 5.0), ("EPSG:3035", 5.0)])
+def test_any_crs_in(tmp_path, settings, encoder, raster_factory, crs, res):
+    raster_factory("r.tif", crs=crs, res=res, size=256)
+    report = _run(tmp_path, settings, encoder, [tmp_path / "archive"])
+    assert report.rasters_indexed == 1 and report.tiles_written >= 4
+    (src,) = IndexSnapshot.open(tmp_path / "idx").manifest["sources"].values()
+    assert src["native_gsd_m"] == pytest.approx(5.0, rel=0.1)
+    assert src["zoom"] == 16  # ~6.9 m tile pixels at 43.5 N: nearest to the 5 m target
