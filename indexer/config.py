@@ -194,17 +194,37 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"{where}: discovery.filename_time_pattern is not a regex: {e}") from None
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
-    """Read a TOML config (or defaults when `path` is None)."""
-    if path is None:
-        return Settings()
+def _read_toml(path: str | Path) -> tuple[Path, dict]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = tomllib.loads(p.read_text())
+        return p, tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
+
+
+def read_sections(path: str | Path | None, schema: dict[str, type]) -> dict[str, Any]:
+    """Typed settings of the named sections (for layers above the indexer: search, api);
+    sections absent from the file (or no file) get their defaults."""
+    data: dict = {}
+    p = Path("<defaults>")
+    if path is not None:
+        p, data = _read_toml(path)
+    out = {}
+    for name, cls in schema.items():
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{p}: [{name}] must be a table")
+        out[name] = _build(cls, table, f"{p}: {name}")
+    return out
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read a TOML config (or defaults when `path` is None)."""
+    if path is None:
+        return Settings()
+    p, data = _read_toml(path)
     parts: dict[str, Any] = {}
     for section, table in data.items():
         if section in _FOREIGN_SECTIONS:

@@ -45,6 +45,17 @@ def encoder(settings):
     return SatelliteEncoder(settings.encoder)
 
 
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory, shared_geotiff, settings, encoder):
+    """The six shared rasters indexed once per session (read-only for tests: copy it to
+    change it). Returns (index dir, JobReport)."""
+    from indexer.job import IndexJob
+
+    idx = tmp_path_factory.mktemp("real") / "idx"
+    report = IndexJob(idx, settings, encoder, progress=False).run([str(shared_geotiff)])
+    return idx, report
+
+
 def make_raster(path: Path, *, lon: float = 11.88, lat: float = 43.46, crs: str = "EPSG:32632",
                 size: int = 256, res: float = 5.0, bands: int = 3, dtype: str = "uint8",
                 nodata: float | None = None, data: np.ndarray | None = None,

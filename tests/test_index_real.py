@@ -18,13 +18,6 @@ NAIP_2009 = "naip_nd_20090818.tif"
 NAIP_2014 = "naip_nd_20140720.tif"
 
 
-@pytest.fixture(scope="module")
-def real_index(tmp_path_factory, shared_geotiff, settings, encoder):
-    idx = tmp_path_factory.mktemp("real") / "idx"
-    report = IndexJob(idx, settings, encoder, progress=False).run([str(shared_geotiff)])
-    return idx, report
-
-
 def test_all_six_rasters_index(real_index, shared_geotiff):
     idx, report = real_index
     assert report.problems == []

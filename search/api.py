@@ -1,0 +1,255 @@
+"""The FastAPI app: text, image, tile-id and feedback search; tile metadata and thumbnails."""
+
+
+import base64
+import binascii
+import re
+import secrets
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi import Query as Q
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+
+from indexer.errors import IndexError_
+from search.engine import Filters, Query, QueryError, SearchEngine
+from search.models import (
+    ErrorBody,
+    Feature,
+    FeatureCollection,
+    Format,
+    Geometry,
+    Health,
+    SearchRequest,
+    SearchResponse,
+    Stats,
+    TileInfo,
+    TileResult,
+)
+
+OPEN_PATHS = {"/health", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503)}
+MAX_ID = 2**62
+
+
+def parse_time(value: str | None, name: str, end: bool = False) -> datetime | None:
+    """ISO date or datetime; no zone = UTC; a bare date as `end` means the end of that day."""
+    if value is None or value == "":
+        return None
+    v = value.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+            d = date.fromisoformat(v)
+            t = datetime(d.year, d.month, d.day, tzinfo=UTC)
+            return t + timedelta(days=1) - timedelta(microseconds=1) if end else t
+        t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"{name}: {value!r} is not an ISO date or datetime "
+                         "(e.g. 2014-07-20 or 2014-07-20T10:00:00Z)") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
+    if value is None or value == "":
+        return None
+    parts = value.split(",")
+    try:
+        nums = tuple(float(p) for p in parts)
+    except ValueError:
+        nums = ()
+    if len(nums) != 4:
+        raise QueryError(f"bbox: expected 'west,south,east,north' in degrees, got {value!r}")
+    return nums  # type: ignore[return-value]
+
+
+def make_filters(bbox, start, end, sensor, source) -> Filters:
+    return Filters(bbox=bbox, start=parse_time(start, "start"),
+                   end=parse_time(end, "end", end=True),
+                   sensors=tuple(s for s in sensor if s), sources=tuple(s for s in source if s))
+
+
+def create_app(engine: SearchEngine) -> FastAPI:
+    api = engine.api_settings
+    app = FastAPI(
+        title="satfind",
+        version="0.1.0",
+        description="Text-to-image and image-to-image retrieval over satellite tile archives.",
+    )
+    app.state.engine = engine
+    if api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(api.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
+
+    @app.exception_handler(QueryError)
+    def _query_error(_: Request, e: QueryError):
+        return JSONResponse({"detail": str(e)}, status_code=e.status)
+
+    @app.exception_handler(IndexError_)
+    def _index_error(_: Request, e: IndexError_):
+        return JSONResponse({"detail": str(e)}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    def _validation(_: Request, e: RequestValidationError):
+        msgs = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body"))
+            msgs.append(f"{where}: {err.get('msg')}")
+        return JSONResponse({"detail": "; ".join(msgs) or "invalid request"}, status_code=422)
+
+    def check_key(request: Request,
+                  x_api_key: Annotated[str | None, Header()] = None) -> None:
+        if api.api_key and request.url.path not in OPEN_PATHS:
+            if not x_api_key or not secrets.compare_digest(x_api_key.encode(),
+                                                           api.api_key.encode()):
+                raise QueryError("missing or wrong X-API-Key", status=401)
+
+    deps = [Depends(check_key)]
+    K = Annotated[int | None, Q(ge=1, le=api.max_k, description=f"results (1..{api.max_k})")]
+    TileId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
+
+    def thumb_url(i: int) -> str:
+        return f"{api.public_url.rstrip('/')}/tiles/{i}/thumbnail.jpg"
+
+    def to_result(r: dict) -> TileResult:
+        return TileResult(
+            id=r["id"], score=r["score"], z=r["z"], x=r["x"], y=r["y"],
+            bounds=(r["west"], r["south"], r["east"], r["north"]),
+            centre=((r["west"] + r["east"]) / 2, (r["south"] + r["north"]) / 2),
+            acquired=r["acquired"], source=r["source"], sensor=r["sensor"], gsd_m=r["gsd_m"],
+            thumbnail_url=thumb_url(r["id"]))
+
+    def run(query: Query, fmt: Format):
+        t0 = time.perf_counter()
+        gen = engine.snapshot.generation
+        rows = engine.search(query)
+        results = [to_result(r) for r in rows]
+        if fmt == "geojson":
+            return FeatureCollection(features=[
+                Feature(id=r.id, geometry=Geometry(coordinates=[[
+                    (r.bounds[0], r.bounds[1]), (r.bounds[2], r.bounds[1]),
+                    (r.bounds[2], r.bounds[3]), (r.bounds[0], r.bounds[3]),
+                    (r.bounds[0], r.bounds[1])]]),
+                    properties=r.model_dump(mode="json", exclude={"id", "bounds"}))
+                for r in results])
+        return SearchResponse(count=len(results), took_ms=(time.perf_counter() - t0) * 1000,
+                              generation=gen, results=results)
+
+    def k_or_default(k: int | None) -> int:
+        if k is None:
+            return api.default_k
+        if not 1 <= k <= api.max_k:
+            raise QueryError(f"k must be between 1 and {api.max_k}, got {k}")
+        return k
+
+    def read_upload(data: bytes) -> bytes:
+        if len(data) > api.max_upload_bytes:
+            raise QueryError(f"upload is larger than {api.max_upload_bytes} bytes", status=413)
+        if not data:
+            raise QueryError("empty upload")
+        return data
+
+    SearchOut = SearchResponse | FeatureCollection
+    Bbox = Annotated[str | None, Q(description="west,south,east,north in degrees")]
+    Start = Annotated[str | None, Q(description="ISO date or datetime (UTC if no zone)")]
+    End = Annotated[str | None, Q(description="ISO date (whole day) or datetime")]
+    Sensors = Annotated[list[str], Q(description="sensor name(s)")]
+    Sources = Annotated[list[str], Q(description="source raster path(s) or folder prefix(es)")]
+
+    @app.get("/health", response_model=Health)
+    def health():
+        snap = engine.snapshot
+        return Health(tiles=snap.ntotal, generation=snap.generation)
+
+    @app.get("/stats", response_model=Stats, dependencies=deps, responses=ERRORS)
+    def stats():
+        return Stats(**engine.stats())
+
+    @app.get("/search", response_model=SearchOut, dependencies=deps, responses=ERRORS)
+    def search_text(q: Annotated[str, Q(min_length=1, max_length=1000,
+                                        description="text query")],
+                    k: K = None, bbox: Bbox = None, start: Start = None, end: End = None,
+                    sensor: Sensors = [], source: Sources = [],  # noqa: B006
+                    collapse: bool = False, format: Format = "json"):
+        if not q.strip():
+            raise QueryError("empty query: q must contain words")
+        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
+        return run(Query(text=q, k=k_or_default(k), filters=f, collapse=collapse), format)
+
+    @app.post("/search/image", response_model=SearchOut, dependencies=deps, responses=ERRORS)
+    def search_image(file: Annotated[UploadFile, File(description="PNG, JPEG or GeoTIFF")],
+                     k: Annotated[int | None, Form(ge=1, le=api.max_k)] = None,
+                     bbox: Annotated[str | None, Form()] = None,
+                     start: Annotated[str | None, Form()] = None,
+                     end: Annotated[str | None, Form()] = None,
+                     sensor: Annotated[list[str], Form()] = [],  # noqa: B006
+                     source: Annotated[list[str], Form()] = [],  # noqa: B006
+                     collapse: Annotated[bool, Form()] = False,
+                     format: Annotated[Format, Form()] = "json"):
+        data = read_upload(file.file.read(api.max_upload_bytes + 1))
+        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
+        return run(Query(image=data, k=k_or_default(k), filters=f, collapse=collapse), format)
+
+    @app.post("/search", response_model=SearchOut, dependencies=deps, responses=ERRORS)
+    def search_json(body: SearchRequest):
+        image = None
+        if body.image_base64 is not None:
+            if len(body.image_base64) > api.max_upload_bytes * 4 // 3 + 4:
+                raise QueryError(f"image is larger than {api.max_upload_bytes} bytes", 413)
+            try:
+                image = read_upload(base64.b64decode(body.image_base64, validate=True))
+            except (binascii.Error, ValueError):
+                raise QueryError("image_base64 is not valid base64") from None
+        if body.text is not None and not body.text.strip():
+            raise QueryError("empty query: text must contain words")
+        for i in [body.tile_id, *body.positives, *body.negatives]:
+            if i is not None and not 0 <= i <= MAX_ID:
+                raise QueryError(f"unknown tile id {i}", status=404)
+        f = make_filters(body.bbox, body.start, body.end, body.sensor, body.source)
+        q = Query(text=body.text, image=image, tile_id=body.tile_id,
+                  positives=tuple(body.positives), negatives=tuple(body.negatives),
+                  k=k_or_default(body.k), filters=f, collapse=body.collapse)
+        return run(q, body.format)
+
+    @app.get("/tiles/{tile_id}", response_model=TileInfo, dependencies=deps, responses=ERRORS)
+    def tile(tile_id: TileId):
+        r = engine.tile(tile_id)
+        return TileInfo(
+            id=r["id"], z=r["z"], x=r["x"], y=r["y"],
+            bounds=(r["west"], r["south"], r["east"], r["north"]),
+            centre=((r["west"] + r["east"]) / 2, (r["south"] + r["north"]) / 2),
+            acquired=r["acquired"], source=r["source"], sensor=r["sensor"], gsd_m=r["gsd_m"],
+            native_gsd_m=r["native_gsd_m"], nodata_fraction=r["nodata_fraction"],
+            thumbnail_url=thumb_url(r["id"]))
+
+    @app.get("/tiles/{tile_id}/similar", response_model=SearchOut, dependencies=deps,
+             responses=ERRORS)
+    def similar(tile_id: TileId, k: K = None, bbox: Bbox = None, start: Start = None,
+                end: End = None, sensor: Sensors = [], source: Sources = [],  # noqa: B006
+                collapse: bool = False, format: Format = "json"):
+        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
+        return run(Query(tile_id=tile_id, k=k_or_default(k), filters=f, collapse=collapse),
+                   format)
+
+    @app.get("/tiles/{tile_id}/thumbnail.jpg", dependencies=deps, responses={
+        200: {"content": {"image/jpeg": {}}}, **ERRORS}, response_class=Response)
+    def thumbnail(tile_id: TileId):
+        return Response(engine.thumbnail(tile_id), media_type="image/jpeg",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn search.api:app_from_env --factory`: SATFIND_INDEX, SATFIND_CONFIG."""
+    import os
+
+    from search.settings import load_serve_config
+
+    cfg = load_serve_config(os.environ.get("SATFIND_CONFIG") or None)
+    return create_app(SearchEngine(Path(os.environ["SATFIND_INDEX"]), cfg))

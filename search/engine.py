@@ -1,0 +1,338 @@
+"""`SearchEngine`: text / image / tile-id / feedback queries over an index, with bbox, time,
+sensor and source filters (DuckDB), ANN candidates (FAISS) and exact re-rank (float16)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import faiss
+import numpy as np
+
+from encoder.model import SatelliteEncoder
+from encoder.prompts import ensemble_text_embedding
+from indexer.errors import IndexError_
+from indexer.manifest import MANIFEST
+from indexer.store import IndexSnapshot
+from search.images import decode_query_image
+from search.settings import ApiSettings, SearchSettings, ServeConfig
+
+
+class QueryError(ValueError):
+    """A query the engine cannot answer; `status` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Filters:
+    bbox: tuple[float, float, float, float] | None = None  # west, south, east, north
+    start: datetime | None = None
+    end: datetime | None = None
+    sensors: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # exact path or folder prefix
+
+    def __post_init__(self):
+        if self.bbox is not None:
+            w, s, e, n = self.bbox
+            if not all(np.isfinite(self.bbox)):
+                raise QueryError("bbox: values must be finite numbers")
+            if not (-180 <= w <= 180 and -180 <= e <= 180):
+                raise QueryError("bbox: longitudes must be within -180..180")
+            if not (-90 <= s <= 90 and -90 <= n <= 90):
+                raise QueryError("bbox: latitudes must be within -90..90")
+            if w >= e:
+                raise QueryError("bbox: west must be less than east (west,south,east,north)")
+            if s >= n:
+                raise QueryError("bbox: south must be less than north (west,south,east,north)")
+        for name in ("start", "end"):
+            v = getattr(self, name)
+            if v is not None and v.tzinfo is None:
+                raise QueryError(f"{name}: give a time zone (e.g. 2014-01-01T00:00:00Z)")
+        if self.start and self.end and self.start > self.end:
+            raise QueryError("start is after end")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.bbox or self.start or self.end or self.sensors or self.sources)
+
+    def sql(self) -> tuple[str, list]:
+        where, params = [], []
+        if self.bbox:
+            w, s, e, n = self.bbox
+            where.append("east > ? AND west < ? AND north > ? AND south < ?")
+            params += [w, e, s, n]
+        if self.start:
+            where.append("acquired >= ?")
+            params.append(self.start)
+        if self.end:
+            where.append("acquired <= ?")
+            params.append(self.end)
+        if self.sensors:
+            where.append(f"sensor IN ({', '.join('?' * len(self.sensors))})")
+            params += list(self.sensors)
+        if self.sources:
+            alts = []
+            for src in self.sources:
+                alts.append("(source = ? OR starts_with(source, ?))")
+                params += [src, src.rstrip("/") + "/"]
+            where.append("(" + " OR ".join(alts) + ")")
+        return " AND ".join(where) or "TRUE", params
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str | None = None
+    image: bytes | None = None
+    tile_id: int | None = None
+    positives: tuple[int, ...] = ()
+    negatives: tuple[int, ...] = ()
+    k: int = 20
+    filters: Filters = Filters()
+    collapse: bool = False  # keep only the best tile per z/x/y across dates
+
+
+RESULT_COLUMNS = ["id", "z", "x", "y", "west", "south", "east", "north", "acquired", "source",
+                  "sensor", "gsd_m"]
+
+
+class _Loaded:
+    """A snapshot plus its metadata table in an in-memory DuckDB database."""
+
+    def __init__(self, snap: IndexSnapshot, stamp: tuple):
+        self.snap = snap
+        self.stamp = stamp
+        self.db = duckdb.connect()
+        self.db.register("parts", snap.tiles())
+        self.db.execute("CREATE TABLE tiles AS SELECT * FROM parts")
+        self.db.unregister("parts")
+
+    def query(self, sql: str, params: list):
+        """A relation on a per-call cursor (DuckDB connections are not shared by threads)."""
+        return self.db.cursor().sql(sql, params=params)
+
+
+class SearchEngine:
+    def __init__(self, index_dir: str | Path, config: ServeConfig,
+                 encoder: SatelliteEncoder | None = None):
+        self.dir = Path(index_dir)
+        self.config = config
+        self.search_settings: SearchSettings = config.search
+        self.api_settings: ApiSettings = config.api
+        self.encoder = encoder or SatelliteEncoder(config.settings.encoder)
+        self._lock = threading.Lock()
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._loaded = self._load()
+
+    # --- snapshots ----------------------------------------------------------------------
+    def _stamp(self) -> tuple:
+        try:
+            st = os.stat(self.dir / MANIFEST)
+        except FileNotFoundError:
+            raise IndexError_(f"{self.dir}: no committed index here (manifest.json missing)") \
+                from None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _load(self) -> _Loaded:
+        stamp = self._stamp()
+        snap = IndexSnapshot.open(self.dir)
+        snap.check_encoder(self.encoder.identity)
+        return _Loaded(snap, stamp)
+
+    @property
+    def loaded(self) -> _Loaded:
+        """The current snapshot; a newly committed manifest is picked up here. Queries keep
+        the object they started with, so a swap never disturbs one in flight."""
+        cur = self._loaded
+        if self._stamp() != cur.stamp:
+            with self._lock:
+                if self._stamp() != self._loaded.stamp:
+                    self._loaded = self._load()
+                cur = self._loaded
+        return cur
+
+    @property
+    def snapshot(self) -> IndexSnapshot:
+        return self.loaded.snap
+
+    # --- query vectors ------------------------------------------------------------------
+    def text_vector(self, text: str) -> np.ndarray:
+        key = " ".join(text.split()).lower()
+        if not key:
+            raise QueryError("empty text query")
+        with self._cache_lock:
+            if key in self._text_cache:
+                self._text_cache.move_to_end(key)
+                return self._text_cache[key]
+        v = ensemble_text_embedding(self.encoder, key)
+        with self._cache_lock:
+            self._text_cache[key] = v
+            while len(self._text_cache) > self.search_settings.text_cache_size:
+                self._text_cache.popitem(last=False)
+        return v
+
+    def image_vector(self, data: bytes) -> np.ndarray:
+        from search.images import ImageError
+
+        a = self.api_settings
+        try:
+            tile = decode_query_image(data, self.encoder.image_size,
+                                      self.config.settings.tiling, a.allowed_image_types,
+                                      a.min_image_px)
+        except ImageError as e:
+            raise QueryError(str(e), status=415 if "unsupported" in str(e) else 400) from None
+        return self.encoder.encode_images(tile[None])[0]
+
+    def _stored(self, loaded: _Loaded, ids: tuple[int, ...] | list[int]) -> np.ndarray:
+        ids = [int(i) for i in ids]
+        snap = loaded.snap
+        known = loaded.query(
+            f"SELECT id FROM tiles WHERE id IN ({', '.join('?' * len(ids))})", ids
+        ).fetchnumpy()["id"] if ids else np.zeros(0)
+        missing = sorted(set(ids) - {int(i) for i in known})
+        if missing:
+            raise QueryError(f"unknown tile id {missing[0]}", status=404)
+        return snap.get_vectors(ids)
+
+    def query_vector(self, q: Query, loaded: _Loaded) -> np.ndarray:
+        parts = [x is not None for x in (q.text, q.image, q.tile_id)]
+        if sum(parts) > 1:
+            raise QueryError("give one of text, image or tile id (plus optional feedback)")
+        base = None
+        if q.text is not None:
+            base = self.text_vector(q.text)
+        elif q.image is not None:
+            base = self.image_vector(q.image)
+        elif q.tile_id is not None:
+            base = self._stored(loaded, [q.tile_id])[0]
+        v = np.zeros(self.encoder.dim, dtype=np.float32) if base is None else base.copy()
+        if q.positives:
+            v += self._stored(loaded, q.positives).mean(axis=0)
+        if q.negatives:
+            v -= self.search_settings.negative_weight * self._stored(loaded,
+                                                                     q.negatives).mean(axis=0)
+        if base is None and not q.positives:
+            raise QueryError("empty query: give text, an image, a tile id or positive tile ids")
+        norm = float(np.linalg.norm(v))
+        if not np.isfinite(norm) or norm < 1e-6:
+            raise QueryError("query vector is zero (positives and negatives cancel out)")
+        return (v / norm).astype(np.float32)
+
+    # --- search -------------------------------------------------------------------------
+    def search(self, q: Query) -> list[dict]:
+        if q.k < 1:
+            raise QueryError("k must be at least 1")
+        loaded = self.loaded
+        v = self.query_vector(q, loaded)
+        want = q.k * 8 if q.collapse else q.k
+        ids, scores = self._rank(loaded, v, q.filters, want)
+        rows = self._rows(loaded, ids, scores)
+        if q.collapse:
+            seen, kept = set(), []
+            for r in rows:
+                cell = (r["z"], r["x"], r["y"])
+                if cell not in seen:
+                    seen.add(cell)
+                    kept.append(r)
+            rows = kept
+        return rows[: q.k]
+
+    def search_vector(self, v: np.ndarray, k: int, filters: Filters = Filters()) -> tuple:
+        """(ids, scores) of the k best tiles for a unit query vector: the path every query
+        takes after embedding (filters, ANN or exact candidates, exact re-rank)."""
+        return self._rank(self.loaded, np.asarray(v, dtype=np.float32), filters, k)
+
+    def _rank(self, loaded: _Loaded, v: np.ndarray, filters: Filters, k: int):
+        snap, s = loaded.snap, self.search_settings
+        if snap.ntotal == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        selector = None
+        if filters.active:
+            where, params = filters.sql()
+            cand = loaded.query(f"SELECT id FROM tiles WHERE {where}", params).fetchnumpy()["id"]
+            cand = np.asarray(cand, dtype=np.int64)
+            if len(cand) == 0:
+                return cand, np.zeros(0, dtype=np.float32)
+            if len(cand) <= s.exact_max_candidates and snap.vectors is not None:
+                return self._exact(snap, v, cand, k)
+            selector = faiss.IDSelectorBatch(cand)
+        depth = max(k, s.rerank_depth)
+        params = None
+        if snap.manifest["index"]["factory"] == "Flat":
+            if selector is not None:
+                params = faiss.SearchParameters(sel=selector)
+        else:
+            params = faiss.SearchParametersIVF(nprobe=s.nprobe, sel=selector)
+        scores, ids = snap.index.search(v[None], depth, params=params)
+        ids = ids[0][ids[0] >= 0]
+        if snap.vectors is None:
+            return ids[:k], scores[0][: len(ids)][:k]
+        return self._exact(snap, v, ids, k)
+
+    @staticmethod
+    def _exact(snap: IndexSnapshot, v: np.ndarray, ids: np.ndarray, k: int):
+        scores = snap.get_vectors(ids) @ v
+        if len(ids) > k:
+            top = np.argpartition(-scores, k - 1)[:k]
+            ids, scores = ids[top], scores[top]
+        order = np.lexsort((ids, -scores))  # ties broken by id: deterministic
+        return ids[order], scores[order]
+
+    def _rows(self, loaded: _Loaded, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
+        if len(ids) == 0:
+            return []
+        cols = ", ".join(RESULT_COLUMNS)
+        table = loaded.query(
+            f"SELECT {cols} FROM tiles WHERE id IN ({', '.join('?' * len(ids))})",
+            [int(i) for i in ids]).to_arrow_table().to_pylist()
+        by_id = {r["id"]: r for r in table}
+        out = []
+        for i, sc in zip(ids, scores, strict=True):
+            r = dict(by_id[int(i)])
+            r["score"] = float(sc)
+            out.append(r)
+        return out
+
+    # --- lookups ------------------------------------------------------------------------
+    def tile(self, tile_id: int) -> dict:
+        loaded = self.loaded
+        rows = loaded.query(f"SELECT {', '.join(RESULT_COLUMNS)}, native_gsd_m, "
+                            "nodata_fraction FROM tiles WHERE id = ?", [int(tile_id)]
+                            ).to_arrow_table().to_pylist()
+        if not rows:
+            raise QueryError(f"unknown tile id {tile_id}", status=404)
+        return rows[0]
+
+    def thumbnail(self, tile_id: int) -> bytes:
+        self.tile(tile_id)
+        jpeg = self.snapshot.thumbnail(int(tile_id))
+        if jpeg is None:
+            raise QueryError(f"no thumbnail for tile {tile_id}", status=404)
+        return jpeg
+
+    def stats(self) -> dict:
+        snap = self.snapshot
+        idx = dict(snap.manifest["index"])
+        idx.pop("file", None)
+        sensors = self.loaded.query(
+            "SELECT sensor, count(*) AS n FROM tiles GROUP BY sensor ORDER BY sensor", []
+        ).to_arrow_table().to_pylist()
+        span = self.loaded.query("SELECT min(acquired) AS a, max(acquired) AS b FROM tiles",
+                                 []).to_arrow_table().to_pylist()[0]
+        return {
+            "tiles": snap.ntotal, "sources": len(snap.manifest["sources"]),
+            "generation": snap.generation, "encoder": snap.identity.to_dict(), "index": idx,
+            "search": {"nprobe": self.search_settings.nprobe,
+                       "rerank_depth": self.search_settings.rerank_depth,
+                       "exact_max_candidates": self.search_settings.exact_max_candidates},
+            "sensors": {r["sensor"]: r["n"] for r in sensors},
+            "acquired_min": span["a"], "acquired_max": span["b"],
+        }

@@ -1,0 +1,108 @@
+"""Pydantic request/response models of the HTTP API (they make /docs a complete spec)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Format = Literal["json", "geojson"]
+
+
+class TileResult(BaseModel):
+    id: int
+    score: float = Field(description="inner product with the query (cosine similarity)")
+    z: int
+    x: int
+    y: int
+    bounds: tuple[float, float, float, float] = Field(description="west, south, east, north")
+    centre: tuple[float, float] = Field(description="lon, lat")
+    acquired: datetime | None
+    source: str
+    sensor: str
+    gsd_m: float = Field(description="ground size of one tile pixel, metres")
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    count: int
+    took_ms: float
+    generation: int = Field(description="index commit the answer comes from")
+    results: list[TileResult]
+
+
+class Geometry(BaseModel):
+    type: Literal["Polygon"] = "Polygon"
+    coordinates: list[list[tuple[float, float]]]
+
+
+class Feature(BaseModel):
+    type: Literal["Feature"] = "Feature"
+    id: int
+    geometry: Geometry
+    properties: dict[str, Any]
+
+
+class FeatureCollection(BaseModel):
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    features: list[Feature]
+
+
+class SearchRequest(BaseModel):
+    """One of text / image_base64 / tile_id, and/or positive tile ids; optional negatives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=1000)
+    image_base64: str | None = Field(None, description="PNG, JPEG or GeoTIFF bytes, base64")
+    tile_id: int | None = None
+    positives: list[int] = Field(default_factory=list, max_length=100)
+    negatives: list[int] = Field(default_factory=list, max_length=100)
+    k: int | None = None
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="west, south, east, north (degrees)")
+    start: str | None = Field(None, description="ISO date or datetime (UTC if no zone)")
+    end: str | None = Field(None, description="ISO date (inclusive: the whole day) or datetime")
+    sensor: list[str] = Field(default_factory=list, max_length=50)
+    source: list[str] = Field(default_factory=list, max_length=50)
+    collapse: bool = Field(False, description="keep only the best date per z/x/y tile")
+    format: Format = "json"
+
+
+class TileInfo(BaseModel):
+    id: int
+    z: int
+    x: int
+    y: int
+    bounds: tuple[float, float, float, float]
+    centre: tuple[float, float]
+    acquired: datetime | None
+    source: str
+    sensor: str
+    gsd_m: float
+    native_gsd_m: float
+    nodata_fraction: float
+    thumbnail_url: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    tiles: int
+    generation: int
+
+
+class Stats(BaseModel):
+    tiles: int
+    sources: int
+    generation: int
+    encoder: dict[str, Any]
+    index: dict[str, Any]
+    search: dict[str, Any]
+    sensors: dict[str, int]
+    acquired_min: datetime | None
+    acquired_max: datetime | None
+
+
+class ErrorBody(BaseModel):
+    detail: str
