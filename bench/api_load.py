@@ -1,0 +1,148 @@
+"""Load test of the search API: N concurrent clients on 127.0.0.1 for a bounded time.
+
+    python bench/api_load.py --index /tmp/idx --config tests/offline.toml --clients 32
+    python bench/api_load.py --url http://127.0.0.1:8000 --clients 32   # a running server
+
+With --index it starts `satfind-serve` itself on a free loopback port and stops it at the
+end. Each client loops over one request mix until --duration seconds or --max-requests
+(both bounds always apply). Prints requests/s, p50 / p99 latency and the error count per
+request kind, side by side from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+
+import httpx
+import numpy as np
+
+WORDS = ["river", "forest", "farmland", "harbour", "airport", "quarry", "solar farm",
+         "center-pivot irrigation", "suburb", "highway", "lake", "beach", "desert", "snow"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(index: str, config: str | None, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "search.cli", "--index", index, "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning"]
+    if config:
+        cmd += ["--config", config]
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"satfind-serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("satfind-serve did not become healthy within 120 s")
+
+
+def request_mix(ids: list[int], rng: random.Random, n: int):
+    kind = rng.choice(["text_cached", "text_uncached", "similar", "text_filtered"])
+    if kind == "text_cached":
+        return kind, "/search", {"q": "farmland", "k": 10}
+    if kind == "text_uncached":  # a query string nobody asked before: the text tower runs
+        return kind, "/search", {"q": f"{rng.choice(WORDS)} {n} {rng.random():.6f}", "k": 10}
+    if kind == "similar":
+        return kind, f"/tiles/{rng.choice(ids)}/similar", {"k": 10}
+    return kind, "/search", {"q": "farmland", "k": 10, "start": "2014-01-01",
+                             "end": "2014-12-31"}
+
+
+def run_load(url: str, clients: int, duration: float, max_requests: int, seed: int = 0):
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.get("/search", params={"q": "x", "k": 50})
+        ids = [x["id"] for x in r.json()["results"]] or [0]
+    lat: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, int] = defaultdict(int)
+    lock = threading.Lock()
+    counter = iter(range(max_requests))
+    stop_at = time.monotonic() + duration
+
+    def client(i: int):
+        rng = random.Random(seed * 1000 + i)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while time.monotonic() < stop_at:
+                with lock:
+                    n = next(counter, None)
+                if n is None:
+                    return
+                kind, path, params = request_mix(ids, rng, n)
+                t0 = time.perf_counter()
+                try:
+                    ok = c.get(path, params=params).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat[kind].append(dt)
+                    if not ok:
+                        errors[kind] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=duration + 60)
+    wall = time.perf_counter() - t0
+    return lat, errors, wall
+
+
+def report(lat, errors, wall, clients: int) -> int:
+    total = sum(len(v) for v in lat.values())
+    total_err = sum(errors.values())
+    print(f"clients={clients} wall={wall:.1f}s requests={total} "
+          f"throughput={total / wall:.1f} req/s errors={total_err}")
+    print(f"{'kind':<15} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for kind in sorted(lat):
+        a = np.array(lat[kind]) * 1000
+        print(f"{kind:<15} {len(a):>6} {len(a) / wall:>8.1f} {np.percentile(a, 50):>8.1f} "
+              f"{np.percentile(a, 99):>8.1f} {errors[kind]:>6}")
+    return total_err
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", help="a running satfind-serve")
+    p.add_argument("--index", help="start satfind-serve on this index instead")
+    p.add_argument("--config")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds (upper bound)")
+    p.add_argument("--max-requests", type=int, default=50_000, help="upper bound")
+    args = p.parse_args()
+    if not (args.url or args.index):
+        p.error("give --url or --index")
+    proc = None
+    url = args.url
+    if args.index:
+        port = free_port()
+        proc = start_server(args.index, args.config, port)
+        url = f"http://127.0.0.1:{port}"
+    try:
+        lat, errors, wall = run_load(url, args.clients, args.duration, args.max_requests)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return 1 if report(lat, errors, wall, args.clients) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
