@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -113,6 +114,8 @@ class _Loaded:
         self.db.register("parts", snap.tiles())
         self.db.execute("CREATE TABLE tiles AS SELECT * FROM parts")
         self.db.unregister("parts")
+        # Closed when the snapshot is dropped (hot swap) or, at the latest, at exit.
+        weakref.finalize(self, self.db.close)
 
     def query(self, sql: str, params: list):
         """A relation on a per-call cursor (DuckDB connections are not shared by threads)."""
