@@ -34,14 +34,15 @@ def build_ivfpq(vectors: np.ndarray, ids: np.ndarray, settings: StoreSettings,
     nlist, m = ivf_params(n, dim, settings)
     factory = f"IVF{nlist},PQ{m}"
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    max_train = max(256 * nlist, 256 * MIN_POINTS_PER_CENTROID)
+    max_train = max(settings.train_points_per_list * nlist, 256 * MIN_POINTS_PER_CENTROID)
     rng = np.random.default_rng(seed)
     train = vectors if n <= max_train else vectors[np.sort(rng.choice(n, max_train, replace=False))]
     index.train(np.ascontiguousarray(train, dtype=np.float32))
     for start in range(0, n, 65536):
         index.add_with_ids(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32),
                            np.ascontiguousarray(ids[start:start + 65536], dtype=np.int64))
-    return index, {"factory": factory, "nlist": nlist, "pq_m": m, "trained_on": int(len(train))}
+    return index, {"factory": factory, "nlist": nlist, "pq_m": m, "trained_on": int(len(train)),
+                   "trained_at": int(n)}
 
 
 def index_ids(index: faiss.Index) -> np.ndarray:

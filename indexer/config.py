@@ -80,6 +80,11 @@ class StoreSettings:
     nlist: int = 0
     # PQ sub-quantisers (must divide the embedding dimension); 0 = dim/8.
     pq_m: int = 0
+    # k-means training sample per IVF list (FAISS wants 39..256).
+    train_points_per_list: int = 64
+    # Re-train the IVF-PQ once the index has grown this many times past the size it was
+    # trained at (lists sized for 50k tiles are too coarse at 1M); 0 = never.
+    retrain_growth: float = 4.0
     # Keep float16 copies of every vector (exact re-rank, "more like this", IVF re-training).
     keep_float16: bool = True
 
@@ -188,6 +193,10 @@ def _validate(s: Settings) -> None:
     st = s.store
     if st.ivf_min_vectors < 1000 or st.nlist < 0 or st.pq_m < 0:
         raise ConfigError(f"{where}: store.ivf_min_vectors must be >= 1000, nlist/pq_m >= 0")
+    if not 39 <= st.train_points_per_list <= 1024:
+        raise ConfigError(f"{where}: store.train_points_per_list must be in 39..1024")
+    if st.retrain_growth != 0 and st.retrain_growth <= 1:
+        raise ConfigError(f"{where}: store.retrain_growth must be 0 (never) or > 1")
     try:
         re.compile(s.discovery.filename_time_pattern)
     except re.error as e:

@@ -252,25 +252,29 @@ class IndexWriter:
         return m["generation"]
 
     def _maybe_train_ivf(self) -> None:
-        info = self.m["index"]
+        info, st = self.m["index"], self.settings
         n = int(self.index.ntotal)
-        if info["factory"] != "Flat" or n < self.settings.ivf_min_vectors:
-            if info["factory"] == "Flat":
-                info["chosen"] = (f"auto: Flat (exact) while below store.ivf_min_vectors = "
-                                  f"{self.settings.ivf_min_vectors}")
+        flat = info["factory"] == "Flat"
+        if flat and n < st.ivf_min_vectors:
+            info["chosen"] = (f"auto: Flat (exact) while below store.ivf_min_vectors = "
+                              f"{st.ivf_min_vectors}")
             return
-        ids = ann.index_ids(self.index)  # in the order the Flat index holds them
+        grown = (not flat and st.retrain_growth and self._vectors is not None
+                 and n >= st.retrain_growth * info.get("trained_at", n))
+        if not (flat or grown):
+            return
+        ids = ann.index_ids(self.index)  # in the order the index holds them
         if self._vectors is not None:
             ids = np.sort(ids)
             vecs = open_vectors(self._vectors.path, self._vectors.rows, self.dim)[ids]
-        else:
-            flat = faiss.downcast_index(self.index.index)
-            vecs = flat.reconstruct_n(0, flat.ntotal)
-        index, params = ann.build_ivfpq(np.asarray(vecs, dtype=np.float32), ids, self.settings)
+        else:  # Flat without float16 copies: the Flat index holds the exact vectors
+            vecs = faiss.downcast_index(self.index.index).reconstruct_n(0, self.index.ntotal)
+        index, params = ann.build_ivfpq(np.asarray(vecs, dtype=np.float32), ids, st)
         self.index = index
         info.update(params)
-        info["chosen"] = (f"auto: IVF-PQ trained at {n} vectors (store.ivf_min_vectors = "
-                          f"{self.settings.ivf_min_vectors})")
+        why = (f"store.ivf_min_vectors = {st.ivf_min_vectors}" if flat else
+               f"re-trained: grew {st.retrain_growth:g}x past the last training")
+        info["chosen"] = f"auto: IVF-PQ trained at {n} vectors ({why})"
 
     def _release(self) -> None:
         _HELD.discard(self._key)

@@ -147,3 +147,22 @@ def test_not_an_index(tmp_path):
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(IndexError_, match="unreadable manifest"):
         IndexSnapshot.open(tmp_path)
+
+
+def test_ivf_is_retrained_as_the_index_grows(tmp_path):
+    st = StoreSettings(ivf_min_vectors=1000, pq_m=4, retrain_growth=2.0)
+    with IndexWriter(tmp_path, IDENT, st) as w:
+        _add(w, 1200, "a", 0)
+        w.commit()
+        first = dict(w.m["index"])
+        _add(w, 600, "b", 1)  # 1800 < 2 x 1200: keeps its lists
+        w.commit()
+        assert w.m["index"]["trained_at"] == first["trained_at"] == 1200
+        _add(w, 700, "c", 2)  # 2500 >= 2 x 1200: re-trained on everything
+        w.commit()
+        info = w.m["index"]
+    assert info["trained_at"] == 2500 and "re-trained" in info["chosen"]
+    assert info["nlist"] > first["nlist"]
+    snap = IndexSnapshot.open(tmp_path)
+    assert snap.ntotal == 2500
+    assert sorted(snap.tiles(["id"])["id"].to_pylist()) == list(range(2500))
