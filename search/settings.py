@@ -11,12 +11,13 @@ from indexer.config import ConfigError, Settings, load_settings, read_sections
 @dataclass(frozen=True)
 class SearchSettings:
     # IVF lists probed per query (ignored by a Flat index).
-    nprobe: int = 32
+    # Defaults from the nprobe x depth sweep of bench/search.py at 1M vectors (BENCHMARKS.md).
+    nprobe: int = 16
     # Candidates taken from the ANN index and re-ranked exactly from the float16 copies.
-    rerank_depth: int = 200
+    rerank_depth: int = 400
     # A filter that keeps at most this many tiles is answered exactly over their vectors;
-    # a broader one goes through FAISS with an IDSelector.
-    exact_max_candidates: int = 50_000
+    # a broader one goes through FAISS with an IDSelector (and more probes).
+    exact_max_candidates: int = 2000
     # Relevance feedback: query = base + mean(positives) - negative_weight * mean(negatives).
     negative_weight: float = 0.5
     text_cache_size: int = 4096
