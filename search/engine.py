@@ -134,6 +134,19 @@ class _Loaded:
 
     def candidates(self, f: Filters) -> np.ndarray:
         """Ids of the tiles that pass the filters (the same semantics as Filters.sql())."""
+        return self.ids[self.mask(f)]
+
+    def bitmap(self, mask: np.ndarray) -> np.ndarray:
+        """FAISS IDSelectorBitmap bytes (bit i = id i) of the tiles in `mask`."""
+        next_id = int(self.snap.manifest["next_id"])
+        if len(self.ids) == next_id:  # no removed ids: positions are ids
+            return np.packbits(mask, bitorder="little")
+        bits = np.zeros(next_id, dtype=bool)
+        bits[self.ids[mask]] = True
+        return np.packbits(bits, bitorder="little")
+
+    def mask(self, f: Filters) -> np.ndarray:
+        """Per tile (in id order): does it pass the filters?"""
         m = np.ones(len(self.ids), dtype=bool)
         if f.bbox is not None:
             w, s, e, n = (np.float32(v) for v in f.bbox)
@@ -142,12 +155,12 @@ class _Loaded:
             m &= b["west"] < e
             m &= b["north"] > s
             m &= b["south"] < n
-        if f.start is not None or f.end is not None:
+        if f.start is not None:  # tiles without a time (NO_TIME) never pass a time filter
+            m &= self.acquired >= _micros(f.start)
+        elif f.end is not None:
             m &= self.acquired != NO_TIME
-            if f.start is not None:
-                m &= self.acquired >= _micros(f.start)
-            if f.end is not None:
-                m &= self.acquired <= _micros(f.end)
+        if f.end is not None:
+            m &= self.acquired <= _micros(f.end)
         if f.sensors:
             wanted = [i for i, name in enumerate(self.sensor_names) if name in f.sensors]
             m &= np.isin(self.sensor_codes, wanted)
@@ -156,7 +169,7 @@ class _Loaded:
                       if any(name == src or name.startswith(src.rstrip("/") + "/")
                              for src in f.sources)]
             m &= np.isin(self.source_codes, wanted)
-        return self.ids[m]
+        return m
 
 
 NO_TIME = np.iinfo(np.int64).min
@@ -304,18 +317,19 @@ class SearchEngine:
         if snap.ntotal == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         selector = None
+        kept = snap.ntotal
         if filters.active:
-            cand = loaded.candidates(filters)
-            if len(cand) == 0:
-                return cand, np.zeros(0, dtype=np.float32)
-            if len(cand) <= s.exact_max_candidates and snap.vectors is not None:
-                return self._exact(snap, v, cand, k)
-            # A bitmap over all ids: O(N/8) bytes to build, O(1) per test (a hash set of
-            # 300k ids costs more to build than the search itself).
-            bits = np.zeros(int(snap.manifest["next_id"]), dtype=bool)
-            bits[cand] = True
-            bitmap = np.packbits(bits, bitorder="little")
-            selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bitmap))
+            mask = loaded.mask(filters)
+            kept = int(np.count_nonzero(mask))
+            if kept == 0:
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            if kept <= s.exact_max_candidates and snap.vectors is not None:
+                return self._exact(snap, v, loaded.ids[mask], k)
+            # A bitmap over all ids: N/8 bytes, O(1) per test (a hash set of 300k ids
+            # costs more to build than the search itself).
+            bitmap = loaded.bitmap(mask)
+            selector = faiss.IDSelectorBitmap(int(snap.manifest["next_id"]),
+                                              faiss.swig_ptr(bitmap))
         depth = max(k, s.rerank_depth)
         params = None
         info = snap.manifest["index"]
@@ -328,7 +342,7 @@ class SearchEngine:
                 # Probe enough lists to expect 2 x depth matching vectors in them: a filter
                 # keeping few tiles needs more lists than an unfiltered query.
                 nlist = int(info.get("nlist", nprobe))
-                expect = int(np.ceil(2 * depth * nlist / max(1, len(cand))))
+                expect = int(np.ceil(2 * depth * nlist / kept))
                 nprobe = min(nlist, max(nprobe, expect))
             params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         scores, ids = snap.index.search(v[None], depth, params=params)
