@@ -157,8 +157,12 @@ def main() -> int:
     truth = exact_topk(base, queries, 10)
     k = 10
     default = eng.search_settings
+    # First pass: cold page tables for the memory-mapped float16 copies (a fresh server);
+    # second pass over the same queries: warm (a server that has been answering a while).
+    found, cold = timed_queries(lambda q: eng.search_vector(q, k)[0], queries)
     found, lat = timed_queries(lambda q: eng.search_vector(q, k)[0], queries)
     ours = {"recall@10": recall(found, truth), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "cold_p50_ms": pct(cold, 50), "cold_p99_ms": pct(cold, 99),
             "nprobe": default.nprobe, "rerank_depth": default.rerank_depth}
     t0 = time.perf_counter()
     _, cand = snap.index.search(queries, max(k, default.rerank_depth),
@@ -197,7 +201,8 @@ def main() -> int:
                     ("numpy brute force (exact)", res["unfiltered"]["numpy"])):
         print(f"{name:<34} {1.0:>9.4f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
               f"{r['batch_qps']:>10.1f}")
-    print(f"store p50 is {speedup:.0f}x faster than FAISS Flat in this run", flush=True)
+    print(f"store p50 is {speedup:.0f}x faster than FAISS Flat in this run (first, cold pass: "
+          f"p50 {ours['cold_p50_ms']:.3f} ms, p99 {ours['cold_p99_ms']:.3f} ms)", flush=True)
     res["unfiltered"]["speedup_vs_flat_p50"] = speedup
 
     # --- sweep ---------------------------------------------------------------------------
