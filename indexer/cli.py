@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -30,12 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _remove(index_dir: str, targets: list[str], identity) -> int:
-    from indexer.config import StoreSettings
+def _remove(index_dir: str, targets: list[str], identity, store) -> int:
     from indexer.writer import IndexWriter
 
     status = 0
-    with IndexWriter(index_dir, identity, StoreSettings()) as w:
+    with IndexWriter(index_dir, identity, store) as w:
         for t in targets:
             path = str(Path(t).resolve())
             keys = [k for k, e in w.sources.items() if k == t or e["path"] == path]
@@ -43,14 +41,11 @@ def _remove(index_dir: str, targets: list[str], identity) -> int:
                 print(f"{PROG}: {t}: not a source of {index_dir}", file=sys.stderr)
                 status = 1
             for k in keys:
+                source = w.sources[k]["path"]
                 n = w.remove_source(k)
-                print(f"removed {w_path(path, t)}: {n} tiles")
+                print(f"removed {source}: {n} tiles")
         w.commit()
     return status
-
-
-def w_path(path: str, given: str) -> str:
-    return given if not os.path.exists(path) else path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(config)
         encoder = SatelliteEncoder(settings.encoder)
         if args.remove:
-            status = _remove(args.index, args.remove, encoder.identity)
+            status = _remove(args.index, args.remove, encoder.identity, settings.store)
             if not args.archives:
                 return status
         job = IndexJob(args.index, settings, encoder, strict=args.strict,

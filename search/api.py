@@ -116,13 +116,17 @@ def create_app(engine: SearchEngine) -> FastAPI:
     def thumb_url(i: int) -> str:
         return f"{api.public_url.rstrip('/')}/tiles/{i}/thumbnail.jpg"
 
-    def to_result(r: dict) -> TileResult:
-        return TileResult(
-            id=r["id"], score=r["score"], z=r["z"], x=r["x"], y=r["y"],
+    def place(r: dict) -> dict:
+        """Fields every tile answer shares, from an engine row."""
+        return dict(
+            id=r["id"], z=r["z"], x=r["x"], y=r["y"],
             bounds=(r["west"], r["south"], r["east"], r["north"]),
             centre=((r["west"] + r["east"]) / 2, (r["south"] + r["north"]) / 2),
             acquired=r["acquired"], source=r["source"], sensor=r["sensor"], gsd_m=r["gsd_m"],
             thumbnail_url=thumb_url(r["id"]))
+
+    def to_result(r: dict) -> TileResult:
+        return TileResult(score=r["score"], **place(r))
 
     def run(query: Query, fmt: Format):
         t0 = time.perf_counter()
@@ -219,13 +223,8 @@ def create_app(engine: SearchEngine) -> FastAPI:
     @app.get("/tiles/{tile_id}", response_model=TileInfo, dependencies=deps, responses=ERRORS)
     def tile(tile_id: TileId):
         r = engine.tile(tile_id)
-        return TileInfo(
-            id=r["id"], z=r["z"], x=r["x"], y=r["y"],
-            bounds=(r["west"], r["south"], r["east"], r["north"]),
-            centre=((r["west"] + r["east"]) / 2, (r["south"] + r["north"]) / 2),
-            acquired=r["acquired"], source=r["source"], sensor=r["sensor"], gsd_m=r["gsd_m"],
-            native_gsd_m=r["native_gsd_m"], nodata_fraction=r["nodata_fraction"],
-            thumbnail_url=thumb_url(r["id"]))
+        return TileInfo(native_gsd_m=r["native_gsd_m"], nodata_fraction=r["nodata_fraction"],
+                        **place(r))
 
     @app.get("/tiles/{tile_id}/similar", response_model=SearchOut, dependencies=deps,
              responses=ERRORS)

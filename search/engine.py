@@ -246,7 +246,7 @@ class SearchEngine:
         return v
 
     def image_vector(self, data: bytes) -> np.ndarray:
-        from search.images import ImageError
+        from search.images import ImageError, UnsupportedImageType
 
         a = self.api_settings
         try:
@@ -254,7 +254,8 @@ class SearchEngine:
                                       self.config.settings.tiling, a.allowed_image_types,
                                       a.min_image_px)
         except ImageError as e:
-            raise QueryError(str(e), status=415 if "unsupported" in str(e) else 400) from None
+            status = 415 if isinstance(e, UnsupportedImageType) else 400
+            raise QueryError(str(e), status=status) from None
         return self.encoder.encode_images(tile[None])[0]
 
     def _stored(self, loaded: _Loaded, ids: tuple[int, ...] | list[int]) -> np.ndarray:

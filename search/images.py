@@ -16,6 +16,10 @@ class ImageError(ValueError):
     """The uploaded bytes are not a usable image (one-line message)."""
 
 
+class UnsupportedImageType(ImageError):
+    """The bytes are none of the allowed image types."""
+
+
 def sniff(data: bytes) -> str | None:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -55,7 +59,7 @@ def decode_query_image(data: bytes, tile_px: int, tiling: TilingSettings,
     centre crop (as CLIP preprocesses), bands and scaling as configured for tiles."""
     kind = sniff(data)
     if kind is None or kind not in allowed:
-        raise ImageError(f"unsupported image type {kind or 'unknown'}: send "
+        raise UnsupportedImageType(f"unsupported image type {kind or 'unknown'}: send "
                          f"{', '.join(t.upper() for t in allowed)}")
     if kind == "tiff":
         arr = _from_tiff(data, tiling)
