@@ -3,7 +3,11 @@ JPEG-encode tiles while the main process encodes the previous batch."""
 
 from __future__ import annotations
 
+import ctypes
 import io
+import os
+import signal
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,6 +23,7 @@ from indexer.raster import RasterInfo
 from indexer.tiling import TileReader
 
 OPEN_READERS = 8  # per worker process
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,21 @@ def collate(items: list[dict]) -> list[dict]:
     return items
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the job process dies (even by SIGKILL), so
+    a killed job never leaves orphaned readers behind."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+
 def _worker_init(_: int) -> None:
+    _die_with_parent()
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
     torch.set_num_threads(1)
 
 

@@ -41,6 +41,20 @@ def _start(archive: Path, idx: Path, cfg: Path) -> subprocess.Popen:
     )
 
 
+def _orphans(idx: Path) -> list[int]:
+    """Pids of processes still running the job on `idx`."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "indexer.cli" in cmd and str(idx) in cmd:
+                pids.append(int(p.name))
+    return pids
+
+
 def _committed(idx: Path) -> dict | None:
     try:
         return json.loads((idx / "manifest.json").read_text())
@@ -85,6 +99,11 @@ def test_sigkill_then_resume(tmp_path, settings, encoder):
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert reads >= 1
+    # Its DataLoader worker dies with it: no orphan keeps reading (or holding memory).
+    deadline = time.monotonic() + 20
+    while _orphans(idx) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _orphans(idx), "DataLoader workers outlived the killed job"
 
     # The killed index opens at its last commit and searches.
     snap = IndexSnapshot.open(idx)
