@@ -69,6 +69,7 @@ class _Pending:
     nodata: int = 0
     error: str | None = None
     finished: bool = False
+    resumed: int = 0  # tiles committed by an earlier, interrupted run
 
 
 class IndexJob:
@@ -156,7 +157,8 @@ class IndexJob:
             r = len(plans)
             plans.append(RasterPlan(info, zoom, tile_range(tiles)))
             tasks += [(r, t.x, t.y) for t in todo]
-            pendings.append(_Pending(key, entry, remaining=len(todo), written=len(done)))
+            pendings.append(_Pending(key, entry, remaining=len(todo), written=len(done),
+                                     resumed=len(done)))
         return plans, tasks, pendings
 
     def _content_hash(self, path: str) -> str:
@@ -168,6 +170,7 @@ class IndexJob:
         p.finished = True
         if p.error is not None:
             writer.remove_source(p.key)
+            report.tiles_written -= p.written - p.resumed  # they are gone again
             self._problem(report, InputError(p.entry["path"], p.error))
             return
         if p.written == 0:
@@ -203,6 +206,8 @@ class IndexJob:
                         report.tiles_nodata += 1
                     else:
                         keep.append(item)
+                # A source that failed later in this batch loses its earlier tiles too.
+                keep = [it for it in keep if pendings[it["raster"]].error is None]
                 if keep:
                     self._add(writer, keep, pendings, plans, report)
                 for item in batch:

@@ -59,7 +59,7 @@ def real_index(tmp_path_factory, shared_geotiff, settings, encoder):
 def make_raster(path: Path, *, lon: float = 11.88, lat: float = 43.46, crs: str = "EPSG:32632",
                 size: int = 256, res: float = 5.0, bands: int = 3, dtype: str = "uint8",
                 nodata: float | None = None, data: np.ndarray | None = None,
-                tags: dict | None = None, seed: int = 0) -> Path:
+                tags: dict | None = None, seed: int = 0, **creation) -> Path:
     """A GeoTIFF of `size` x `size` pixels of `res` CRS units, centred on lon/lat."""
     if crs.upper() == "NONE":
         crs_obj = None
@@ -78,6 +78,7 @@ def make_raster(path: Path, *, lon: float = 11.88, lat: float = 43.46, crs: str 
         profile.update(crs=crs_obj, transform=transform)
     if nodata is not None:
         profile["nodata"] = nodata
+    profile.update(creation)  # GDAL creation options, e.g. blockysize=1
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
