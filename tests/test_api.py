@@ -261,3 +261,13 @@ def test_times_are_utc(engine):
         start=datetime(2009, 1, 1, tzinfo=UTC), end=datetime(2009, 12, 31, tzinfo=UTC))))
     assert all(r["acquired"] == datetime(2009, 8, 18, tzinfo=UTC) for r in rows)
     assert np.isfinite([r["score"] for r in rows]).all()
+
+
+def test_cors_origins(real_index, settings, encoder):
+    api = ApiSettings(cors_origins=("http://explorer.example",))
+    eng = SearchEngine(real_index[0], ServeConfig(settings, api=api), encoder=encoder)
+    with TestClient(create_app(eng)) as c:
+        ok = c.get("/health", headers={"Origin": "http://explorer.example"})
+        assert ok.headers["access-control-allow-origin"] == "http://explorer.example"
+        other = c.get("/health", headers={"Origin": "http://elsewhere.example"})
+        assert "access-control-allow-origin" not in other.headers
