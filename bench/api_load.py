@@ -62,7 +62,7 @@ def request_mix(ids: list[int], rng: random.Random, n: int):
     if kind == "similar":
         return kind, f"/tiles/{rng.choice(ids)}/similar", {"k": 10}
     return kind, "/search", {"q": "farmland", "k": 10, "start": "2014-01-01",
-                             "end": "2014-12-31"}
+                             "end": "2019-12-31"}
 
 
 def run_load(url: str, clients: int, duration: float, max_requests: int, seed: int = 0):
@@ -70,6 +70,7 @@ def run_load(url: str, clients: int, duration: float, max_requests: int, seed: i
         r = c.get("/search", params={"q": "x", "k": 50})
         ids = [x["id"] for x in r.json()["results"]] or [0]
     lat: dict[str, list[float]] = defaultdict(list)
+    embed: dict[str, list[float]] = defaultdict(list)  # server-side model time, seconds
     errors: dict[str, int] = defaultdict(int)
     lock = threading.Lock()
     counter = iter(range(max_requests))
@@ -85,13 +86,18 @@ def run_load(url: str, clients: int, duration: float, max_requests: int, seed: i
                     return
                 kind, path, params = request_mix(ids, rng, n)
                 t0 = time.perf_counter()
+                model_s = 0.0
                 try:
-                    ok = c.get(path, params=params).status_code == 200
-                except httpx.HTTPError:
+                    r = c.get(path, params=params)
+                    ok = r.status_code == 200
+                    if ok:
+                        model_s = r.json().get("embed_ms", 0.0) / 1000
+                except (httpx.HTTPError, ValueError):
                     ok = False
                 dt = time.perf_counter() - t0
                 with lock:
                     lat[kind].append(dt)
+                    embed[kind].append(model_s)
                     if not ok:
                         errors[kind] += 1
 
@@ -102,6 +108,7 @@ def run_load(url: str, clients: int, duration: float, max_requests: int, seed: i
     for t in threads:
         t.join(timeout=duration + 60)
     wall = time.perf_counter() - t0
+    run_load.embed = embed  # per request: the server's own embedding time
     return lat, errors, wall
 
 
@@ -110,12 +117,35 @@ def report(lat, errors, wall, clients: int) -> int:
     total_err = sum(errors.values())
     print(f"clients={clients} wall={wall:.1f}s requests={total} "
           f"throughput={total / wall:.1f} req/s errors={total_err}")
-    print(f"{'kind':<15} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'kind':<15} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+          f"{'model p50':>9} {'rest p50':>9}")
+    embed = getattr(run_load, "embed", {})
     for kind in sorted(lat):
         a = np.array(lat[kind]) * 1000
+        m = np.array(embed.get(kind, [0.0] * len(a))) * 1000
         print(f"{kind:<15} {len(a):>6} {len(a) / wall:>8.1f} {np.percentile(a, 50):>8.1f} "
-              f"{np.percentile(a, 99):>8.1f} {errors[kind]:>6}")
+              f"{np.percentile(a, 99):>8.1f} {errors[kind]:>6} {np.percentile(m, 50):>9.1f} "
+              f"{np.percentile(a - m, 50):>9.1f}")
+    print("model = the server's own query-embedding time (text/image tower), from the "
+          "response; rest = everything else: HTTP, JSON, filters, ANN, re-rank")
     return total_err
+
+
+def text_forward_ms(config: str | None, n: int = 20) -> tuple[float, float]:
+    """p50 / p99 of the prompt-ensembled text embedding alone (the text tower's forward
+    passes), in this process, with the server's encoder config."""
+    from encoder.model import SatelliteEncoder
+    from encoder.prompts import ensemble_text_embedding
+    from indexer.config import load_settings
+
+    enc = SatelliteEncoder(load_settings(config).encoder)
+    ensemble_text_embedding(enc, "warm up")
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        ensemble_text_embedding(enc, f"{WORDS[i % len(WORDS)]} {i}")
+        lat.append(time.perf_counter() - t0)
+    return float(np.percentile(lat, 50) * 1000), float(np.percentile(lat, 99) * 1000)
 
 
 def main() -> int:
@@ -126,6 +156,9 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--duration", type=float, default=20.0, help="seconds (upper bound)")
     p.add_argument("--max-requests", type=int, default=50_000, help="upper bound")
+    p.add_argument("--text-forward", action="store_true",
+                   help="also time the text encoder alone (needs --config), to separate the "
+                   "model's forward pass from the rest of an uncached query")
     args = p.parse_args()
     if not (args.url or args.index):
         p.error("give --url or --index")
@@ -141,7 +174,13 @@ def main() -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-    return 1 if report(lat, errors, wall, args.clients) else 0
+    failed = report(lat, errors, wall, args.clients)
+    if args.text_forward:
+        p50, p99 = text_forward_ms(args.config)
+        unc = np.percentile(np.array(lat["text_uncached"]) * 1000, 50)
+        print(f"text encoder alone (prompt ensemble): p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+              f"uncached HTTP p50 minus that: {unc - p50:.1f} ms")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -88,6 +88,13 @@ def build_synthetic(args, work: Path):
           flush=True)
     cols = tile_columns(args.n, seed=3)
     ident = EncoderIdentity("synthetic", "c" * 64, "w" * 64, args.dim, 224)
+    if args.encoder_config:  # stamp the index as if this encoder had embedded the tiles,
+        from encoder.model import SatelliteEncoder  # so satfind-serve can open it
+        from indexer.config import load_settings
+
+        ident = SatelliteEncoder(load_settings(args.encoder_config).encoder).identity
+        if ident.embed_dim != args.dim:
+            raise SystemExit(f"--encoder-config gives {ident.embed_dim}-d, not --dim {args.dim}")
     store = StoreSettings(ivf_min_vectors=min(50_000, args.n), nlist=args.nlist,
                           pq_m=args.pq_m)
     idx = work / "index"
@@ -117,6 +124,9 @@ def main() -> int:
     p.add_argument("--flat-queries", type=int, default=50,
                    help="single queries timed on FAISS Flat / numpy (each scans everything)")
     p.add_argument("--out", default="/tmp/satfind-bench-search")
+    p.add_argument("--encoder-config", help="stamp the synthetic index with this config's "
+                   "encoder identity (for serving it with bench/api_load.py)")
+    p.add_argument("--build-only", action="store_true", help="build the index and stop")
     args = p.parse_args()
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -137,6 +147,9 @@ def main() -> int:
         args.n = len(ids)
     else:
         base, queries, idx, ident, build_s, t_rows = build_synthetic(args, work)
+        if args.build_only:
+            print(f"built {idx} in {build_s:.1f} s")
+            return 0
     res.update(n=args.n, dim=int(base.shape[1]), queries=len(queries))
 
     # --- the project's store, through the engine -----------------------------------------

@@ -131,7 +131,8 @@ def create_app(engine: SearchEngine) -> FastAPI:
     def run(query: Query, fmt: Format):
         t0 = time.perf_counter()
         gen = engine.snapshot.generation
-        rows = engine.search(query)
+        timings: dict = {}
+        rows = engine.search(query, timings)
         results = [to_result(r) for r in rows]
         if fmt == "geojson":
             return FeatureCollection(features=[
@@ -142,7 +143,7 @@ def create_app(engine: SearchEngine) -> FastAPI:
                     properties=r.model_dump(mode="json", exclude={"id", "bounds"}))
                 for r in results])
         return SearchResponse(count=len(results), took_ms=(time.perf_counter() - t0) * 1000,
-                              generation=gen, results=results)
+                              generation=gen, results=results, **timings)
 
     def k_or_default(k: int | None) -> int:
         if k is None:

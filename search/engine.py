@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -196,6 +197,9 @@ class SearchEngine:
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
+        # One model forward at a time: torch already spreads one over every core, and
+        # concurrent forwards only oversubscribe them and starve the cheap queries.
+        self._model_lock = threading.Lock()
         self._loaded = self._load()
 
     # --- snapshots ----------------------------------------------------------------------
@@ -238,7 +242,8 @@ class SearchEngine:
             if key in self._text_cache:
                 self._text_cache.move_to_end(key)
                 return self._text_cache[key]
-        v = ensemble_text_embedding(self.encoder, key)
+        with self._model_lock:
+            v = ensemble_text_embedding(self.encoder, key)
         with self._cache_lock:
             self._text_cache[key] = v
             while len(self._text_cache) > self.search_settings.text_cache_size:
@@ -256,7 +261,8 @@ class SearchEngine:
         except ImageError as e:
             status = 415 if isinstance(e, UnsupportedImageType) else 400
             raise QueryError(str(e), status=status) from None
-        return self.encoder.encode_images(tile[None])[0]
+        with self._model_lock:
+            return self.encoder.encode_images(tile[None])[0]
 
     def _stored(self, loaded: _Loaded, ids: tuple[int, ...] | list[int]) -> np.ndarray:
         arr = np.asarray([int(i) for i in ids], dtype=np.int64)
@@ -290,14 +296,20 @@ class SearchEngine:
         return (v / norm).astype(np.float32)
 
     # --- search -------------------------------------------------------------------------
-    def search(self, q: Query) -> list[dict]:
+    def search(self, q: Query, timings: dict | None = None) -> list[dict]:
+        """Result rows, best first; `timings` (if given) gets embed_ms and search_ms."""
         if q.k < 1:
             raise QueryError("k must be at least 1")
+        t0 = time.perf_counter()
         loaded = self.loaded
         v = self.query_vector(q, loaded)
+        t1 = time.perf_counter()
         want = q.k * 8 if q.collapse else q.k
         ids, scores = self._rank(loaded, v, q.filters, want)
         rows = self._rows(loaded, ids, scores)
+        if timings is not None:
+            timings["embed_ms"] = (t1 - t0) * 1000
+            timings["search_ms"] = (time.perf_counter() - t1) * 1000
         if q.collapse:
             seen, kept = set(), []
             for r in rows:

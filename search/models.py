@@ -27,7 +27,9 @@ class TileResult(BaseModel):
 
 class SearchResponse(BaseModel):
     count: int
-    took_ms: float
+    took_ms: float = Field(description="server time for the whole query")
+    embed_ms: float = Field(description="of which: embedding the query (text/image model)")
+    search_ms: float = Field(description="of which: filters, ANN, re-rank, metadata")
     generation: int = Field(description="index commit the answer comes from")
     results: list[TileResult]
 
