@@ -133,10 +133,6 @@ class _Loaded:
         pos = np.searchsorted(self.ids, ids)
         return self.table.select(columns).take(pa.array(pos)).to_pylist()
 
-    def candidates(self, f: Filters) -> np.ndarray:
-        """Ids of the tiles that pass the filters (the same semantics as Filters.sql())."""
-        return self.ids[self.mask(f)]
-
     def bitmap(self, mask: np.ndarray) -> np.ndarray:
         """FAISS IDSelectorBitmap bytes (bit i = id i) of the tiles in `mask`."""
         next_id = int(self.snap.manifest["next_id"])
@@ -147,7 +143,8 @@ class _Loaded:
         return np.packbits(bits, bitorder="little")
 
     def mask(self, f: Filters) -> np.ndarray:
-        """Per tile (in id order): does it pass the filters?"""
+        """Per tile (in id order): does it pass the filters? The same semantics as
+        Filters.sql(), which the tests use to check this."""
         m = np.ones(len(self.ids), dtype=bool)
         if f.bbox is not None:
             w, s, e, n = (np.float32(v) for v in f.bbox)
