@@ -197,6 +197,7 @@ class SearchEngine:
         # One model forward at a time: torch already spreads one over every core, and
         # concurrent forwards only oversubscribe them and starve the cheap queries.
         self._model_lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
         self._loaded = self._load()
 
     # --- snapshots ----------------------------------------------------------------------
@@ -232,20 +233,32 @@ class SearchEngine:
 
     # --- query vectors ------------------------------------------------------------------
     def text_vector(self, text: str) -> np.ndarray:
+        """Prompt-ensembled embedding, cached; concurrent misses of one query embed it once."""
         key = " ".join(text.split()).lower()
         if not key:
             raise QueryError("empty text query")
-        with self._cache_lock:
-            if key in self._text_cache:
-                self._text_cache.move_to_end(key)
-                return self._text_cache[key]
-        with self._model_lock:
-            v = ensemble_text_embedding(self.encoder, key)
-        with self._cache_lock:
-            self._text_cache[key] = v
-            while len(self._text_cache) > self.search_settings.text_cache_size:
-                self._text_cache.popitem(last=False)
-        return v
+        while True:
+            with self._cache_lock:
+                if key in self._text_cache:
+                    self._text_cache.move_to_end(key)
+                    return self._text_cache[key]
+                pending = self._inflight.get(key)
+                if pending is None:
+                    pending = self._inflight[key] = threading.Event()
+                    break
+            pending.wait()  # another request is embedding this text; then read the cache
+        try:
+            with self._model_lock:
+                v = ensemble_text_embedding(self.encoder, key)
+            with self._cache_lock:
+                self._text_cache[key] = v
+                while len(self._text_cache) > self.search_settings.text_cache_size:
+                    self._text_cache.popitem(last=False)
+            return v
+        finally:
+            with self._cache_lock:
+                self._inflight.pop(key, None)
+            pending.set()
 
     def image_vector(self, data: bytes) -> np.ndarray:
         from search.images import ImageError, UnsupportedImageType

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import threading
+import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -271,3 +272,30 @@ def test_cors_origins(real_index, settings, encoder):
         assert ok.headers["access-control-allow-origin"] == "http://explorer.example"
         other = c.get("/health", headers={"Origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_concurrent_identical_text_queries_embed_once(real_index, settings, encoder):
+    calls = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def encode_text(self, texts):
+            calls.append(len(texts))
+            time.sleep(0.3)  # a slow model: the other requests arrive while it runs
+            return self.inner.encode_text(texts)
+
+    eng = SearchEngine(real_index[0], ServeConfig(settings), encoder=Counting(encoder))
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(
+        eng.text_vector("a brand new query about quarries"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 8 and all(np.array_equal(r, results[0]) for r in results)
+    assert len(calls) == 1  # one prompt-ensemble forward for eight requests
