@@ -95,6 +95,17 @@ def raster_factory(tmp_path):
     return factory
 
 
+def load_bench(name: str):
+    """A bench/ script as a module, without putting bench/ on sys.path (its search.py would
+    shadow the search package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """satfind-index in a real subprocess with the offline config."""
     cmd = [sys.executable, "-m", "indexer.cli", *args]

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 from search.client import SatfindClient
-from tests.conftest import OFFLINE_CONFIG, ROOT
+from tests.conftest import OFFLINE_CONFIG, load_bench
 
-sys.path.insert(0, str(ROOT / "bench"))
-import api_load  # noqa: E402
+api_load = load_bench("api_load")
 
 
 def test_serve_and_bounded_load(real_index):

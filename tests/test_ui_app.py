@@ -1,0 +1,93 @@
+"""The explorer's flows through Streamlit's AppTest, against a real satfind-serve."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from tests.conftest import OFFLINE_CONFIG, ROOT, load_bench
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+api_load = load_bench("api_load")
+
+APP = str(ROOT / "ui" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def api(real_index):
+    port = api_load.free_port()
+    proc = api_load.start_server(str(real_index[0]), str(OFFLINE_CONFIG), port)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _app(monkeypatch, url: str) -> AppTest:
+    monkeypatch.setenv("SATFIND_API", url)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _cards(at: AppTest) -> list[int]:
+    """Tile ids of the result cards, in order (each card has a 'More like this' button)."""
+    return [int(b.key.split("_")[1]) for b in at.button if (b.key or "").startswith("similar_")]
+
+
+def _text_search(at: AppTest, text: str, k: int) -> AppTest:
+    at.slider(key="k").set_value(k)
+    at.text_input(key="text").input(text)
+    at.button(key="search_text").click()
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_text_query_renders_k_cards(monkeypatch, api):
+    at = _text_search(_app(monkeypatch, api), "farmland", 6)
+    assert len(_cards(at)) == 6
+    assert "Results for “farmland”" in at.subheader[0].value
+    assert len(at.get("download_button")) == 2  # GeoJSON and CSV export
+
+
+def test_more_like_this_changes_the_query(monkeypatch, api):
+    at = _text_search(_app(monkeypatch, api), "farmland", 5)
+    target = _cards(at)[3]
+    at.button(key=f"similar_{target}").click()
+    at.run()
+    assert f"more like tile {target}" in at.subheader[0].value
+    assert _cards(at)[0] == target  # the tile itself ranks first
+
+
+def test_thumbs_up_reruns_with_feedback(monkeypatch, api):
+    at = _text_search(_app(monkeypatch, api), "farmland", 5)
+    target = _cards(at)[4]
+    at.button(key=f"up_{target}").click()
+    at.run()
+    assert "👍 1" in at.subheader[0].value
+    assert target in _cards(at)[:4]
+
+
+def test_date_filter_narrows(monkeypatch, api):
+    at = _text_search(_app(monkeypatch, api), "farmland", 30)
+    dates = {m.value.split(" · ")[1] for m in at.markdown if " · " in m.value}
+    assert len(dates) > 1  # several acquisition dates (and unknown) without a filter
+    at.checkbox(key="use_dates").check()
+    at.run()
+    at.date_input(key="start").set_value(date(2014, 1, 1))
+    at.date_input(key="end").set_value(date(2014, 12, 31))
+    at.run()
+    assert at.date_input(key="start").value == date(2014, 1, 1)
+    assert not at.exception
+    dates = {m.value.split(" · ")[1] for m in at.markdown if " · " in m.value}
+    assert dates == {"2014-07-20"} and len(_cards(at)) == 30
+
+
+def test_api_down_shows_the_error_state(monkeypatch):
+    at = _app(monkeypatch, f"http://127.0.0.1:{api_load.free_port()}")
+    assert len(at.error) == 1 and "not reachable" in at.error[0].value
+    assert not at.exception
