@@ -118,7 +118,7 @@ def show_map(results: list[dict], tile_url: str) -> None:
     span = max(max(lons) - min(lons), max(lats) - min(lats), 1e-4)
     import math
 
-    zoom = max(1, min(18, math.log2(360 / span) - 0.5))
+    zoom = max(1, min(18, math.log2(360 / span) + 0.5))
     st.pydeck_chart(pdk.Deck(
         layers=layers, map_style=None,
         initial_view_state=pdk.ViewState(longitude=sum(lons) / len(lons),
@@ -220,19 +220,22 @@ def main() -> None:
                 box.image(thumbnail(url, r["id"]), width="stretch")
             except SatfindError:
                 box.caption("(no thumbnail)")
-            when = (r["acquired"] or "date unknown")[:10]
+            when = r["acquired"][:10] if r["acquired"] else "no date"
             box.markdown(f"**{r['score']:.3f}** · {when} · {r['sensor']}  \n"
                          f"{r['centre'][1]:.4f}, {r['centre'][0]:.4f}")
-            a, b, d = box.columns(3)
-            if a.button("👍", key=f"up_{r['id']}", help="more like this, in this query"):
+            a, b = box.columns(2)
+            if a.button("Relevant", key=f"up_{r['id']}", width="stretch",
+                        help="thumbs up: re-run this query with this tile as a positive"):
                 q["positives"] = sorted({*q["positives"], r["id"]})
                 q["negatives"] = [i for i in q["negatives"] if i != r["id"]]
                 st.rerun()
-            if b.button("👎", key=f"down_{r['id']}", help="less like this"):
+            if b.button("Irrelevant", key=f"down_{r['id']}", width="stretch",
+                        help="thumbs down: re-run this query with this tile as a negative"):
                 q["negatives"] = sorted({*q["negatives"], r["id"]})
                 q["positives"] = [i for i in q["positives"] if i != r["id"]]
                 st.rerun()
-            if d.button("More like this", key=f"similar_{r['id']}"):
+            if box.button("More like this", key=f"similar_{r['id']}", width="stretch",
+                          help="a new query: tiles that look like this one"):
                 state.query = {"kind": "similar", "tile_id": r["id"], "positives": [],
                                "negatives": []}
                 st.rerun()
