@@ -91,3 +91,30 @@ def test_api_down_shows_the_error_state(monkeypatch):
     at = _app(monkeypatch, f"http://127.0.0.1:{api_load.free_port()}")
     assert len(at.error) == 1 and "not reachable" in at.error[0].value
     assert not at.exception
+
+
+def test_no_results_state(monkeypatch, api):
+    at = _app(monkeypatch, api)
+    at.text_input(key="area").input("0,0,1,1")  # the Gulf of Guinea: nothing indexed there
+    at = _text_search(at, "farmland", 5)
+    assert len(at.warning) == 1 and "No tiles match" in at.warning[0].value
+    assert _cards(at) == []
+    at.text_input(key="area").input("1,2,3")
+    at.run()
+    assert "west,south,east,north" in at.error[0].value and not at.exception
+
+
+def test_empty_index_state(monkeypatch, tmp_path, encoder):
+    from indexer.config import StoreSettings
+    from indexer.writer import IndexWriter
+
+    with IndexWriter(tmp_path / "empty", encoder.identity, StoreSettings()) as w:
+        w.commit()
+    port = api_load.free_port()
+    proc = api_load.start_server(str(tmp_path / "empty"), str(OFFLINE_CONFIG), port)
+    try:
+        at = _app(monkeypatch, f"http://127.0.0.1:{port}")
+        assert len(at.info) == 1 and "index is empty" in at.info[0].value
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
