@@ -1,0 +1,65 @@
+"""`satfind-eval`: measure an encoder. (`satfind-train` comes with GRAFT training.)"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tomllib
+from pathlib import Path
+
+
+def encoder_spec_from_config(path: str | None):
+    """The [encoder] section of an index_config.toml as an EncoderSpec (the encoder layer
+    reads it itself: it imports nothing above it)."""
+    from encoder.model import EncoderError, EncoderSpec
+
+    if path is None:
+        return EncoderSpec()
+    p = Path(path)
+    try:
+        table = tomllib.loads(p.read_text()).get("encoder", {})
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise EncoderError(f"{p}: cannot read config ({e})") from None
+    fields = {f.name: f.type for f in dataclasses.fields(EncoderSpec)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise EncoderError(f"{p}: encoder: unknown key {unknown[0]!r}")
+    spec = EncoderSpec(**table)
+    if spec.checkpoint and not Path(spec.checkpoint).is_absolute():
+        spec = dataclasses.replace(spec, checkpoint=str((p.parent / spec.checkpoint).resolve()))
+    return spec
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="satfind-eval", description="Evaluate a satellite encoder.")
+    sub = p.add_subparsers(dest="what", required=True)
+    z = sub.add_parser("zeroshot", help="zero-shot classification of a class-per-folder set")
+    z.add_argument("image_dir")
+    z.add_argument("--config", help="index_config.toml with the [encoder] to evaluate")
+    z.add_argument("--out", default="eval-zeroshot", help="folder for JSON / CSV results")
+    z.add_argument("--limit-per-class", type=int, default=0, help="0 = all images")
+    z.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    from encoder.evaluate import EvalError, zero_shot
+    from encoder.model import EncoderError, SatelliteEncoder
+
+    try:
+        enc = SatelliteEncoder(encoder_spec_from_config(args.config))
+        res = zero_shot(enc, Path(args.image_dir), args.limit_per_class,
+                        progress=not args.quiet)
+    except (EncoderError, EvalError) as e:
+        print(f"satfind-eval: error: {e}", file=sys.stderr)
+        return 2
+    res.write(Path(args.out))
+    for c, acc in res.per_class().items():
+        print(f"{c:<24} {acc:6.3f}")
+    print(f"zero-shot accuracy {res.accuracy:.3f} over {int(res.confusion.sum())} images, "
+          f"{len(res.classes)} classes (chance {res.chance:.3f}); encoder "
+          f"{enc.identity.short()}; results in {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(eval_main())
