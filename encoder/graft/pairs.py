@@ -1,0 +1,131 @@
+"""Ground-satellite training pairs for GRAFT.
+
+Photos come with a position from their EXIF GPS tags (or a CSV/Parquet of path, lat, lon);
+each sample is a square satellite patch in web-mercator pixels around one photo (jittered,
+so the photo is not always central) with every photo inside it as a positive, at its pixel
+position. Samples are written to Parquet so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+EARTH_RADIUS_M = 6378137.0
+GPS_IFD = 0x8825
+EXIF_IFD = 0x8769
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: str
+    lat: float
+    lon: float
+    time: datetime | None = None
+
+
+def _dms(value, ref: str) -> float:
+    d, m, s = (float(v) for v in value)
+    deg = d + m / 60 + s / 3600
+    return -deg if ref in ("S", "W") else deg
+
+
+def read_geotag(path: str | Path) -> Photo | None:
+    """Position (and time) from a photo's EXIF GPS tags; None when it has none."""
+    with Image.open(path) as im:
+        exif = im.getexif()
+        gps = exif.get_ifd(GPS_IFD)
+        if not gps or 2 not in gps or 4 not in gps:
+            return None
+        lat = _dms(gps[2], str(gps.get(1, "N")).strip())
+        lon = _dms(gps[4], str(gps.get(3, "E")).strip())
+        stamp = exif.get_ifd(EXIF_IFD).get(36867) or exif.get(306)
+    when = None
+    if stamp:
+        try:
+            when = datetime.strptime(str(stamp).strip(), "%Y:%m:%d %H:%M:%S").replace(tzinfo=UTC)
+        except ValueError:
+            when = None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    return Photo(str(Path(path).resolve()), lat, lon, when)
+
+
+def photos_from_folder(folder: str | Path) -> list[Photo]:
+    out = []
+    for p in sorted(Path(folder).rglob("*")):
+        if p.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff", ".png"):
+            tag = read_geotag(p)
+            if tag is not None:
+                out.append(tag)
+    return out
+
+
+def mercator(lon: float, lat: float) -> tuple[float, float]:
+    x = math.radians(lon) * EARTH_RADIUS_M
+    y = math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) * EARTH_RADIUS_M
+    return x, y
+
+
+@dataclass(frozen=True)
+class Sample:
+    anchor: int  # index of the photo the patch was cut around
+    left: float  # EPSG:3857 bounds of the patch
+    top: float
+    res: float  # EPSG:3857 metres per patch pixel
+    size: int
+    photos: tuple[int, ...]  # every photo inside the patch (the anchor included)
+    rows: tuple[float, ...]  # their pixel positions in the patch
+    cols: tuple[float, ...]
+
+
+def build_samples(photos: list[Photo], size: int, gsd_m: float, jitter: float = 0.35,
+                  seed: int = 0) -> list[Sample]:
+    """One sample per photo: a size x size patch of `gsd_m` ground pixels whose centre is
+    the photo moved by up to `jitter` x the patch half-width."""
+    rng = np.random.default_rng(seed)
+    xy = np.array([mercator(p.lon, p.lat) for p in photos])
+    out = []
+    for i, p in enumerate(photos):
+        res = gsd_m / math.cos(math.radians(p.lat))
+        half = size * res / 2
+        dx, dy = rng.uniform(-jitter, jitter, 2) * half
+        left, top = xy[i, 0] + dx - half, xy[i, 1] + dy + half
+        cols = (xy[:, 0] - left) / res
+        rows = (top - xy[:, 1]) / res
+        inside = np.flatnonzero((cols >= 0) & (cols < size) & (rows >= 0) & (rows < size))
+        assert i in inside
+        out.append(Sample(i, float(left), float(top), float(res), size,
+                          tuple(int(j) for j in inside), tuple(float(rows[j]) for j in inside),
+                          tuple(float(cols[j]) for j in inside)))
+    return out
+
+
+def write_manifest(samples: list[Sample], photos: list[Photo], path: str | Path) -> None:
+    pq.write_table(pa.table({
+        "anchor": [photos[s.anchor].path for s in samples],
+        "left": [s.left for s in samples], "top": [s.top for s in samples],
+        "res": [s.res for s in samples], "size": [s.size for s in samples],
+        "photos": [[photos[j].path for j in s.photos] for s in samples],
+        "rows": [list(s.rows) for s in samples], "cols": [list(s.cols) for s in samples],
+    }), path)
+
+
+def read_patch(raster: str, s: Sample, bands: tuple[int, int, int] = (1, 2, 3)) -> np.ndarray:
+    """The sample's patch of `raster` (any CRS), warped to its web-mercator grid: uint8."""
+    import rasterio
+    from affine import Affine
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with rasterio.open(raster) as src, WarpedVRT(
+            src, crs="EPSG:3857", transform=Affine(s.res, 0, s.left, 0, -s.res, s.top),
+            width=s.size, height=s.size, resampling=Resampling.bilinear) as vrt:
+        return vrt.read(list(bands))
