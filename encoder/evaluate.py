@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from encoder.images import square_tile
 from encoder.prompts import PROMPT_SET_VERSION, ensemble_text_embedding
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
@@ -45,13 +46,7 @@ def image_folder(root: Path, limit_per_class: int = 0) -> tuple[list[str], list[
 def load_tile(path: Path, size: int) -> np.ndarray:
     """Image -> uint8 [3, size, size]: shortest side resized, centre crop (CLIP-style)."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        s = size / min(im.size)
-        im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))),
-                       Image.Resampling.BICUBIC)
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        return square_tile(im, size)
 
 
 @dataclass

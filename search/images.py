@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from encoder.images import square_tile
 from indexer.config import TilingSettings
 from indexer.raster import to_uint8
 
@@ -76,10 +77,4 @@ def decode_query_image(data: bytes, tile_px: int, tiling: TilingSettings,
     if min(img.size) < min_px:
         raise ImageError(f"image is {img.width}x{img.height} pixels; at least {min_px}x{min_px} "
                          "is needed")
-    scale = tile_px / min(img.size)
-    w, h = max(tile_px, round(img.width * scale)), max(tile_px, round(img.height * scale))
-    if (w, h) != img.size:
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
-    left, top = (w - tile_px) // 2, (h - tile_px) // 2
-    img = img.crop((left, top, left + tile_px, top + tile_px))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+    return square_tile(img, tile_px)
