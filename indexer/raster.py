@@ -151,7 +151,7 @@ def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
         if not valid.any():
             raise InputError(path, "raster is entirely nodata (no valid pixel)")
         dtype = src.dtypes[0]
-        lo, hi = _scaling(dtype, data, valid, tiling, path)
+        lo, hi = scaling_range(dtype, data, valid, tiling)
         tags = src.tags()
         has_alpha = any(ci.name == "alpha" for ci in src.colorinterp)
         return RasterInfo(
@@ -165,7 +165,10 @@ def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
         )
 
 
-def _scaling(dtype: str, data: np.ndarray, valid: np.ndarray, tiling: TilingSettings, path: str):
+def scaling_range(dtype: str, data: np.ndarray, valid: np.ndarray, tiling: TilingSettings
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per band (value mapped to 0, value mapped to 255) by tiling.scaling; percentiles are
+    taken over the `valid` pixels of `data` [3, H, W]."""
     mode = tiling.scaling
     if mode == "auto":
         mode = "uint8" if dtype == "uint8" else "percentile"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from encoder.images import square_tile
 from indexer.config import TilingSettings
-from indexer.raster import to_uint8
+from indexer.raster import scaling_range, to_uint8
 
 
 class ImageError(ValueError):
@@ -44,14 +44,8 @@ def _from_tiff(data: bytes, tiling: TilingSettings) -> np.ndarray:
                 arr = src.read(bands)
     except RasterioError as e:
         raise ImageError(f"not a readable TIFF ({str(e).splitlines()[0]})") from None
-    if arr.dtype == np.uint8 and tiling.scaling in ("auto", "uint8"):
-        return arr
-    if tiling.scaling == "divisor":
-        d = tiling.reflectance_divisor
-        return to_uint8(arr, (0.0,) * 3, (d,) * 3)
-    lo, hi = np.percentile(arr.reshape(3, -1).astype(np.float64), tiling.percentiles, axis=1)
-    hi = np.maximum(hi, lo + 1)
-    return to_uint8(arr, tuple(lo), tuple(hi))
+    valid = np.ones(arr.shape[1:], dtype=bool)
+    return to_uint8(arr, *scaling_range(arr.dtype.name, arr, valid, tiling))
 
 
 def decode_query_image(data: bytes, tile_px: int, tiling: TilingSettings,

@@ -64,6 +64,10 @@ def test_image_search_finds_the_uploaded_tile(client, engine):
     Image.open(io.BytesIO(jpeg)).save(png, format="PNG")
     r = client.post("/search/image", files={"file": ("q.png", png.getvalue())})
     assert _ids(r)[0] == tid
+    tif = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(tif, format="TIFF")
+    r = client.post("/search/image", files={"file": ("q.tif", tif.getvalue())})
+    assert _ids(r)[0] == tid
 
 
 def test_similar_by_id(client):
