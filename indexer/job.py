@@ -28,6 +28,12 @@ def source_key(path: str, sha256: str) -> str:
     return hashlib.sha256(f"{path}\n{sha256}".encode()).hexdigest()[:20]
 
 
+def _content_hash(path: str, known: dict[tuple[str, int, int], str]) -> str:
+    """The recorded hash when path, size and mtime are unchanged, else hash the file."""
+    size, mtime = file_stat(path)
+    return known.get((path, size, mtime)) or content_sha256(path)
+
+
 @dataclass
 class JobReport:
     rasters_indexed: int = 0  # newly indexed (or completed) in this run
@@ -114,8 +120,8 @@ class IndexJob:
         by_path: dict[str, list[str]] = {}
         for key, e in writer.sources.items():
             by_path.setdefault(e["path"], []).append(key)
-        self._known = {(e["path"], e["size"], e["mtime_ns"]): e["content_sha256"]
-                       for e in writer.sources.values()}
+        known = {(e["path"], e["size"], e["mtime_ns"]): e["content_sha256"]
+                 for e in writer.sources.values()}
         plans: list[RasterPlan] = []
         tasks: list[tuple[int, int, int]] = []
         pendings: list[_Pending] = []
@@ -124,7 +130,7 @@ class IndexJob:
                   leave=False)
         for src in it:
             try:
-                sha = self._content_hash(src.path)
+                sha = _content_hash(src.path, known)
             except OSError as e:
                 self._problem(report, InputError(src.path, f"cannot read file ({e.strerror})"))
                 continue
@@ -160,11 +166,6 @@ class IndexJob:
             pendings.append(_Pending(key, entry, remaining=len(todo), written=len(done),
                                      resumed=len(done)))
         return plans, tasks, pendings
-
-    def _content_hash(self, path: str) -> str:
-        """The recorded hash when size and mtime are unchanged, else hash the file."""
-        size, mtime = file_stat(path)
-        return self._known.get((path, size, mtime)) or content_sha256(path)
 
     def _finish(self, writer: IndexWriter, p: _Pending, report: JobReport) -> None:
         p.finished = True

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
+
 from indexer.errors import IndexError_
 
 FORMAT = "satfind-index"
@@ -15,6 +17,27 @@ VECTORS_F16 = "vectors.f16.npy"
 TILES_DIR = "tiles"
 THUMBS_DIR = "thumbs"
 LOCK = ".lock"
+
+
+# One row per tile in tiles/part-NNNNN.parquet; id + JPEG in thumbs/part-NNNNN.parquet.
+TILE_SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("z", pa.int8()),
+    ("x", pa.int32()),
+    ("y", pa.int32()),
+    ("west", pa.float64()),
+    ("south", pa.float64()),
+    ("east", pa.float64()),
+    ("north", pa.float64()),
+    ("source", pa.string()),
+    ("source_key", pa.string()),
+    ("acquired", pa.timestamp("us", tz="UTC")),
+    ("sensor", pa.string()),
+    ("gsd_m", pa.float32()),
+    ("native_gsd_m", pa.float32()),
+    ("nodata_fraction", pa.float32()),
+])
+THUMB_SCHEMA = pa.schema([("id", pa.int64()), ("jpeg", pa.binary())])
 
 
 def faiss_name(generation: int) -> str:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from encoder.model import EncoderIdentity
 from indexer.errors import IndexError_
-from indexer.manifest import THUMBS_DIR, TILES_DIR, read_manifest
+from indexer.manifest import THUMBS_DIR, TILE_SCHEMA, TILES_DIR, read_manifest
 from indexer.vectorfile import open_vectors
 
 
@@ -94,8 +94,6 @@ class IndexSnapshot:
     def tiles(self, columns: list[str] | None = None) -> pa.Table:
         """Tile metadata of every committed tile."""
         if not self.tile_parts:
-            from indexer.writer import TILE_SCHEMA
-
             return TILE_SCHEMA.empty_table()
         return pa.concat_tables([pq.read_table(p, columns=columns) for p in self.tile_parts])
 

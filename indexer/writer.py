@@ -22,7 +22,9 @@ from indexer.manifest import (
     FORMAT,
     FORMAT_VERSION,
     LOCK,
+    THUMB_SCHEMA,
     THUMBS_DIR,
+    TILE_SCHEMA,
     TILES_DIR,
     VECTORS_F16,
     atomic_write_bytes,
@@ -33,24 +35,6 @@ from indexer.manifest import (
 )
 from indexer.vectorfile import VectorFileWriter, open_vectors
 
-TILE_SCHEMA = pa.schema([
-    ("id", pa.int64()),
-    ("z", pa.int8()),
-    ("x", pa.int32()),
-    ("y", pa.int32()),
-    ("west", pa.float64()),
-    ("south", pa.float64()),
-    ("east", pa.float64()),
-    ("north", pa.float64()),
-    ("source", pa.string()),
-    ("source_key", pa.string()),
-    ("acquired", pa.timestamp("us", tz="UTC")),
-    ("sensor", pa.string()),
-    ("gsd_m", pa.float32()),
-    ("native_gsd_m", pa.float32()),
-    ("nodata_fraction", pa.float32()),
-])
-THUMB_SCHEMA = pa.schema([("id", pa.int64()), ("jpeg", pa.binary())])
 TILE_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "id"]
 # POSIX locks are per process; this set stops two writers inside one process.
 _HELD: set[Path] = set()
