@@ -1,4 +1,4 @@
-"""`satfind-eval`: measure an encoder. (`satfind-train` comes with GRAFT training.)"""
+"""The encoder layer's commands: `satfind-train` (GRAFT) and `satfind-eval` (measure)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,49 @@ def eval_main(argv: list[str] | None = None) -> int:
     print(f"zero-shot accuracy {res.accuracy:.3f} over {int(res.confusion.sum())} images, "
           f"{len(res.classes)} classes (chance {res.chance:.3f}); encoder "
           f"{enc.identity.short()}; results in {args.out}/")
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="satfind-train",
+        description="Train a satellite encoder with GRAFT: align it to a frozen CLIP through "
+                    "geotagged ground photos ([train] section of the config).")
+    p.add_argument("--config", required=True,
+                   help="TOML with [encoder] (the teacher CLIP), [train], [tiling], [discovery]")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in train.out")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+
+    from encoder.graft.pairs import PairError
+    from encoder.graft.settings import load_train_config
+    from encoder.graft.teacher import PhotoError
+    from encoder.graft.train import Trainer, TrainError, TrainInterrupted
+    from encoder.model import EncoderError
+    from indexer.config import ConfigError
+
+    try:
+        settings, train = load_train_config(args.config)
+        report = Trainer(settings, train, progress=not args.quiet).run(resume=args.resume)
+    except (ConfigError, EncoderError, PairError, PhotoError, TrainError) as e:
+        print(f"satfind-train: error: {e}", file=sys.stderr)
+        return 2
+    except TrainInterrupted as e:
+        where = f"; checkpoint {e.checkpoint}" if e.checkpoint else ""
+        print(f"satfind-train: interrupted at step {e.step}{where}; continue with --resume",
+              file=sys.stderr)
+        return 130
+    c = report.pairs
+    print(f"pairs: {c['samples']} patches from {c['photos']} photos ({c['train']} train, "
+          f"{c['val']} val; no raster {c['no_raster']}, none in time window "
+          f"{c['no_raster_in_time']}, nodata {c['nodata']}) | teacher: {report.teacher_computed}"
+          f" photos embedded, {report.teacher_cached} cached")
+    print(f"trained steps {report.resumed_from}..{report.steps} in {report.seconds:.0f} s | "
+          f"val recall@1 sat->ground: untrained {report.val_recall_before:.3f}, trained "
+          f"{report.val_recall_after:.3f} (chance {report.val_chance:.3f})")
+    print(f"encoder: {report.export} (index with --config "
+          f"{report.export.parent / 'index_config.toml'})")
     return 0
 
 

@@ -77,10 +77,13 @@ def _resolve_model_name(model: str) -> str:
     return model
 
 
-def state_dict_sha256(model: torch.nn.Module) -> str:
-    """Hash of all parameters and buffers, in float32, in name order (device-independent)."""
+def state_dict_sha256(model: torch.nn.Module, skip_prefix: str | None = None) -> str:
+    """Hash of all parameters and buffers, in float32, in name order (device-independent);
+    names starting with `skip_prefix` left out."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if skip_prefix and name.startswith(skip_prefix):
+            continue
         h.update(name.encode())
         t = tensor.detach().to("cpu")
         if t.is_floating_point():
@@ -132,6 +135,11 @@ class SatelliteEncoder:
                        "machine set encoder.checkpoint to a local file")
             raise EncoderError(f"encoder: cannot load weights {what} for {name}: {msg}") from None
         model.eval()
+        # A GRAFT checkpoint names the CLIP it was aligned to; its text tower must be that
+        # CLIP's, or text queries would land in another space.
+        self.trained_from: dict | None = None
+        if spec.checkpoint:
+            self.trained_from = _check_sidecar(Path(spec.checkpoint), model)
         self.identity = EncoderIdentity(
             architecture=name,
             config_sha256=hashlib.sha256(
@@ -166,7 +174,8 @@ class SatelliteEncoder:
             return torch.autocast("cuda", dtype=dtype)
         return torch.autocast("cpu", enabled=False)
 
-    def _to_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 batch [N, 3, H, W] or [N, H, W, 3] -> the model's normalised float input."""
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise EncoderError(
@@ -188,10 +197,22 @@ class SatelliteEncoder:
         """uint8 batch -> float32 [N, D], L2-normalised."""
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = self._to_input(images)
+        x = self.prepare(images)
         with self._autocast():
             feats = self.model.encode_image(x)
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def similarity_map(self, tile: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Where in one tile a query embedding matches: cosine similarity of each ViT patch
+        token (projected into the joint space, as GRAFT's pixel-level loss trains it) with
+        `query` [D]. tile: uint8 [3, H, W] or [H, W, 3] -> float32 [grid, grid]."""
+        x = self.prepare(np.asarray(tile)[None])
+        with self._autocast():
+            _, tokens = image_tokens(self.model.visual, x)
+        q = torch.as_tensor(np.asarray(query, dtype=np.float32), device=self.device)
+        sim = F.normalize(tokens[0].float(), dim=-1) @ F.normalize(q, dim=0)
+        return sim.cpu().numpy()
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:
@@ -202,6 +223,45 @@ class SatelliteEncoder:
         with self._autocast():
             feats = self.model.encode_text(tokens)
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
+
+
+def image_tokens(visual: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ViT image tower's pooled embedding [B, D] and its patch tokens, layer-normed and
+    projected like the pooled one, [B, grid, grid, D] (unnormalised)."""
+    if getattr(visual, "proj", None) is None or not hasattr(visual, "forward_intermediates"):
+        raise EncoderError("encoder: patch-token features need an open_clip ViT image tower "
+                           "with a projection")
+    out = visual.forward_intermediates(x, indices=1, normalize_intermediates=True,
+                                       output_fmt="NLC")
+    tokens = out["image_intermediates"][-1] @ visual.proj
+    grid = x.shape[-1] // visual.patch_size[1], x.shape[-2] // visual.patch_size[0]
+    return out["image_features"], tokens.reshape(len(x), grid[1], grid[0], -1)
+
+
+def sidecar_path(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(".json")
+
+
+def text_tower_sha256(model: torch.nn.Module) -> str:
+    """Hash of everything but the image tower: what text queries depend on."""
+    return state_dict_sha256(model, skip_prefix="visual.")
+
+
+def _check_sidecar(checkpoint: Path, model: torch.nn.Module) -> dict | None:
+    side = sidecar_path(checkpoint)
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        teacher = meta["teacher"]
+        expected = meta["text_tower_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EncoderError(f"{side}: not a satfind checkpoint description ({e})") from None
+    if text_tower_sha256(model) != expected:
+        raise EncoderError(f"{checkpoint}: its text tower is not the one of the CLIP it was "
+                           f"trained against ({side} says {teacher.get('architecture')}@"
+                           f"{str(teacher.get('weights_sha256'))[:12]})")
+    return teacher
 
 
 @contextlib.contextmanager

@@ -87,15 +87,31 @@ class TileReader:
 
     def read(self, tile: mercantile.Tile) -> TileRead:
         win = Window((tile.x - self.x0) * self.px, (tile.y - self.y0) * self.px, self.px, self.px)
-        data = self._vrt.read(self._bands, window=win)
-        valid = self._vrt.dataset_mask(window=win) > 0
-        if self.tiling.zero_is_nodata:
-            valid &= np.any(data != 0, axis=0)
-        rgb = to_uint8(data, self.info.scale_lo, self.info.scale_hi)
-        if not valid.all():
-            rgb = np.where(valid[None], rgb, np.uint8(0))
-        return TileRead(rgb=rgb, nodata_fraction=float(1.0 - valid.mean()))
+        return _read_scaled(self._vrt, win, self.info, self.tiling)
 
     def close(self) -> None:
         self._vrt.close()
         self._src.close()
+
+
+def _read_scaled(vrt: WarpedVRT, window: Window | None, info: RasterInfo,
+                 tiling: TilingSettings) -> TileRead:
+    """The selected bands of a window, scaled to uint8, invalid pixels zeroed and counted."""
+    data = vrt.read(list(tiling.bands), window=window)
+    valid = vrt.dataset_mask(window=window) > 0
+    if tiling.zero_is_nodata:
+        valid &= np.any(data != 0, axis=0)
+    rgb = to_uint8(data, info.scale_lo, info.scale_hi)
+    if not valid.all():
+        rgb = np.where(valid[None], rgb, np.uint8(0))
+    return TileRead(rgb=rgb, nodata_fraction=float(1.0 - valid.mean()))
+
+
+def read_mercator_window(src, info: RasterInfo, tiling: TilingSettings, left: float,
+                         top: float, res: float, size: int) -> TileRead:
+    """A size x size patch of the open raster `src` on an arbitrary EPSG:3857 grid (top-left
+    corner, metres per pixel), read like a tile: same bands, scaling and nodata rules."""
+    with WarpedVRT(src, crs="EPSG:3857", transform=Affine(res, 0.0, left, 0.0, -res, top),
+                   width=size, height=size, resampling=Resampling[tiling.resampling],
+                   add_alpha=info.add_alpha) as vrt:
+        return _read_scaled(vrt, None, info, tiling)

@@ -58,14 +58,93 @@ def read_geotag(path: str | Path) -> Photo | None:
     return Photo(str(Path(path).resolve()), lat, lon, when)
 
 
+class PairError(ValueError):
+    """Bad training-pair input (one-line message naming the file)."""
+
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
+
+
 def photos_from_folder(folder: str | Path) -> list[Photo]:
+    """Every photo under `folder` with EXIF GPS tags (photos without are left out)."""
     out = []
     for p in sorted(Path(folder).rglob("*")):
-        if p.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff", ".png"):
+        if p.suffix.lower() in PHOTO_SUFFIXES:
             tag = read_geotag(p)
             if tag is not None:
                 out.append(tag)
     return out
+
+
+def _parse_time(value, where: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        t = value
+    else:
+        try:
+            t = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise PairError(f"{where}: time {value!r} is not an ISO 8601 date/time") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def photos_from_table(table_path: str | Path) -> list[Photo]:
+    """Photos from a CSV or Parquet table with columns path, lat, lon and optionally time
+    (ISO 8601; no zone = UTC). Relative paths are relative to the table's folder."""
+    tp = Path(table_path)
+    try:
+        if tp.suffix.lower() == ".parquet":
+            table = pq.read_table(tp)
+        else:
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(tp, convert_options=pacsv.ConvertOptions(
+                column_types={"path": pa.string(), "time": pa.string()}))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise PairError(f"{tp}: cannot read photo table ({str(e).splitlines()[0]})") from None
+    missing = [c for c in ("path", "lat", "lon") if c not in table.column_names]
+    if missing:
+        raise PairError(f"{tp}: photo table needs columns path, lat, lon[, time]; "
+                        f"missing {', '.join(missing)}")
+    rows = table.to_pylist()
+    out = []
+    for i, row in enumerate(rows, start=2 if tp.suffix.lower() != ".parquet" else 0):
+        where = f"{tp}: row {i}"
+        try:
+            lat, lon = float(row["lat"]), float(row["lon"])
+        except (TypeError, ValueError):
+            raise PairError(f"{where}: lat/lon must be numbers, got {row['lat']!r}, "
+                            f"{row['lon']!r}") from None
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise PairError(f"{where}: lat {lat} / lon {lon} out of range")
+        if not row["path"]:
+            raise PairError(f"{where}: empty path")
+        path = Path(row["path"])
+        if not path.is_absolute():
+            path = tp.parent / path
+        if not path.is_file():
+            raise PairError(f"{where}: photo {path} does not exist")
+        out.append(Photo(str(path.resolve()), lat, lon, _parse_time(row.get("time"), where)))
+    return out
+
+
+def load_photos(source: str | Path) -> list[Photo]:
+    """A folder of EXIF-geotagged photos, or a CSV/Parquet table of path, lat, lon[, time]."""
+    p = Path(source)
+    if p.is_dir():
+        photos = photos_from_folder(p)
+        if not photos:
+            raise PairError(f"{p}: no photo with EXIF GPS tags in this folder")
+        return photos
+    if p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
+        photos = photos_from_table(p)
+        if not photos:
+            raise PairError(f"{p}: the photo table has no rows")
+        return photos
+    if not p.exists():
+        raise PairError(f"{p}: does not exist")
+    raise PairError(f"{p}: expected a folder of geotagged photos or a .csv/.parquet table")
 
 
 def mercator(lon: float, lat: float) -> tuple[float, float]:

@@ -1,0 +1,245 @@
+"""GRAFT end to end on a generated world: pairs (CSV photos, time matching), teacher cache,
+training that measurably learns, checkpoints and --resume, the exported encoder in
+SatelliteEncoder and satfind-index, and the pixel-level similarity map."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from encoder.cli import train_main
+from encoder.graft.data import build_pairs, raster_catalogue
+from encoder.graft.pairs import PairError, load_photos
+from encoder.graft.settings import load_train_config
+from encoder.graft.teacher import TeacherCache, load_photo
+from encoder.graft.train import Trainer, retrieval_recall_at_1
+from encoder.images import square_tile
+from encoder.model import EncoderSpec, SatelliteEncoder
+from indexer.config import load_settings
+from tests.graft_world import _ground_photo, _satellite_scene, make_world
+
+TEACHER = """
+[encoder]
+model = "satfind-tiny"
+random_weights = true
+seed = 0
+device = "cpu"
+
+[tiling]
+target_gsd_m = 10.0
+"""
+
+
+def write_config(root: Path, name: str = "train.toml", **train) -> Path:
+    base = {"photos": "train_photos.csv",
+            "rasters": ["world_20210615.tif", "world_20240601.tif"],
+            "time_window_days": 60, "steps": 150, "batch_size": 32, "lr": 1e-3,
+            "warmup_steps": 10, "checkpoint_every": 50, "seed": 0, **train}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in base.items()]
+    path = root / name
+    path.write_text(TEACHER + "\n[train]\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=0,
+                                        device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    root = world.train_csv.parent
+    cfg = write_config(root, out="run")
+    assert train_main(["--config", str(cfg), "-q"]) == 0
+    return root / "run"
+
+
+def heldout_recall(world, visual_of: SatelliteEncoder, teacher: SatelliteEncoder, out: Path):
+    """Satellite -> ground recall@1 over scenes no training step saw."""
+    settings, train = load_train_config(write_config(world.train_csv.parent, "heldout.toml",
+                                                     photos="heldout_photos.csv", jitter=0.0))
+    rasters, _ = raster_catalogue(list(train.rasters), settings)
+    photos = load_photos(train.photos)
+    pairs = build_pairs(photos, rasters, settings, train, teacher.image_size, out)
+    ground = torch.from_numpy(np.stack([
+        teacher.encode_images(load_photo(p.path, teacher.image_size)[None])[0]
+        for p in photos]))
+    return retrieval_recall_at_1(visual_of.model.visual, visual_of, pairs, ground,
+                                 np.arange(len(pairs.samples)))
+
+
+def test_training_learns_the_ground_satellite_alignment(world, trained, teacher, tmp_path):
+    export = trained / "satfind-graft.pt"
+    student = SatelliteEncoder(load_settings(trained / "index_config.toml").encoder)
+    after, chance = heldout_recall(world, student, teacher, tmp_path / "h1")
+    before, _ = heldout_recall(world, teacher, teacher, tmp_path / "h2")
+    print(f"held-out recall@1: untrained {before:.3f}, trained {after:.3f}, chance {chance:.3f}")
+    assert after >= 3 * chance
+    assert after >= 2 * before
+    # The export records its teacher, whose weights training left untouched, and keeps the
+    # teacher's text tower: text queries land in the space the photos were embedded in.
+    meta = json.loads(export.with_suffix(".json").read_text())
+    assert meta["teacher"] == teacher.identity.to_dict()
+    assert student.trained_from == teacher.identity.to_dict()
+    assert student.identity.weights_sha256 != teacher.identity.weights_sha256
+    texts = ["a red field", "a lake"]
+    np.testing.assert_allclose(student.encode_text(texts), teacher.encode_text(texts), atol=1e-6)
+
+
+def test_metrics_and_checkpoints(trained):
+    lines = [json.loads(ln) for ln in (trained / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in lines if "loss" in r]
+    assert train_steps == list(range(1, 151))
+    val = {r["step"]: r["val_recall_at_1"] for r in lines if "val_recall_at_1" in r}
+    assert sorted(val) == [0, 50, 100, 150]
+    assert val[150] > val[0]
+    first, last = lines[1], lines[-2]
+    assert last["loss"] < first["loss"] and 0 <= last["acc"] <= 1
+    assert [p.name for p in sorted((trained / "checkpoints").glob("*.pt"))] == [
+        "step-0000100.pt", "step-0000150.pt"]  # keep_checkpoints = 2
+    counts = json.loads((trained / "pairs.json").read_text())["counts"]
+    assert counts["samples"] == counts["photos"] == 160 and counts["val"] == 16
+
+
+def test_time_matching_picks_the_acquisition_of_the_photos(world, teacher, tmp_path):
+    root = world.train_csv.parent
+    photos = load_photos(world.train_csv)
+
+    def pairs_for(**kw):
+        settings, train = load_train_config(write_config(root, "t.toml", **kw))
+        rasters, _ = raster_catalogue(list(train.rasters), settings)
+        return build_pairs(photos, rasters, settings, train, teacher.image_size,
+                           tmp_path / f"p{len(list(tmp_path.iterdir()))}")
+
+    matched = pairs_for(time_window_days=60)
+    assert {Path(r).name for r in matched.rasters} == {"world_20210615.tif"}
+    newest = pairs_for(time_window_days=0)
+    assert {Path(r).name for r in newest.rasters} == {"world_20240601.tif"}
+    # Photos from June 1-28 2021, raster from June 15: a 3-day window keeps only some.
+    narrow = pairs_for(time_window_days=3)
+    assert 0 < narrow.counts["no_raster_in_time"] < len(photos)
+    assert narrow.counts["samples"] + narrow.counts["no_raster_in_time"] == len(photos)
+    with pytest.raises(PairError, match="none within the time window"):
+        pairs_for(time_window_days=60, rasters=["world_20240601.tif"])
+
+
+def test_untrained_student_fails_on_the_same_world(world, teacher, tmp_path):
+    """The satellite view of class c is coloured like another class's photos: before
+    training the teacher's own image tower ranks the wrong photos first."""
+    root = world.train_csv.parent
+    settings, train = load_train_config(write_config(root, "u.toml"))
+    rasters, _ = raster_catalogue(list(train.rasters), settings)
+    pairs = build_pairs(load_photos(train.photos), rasters, settings, train,
+                        teacher.image_size, tmp_path / "u")
+    ground = torch.from_numpy(TeacherCache(tmp_path / "cache", teacher).embed(
+        [p.path for p in pairs.photos]))
+    rec, chance = retrieval_recall_at_1(teacher.model.visual, teacher, pairs, ground,
+                                        np.arange(len(pairs.samples)))
+    assert rec < 2 * chance
+
+
+def test_teacher_cache_is_keyed_by_content_and_teacher(world, teacher, tmp_path):
+    photos = sorted((world.train_csv.parent / "photos").glob("*.jpg"))[:5]
+    cache = TeacherCache(tmp_path, teacher)
+    first = cache.embed([str(p) for p in photos])
+    assert cache.computed == 5 and cache.hits == 0
+    np.testing.assert_allclose(
+        first[0], teacher.encode_images(load_photo(str(photos[0]), 64)[None])[0], atol=1e-6)
+    copy = tmp_path / "renamed.jpg"
+    shutil.copy(photos[0], copy)
+    again = TeacherCache(tmp_path, teacher)  # a new process: reads the parts from disk
+    second = again.embed([str(p) for p in photos] + [str(copy)])
+    assert again.computed == 0 and again.hits == 6
+    np.testing.assert_array_equal(second[:5], first)
+    other = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=1,
+                                         device="cpu"))
+    third = TeacherCache(tmp_path, other)
+    third.embed([str(photos[0])])
+    assert third.computed == 1 and third.dir != cache.dir
+
+
+def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(world, monkeypatch, capsys):
+    root = world.train_csv.parent
+    small = {"steps": 12, "checkpoint_every": 5, "batch_size": 16}
+    straight = write_config(root, "straight.toml", out="straight", **small)
+    assert train_main(["--config", str(straight), "-q"]) == 0
+
+    cut = write_config(root, "cut.toml", out="cut", **small)
+    real_step = Trainer._step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(self, step, *a, **kw):
+        if step == 7 and not calls["n"]:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        return real_step(self, step, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "_step", step_then_ctrl_c)
+    assert train_main(["--config", str(cut), "-q"]) == 130
+    assert "interrupted at step 7" in capsys.readouterr().err
+    # Starting again without --resume would overwrite the run: refused.
+    assert train_main(["--config", str(cut), "-q"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert train_main(["--config", str(cut), "-q", "--resume"]) == 0
+    assert "steps 7..12" in capsys.readouterr().out
+
+    def image_tower(run: str) -> str:
+        return json.loads((root / run / "satfind-graft.json").read_text())["image_tower_sha256"]
+
+    assert image_tower("cut") == image_tower("straight")
+    steps = [json.loads(ln)["step"] for ln in (root / "cut" / "metrics.jsonl").read_text()
+             .splitlines() if "loss" in ln]
+    assert steps == list(range(1, 13))  # no step logged twice, none missing
+    changed = write_config(root, "cut.toml", out="cut", **{**small, "lr": 5e-4, "steps": 20})
+    assert train_main(["--config", str(changed), "-q", "--resume"]) == 2
+    assert "config changed" in capsys.readouterr().err
+
+
+def test_trained_encoder_indexes_and_highlights(world, trained, teacher, tmp_path):
+    from indexer.cli import main as index_main
+    from indexer.manifest import read_manifest
+
+    cfg = trained / "index_config.toml"
+    assert index_main([str(world.rasters[0]), "--index", str(tmp_path / "idx"),
+                       "--config", str(cfg), "-q"]) == 0
+    student = SatelliteEncoder(load_settings(cfg).encoder)
+    manifest = read_manifest(tmp_path / "idx")
+    assert student.identity.weights_sha256 in json.dumps(manifest)
+
+    # Pixel level: a tile that is class 0 on the left and class 1 on the right; the map for
+    # a class-0 ground photo is higher on the left, and the other way round.
+    rng = np.random.default_rng(5)
+    tile = np.concatenate([_satellite_scene(0, rng, 64)[:, :, :32],
+                           _satellite_scene(1, rng, 64)[:, :, 32:]], axis=2)
+    photos = [teacher.encode_images(
+        square_tile(Image.fromarray(_ground_photo(c, rng)), 64)[None])[0] for c in (0, 1)]
+    left, right = (student.similarity_map(tile, q) for q in photos)
+    assert left.shape == (4, 4)
+    assert left[:, :2].mean() > left[:, 2:].mean()
+    assert right[:, 2:].mean() > right[:, :2].mean()
+
+
+def test_config_errors_are_one_line(world, tmp_path, capsys):
+    root = world.train_csv.parent
+    bad = write_config(root, "bad.toml", photos="missing.csv", out=str(tmp_path / "x"))
+    assert train_main(["--config", str(bad), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.csv" in err and err.count("\n") == 1
+    bad = write_config(root, "bad.toml", batch_size=0)
+    assert train_main(["--config", str(bad), "-q"]) == 2
+    assert "batch_size must be >= 1" in capsys.readouterr().err
+    s, t = load_train_config(write_config(root, "ok.toml"))
+    assert dataclasses.asdict(t)["photos"].endswith("train_photos.csv")
