@@ -40,19 +40,37 @@ def eval_main(argv: list[str] | None = None) -> int:
     z.add_argument("--out", default="eval-zeroshot", help="folder for JSON / CSV results")
     z.add_argument("--limit-per-class", type=int, default=0, help="0 = all images")
     z.add_argument("-q", "--quiet", action="store_true")
+    r = sub.add_parser("retrieval", help="text <-> image recall@1/5/10 from a captions file")
+    r.add_argument("image_dir")
+    r.add_argument("--captions", required=True,
+                   help="one 'filename<TAB>caption' per line (filename relative to IMAGE_DIR)")
+    r.add_argument("--config", help="index_config.toml with the [encoder] to evaluate")
+    r.add_argument("--out", default="eval-retrieval", help="folder for the JSON results")
+    r.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    from encoder.evaluate import EvalError, zero_shot
+    from encoder.evaluate import EvalError, retrieval, zero_shot
     from encoder.model import EncoderError, SatelliteEncoder
 
     try:
         enc = SatelliteEncoder(encoder_spec_from_config(args.config))
-        res = zero_shot(enc, Path(args.image_dir), args.limit_per_class,
-                        progress=not args.quiet)
+        if args.what == "retrieval":
+            res = retrieval(enc, Path(args.image_dir), Path(args.captions),
+                            progress=not args.quiet)
+        else:
+            res = zero_shot(enc, Path(args.image_dir), args.limit_per_class,
+                            progress=not args.quiet)
     except (EncoderError, EvalError) as e:
         print(f"satfind-eval: error: {e}", file=sys.stderr)
         return 2
     res.write(Path(args.out))
+    if args.what == "retrieval":
+        for k in res.text_to_image:
+            print(f"recall@{k:<3} text->image {res.text_to_image[k]:.3f}  image->text "
+                  f"{res.image_to_text[k]:.3f}  (text->image chance {res.chance(k):.3f})")
+        print(f"retrieval over {res.n_images} images, {res.n_captions} captions; encoder "
+              f"{enc.identity.short()}; results in {args.out}/")
+        return 0
     for c, acc in res.per_class().items():
         print(f"{c:<24} {acc:6.3f}")
     print(f"zero-shot accuracy {res.accuracy:.3f} over {int(res.confusion.sum())} images, "

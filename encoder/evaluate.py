@@ -1,5 +1,6 @@
-"""Zero-shot classification of an image folder (one class per sub-folder, EuroSAT layout)
-with prompt-ensembled class names; accuracy, per-class accuracy and a confusion matrix."""
+"""Encoder evaluation: zero-shot classification of an image folder (one class per
+sub-folder, EuroSAT layout; prompt-ensembled class names; accuracy, per-class accuracy and a
+confusion matrix), and text <-> image retrieval recall@k from a captions file."""
 
 from __future__ import annotations
 
@@ -97,3 +98,88 @@ def zero_shot(encoder, root: Path, limit_per_class: int = 0, batch_size: int = 6
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (labels, pred), 1)
     return ZeroShotResult(classes, prompts, confusion)
+
+
+RECALL_AT = (1, 5, 10)
+
+
+def read_captions(path: Path, image_dir: Path) -> tuple[list[Path], list[str], np.ndarray]:
+    """`filename<TAB>caption` per line (several lines may name one image; blank lines and
+    lines starting with # are skipped) -> (images, captions, image index of each caption)."""
+    if not image_dir.is_dir():
+        raise EvalError(f"{image_dir}: not a folder")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise EvalError(f"{path}: cannot read captions ({e})") from None
+    images: dict[str, int] = {}
+    captions, owner = [], []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, tab, text = line.partition("\t")
+        if not tab or not name.strip() or not text.strip():
+            raise EvalError(f"{path}: line {n}: expected filename<TAB>caption")
+        name = name.strip()
+        if name not in images:
+            if not (image_dir / name).is_file():
+                raise EvalError(f"{path}: line {n}: image {image_dir / name} does not exist")
+            images[name] = len(images)
+        captions.append(text.strip())
+        owner.append(images[name])
+    if len(images) < 2:
+        raise EvalError(f"{path}: needs captions for at least 2 images")
+    return [image_dir / n for n in images], captions, np.asarray(owner)
+
+
+@dataclass
+class RetrievalResult:
+    n_images: int
+    n_captions: int
+    text_to_image: dict[int, float]  # recall@k: the caption's image in the top k images
+    image_to_text: dict[int, float]  # recall@k: one of the image's captions in the top k
+
+    def chance(self, k: int) -> float:
+        """Expected text-to-image recall@k of a random ranking."""
+        return min(1.0, k / self.n_images)
+
+    def write(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "retrieval.json").write_text(json.dumps({
+            "images": self.n_images, "captions": self.n_captions,
+            "text_to_image_recall": self.text_to_image,
+            "image_to_text_recall": self.image_to_text,
+            "text_to_image_chance": {k: self.chance(k) for k in self.text_to_image}},
+            indent=1))
+
+
+def recall_from_similarity(sim: np.ndarray, owner: np.ndarray, ks=RECALL_AT
+                           ) -> tuple[dict[int, float], dict[int, float]]:
+    """sim [captions, images]. A tie with a wrong item counts against the query, so a
+    constant encoder scores zero."""
+    c_idx = np.arange(len(owner))
+    own = sim[c_idx, owner]
+    t2i_rank = (sim >= own[:, None]).sum(axis=1) - 1  # other images scoring at least as high
+    mine = np.zeros(sim.shape, dtype=bool)
+    mine[c_idx, owner] = True
+    best_own = np.where(mine, sim, -np.inf).max(axis=0)  # per image
+    i2t_rank = ((sim >= best_own[None, :]) & ~mine).sum(axis=0)
+    return ({k: float((t2i_rank < k).mean()) for k in ks},
+            {k: float((i2t_rank < k).mean()) for k in ks})
+
+
+def retrieval(encoder, image_dir: Path, captions_file: Path, batch_size: int = 64,
+              progress: bool = False) -> RetrievalResult:
+    """Text-to-image and image-to-text recall@1/5/10 (captions embedded as written)."""
+    from tqdm import tqdm
+
+    paths, captions, owner = read_captions(captions_file, image_dir)
+    img = np.concatenate([
+        encoder.encode_images(np.stack([load_tile(p, encoder.image_size)
+                                        for p in paths[s:s + batch_size]]))
+        for s in tqdm(range(0, len(paths), batch_size), disable=not progress, unit="batch",
+                      desc="images")])
+    txt = np.concatenate([encoder.encode_text(captions[s:s + batch_size])
+                          for s in range(0, len(captions), batch_size)])
+    t2i, i2t = recall_from_similarity(txt @ img.T, owner)
+    return RetrievalResult(len(paths), len(captions), t2i, i2t)

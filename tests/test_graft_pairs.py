@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from encoder.graft.pairs import build_samples, photos_from_folder, read_patch, write_manifest
+from encoder.graft.pairs import photos_from_folder
 from tests.conftest import SHARED_DATA, make_raster
 
 GEOTAGGED = SHARED_DATA / "geotagged"
@@ -30,25 +30,96 @@ def test_exif_gps_is_parsed(photos):
     assert first.time is not None and first.time.year == 2008
 
 
-def test_samples_contain_their_photos_and_read_from_a_raster(photos, tmp_path):
+def test_pairs_from_real_photos_in_a_generated_raster(photos, tmp_path):
+    """The real EXIF positions, a UTM raster made around them with a bright marker at each
+    photo: the training pipeline's patches show every photo's marker at the pixel position
+    the manifest gives it."""
+    import dataclasses
+
+    from rasterio.warp import transform as warp_transform
+
+    from encoder.graft.data import build_pairs, raster_catalogue
+    from encoder.graft.settings import TrainSettings
+    from indexer.config import Settings, TilingSettings
+
     lat = float(np.mean([p.lat for p in photos]))
     lon = float(np.mean([p.lon for p in photos]))
-    span_m = max(np.ptp([p.lat for p in photos]) * 111_000,
-                 np.ptp([p.lon for p in photos]) * 111_000 * np.cos(np.radians(lat)))
-    raster = make_raster(tmp_path / "around.tif", lon=lon, lat=lat, res=5.0,
-                         size=int(span_m / 5) + 800, seed=4)
-    samples = build_samples(photos, size=64, gsd_m=5.0, seed=1)
-    assert len(samples) == len(photos)
+    size, res = 1200, 5.0
+    xs, ys = warp_transform("EPSG:4326", "EPSG:32632", [p.lon for p in photos],
+                            [p.lat for p in photos])
+    (cx,), (cy,) = warp_transform("EPSG:4326", "EPSG:32632", [lon], [lat])
+    data = np.full((3, size, size), 20, dtype=np.uint8)
+    for x, y in zip(xs, ys, strict=True):
+        r, c = int((cy + size * res / 2 - y) / res), int((x - (cx - size * res / 2)) / res)
+        data[:, r - 1:r + 2, c - 1:c + 2] = 255
+    make_raster(tmp_path / "around.tif", lon=lon, lat=lat, res=res, size=size, data=data)
+    settings = dataclasses.replace(Settings(), tiling=TilingSettings(target_gsd_m=5.0))
+    train = TrainSettings(photos=str(GEOTAGGED), rasters=(str(tmp_path),), seed=1)
+    rasters, notes = raster_catalogue(list(train.rasters), settings)
+    assert len(rasters) == 1 and not notes
+    pairs = build_pairs(photos, rasters, settings, train, 64, tmp_path / "run")
+    assert len(pairs.samples) == len(photos) and pairs.counts["nodata"] == 0
     shared = 0
-    for s in samples:
-        assert s.anchor in s.photos
-        assert all(0 <= r < 64 and 0 <= c < 64 for r, c in zip(s.rows, s.cols, strict=True))
+    for s, patch in zip(pairs.samples, pairs.patches, strict=True):
+        assert s.anchor in s.photos and patch.shape == (3, 64, 64)
+        for r, c in zip(s.rows, s.cols, strict=True):
+            assert 0 <= r < 64 and 0 <= c < 64
+            r, c = int(r), int(c)
+            assert patch[0, max(0, r - 1):r + 2, max(0, c - 1):c + 2].max() > 100
         shared += len(s.photos) > 1
-        patch = read_patch(str(raster), s)
-        assert patch.shape == (3, 64, 64) and patch.dtype == np.uint8
-        assert (patch.max(axis=0) > 0).all()  # inside the raster: no empty pixels
     assert shared > 0  # several photos were taken close together: patches share them
-    write_manifest(samples, photos, tmp_path / "pairs.parquet")
-    t = pq.read_table(tmp_path / "pairs.parquet")
-    assert t.num_rows == len(samples)
-    assert sum(len(x) for x in t["photos"].to_pylist()) == sum(len(s.photos) for s in samples)
+    t = pq.read_table(tmp_path / "run" / "pairs.parquet")
+    assert t.num_rows == len(photos)
+    assert sum(len(x) for x in t["photos"].to_pylist()) == sum(
+        len(s.photos) for s in pairs.samples)
+    assert set(t["split"].to_pylist()) == {"train", "val"}
+    # The same inputs again: the pairs on disk are reused, identical.
+    again = build_pairs(photos, rasters, settings, train, 64, tmp_path / "run")
+    np.testing.assert_array_equal(again.patches, pairs.patches)
+
+
+def test_photo_table_csv_and_parquet(tmp_path):
+    import pyarrow as pa
+
+    from encoder.graft.pairs import load_photos
+
+    (tmp_path / "img").mkdir()
+    for n in ("a.jpg", "b.jpg"):
+        (tmp_path / "img" / n).write_bytes(b"x")
+    (tmp_path / "photos.csv").write_text(
+        "path,lat,lon,time\nimg/a.jpg,45.1,9.2,2021-06-03T10:00:00\n"
+        "img/b.jpg,-33.5,-70.6,2021-06-04T10:00:00+02:00\n")
+    a, b = load_photos(tmp_path / "photos.csv")
+    assert a.path == str((tmp_path / "img" / "a.jpg").resolve())
+    assert (a.lat, a.lon) == (45.1, 9.2) and a.time.tzinfo is not None and a.time.hour == 10
+    assert b.time.utcoffset().total_seconds() == 7200
+    pq.write_table(pa.table({"path": [str(tmp_path / "img" / "a.jpg")], "lat": [1.0],
+                             "lon": [2.0]}), tmp_path / "photos.parquet")
+    (only,) = load_photos(tmp_path / "photos.parquet")
+    assert only.time is None and (only.lat, only.lon) == (1.0, 2.0)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("path,lat\nimg/a.jpg,1\n", "missing lon"),
+    ("path,lat,lon\nimg/zz.jpg,1,2\n", "row 2: photo"),
+    ("path,lat,lon\nimg/a.jpg,95,2\n", "out of range"),
+    ("path,lat,lon,time\nimg/a.jpg,1,2,last tuesday\n", "not an ISO 8601"),
+    ("path,lat,lon\n", "no rows"),
+])
+def test_bad_photo_tables(tmp_path, text, needle):
+    from encoder.graft.pairs import PairError, load_photos
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "p.csv").write_text(text)
+    with pytest.raises(PairError, match=needle) as e:
+        load_photos(tmp_path / "p.csv")
+    assert "\n" not in str(e.value)
+
+
+def test_load_photos_reads_exif_folders(photos):
+    from encoder.graft.pairs import PairError, load_photos
+
+    assert [p.path for p in load_photos(GEOTAGGED)] == [p.path for p in photos]
+    with pytest.raises(PairError, match="does not exist"):
+        load_photos(GEOTAGGED / "nope")

@@ -243,3 +243,18 @@ def test_config_errors_are_one_line(world, tmp_path, capsys):
     assert "batch_size must be >= 1" in capsys.readouterr().err
     s, t = load_train_config(write_config(root, "ok.toml"))
     assert dataclasses.asdict(t)["photos"].endswith("train_photos.csv")
+
+
+def test_index_config_documents_the_train_defaults():
+    import tomllib
+
+    from encoder.graft.settings import TrainSettings
+
+    text = (Path(__file__).parents[1] / "index_config.toml").read_text()
+    block = text[text.index("# [train]"):].splitlines()
+    table = tomllib.loads("\n".join(ln.removeprefix("# ") for ln in block))["train"]
+    defaults = dataclasses.asdict(TrainSettings())
+    assert set(table) == set(defaults)
+    for k, v in table.items():
+        if k not in ("photos", "rasters"):
+            assert v == (list(defaults[k]) if isinstance(defaults[k], tuple) else defaults[k]), k

@@ -1,9 +1,9 @@
 """Ground-satellite training pairs for GRAFT.
 
-Photos come with a position from their EXIF GPS tags (or a CSV/Parquet of path, lat, lon);
-each sample is a square satellite patch in web-mercator pixels around one photo (jittered,
-so the photo is not always central) with every photo inside it as a positive, at its pixel
-position. Samples are written to Parquet so a run is reproducible.
+Photos come with a position from their EXIF GPS tags or a CSV/Parquet table of path, lat,
+lon[, time]; each sample is a square satellite patch on a web-mercator pixel grid around one
+photo (jittered, so the photo is not always central) with every photo inside it as a
+positive, at its pixel position. `data.py` reads the patches and writes the manifest.
 """
 
 from __future__ import annotations
@@ -185,26 +185,3 @@ def build_samples(photos: list[Photo], size: int, gsd_m: float, jitter: float = 
                           tuple(int(j) for j in inside), tuple(float(rows[j]) for j in inside),
                           tuple(float(cols[j]) for j in inside)))
     return out
-
-
-def write_manifest(samples: list[Sample], photos: list[Photo], path: str | Path) -> None:
-    pq.write_table(pa.table({
-        "anchor": [photos[s.anchor].path for s in samples],
-        "left": [s.left for s in samples], "top": [s.top for s in samples],
-        "res": [s.res for s in samples], "size": [s.size for s in samples],
-        "photos": [[photos[j].path for j in s.photos] for s in samples],
-        "rows": [list(s.rows) for s in samples], "cols": [list(s.cols) for s in samples],
-    }), path)
-
-
-def read_patch(raster: str, s: Sample, bands: tuple[int, int, int] = (1, 2, 3)) -> np.ndarray:
-    """The sample's patch of `raster` (any CRS), warped to its web-mercator grid: uint8."""
-    import rasterio
-    from affine import Affine
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
-
-    with rasterio.open(raster) as src, WarpedVRT(
-            src, crs="EPSG:3857", transform=Affine(s.res, 0, s.left, 0, -s.res, s.top),
-            width=s.size, height=s.size, resampling=Resampling.bilinear) as vrt:
-        return vrt.read(list(bands))
