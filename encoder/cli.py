@@ -105,8 +105,12 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"satfind-train: error: {e}", file=sys.stderr)
         return 2
     except TrainInterrupted as e:
-        where = f"; checkpoint {e.checkpoint}" if e.checkpoint else ""
-        print(f"satfind-train: interrupted at step {e.step}{where}; continue with --resume",
+        then = (f"checkpoint {e.checkpoint}; continue with --resume" if e.checkpoint
+                else "no checkpoint yet; run it again")
+        print(f"satfind-train: interrupted at step {e.step}; {then}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before training started: pairs and teacher cache are kept
+        print("satfind-train: interrupted before training; run it again to go on",
               file=sys.stderr)
         return 130
     c = report.pairs

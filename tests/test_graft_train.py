@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -181,13 +183,13 @@ def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(world, monkeypatc
     real_step = Trainer._step
     calls = {"n": 0}
 
-    def step_then_ctrl_c(self, step, *a, **kw):
-        if step == 7 and not calls["n"]:
+    def ctrl_c_during_step(self, step, *a, **kw):
+        if step == 6 and not calls["n"]:  # the 7th step: it completes, then the run stops
             calls["n"] += 1
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, step, *a, **kw)
 
-    monkeypatch.setattr(Trainer, "_step", step_then_ctrl_c)
+    monkeypatch.setattr(Trainer, "_step", ctrl_c_during_step)
     assert train_main(["--config", str(cut), "-q"]) == 130
     assert "interrupted at step 7" in capsys.readouterr().err
     # Starting again without --resume would overwrite the run: refused.
@@ -258,3 +260,65 @@ def test_index_config_documents_the_train_defaults():
     for k, v in table.items():
         if k not in ("photos", "rasters"):
             assert v == (list(defaults[k]) if isinstance(defaults[k], tuple) else defaults[k]), k
+
+
+def _train_process(cfg: Path, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from encoder.cli import train_main; sys.exit(train_main())"
+    return subprocess.Popen([sys.executable, "-c", code, "--config", str(cfg), "-q", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            cwd=Path(__file__).parents[1])
+
+
+def _wait_for(pred, proc, seconds: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not pred():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _logged_steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(ln)["step"] for ln in path.read_text().splitlines()
+            if ln.endswith("}") and "loss" in ln]
+
+
+def test_ctrl_c_and_sigterm_in_a_real_process_checkpoint_and_resume(world):
+    import signal
+
+    root = world.train_csv.parent
+    cfg = write_config(root, "sigint.toml", out="sigint", steps=100000, checkpoint_every=10,
+                       batch_size=8)
+    run = root / "sigint"
+    proc = _train_process(cfg)
+    try:
+        _wait_for(lambda: len(_logged_steps(run)) >= 12, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "continue with --resume" in err and "Traceback" not in err
+    (ckpt,) = sorted((run / "checkpoints").glob("*.pt"))[-1:]
+    saved = int(ckpt.stem.split("-")[1])
+    assert saved >= 12 and saved == max(_logged_steps(run))
+
+    proc = _train_process(cfg, "--resume")
+    try:
+        _wait_for(lambda: max(_logged_steps(run), default=0) >= saved + 3, proc)
+        proc.send_signal(signal.SIGTERM)  # a preempted job: same orderly stop
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    steps = _logged_steps(run)
+    assert steps == list(range(1, len(steps) + 1))  # continued where it stopped, no repeats

@@ -16,6 +16,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +193,31 @@ def retrieval_recall_at_1(student: torch.nn.Module, encoder: SatelliteEncoder, p
 
 # -- the run -------------------------------------------------------------------------------
 
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM (a preempted job) asks the loop to stop after the current
+    step, so the checkpoint it saves is exactly that step's state; a second Ctrl-C stops at
+    once. Signal handlers can only be set from the main thread; elsewhere this is a no-op."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class Trainer:
     def __init__(self, settings, train: TrainSettings, progress: bool = True):
         self.settings, self.train, self.progress = settings, train, progress
@@ -206,9 +233,16 @@ class Trainer:
         """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
         if not self.metrics_path.exists():
             return
-        keep = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= step]
-        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+        keep = []
+        for ln in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(ln)["step"] <= step:
+                    keep.append(ln)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.metrics_path)
 
     def checkpoints(self) -> list[Path]:
         return sorted(self.ckpt_dir.glob("step-*.pt"))
@@ -296,22 +330,31 @@ class Trainer:
 
         bar = tqdm(total=tr.steps, initial=step, disable=not self.progress, unit="step",
                    desc="GRAFT")
+        stop = StopRequest()
         try:
-            while step < tr.steps:
-                metrics = self._step(step, pairs, grid, student, ground, logit_scale, opt,
-                                     sched, scaler, use_amp, amp_dtype, teacher)
-                step += 1
-                self._log({"step": step, **metrics})
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}")
-                if step % tr.checkpoint_every == 0 or step == tr.steps:
-                    save(step)
-                    rec, ch = retrieval_recall_at_1(student, teacher, pairs, ground, val_index)
-                    self._log({"step": step, "val_recall_at_1": rec, "val_chance": ch})
+            with stop:
+                while step < tr.steps and not stop.requested:
+                    metrics = self._step(step, pairs, grid, student, ground, logit_scale, opt,
+                                         sched, scaler, use_amp, amp_dtype, teacher)
+                    step += 1
+                    self._log({"step": step, **metrics})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}")
+                    if step % tr.checkpoint_every == 0 or step == tr.steps:
+                        save(step)
+                        rec, ch = retrieval_recall_at_1(student, teacher, pairs, ground,
+                                                        val_index)
+                        self._log({"step": step, "val_recall_at_1": rec, "val_chance": ch})
+                if stop.requested and step < tr.steps:
+                    # Between steps: the state is consistent, save exactly this step.
+                    bar.close()
+                    raise TrainInterrupted(step, save(step) if step > resumed_from else
+                                           (existing[-1] if resume else None))
         except KeyboardInterrupt:
+            # A second Ctrl-C, mid-step: this step's state may be half-updated, so nothing
+            # is saved; the last checkpoint stands.
             bar.close()
-            path = save(step) if step > resumed_from else None
-            raise TrainInterrupted(step, path) from None
+            raise TrainInterrupted(step, (self.checkpoints() or [None])[-1]) from None
         bar.close()
         after, chance = self._logged_val(step)
         export = self._export(student, logit_scale, step, pairs, before, after, chance)
@@ -320,7 +363,10 @@ class Trainer:
 
     def _logged_val(self, step: int) -> tuple[float, float]:
         for ln in self.metrics_path.read_text().splitlines():
-            rec = json.loads(ln)
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue
             if rec["step"] == step and "val_recall_at_1" in rec:
                 return rec["val_recall_at_1"], rec["val_chance"]
         return float("nan"), float("nan")
