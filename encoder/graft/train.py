@@ -385,11 +385,18 @@ class Trainer:
             positives = torch.from_numpy(batch.positives).to(x.device)
             temperature = 1.0 / logit_scale.exp().clamp(max=100.0)
             with torch.autocast(x.device.type, dtype=amp_dtype, enabled=use_amp):
-                pooled, tokens = image_tokens(student, x)
-            pooled, tokens = pooled.float(), tokens.float()
+                if tr.pixel_loss_weight > 0:
+                    pooled, tokens = image_tokens(student, x)
+                else:
+                    pooled, tokens = student(x), None
+            pooled = pooled.float()
             img = image_level_loss(pooled, g, positives, temperature)
-            pix = pixel_level_loss(tokens, g, torch.from_numpy(batch.pixel_pairs).to(x.device),
-                                   temperature)
+            if tokens is None:
+                pix = torch.zeros((), device=x.device)
+            else:
+                pix = pixel_level_loss(tokens.float(), g,
+                                       torch.from_numpy(batch.pixel_pairs).to(x.device),
+                                       temperature)
             loss = tr.image_loss_weight * img + tr.pixel_loss_weight * pix
             scaler.scale(loss / tr.grad_accum).backward()
             with torch.no_grad():

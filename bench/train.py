@@ -1,0 +1,122 @@
+"""GRAFT training throughput, measured side by side in one run on the same batches:
+
+- one optimizer step with the image-level loss only vs image + pixel level (what the
+  pixel-level loss costs);
+- batch assembly from the memory-mapped patches (make_batch, augmentation included) vs the
+  step it feeds (whether data feeding can starve the model);
+- the teacher embedding photos (a one-off per photo, cached) vs training patches.
+
+    python bench/train.py --model tiny
+    python bench/train.py --model vit-b-16 --batch-size 16 --steps 3
+
+Patches and photo positions are synthetic (random pixels, 1-3 photos per patch at random
+positions, a share of photos in two patches); teacher embeddings are random unit vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from encoder.graft.data import PairSet  # noqa: E402
+from encoder.graft.pairs import Sample  # noqa: E402
+from encoder.graft.settings import TrainSettings  # noqa: E402
+from encoder.graft.train import Trainer, grid_size, make_batch, param_groups  # noqa: E402
+from encoder.model import EncoderSpec, SatelliteEncoder  # noqa: E402
+
+MODELS = {"tiny": "satfind-tiny", "vit-b-16": "ViT-B-16"}
+
+
+def synthetic_pairs(n: int, size: int, n_photos: int, seed: int = 0) -> PairSet:
+    rng = np.random.default_rng(seed)
+    patches = np.lib.format.open_memmap(Path(tempfile.mkdtemp()) / "patches.npy", mode="w+",
+                                        dtype=np.uint8, shape=(n, 3, size, size))
+    patches[:] = rng.integers(0, 256, patches.shape, dtype=np.uint8)
+    samples = []
+    for i in range(n):
+        k = int(rng.integers(1, 4))
+        photos = tuple(int(j) for j in rng.choice(n_photos, k, replace=False))
+        samples.append(Sample(photos[0], 0.0, 0.0, 1.0, size, photos,
+                              tuple(rng.uniform(0, size, k)), tuple(rng.uniform(0, size, k))))
+    return PairSet([], samples, ["synthetic"] * n, np.zeros(n, dtype=bool), patches, {})
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5, help="timed repeats of each measurement")
+    args = p.parse_args()
+
+    enc = SatelliteEncoder(EncoderSpec(model=MODELS[args.model], random_weights=True))
+    print(f"model {enc.identity.architecture}: {enc.image_size} px, device {enc.device}, "
+          f"torch threads {torch.get_num_threads()}, batch {args.batch_size}")
+    n_photos = 4 * args.batch_size
+    pairs = synthetic_pairs(8 * args.batch_size, enc.image_size, n_photos)
+    ground = torch.nn.functional.normalize(torch.randn(n_photos, enc.dim), dim=-1).to(enc.device)
+    student = enc.model.visual
+    student.requires_grad_(True).train()
+    grid = grid_size(student, enc.image_size)
+    logit_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), device=enc.device),
+                                     requires_grad=False)
+    use_amp = enc.device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    base = TrainSettings(batch_size=args.batch_size, lr=1e-6, photos="-", rasters=("-",))
+
+    def step_fn(pixel_weight: float):
+        tr = dataclasses.replace(base, pixel_loss_weight=pixel_weight)
+        trainer = Trainer(None, tr, progress=False)
+        opt = torch.optim.AdamW(param_groups(student, tr.weight_decay), lr=tr.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        counter = iter(range(10**9))
+        return lambda: trainer._step(next(counter), pairs, grid, student, ground, logit_scale,
+                                     opt, sched, scaler, use_amp, amp_dtype, enc)
+
+    rng = np.random.default_rng(0)
+    idx = np.arange(args.batch_size)
+    t_batch = timed(lambda: make_batch(pairs, idx, grid, rng), args.steps)
+    t_img = timed(step_fn(0.0), args.steps)
+    t_both = timed(step_fn(1.0), args.steps)
+    enc.model.eval()
+    photos = np.asarray(pairs.patches[:args.batch_size])
+    t_teacher = timed(lambda: enc.encode_images(photos), args.steps)
+
+    b = args.batch_size
+    print(f"step, image loss only      {t_img * 1e3:9.1f} ms  {b / t_img:8.1f} patches/s")
+    print(f"step, image + pixel loss   {t_both * 1e3:9.1f} ms  {b / t_both:8.1f} patches/s")
+    print(f"batch assembly (memmap)    {t_batch * 1e3:9.1f} ms")
+    print(f"teacher, one batch         {t_teacher * 1e3:9.1f} ms  {b / t_teacher:8.1f} photos/s")
+    print(f"ratio pixel-loss step / image-only step: {t_both / t_img:.2f}")
+    print(f"ratio batch assembly / training step:    {t_batch / t_both:.3f}")
+    print(f"ratio training step / teacher forward:   {t_both / t_teacher:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
