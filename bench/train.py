@@ -43,7 +43,7 @@ def synthetic_pairs(n: int, size: int, n_photos: int, seed: int = 0) -> PairSet:
                                         dtype=np.uint8, shape=(n, 3, size, size))
     patches[:] = rng.integers(0, 256, patches.shape, dtype=np.uint8)
     samples = []
-    for i in range(n):
+    for _ in range(n):
         k = int(rng.integers(1, 4))
         photos = tuple(int(j) for j in rng.choice(n_photos, k, replace=False))
         samples.append(Sample(photos[0], 0.0, 0.0, 1.0, size, photos,

@@ -214,6 +214,12 @@ class SatelliteEncoder:
         sim = F.normalize(tokens[0].float(), dim=-1) @ F.normalize(q, dim=0)
         return sim.cpu().numpy()
 
+    def text_similarity_map(self, tile: np.ndarray, text: str) -> np.ndarray:
+        """similarity_map for a text query (prompt-ensembled like a search)."""
+        from encoder.prompts import ensemble_text_embedding
+
+        return self.similarity_map(tile, ensemble_text_embedding(self, text))
+
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """list of strings -> float32 [N, D], L2-normalised."""

@@ -123,3 +123,34 @@ def make_world(root: Path, classes: int = 8, train_per_class: int = 10,
             w.writerow(["path", "lat", "lon", "time"])
             w.writerows(rows_out[held])
     return World(rasters, paths[False], paths[True], scene_class, np.flatnonzero(heldout))
+
+
+TRAIN_TOML = """# GRAFT on the generated world: satfind-train --config {root}/train.toml
+[encoder]                   # the teacher: the small test CLIP, seeded random weights
+model = "satfind-tiny"
+random_weights = true
+device = "cpu"
+
+[tiling]
+target_gsd_m = 10.0
+
+[train]
+photos = "train_photos.csv"
+rasters = ["world_20210615.tif", "world_20240601.tif"]
+out = "run"
+time_window_days = 60       # the 2024 acquisition shows other scenes: only time matching works
+steps = 150
+batch_size = 32
+lr = 1e-3                   # a small random model learns fast; real CLIPs want about 1e-5
+warmup_steps = 10
+checkpoint_every = 50
+"""
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "graft-world")
+    make_world(target)
+    (target / "train.toml").write_text(TRAIN_TOML.format(root=target))
+    print(f"world in {target}/: satfind-train --config {target}/train.toml")

@@ -70,3 +70,36 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_bad_image_batch(encoder):
     with pytest.raises(EncoderError, match="uint8"):
         encoder.encode_images(np.zeros((1, 3, 64, 64), dtype=np.float32))
+
+
+def test_text_similarity_map_is_per_patch_token(encoder):
+    from encoder.prompts import ensemble_text_embedding
+
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    grid = encoder.text_similarity_map(tile, "a river")
+    assert grid.shape == (4, 4) and grid.dtype == np.float32  # 64 px / 16 px patches
+    assert np.all(np.abs(grid) <= 1 + 1e-5) and grid.std() > 0
+    np.testing.assert_allclose(
+        grid, encoder.similarity_map(tile, ensemble_text_embedding(encoder, "a river")))
+
+
+def test_checkpoint_whose_text_tower_is_not_its_teachers_is_refused(tmp_path):
+    import json
+
+    import torch
+
+    from encoder.model import text_tower_sha256
+
+    teacher = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=0))
+    other = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=1))
+    ckpt = tmp_path / "graft.pt"
+    torch.save({"state_dict": other.model.state_dict()}, ckpt)
+    ckpt.with_suffix(".json").write_text(json.dumps({
+        "teacher": teacher.identity.to_dict(),
+        "text_tower_sha256": text_tower_sha256(teacher.model)}))
+    with pytest.raises(EncoderError, match="text tower is not the one"):
+        SatelliteEncoder(EncoderSpec(model="satfind-tiny", checkpoint=str(ckpt)))
+    torch.save({"state_dict": teacher.model.state_dict()}, ckpt)
+    loaded = SatelliteEncoder(EncoderSpec(model="satfind-tiny", checkpoint=str(ckpt)))
+    assert loaded.trained_from == teacher.identity.to_dict()

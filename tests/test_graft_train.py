@@ -175,7 +175,7 @@ def test_teacher_cache_is_keyed_by_content_and_teacher(world, teacher, tmp_path)
 
 def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(world, monkeypatch, capsys):
     root = world.train_csv.parent
-    small = {"steps": 12, "checkpoint_every": 5, "batch_size": 16}
+    small = {"steps": 12, "checkpoint_every": 5, "batch_size": 8, "grad_accum": 2}
     straight = write_config(root, "straight.toml", out="straight", **small)
     assert train_main(["--config", str(straight), "-q"]) == 0
 
