@@ -4,7 +4,6 @@ scaling statistics, and the checks that turn bad input into one-line errors."""
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import math
 import os
 import re
@@ -17,6 +16,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
+from encoder.hashing import file_sha256
 from indexer.config import DiscoverySettings, TilingSettings
 from indexer.discover import RasterSource, parse_tiff_datetime
 from indexer.errors import InputError
@@ -48,12 +48,9 @@ class RasterInfo:
         return (self.lonlat_bounds[1] + self.lonlat_bounds[3]) / 2
 
 
-def content_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def content_sha256(path: str) -> str:
+    """What keys a raster source: the hash of its bytes."""
+    return file_sha256(path)
 
 
 def file_stat(path: str) -> tuple[int, int]:

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import mercantile
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import rasterio
 
-from encoder.graft.pairs import PairError, Photo, Sample, build_samples, mercator
+from encoder.graft.pairs import PairError, Photo, Sample, build_samples
 from indexer.config import Settings
 from indexer.discover import discover
 from indexer.errors import InputError
@@ -65,7 +66,7 @@ def raster_catalogue(archives: list[str], settings: Settings) -> tuple[list[Rast
 
 def _mercator_bounds(info: RasterInfo) -> tuple[float, float, float, float]:
     w, s, e, n = info.lonlat_bounds
-    (x0, y0), (x1, y1) = mercator(w, s), mercator(e, n)
+    (x0, y0), (x1, y1) = mercantile.xy(w, s), mercantile.xy(e, n)
     return x0, y0, x1, y1
 
 

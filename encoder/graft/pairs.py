@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import mercantile
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-EARTH_RADIUS_M = 6378137.0
 GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
 
@@ -147,12 +147,6 @@ def load_photos(source: str | Path) -> list[Photo]:
     raise PairError(f"{p}: expected a folder of geotagged photos or a .csv/.parquet table")
 
 
-def mercator(lon: float, lat: float) -> tuple[float, float]:
-    x = math.radians(lon) * EARTH_RADIUS_M
-    y = math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) * EARTH_RADIUS_M
-    return x, y
-
-
 @dataclass(frozen=True)
 class Sample:
     anchor: int  # index of the photo the patch was cut around
@@ -170,7 +164,7 @@ def build_samples(photos: list[Photo], size: int, gsd_m: float, jitter: float = 
     """One sample per photo: a size x size patch of `gsd_m` ground pixels whose centre is
     the photo moved by up to `jitter` x the patch half-width."""
     rng = np.random.default_rng(seed)
-    xy = np.array([mercator(p.lon, p.lat) for p in photos])
+    xy = np.array([mercantile.xy(p.lon, p.lat) for p in photos])
     out = []
     for i, p in enumerate(photos):
         res = gsd_m / math.cos(math.radians(p.lat))

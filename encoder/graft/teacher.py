@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from encoder.hashing import file_sha256
 from encoder.images import square_tile
 
 # Changing how photos become teacher input changes the embeddings: bump this with it.
@@ -26,14 +27,6 @@ PHOTO_PREPROCESS = "square_tile-bicubic-centre-v1"
 
 class PhotoError(ValueError):
     """A ground photo that cannot be read (one line naming it)."""
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def teacher_key(encoder) -> str:
