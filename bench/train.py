@@ -4,7 +4,9 @@
   pixel-level loss costs);
 - batch assembly from the memory-mapped patches (make_batch, augmentation included) vs the
   step it feeds (whether data feeding can starve the model);
-- the teacher embedding photos (a one-off per photo, cached) vs training patches.
+- the teacher embedding photos (a one-off per photo, cached) vs training patches;
+- finding the photos inside every patch (pair building): the grid-bucketed search against
+  a brute-force scan of all photos, on the same --photos synthetic photos.
 
     python bench/train.py --model tiny
     python bench/train.py --model vit-b-16 --batch-size 16 --steps 3
@@ -23,13 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import mercantile
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from encoder.graft.data import PairSet  # noqa: E402
-from encoder.graft.pairs import Sample  # noqa: E402
+from encoder.graft.pairs import Photo, Sample, build_samples  # noqa: E402
 from encoder.graft.settings import TrainSettings  # noqa: E402
 from encoder.graft.train import Trainer, grid_size, make_batch, param_groups  # noqa: E402
 from encoder.model import EncoderSpec, SatelliteEncoder  # noqa: E402
@@ -49,6 +52,32 @@ def synthetic_pairs(n: int, size: int, n_photos: int, seed: int = 0) -> PairSet:
         samples.append(Sample(photos[0], 0.0, 0.0, 1.0, size, photos,
                               tuple(rng.uniform(0, size, k)), tuple(rng.uniform(0, size, k))))
     return PairSet([], samples, ["synthetic"] * n, np.zeros(n, dtype=bool), patches, {})
+
+
+def brute_force_inside(photos: list[Photo], samples: list[Sample]) -> int:
+    """The photos inside each patch by scanning every photo (what bucketing avoids)."""
+    xy = np.array([mercantile.xy(p.lon, p.lat) for p in photos])
+    total = 0
+    for s in samples:
+        cols, rows = (xy[:, 0] - s.left) / s.res, (s.top - xy[:, 1]) / s.res
+        total += int(((cols >= 0) & (cols < s.size) & (rows >= 0) & (rows < s.size)).sum())
+    return total
+
+
+def bench_pairs(n: int) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.uniform([-120, -50], [120, 60], (max(1, n // 50), 2))
+    pick = centres[rng.integers(0, len(centres), n)] + rng.normal(0, 0.01, (n, 2))
+    photos = [Photo(f"{i}.jpg", float(lat), float(lon)) for i, (lon, lat) in enumerate(pick)]
+    t = time.perf_counter()
+    samples = build_samples(photos, size=224, gsd_m=1.0)
+    t_bucket = time.perf_counter() - t
+    t = time.perf_counter()
+    total = brute_force_inside(photos, samples)
+    t_brute = time.perf_counter() - t
+    assert total == sum(len(s.photos) for s in samples)
+    print(f"pair search, {n} photos: bucketed {t_bucket:.2f} s, brute force {t_brute:.2f} s, "
+          f"ratio brute / bucketed {t_brute / t_bucket:.1f}")
 
 
 def timed(fn, repeats: int) -> float:
@@ -71,7 +100,9 @@ def main() -> int:
     p.add_argument("--model", choices=sorted(MODELS), default="tiny")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=5, help="timed repeats of each measurement")
+    p.add_argument("--photos", type=int, default=20000, help="photos for the pair search")
     args = p.parse_args()
+    bench_pairs(args.photos)
 
     enc = SatelliteEncoder(EncoderSpec(model=MODELS[args.model], random_weights=True))
     print(f"model {enc.identity.architecture}: {enc.image_size} px, device {enc.device}, "

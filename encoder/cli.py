@@ -116,7 +116,8 @@ def train_main(argv: list[str] | None = None) -> int:
     c = report.pairs
     print(f"pairs: {c['samples']} patches from {c['photos']} photos ({c['train']} train, "
           f"{c['val']} val; no raster {c['no_raster']}, none in time window "
-          f"{c['no_raster_in_time']}, nodata {c['nodata']}) | teacher: {report.teacher_computed}"
+          f"{c['no_raster_in_time']}, nodata {c['nodata']}, read errors {c.get('read_error', 0)})"
+          f" | teacher: {report.teacher_computed}"
           f" photos embedded, {report.teacher_cached} cached")
     print(f"trained steps {report.resumed_from}..{report.steps} in {report.seconds:.0f} s | "
           f"val recall@1 sat->ground: untrained {report.val_recall_before:.3f}, trained "

@@ -100,7 +100,8 @@ def _die_with_parent() -> None:
             pass
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
+    """DataLoader worker start: die with the parent, one torch thread."""
     _die_with_parent()
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
@@ -110,6 +111,6 @@ def _worker_init(_: int) -> None:
 def tile_loader(dataset: TileDataset, job: JobSettings) -> DataLoader:
     return DataLoader(
         dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers,
-        collate_fn=collate, worker_init_fn=_worker_init if job.workers else None,
+        collate_fn=collate, worker_init_fn=worker_init if job.workers else None,
         prefetch_factor=4 if job.workers else None, persistent_workers=False,
     )

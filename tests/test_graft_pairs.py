@@ -123,3 +123,26 @@ def test_load_photos_reads_exif_folders(photos):
     assert [p.path for p in load_photos(GEOTAGGED)] == [p.path for p in photos]
     with pytest.raises(PairError, match="does not exist"):
         load_photos(GEOTAGGED / "nope")
+
+
+def test_bucketed_sample_search_equals_brute_force():
+    from encoder.graft.pairs import Photo, build_samples
+
+    rng = np.random.default_rng(3)
+    # Clusters of photos, some within one patch width of each other, some far apart.
+    centres = rng.uniform([-60, 10], [60, 70], (15, 2))
+    photos = [Photo(f"p{i}.jpg", float(c[1] + d[1]), float(c[0] + d[0]))
+              for i, (c, d) in enumerate(zip(centres[rng.integers(0, 15, 600)],
+                                             rng.normal(0, 0.004, (600, 2)), strict=True))]
+    samples = build_samples(photos, size=64, gsd_m=10.0, seed=2)
+    import mercantile
+
+    xy = np.array([mercantile.xy(p.lon, p.lat) for p in photos])
+    multi = 0
+    for s in samples:
+        cols, rows = (xy[:, 0] - s.left) / s.res, (s.top - xy[:, 1]) / s.res
+        brute = np.flatnonzero((cols >= 0) & (cols < 64) & (rows >= 0) & (rows < 64))
+        assert list(s.photos) == brute.tolist()
+        np.testing.assert_allclose(s.rows, rows[brute])
+        multi += len(brute) > 1
+    assert multi > 100  # the clusters do put several photos in one patch

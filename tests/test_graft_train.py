@@ -322,3 +322,45 @@ def test_ctrl_c_and_sigterm_in_a_real_process_checkpoint_and_resume(world):
     assert proc.returncode == 130, err
     steps = _logged_steps(run)
     assert steps == list(range(1, len(steps) + 1))  # continued where it stopped, no repeats
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_patch_reading_resumes_and_workers_agree(world, teacher, tmp_path, monkeypatch):
+    import encoder.graft.data as data
+
+    root = world.train_csv.parent
+    settings, train = load_train_config(write_config(root, "r.toml"))
+    rasters, _ = raster_catalogue(list(train.rasters), settings)
+    photos = load_photos(train.photos)
+    straight = build_pairs(photos, rasters, settings, train, 64, tmp_path / "straight")
+    parallel = build_pairs(photos, rasters, settings, train, 64, tmp_path / "parallel",
+                           workers=2)
+    np.testing.assert_array_equal(parallel.patches, straight.patches)
+
+    monkeypatch.setattr(data, "PROGRESS_EVERY", 32)
+    real = data.PatchDataset.__getitem__
+    seen, cut = [], [True]
+
+    def read(self, item):
+        k = self.start + item
+        seen.append(k)
+        if k == 100 and cut:
+            cut.clear()
+            raise Interrupted  # stands for Ctrl-C or a kill: nothing is cleaned up
+        return real(self, item)
+
+    monkeypatch.setattr(data.PatchDataset, "__getitem__", read)
+    with pytest.raises(Interrupted):
+        build_pairs(photos, rasters, settings, train, 64, tmp_path / "cut")
+    assert not (tmp_path / "cut" / "pairs.json").exists()
+    saved = json.loads((tmp_path / "cut" / ".pairs-progress.json").read_text())["next"]
+    assert 64 <= saved <= 100
+    seen.clear()
+    resumed = build_pairs(photos, rasters, settings, train, 64, tmp_path / "cut")
+    assert seen[0] == saved  # nothing before the saved position is read again
+    np.testing.assert_array_equal(resumed.patches, straight.patches)
+    assert resumed.counts == straight.counts
+    assert not (tmp_path / "cut" / ".pairs-progress.json").exists()

@@ -3,7 +3,7 @@
 One refinement of DESIGN.md: GRAFT *training* reads satellite rasters, and it reads them
 with the indexer's archive readers (discovery, raster inspection and scaling, web-mercator
 reads) so that training patches look exactly like indexed tiles. Those modules
-(`indexer.config/discover/errors/raster/tiling`) import nothing from the encoder but
+(`indexer.config/dataset/discover/errors/raster/tiling`) import nothing from the encoder but
 `encoder.model`; the training modules that use them sit above them. The rest of the encoder
 (model, prompts, images, evaluation, losses, teacher cache, pair geometry) imports no other
 layer.
@@ -18,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("encoder", "indexer", "search", "ui")
-ARCHIVE_READERS = {"indexer.config", "indexer.discover", "indexer.errors", "indexer.raster",
-                   "indexer.tiling"}
+ARCHIVE_READERS = {"indexer.config", "indexer.dataset", "indexer.discover", "indexer.errors",
+                   "indexer.raster", "indexer.tiling"}
 TRAINING = {"encoder.graft.data", "encoder.graft.settings", "encoder.graft.train",
             "encoder.cli"}
 

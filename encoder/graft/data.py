@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,15 +23,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import rasterio
+from rasterio.errors import RasterioError
+from torch.utils.data import DataLoader, Dataset
 
 from encoder.graft.pairs import PairError, Photo, Sample, build_samples
 from indexer.config import Settings
+from indexer.dataset import worker_init
 from indexer.discover import discover
 from indexer.errors import InputError
 from indexer.raster import RasterInfo, inspect_raster
 from indexer.tiling import read_mercator_window
 
 PAIRS_VERSION = 1
+OPEN_RASTERS = 8  # per reading process
+PROGRESS_EVERY = 2048  # samples between saved reading positions
 
 
 @dataclass
@@ -106,10 +112,62 @@ def _run_key(photos: list[Photo], rasters: list[RasterInfo], settings: Settings,
     return h.hexdigest()
 
 
+class PatchDataset(Dataset):
+    """Item k: sample k's patch from the first candidate raster where it has enough valid
+    pixels, or why there is none. Each worker keeps a few rasters open."""
+
+    def __init__(self, samples: list[Sample], photos: list[Photo], rasters: list[RasterInfo],
+                 tiling, window_days: float, start: int = 0):
+        self.samples, self.photos, self.rasters = samples, photos, rasters
+        self.tiling, self.window_days, self.start = tiling, window_days, start
+        self.bounds = [_mercator_bounds(r) for r in rasters]
+        self._open: OrderedDict[int, rasterio.DatasetReader] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.samples) - self.start
+
+    def _handle(self, i: int):
+        if i in self._open:
+            self._open.move_to_end(i)
+            return self._open[i]
+        while len(self._open) >= OPEN_RASTERS:
+            self._open.popitem(last=False)[1].close()
+        self._open[i] = rasterio.open(self.rasters[i].path)
+        return self._open[i]
+
+    def __getitem__(self, item: int) -> dict:
+        k = self.start + item
+        s = self.samples[k]
+        centre = (s.left + s.size * s.res / 2, s.top - s.size * s.res / 2)
+        photo = self.photos[s.anchor]
+        cands = candidate_rasters(photo, centre, self.rasters, self.bounds, self.window_days)
+        if not cands:
+            covered = candidate_rasters(photo, centre, self.rasters, self.bounds, 0)
+            return {"k": k, "why": "no_raster_in_time" if covered else "no_raster"}
+        error = None
+        for i in cands:
+            try:
+                read = read_mercator_window(self._handle(i), self.rasters[i], self.tiling,
+                                            s.left, s.top, s.res, s.size)
+            except (RasterioError, OSError) as e:
+                error = f"{self.rasters[i].path}: {str(e).splitlines()[0] if str(e) else e!r}"
+                continue
+            if read.nodata_fraction <= self.tiling.max_nodata_fraction:
+                return {"k": k, "raster": i, "rgb": read.rgb}
+        return {"k": k, "why": "read_error" if error else "nodata", "error": error}
+
+
+def _save_progress(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
 def build_pairs(photos: list[Photo], rasters: list[RasterInfo], settings: Settings, train,
-                size: int, out: Path, progress: bool = False) -> PairSet:
+                size: int, out: Path, progress: bool = False, workers: int = 0) -> PairSet:
     """Cut, read and record one sample per photo (see module doc); reuses `out` when it
-    already holds the pairs of the same inputs and settings."""
+    already holds the pairs of the same inputs and settings, and an interrupted read goes on
+    from its last saved position (every PROGRESS_EVERY samples)."""
     out.mkdir(parents=True, exist_ok=True)
     key = _run_key(photos, rasters, settings, size, train)
     meta_path, manifest = out / "pairs.json", out / "pairs.parquet"
@@ -121,45 +179,58 @@ def build_pairs(photos: list[Photo], rasters: list[RasterInfo], settings: Settin
         raise PairError("no readable raster among train.rasters")
     samples = build_samples(photos, size=size, gsd_m=settings.tiling.target_gsd_m,
                             jitter=train.jitter, seed=train.seed)
-    bounds = [_mercator_bounds(r) for r in rasters]
-    tmp_patches = out / ".patches.npy.tmp"
-    patches = np.lib.format.open_memmap(tmp_patches, mode="w+", dtype=np.uint8,
-                                        shape=(len(samples), 3, size, size))
-    kept: list[tuple[Sample, int]] = []
-    counts = {"photos": len(photos), "no_raster": 0, "no_raster_in_time": 0, "nodata": 0}
-    handles: dict[int, rasterio.DatasetReader] = {}
+    tmp_patches, progress_path = out / ".patches.npy.tmp", out / ".pairs-progress.json"
+    state = {"key": key, "next": 0, "kept": [], "error": None,
+             "counts": {"photos": len(photos), "no_raster": 0, "no_raster_in_time": 0,
+                        "nodata": 0, "read_error": 0}}
+    shape = (len(samples), 3, size, size)
+    if progress_path.is_file() and tmp_patches.is_file():
+        saved = json.loads(progress_path.read_text())
+        if saved.get("key") == key:
+            state = saved
+    if state["next"]:
+        patches = np.load(tmp_patches, mmap_mode="r+")
+    else:
+        patches = np.lib.format.open_memmap(tmp_patches, mode="w+", dtype=np.uint8, shape=shape)
+    counts, kept = state["counts"], state["kept"]
+    dataset = PatchDataset(samples, photos, rasters, settings.tiling, train.time_window_days,
+                           start=state["next"])
+    loader = DataLoader(dataset, batch_size=64, shuffle=False, num_workers=workers,
+                        collate_fn=list, worker_init_fn=worker_init if workers else None)
     from tqdm import tqdm
 
-    try:
-        for s in tqdm(samples, disable=not progress, unit="patch", desc="reading patches"):
-            centre = (s.left + s.size * s.res / 2, s.top - s.size * s.res / 2)
-            cands = candidate_rasters(photos[s.anchor], centre, rasters, bounds,
-                                      train.time_window_days)
-            if not cands:
-                any_cover = candidate_rasters(photos[s.anchor], centre, rasters, bounds, 0)
-                counts["no_raster_in_time" if any_cover else "no_raster"] += 1
-                continue
-            for i in cands:
-                if i not in handles:
-                    handles[i] = rasterio.open(rasters[i].path)
-                read = read_mercator_window(handles[i], rasters[i], settings.tiling, s.left,
-                                            s.top, s.res, s.size)
-                if read.nodata_fraction <= settings.tiling.max_nodata_fraction:
-                    patches[len(kept)] = read.rgb
-                    kept.append((s, i))
-                    break
+    bar = tqdm(total=len(samples), initial=state["next"], disable=not progress, unit="patch",
+               desc="reading patches")
+    since_save = 0
+    for batch in loader:
+        for item in batch:
+            if "rgb" in item:
+                patches[len(kept)] = item["rgb"]
+                kept.append((item["k"], item["raster"]))
             else:
-                counts["nodata"] += 1
-    finally:
-        for h in handles.values():
-            h.close()
+                counts[item["why"]] += 1
+                state["error"] = state["error"] or item.get("error")
+            state["next"] = item["k"] + 1
+        bar.update(len(batch))
+        since_save += len(batch)
+        if since_save >= PROGRESS_EVERY:
+            patches.flush()
+            _save_progress(progress_path, state)
+            since_save = 0
+    bar.close()
     patches.flush()
     del patches
+    if state["error"]:
+        print(f"satfind-train: {counts['read_error']} patches could not be read, e.g. "
+              f"{state['error']}")
+    kept = [(samples[k], i) for k, i in kept]
     if not kept:
         tmp_patches.unlink()
+        progress_path.unlink(missing_ok=True)
         raise PairError(f"none of the {len(photos)} photos lies inside a readable raster "
                         f"(no raster: {counts['no_raster']}, none within the time window: "
-                        f"{counts['no_raster_in_time']}, too much nodata: {counts['nodata']})")
+                        f"{counts['no_raster_in_time']}, too much nodata: {counts['nodata']}, "
+                        f"read errors: {counts['read_error']})")
     if len(kept) < 2:
         raise PairError("only one photo has a satellite patch: too few to train on")
     rng = np.random.default_rng(train.seed + 1)
@@ -173,6 +244,7 @@ def build_pairs(photos: list[Photo], rasters: list[RasterInfo], settings: Settin
     tmp = meta_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, meta_path)  # written last: its key says the pairs are complete
+    progress_path.unlink(missing_ok=True)
     return _load(photos, manifest, out / "patches.npy", meta)
 
 

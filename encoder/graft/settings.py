@@ -44,6 +44,7 @@ class TrainSettings:
     checkpoint_every: int = 500     # steps between checkpoints (and validation)
     keep_checkpoints: int = 2
     teacher_batch_size: int = 64
+    workers: int = 2                # processes that cut patches from the rasters (0 = none)
     teacher_cache: str = ""         # "" = <out>/teacher-cache
     seed: int = 0
 
@@ -81,7 +82,8 @@ def load_train_config(path: str | Path) -> tuple[Settings, TrainSettings]:
             train.image_loss_weight + train.pixel_loss_weight == 0):
         raise ConfigError(f"{where}: image_loss_weight and pixel_loss_weight must be >= 0, "
                           "not both 0")
-    if train.warmup_steps < 0 or train.time_window_days < 0 or train.weight_decay < 0:
-        raise ConfigError(f"{where}: warmup_steps, time_window_days and weight_decay must "
-                          "be >= 0")
+    if (train.warmup_steps < 0 or train.time_window_days < 0 or train.weight_decay < 0
+            or train.workers < 0):
+        raise ConfigError(f"{where}: warmup_steps, time_window_days, weight_decay and "
+                          "workers must be >= 0")
     return settings, train

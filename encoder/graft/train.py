@@ -42,7 +42,7 @@ from encoder.model import (
 EXPORT_NAME = "satfind-graft.pt"
 EXPORT_FORMAT = "satfind-graft-v1"
 # Settings that may change between a run and its --resume (they change no result).
-RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "teacher_batch_size"}
+RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "teacher_batch_size", "workers"}
 
 
 class TrainError(ValueError):
@@ -272,7 +272,7 @@ class Trainer:
         for n in notes:
             print(f"satfind-train: skipped: {n}")
         pairs = build_pairs(photos, rasters, self.settings, tr, teacher.image_size,
-                            self.out, self.progress)
+                            self.out, self.progress, workers=tr.workers)
         cache = TeacherCache(tr.teacher_cache or self.out / "teacher-cache", teacher)
         ground_np = cache.embed([p.path for p in photos], tr.teacher_batch_size, self.progress)
         device = teacher.device
