@@ -146,3 +146,21 @@ def test_bucketed_sample_search_equals_brute_force():
         np.testing.assert_allclose(s.rows, rows[brute])
         multi += len(brute) > 1
     assert multi > 100  # the clusters do put several photos in one patch
+
+
+def test_photos_without_a_position_are_left_out_with_a_reason(photos, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from encoder.graft.pairs import photos_from_folder
+
+    shutil.copy(GEOTAGGED / "DSCN0010.jpg", tmp_path / "geo.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    skipped: list[str] = []
+    found = photos_from_folder(tmp_path, skipped)
+    assert [p.path for p in found] == [str((tmp_path / "geo.jpg").resolve())]
+    assert sorted(skipped) == [f"{tmp_path / 'broken.jpg'}: not a readable image "
+                               "(UnidentifiedImageError)",
+                               f"{tmp_path / 'plain.jpg'}: no EXIF GPS position"]

@@ -16,7 +16,7 @@ import mercantile
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
@@ -36,42 +36,56 @@ def _dms(value, ref: str) -> float:
     return -deg if ref in ("S", "W") else deg
 
 
-def read_geotag(path: str | Path) -> Photo | None:
-    """Position (and time) from a photo's EXIF GPS tags; None when it has none."""
-    with Image.open(path) as im:
-        exif = im.getexif()
-        gps = exif.get_ifd(GPS_IFD)
-        if not gps or 2 not in gps or 4 not in gps:
-            return None
-        lat = _dms(gps[2], str(gps.get(1, "N")).strip())
-        lon = _dms(gps[4], str(gps.get(3, "E")).strip())
-        stamp = exif.get_ifd(EXIF_IFD).get(36867) or exif.get(306)
+class PairError(ValueError):
+    """Bad training-pair input (one-line message naming the file)."""
+
+
+class NoGeotag(ValueError):
+    """A photo without a usable position (the reason is the message)."""
+
+
+def read_geotag(path: str | Path) -> Photo:
+    """Position (and time) from a photo's EXIF GPS tags; NoGeotag says why there is none."""
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            gps = exif.get_ifd(GPS_IFD)
+            if not gps or 2 not in gps or 4 not in gps:
+                raise NoGeotag("no EXIF GPS position")
+            lat = _dms(gps[2], str(gps.get(1, "N")).strip())
+            lon = _dms(gps[4], str(gps.get(3, "E")).strip())
+            stamp = exif.get_ifd(EXIF_IFD).get(36867) or exif.get(306)
+    except (OSError, UnidentifiedImageError) as e:
+        raise NoGeotag(f"not a readable image ({type(e).__name__})") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        if isinstance(e, NoGeotag):
+            raise
+        raise NoGeotag(f"malformed EXIF GPS tags ({type(e).__name__})") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise NoGeotag(f"EXIF GPS position {lat:.5f}, {lon:.5f} is out of range")
     when = None
     if stamp:
         try:
             when = datetime.strptime(str(stamp).strip(), "%Y:%m:%d %H:%M:%S").replace(tzinfo=UTC)
         except ValueError:
             when = None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        return None
     return Photo(str(Path(path).resolve()), lat, lon, when)
-
-
-class PairError(ValueError):
-    """Bad training-pair input (one-line message naming the file)."""
 
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
 
 
-def photos_from_folder(folder: str | Path) -> list[Photo]:
-    """Every photo under `folder` with EXIF GPS tags (photos without are left out)."""
+def photos_from_folder(folder: str | Path, skipped: list[str] | None = None) -> list[Photo]:
+    """Every photo under `folder` with EXIF GPS tags; the others are left out, with a
+    'path: reason' line each in `skipped`."""
     out = []
     for p in sorted(Path(folder).rglob("*")):
         if p.suffix.lower() in PHOTO_SUFFIXES:
-            tag = read_geotag(p)
-            if tag is not None:
-                out.append(tag)
+            try:
+                out.append(read_geotag(p))
+            except NoGeotag as e:
+                if skipped is not None:
+                    skipped.append(f"{p}: {e}")
     return out
 
 
@@ -128,11 +142,11 @@ def photos_from_table(table_path: str | Path) -> list[Photo]:
     return out
 
 
-def load_photos(source: str | Path) -> list[Photo]:
+def load_photos(source: str | Path, skipped: list[str] | None = None) -> list[Photo]:
     """A folder of EXIF-geotagged photos, or a CSV/Parquet table of path, lat, lon[, time]."""
     p = Path(source)
     if p.is_dir():
-        photos = photos_from_folder(p)
+        photos = photos_from_folder(p, skipped)
         if not photos:
             raise PairError(f"{p}: no photo with EXIF GPS tags in this folder")
         return photos

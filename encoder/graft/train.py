@@ -267,7 +267,11 @@ class Trainer:
             raise TrainError(f"--resume: no checkpoint in {self.ckpt_dir}")
 
         self.teacher = teacher = SatelliteEncoder(self.settings.encoder)
-        photos = load_photos(tr.photos)
+        skipped: list[str] = []
+        photos = load_photos(tr.photos, skipped)
+        if skipped:
+            print(f"satfind-train: {len(skipped)} photos left out (no usable position), e.g. "
+                  f"{skipped[0]}")
         rasters, notes = raster_catalogue(list(tr.rasters), self.settings)
         for n in notes:
             print(f"satfind-train: skipped: {n}")
