@@ -54,3 +54,41 @@ def test_warmup_then_cosine():
     assert lr_factor(9, 10, 110) == pytest.approx(1.0)
     assert lr_factor(60, 10, 110) == pytest.approx(0.5)
     assert lr_factor(110, 10, 110) == pytest.approx(0.0)
+
+
+def test_mixed_precision_step_runs_and_updates_only_the_student():
+    """The autocast path of a training step (bf16 here, on the CPU; CUDA uses the same code
+    with bf16, or fp16 with gradient scaling)."""
+    import copy
+
+    import torch
+
+    from encoder.graft.settings import TrainSettings
+    from encoder.graft.train import Trainer, grid_size, param_groups
+    from encoder.model import EncoderSpec, SatelliteEncoder
+
+    enc = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, device="cpu"))
+    rng = np.random.default_rng(0)
+    samples = [Sample(i % 6, 0.0, 0.0, 1.0, 64, (i % 6, (i + 1) % 6),
+                      tuple(rng.uniform(0, 64, 2)), tuple(rng.uniform(0, 64, 2)))
+               for i in range(12)]
+    pairs = PairSet([], samples, ["r"] * 12, np.zeros(12, dtype=bool),
+                    rng.integers(0, 256, (12, 3, 64, 64), dtype=np.uint8), {})
+    ground = torch.nn.functional.normalize(torch.randn(6, enc.dim), dim=-1)
+    teacher_before = copy.deepcopy(enc.model.state_dict())
+    student = copy.deepcopy(enc.model.visual).requires_grad_(True).train()
+    enc.model.requires_grad_(False)
+    before = copy.deepcopy(student.state_dict())
+    tr = TrainSettings(photos="-", rasters=("-",), batch_size=6, grad_accum=2, lr=1e-3)
+    opt = torch.optim.AdamW(param_groups(student, tr.weight_decay), lr=tr.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07)), requires_grad=False)
+    m = Trainer(None, tr, progress=False)._step(0, pairs, grid_size(student, 64), student,
+                                                ground, scale, opt, sched, scaler, True,
+                                                torch.bfloat16, enc)
+    assert np.isfinite(m["loss"]) and m["loss"] > 0 and 0 <= m["acc"] <= 1
+    changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
+    assert "proj" in changed and "conv1.weight" in changed
+    for k, v in enc.model.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
