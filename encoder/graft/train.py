@@ -278,7 +278,10 @@ class Trainer:
         pairs = build_pairs(photos, rasters, self.settings, tr, teacher.image_size,
                             self.out, self.progress, workers=tr.workers)
         cache = TeacherCache(tr.teacher_cache or self.out / "teacher-cache", teacher)
-        ground_np = cache.embed([p.path for p in photos], tr.teacher_batch_size, self.progress)
+        used = sorted({j for s in pairs.samples for j in s.photos})  # photos with a patch
+        ground_np = np.zeros((len(photos), teacher.dim), dtype=np.float32)
+        ground_np[used] = cache.embed([photos[j].path for j in used], tr.teacher_batch_size,
+                                      self.progress)
         device = teacher.device
         ground = torch.from_numpy(ground_np).to(device)  # constants: no grad, ever
 
