@@ -92,3 +92,23 @@ def test_mixed_precision_step_runs_and_updates_only_the_student():
     assert "proj" in changed and "conv1.weight" in changed
     for k, v in enc.model.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
+
+
+def test_validation_is_held_out_by_map_blocks():
+    from encoder.graft.data import spatial_split
+
+    rng = np.random.default_rng(1)
+    # 400 patches of 64 px at 10 m scattered over 20 x 20 km.
+    corners = rng.uniform(0, 20_000, (400, 2))
+    samples = [Sample(i, float(x), float(y), 10.0, 64, (i,), (1.0,), (1.0,))
+               for i, (x, y) in enumerate(corners)]
+    val = spatial_split(samples, 0.1, seed=0)
+    assert 40 <= val.sum() <= 80
+    width = 64 * 10.0 * 4
+    centre = corners + [320.0, -320.0]
+    blocks = [set(map(tuple, np.floor(centre[m] / width).astype(int))) for m in (val, ~val)]
+    assert not blocks[0] & blocks[1]  # no block has both validation and training patches
+    assert (spatial_split(samples, 0.1, seed=0) == val).all()
+    # Everything in one block: single samples instead, never all of them.
+    one = spatial_split(samples[:5], 0.5, seed=0)
+    assert 1 <= one.sum() <= 4

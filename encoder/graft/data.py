@@ -34,9 +34,10 @@ from indexer.errors import InputError
 from indexer.raster import RasterInfo, inspect_raster
 from indexer.tiling import read_mercator_window
 
-PAIRS_VERSION = 1
+PAIRS_VERSION = 2
 OPEN_RASTERS = 8  # per reading process
 PROGRESS_EVERY = 2048  # samples between saved reading positions
+VAL_BLOCK_PATCHES = 4  # validation is held out by map blocks this many patches wide
 
 
 @dataclass
@@ -233,10 +234,7 @@ def build_pairs(photos: list[Photo], rasters: list[RasterInfo], settings: Settin
                         f"read errors: {counts['read_error']})")
     if len(kept) < 2:
         raise PairError("only one photo has a satellite patch: too few to train on")
-    rng = np.random.default_rng(train.seed + 1)
-    val = np.zeros(len(kept), dtype=bool)
-    n_val = min(len(kept) - 1, max(1, round(train.val_fraction * len(kept))))
-    val[rng.choice(len(kept), size=n_val, replace=False)] = True
+    val = spatial_split([s for s, _ in kept], train.val_fraction, train.seed + 1)
     counts.update(samples=len(kept), train=int((~val).sum()), val=int(val.sum()))
     _write_manifest(kept, photos, rasters, val, manifest)
     os.replace(tmp_patches, out / "patches.npy")
@@ -246,6 +244,33 @@ def build_pairs(photos: list[Photo], rasters: list[RasterInfo], settings: Settin
     os.replace(tmp, meta_path)  # written last: its key says the pairs are complete
     progress_path.unlink(missing_ok=True)
     return _load(photos, manifest, out / "patches.npy", meta)
+
+
+def spatial_split(samples: list[Sample], fraction: float, seed: int,
+                  block_patches: int = VAL_BLOCK_PATCHES) -> np.ndarray:
+    """Validation samples (bool mask) chosen by whole map blocks of `block_patches` patch
+    widths, in a seeded random order, until `fraction` of the samples is reached: validation
+    patches then lie away from most training patches, so validation recall measures places
+    the student has not seen. Falls back to single samples when there are too few blocks."""
+    n = len(samples)
+    target = min(n - 1, max(1, round(fraction * n)))
+    width = max(s.size * s.res for s in samples) * block_patches
+    centre = np.array([(s.left + s.size * s.res / 2, s.top - s.size * s.res / 2)
+                       for s in samples])
+    _, block = np.unique(np.floor(centre / width).astype(np.int64), axis=0,
+                         return_inverse=True)
+    block = block.ravel()
+    rng = np.random.default_rng(seed)
+    val = np.zeros(n, dtype=bool)
+    if block.max() + 1 >= 4:
+        for b in rng.permutation(block.max() + 1):
+            if val.sum() >= target:
+                break
+            if val.sum() + (block == b).sum() <= n - 1:
+                val |= block == b
+    if not val.any():
+        val[rng.choice(n, size=target, replace=False)] = True
+    return val
 
 
 def _write_manifest(kept: list[tuple[Sample, int]], photos: list[Photo],

@@ -26,7 +26,8 @@ class TrainSettings:
     time_window_days: float = 0.0
     # The photo a patch is cut around moves up to this fraction of the patch half-width.
     jitter: float = 0.35
-    # Share of samples held out for validation retrieval (recall@1 sat -> ground).
+    # Share of samples held out for validation retrieval (recall@1 sat -> ground), taken as
+    # whole map blocks 4 patches wide, so validation places are away from training ones.
     val_fraction: float = 0.1
     steps: int = 2000               # optimizer steps
     batch_size: int = 64            # patches per micro-batch
