@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from encoder.graft.data import PairSet  # noqa: E402
 from encoder.graft.pairs import Photo, Sample, build_samples  # noqa: E402
 from encoder.graft.settings import TrainSettings  # noqa: E402
-from encoder.graft.train import Trainer, grid_size, make_batch, param_groups  # noqa: E402
-from encoder.model import EncoderSpec, SatelliteEncoder  # noqa: E402
+from encoder.graft.train import Trainer, make_batch, param_groups  # noqa: E402
+from encoder.model import EncoderSpec, SatelliteEncoder, token_grid  # noqa: E402
 
 MODELS = {"tiny": "satfind-tiny", "vit-b-16": "ViT-B-16"}
 
@@ -112,7 +112,7 @@ def main() -> int:
     ground = torch.nn.functional.normalize(torch.randn(n_photos, enc.dim), dim=-1).to(enc.device)
     student = enc.model.visual
     student.requires_grad_(True).train()
-    grid = grid_size(student, enc.image_size)
+    grid = token_grid(student, enc.image_size)
     logit_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), device=enc.device),
                                      requires_grad=False)
     use_amp = enc.device.type == "cuda"

@@ -116,7 +116,7 @@ def train_main(argv: list[str] | None = None) -> int:
     c = report.pairs
     print(f"pairs: {c['samples']} patches from {c['photos']} photos ({c['train']} train, "
           f"{c['val']} val; no raster {c['no_raster']}, none in time window "
-          f"{c['no_raster_in_time']}, nodata {c['nodata']}, read errors {c.get('read_error', 0)})"
+          f"{c['no_raster_in_time']}, nodata {c['nodata']}, read errors {c['read_error']})"
           f" | teacher: {report.teacher_computed}"
           f" photos embedded, {report.teacher_cached} cached")
     print(f"trained steps {report.resumed_from}..{report.steps} in {report.seconds:.0f} s | "

@@ -168,7 +168,8 @@ class SatelliteEncoder:
     def dim(self) -> int:
         return self.identity.embed_dim
 
-    def _autocast(self):
+    def autocast(self):
+        """Mixed precision on CUDA (bf16 where supported), none on the CPU."""
         if self.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
@@ -198,7 +199,7 @@ class SatelliteEncoder:
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = self.prepare(images)
-        with self._autocast():
+        with self.autocast():
             feats = self.model.encode_image(x)
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
 
@@ -208,7 +209,7 @@ class SatelliteEncoder:
         token (projected into the joint space, as GRAFT's pixel-level loss trains it) with
         `query` [D]. tile: uint8 [3, H, W] or [H, W, 3] -> float32 [grid, grid]."""
         x = self.prepare(np.asarray(tile)[None])
-        with self._autocast():
+        with self.autocast():
             _, tokens = image_tokens(self.model.visual, x)
         q = torch.as_tensor(np.asarray(query, dtype=np.float32), device=self.device)
         sim = F.normalize(tokens[0].float(), dim=-1) @ F.normalize(q, dim=0)
@@ -226,22 +227,30 @@ class SatelliteEncoder:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with self._autocast():
+        with self.autocast():
             feats = self.model.encode_text(tokens)
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
 
 
-def image_tokens(visual: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ViT image tower's pooled embedding [B, D] and its patch tokens, layer-normed and
-    projected like the pooled one, [B, grid, grid, D] (unnormalised)."""
-    if getattr(visual, "proj", None) is None or not hasattr(visual, "forward_intermediates"):
+def token_grid(visual: torch.nn.Module, image_size: int) -> int:
+    """Patch tokens per side of a square input to a ViT image tower with a projection (what
+    patch-token features need)."""
+    patch = getattr(visual, "patch_size", None)
+    if patch is None or getattr(visual, "proj", None) is None or not hasattr(
+            visual, "forward_intermediates"):
         raise EncoderError("encoder: patch-token features need an open_clip ViT image tower "
                            "with a projection")
+    return image_size // (patch[0] if isinstance(patch, (tuple, list)) else patch)
+
+
+def image_tokens(visual: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ViT image tower's pooled embedding [B, D] and its patch tokens, layer-normed and
+    projected like the pooled one, [B, grid, grid, D] (unnormalised); x is square."""
+    grid = token_grid(visual, x.shape[-1])
     out = visual.forward_intermediates(x, indices=1, normalize_intermediates=True,
                                        output_fmt="NLC")
     tokens = out["image_intermediates"][-1] @ visual.proj
-    grid = x.shape[-1] // visual.patch_size[1], x.shape[-2] // visual.patch_size[0]
-    return out["image_features"], tokens.reshape(len(x), grid[1], grid[0], -1)
+    return out["image_features"], tokens.reshape(len(x), grid, grid, -1)
 
 
 def sidecar_path(checkpoint: Path) -> Path:

@@ -83,7 +83,6 @@ class TileReader:
             height=ny * tile_px, resampling=Resampling[tiling.resampling],
             add_alpha=info.add_alpha,
         )
-        self._bands = list(tiling.bands)
 
     def read(self, tile: mercantile.Tile) -> TileRead:
         win = Window((tile.x - self.x0) * self.px, (tile.y - self.y0) * self.px, self.px, self.px)

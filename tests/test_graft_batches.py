@@ -64,8 +64,8 @@ def test_mixed_precision_step_runs_and_updates_only_the_student():
     import torch
 
     from encoder.graft.settings import TrainSettings
-    from encoder.graft.train import Trainer, grid_size, param_groups
-    from encoder.model import EncoderSpec, SatelliteEncoder
+    from encoder.graft.train import Trainer, param_groups
+    from encoder.model import EncoderSpec, SatelliteEncoder, token_grid
 
     enc = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, device="cpu"))
     rng = np.random.default_rng(0)
@@ -84,7 +84,7 @@ def test_mixed_precision_step_runs_and_updates_only_the_student():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07)), requires_grad=False)
-    m = Trainer(None, tr, progress=False)._step(0, pairs, grid_size(student, 64), student,
+    m = Trainer(None, tr, progress=False)._step(0, pairs, token_grid(student, 64), student,
                                                 ground, scale, opt, sched, scaler, True,
                                                 torch.bfloat16, enc)
     assert np.isfinite(m["loss"]) and m["loss"] > 0 and 0 <= m["acc"] <= 1

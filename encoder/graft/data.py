@@ -139,11 +139,10 @@ class PatchDataset(Dataset):
     def __getitem__(self, item: int) -> dict:
         k = self.start + item
         s = self.samples[k]
-        centre = (s.left + s.size * s.res / 2, s.top - s.size * s.res / 2)
         photo = self.photos[s.anchor]
-        cands = candidate_rasters(photo, centre, self.rasters, self.bounds, self.window_days)
+        cands = candidate_rasters(photo, s.centre, self.rasters, self.bounds, self.window_days)
         if not cands:
-            covered = candidate_rasters(photo, centre, self.rasters, self.bounds, 0)
+            covered = candidate_rasters(photo, s.centre, self.rasters, self.bounds, 0)
             return {"k": k, "why": "no_raster_in_time" if covered else "no_raster"}
         error = None
         for i in cands:
@@ -255,8 +254,7 @@ def spatial_split(samples: list[Sample], fraction: float, seed: int,
     n = len(samples)
     target = min(n - 1, max(1, round(fraction * n)))
     width = max(s.size * s.res for s in samples) * block_patches
-    centre = np.array([(s.left + s.size * s.res / 2, s.top - s.size * s.res / 2)
-                       for s in samples])
+    centre = np.array([s.centre for s in samples])
     _, block = np.unique(np.floor(centre / width).astype(np.int64), axis=0,
                          return_inverse=True)
     block = block.ravel()

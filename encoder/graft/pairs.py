@@ -171,6 +171,12 @@ class Sample:
     rows: tuple[float, ...]  # their pixel positions in the patch
     cols: tuple[float, ...]
 
+    @property
+    def centre(self) -> tuple[float, float]:
+        """EPSG:3857 centre of the patch."""
+        half = self.size * self.res / 2
+        return self.left + half, self.top - half
+
 
 def build_samples(photos: list[Photo], size: int, gsd_m: float, jitter: float = 0.35,
                   seed: int = 0) -> list[Sample]:

@@ -37,6 +37,7 @@ from encoder.model import (
     sidecar_path,
     state_dict_sha256,
     text_tower_sha256,
+    token_grid,
 )
 
 EXPORT_NAME = "satfind-graft.pt"
@@ -156,14 +157,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
 
 
-def grid_size(visual: torch.nn.Module, image_size: int) -> int:
-    patch = getattr(visual, "patch_size", None)
-    if patch is None:
-        raise TrainError("the teacher's image tower is not a ViT: GRAFT's pixel-level loss "
-                         "needs patch tokens")
-    return image_size // (patch[0] if isinstance(patch, (tuple, list)) else patch)
-
-
 @torch.no_grad()
 def retrieval_recall_at_1(student: torch.nn.Module, encoder: SatelliteEncoder, pairs: PairSet,
                           ground: torch.Tensor, index: np.ndarray, batch_size: int = 128
@@ -180,7 +173,7 @@ def retrieval_recall_at_1(student: torch.nn.Module, encoder: SatelliteEncoder, p
     for s in range(0, len(index), batch_size):
         chunk = index[s:s + batch_size]
         x = encoder.prepare(np.stack([np.asarray(pairs.patches[i]) for i in chunk]))
-        with encoder._autocast():
+        with encoder.autocast():
             emb = student(x)
         top = (F.normalize(emb.float(), dim=-1) @ g.T).argmax(dim=1).cpu().numpy()
         for i, t in zip(chunk, top, strict=True):
@@ -289,7 +282,7 @@ class Trainer:
         student = copy.deepcopy(teacher.model.visual).to(device)
         student.requires_grad_(True)
         student.train()
-        grid = grid_size(student, teacher.image_size)
+        grid = token_grid(student, teacher.image_size)
         logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / tr.temperature),
                                                       device=device),
                                          requires_grad=tr.learn_temperature)
