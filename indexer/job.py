@@ -13,12 +13,13 @@ import mercantile
 import numpy as np
 from tqdm import tqdm
 
+from encoder.hashing import file_stat, known_or_file_sha256
 from encoder.model import SatelliteEncoder
 from indexer.config import Settings
 from indexer.dataset import RasterPlan, TileDataset, tile_loader
 from indexer.discover import RasterSource, discover
 from indexer.errors import InputError
-from indexer.raster import content_sha256, file_stat, inspect_raster
+from indexer.raster import inspect_raster
 from indexer.tiling import choose_zoom, raster_tiles, tile_gsd_m, tile_range
 from indexer.writer import IndexWriter
 
@@ -26,12 +27,6 @@ from indexer.writer import IndexWriter
 def source_key(path: str, sha256: str) -> str:
     """Sources are keyed by absolute path + content hash."""
     return hashlib.sha256(f"{path}\n{sha256}".encode()).hexdigest()[:20]
-
-
-def _content_hash(path: str, known: dict[tuple[str, int, int], str]) -> str:
-    """The recorded hash when path, size and mtime are unchanged, else hash the file."""
-    size, mtime = file_stat(path)
-    return known.get((path, size, mtime)) or content_sha256(path)
 
 
 @dataclass
@@ -130,7 +125,7 @@ class IndexJob:
                   leave=False)
         for src in it:
             try:
-                sha = _content_hash(src.path, known)
+                sha = known_or_file_sha256(src.path, known)
             except OSError as e:
                 self._problem(report, InputError(src.path, f"cannot read file ({e.strerror})"))
                 continue

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +15,6 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
-from encoder.hashing import file_sha256
 from indexer.config import DiscoverySettings, TilingSettings
 from indexer.discover import RasterSource, parse_tiff_datetime
 from indexer.errors import InputError
@@ -46,16 +44,6 @@ class RasterInfo:
     @property
     def centre_lat(self) -> float:
         return (self.lonlat_bounds[1] + self.lonlat_bounds[3]) / 2
-
-
-def content_sha256(path: str) -> str:
-    """What keys a raster source: the hash of its bytes."""
-    return file_sha256(path)
-
-
-def file_stat(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
 
 
 def _native_gsd_m(src, lat: float) -> float:

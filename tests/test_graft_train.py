@@ -154,7 +154,9 @@ def test_untrained_student_fails_on_the_same_world(world, teacher, tmp_path):
     assert rec < 2 * chance
 
 
-def test_teacher_cache_is_keyed_by_content_and_teacher(world, teacher, tmp_path):
+def test_teacher_cache_is_keyed_by_content_and_teacher(world, teacher, tmp_path, monkeypatch):
+    import encoder.hashing
+
     photos = sorted((world.train_csv.parent / "photos").glob("*.jpg"))[:5]
     cache = TeacherCache(tmp_path, teacher)
     first = cache.embed([str(p) for p in photos])
@@ -164,8 +166,12 @@ def test_teacher_cache_is_keyed_by_content_and_teacher(world, teacher, tmp_path)
     copy = tmp_path / "renamed.jpg"
     shutil.copy(photos[0], copy)
     again = TeacherCache(tmp_path, teacher)  # a new process: reads the parts from disk
+    hashed = []
+    real_sha = encoder.hashing.file_sha256
+    monkeypatch.setattr(encoder.hashing, "file_sha256", lambda p: hashed.append(p) or real_sha(p))
     second = again.embed([str(p) for p in photos] + [str(copy)])
     assert again.computed == 0 and again.hits == 6
+    assert hashed == [str(copy)]  # unchanged photos are known by path, size and mtime
     np.testing.assert_array_equal(second[:5], first)
     other = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=1,
                                          device="cpu"))

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from encoder.hashing import file_sha256
+from encoder.hashing import StatKey, file_stat, known_or_file_sha256
 from encoder.images import square_tile
 
 # Changing how photos become teacher input changes the embeddings: bump this with it.
@@ -54,36 +54,48 @@ class TeacherCache:
             meta.write_text(json.dumps({"teacher": encoder.identity.to_dict(),
                                         "preprocess": PHOTO_PREPROCESS}, indent=1))
         self._known: dict[str, np.ndarray] = {}
-        for part in sorted(self.dir.glob("part-*.parquet")):
+        self._stat_hash: dict[StatKey, str] = {}  # (path, size, mtime_ns) -> content hash
+        parts = sorted(self.dir.glob("part-*.parquet"))
+        for part in parts:
             t = pq.read_table(part)
-            vecs = np.asarray(t["embedding"].to_pylist(), dtype=np.float32)
-            self._known.update(zip(t["sha256"].to_pylist(), vecs, strict=True))
+            vecs = t["embedding"].combine_chunks().flatten().to_numpy().reshape(t.num_rows, -1)
+            hashes = t["sha256"].to_pylist()
+            self._known.update(zip(hashes, vecs, strict=True))
+            if "path" in t.column_names:
+                keys = zip(t["path"].to_pylist(), t["size"].to_pylist(),
+                           t["mtime_ns"].to_pylist(), strict=True)
+                self._stat_hash.update(zip(keys, hashes, strict=True))
+        self._next_part = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
         self.hits = 0
         self.computed = 0
 
     def __len__(self) -> int:
         return len(self._known)
 
-    def _write_part(self, hashes: list[str], vecs: np.ndarray) -> None:
-        n = len(list(self.dir.glob("part-*.parquet")))
+    def _write_part(self, paths: list[str], hashes: list[str], vecs: np.ndarray) -> None:
+        n = self._next_part
         final = self.dir / f"part-{n:05d}.parquet"
         tmp = self.dir / f".part-{n:05d}.parquet.tmp"
+        stats = [file_stat(p) for p in paths]
         pq.write_table(pa.table({
             "sha256": hashes,
             "embedding": pa.array(list(vecs), type=pa.list_(pa.float32())),
+            "path": paths, "size": [st[0] for st in stats],
+            "mtime_ns": [st[1] for st in stats],
         }), tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        self._next_part = n + 1
 
     def embed(self, paths: list[str], batch_size: int = 64, progress: bool = False
               ) -> np.ndarray:
         """L2-normalised teacher embeddings float32 [len(paths), D], from the cache where
-        it has them."""
+        it has them. A photo whose path, size and mtime are as recorded is not hashed again."""
         from tqdm import tqdm
 
-        hashes = [file_sha256(p) for p in tqdm(paths, disable=not progress, unit="photo",
-                                                 desc="hashing photos")]
+        hashes = [known_or_file_sha256(p, self._stat_hash)
+                  for p in tqdm(paths, disable=not progress, unit="photo", desc="hashing photos")]
         todo: dict[str, str] = {}
         for p, h in zip(paths, hashes, strict=True):
             if h not in self._known and h not in todo:
@@ -96,7 +108,7 @@ class TeacherCache:
             chunk = items[s:s + batch_size]
             batch = np.stack([load_photo(p, size) for _, p in chunk])
             vecs = self.encoder.encode_images(batch)
-            self._write_part([h for h, _ in chunk], vecs)
+            self._write_part([p for _, p in chunk], [h for h, _ in chunk], vecs)
             self._known.update(zip([h for h, _ in chunk], vecs, strict=True))
             self.computed += len(chunk)
         if not paths:
