@@ -69,9 +69,6 @@ class TeacherCache:
         self.hits = 0
         self.computed = 0
 
-    def __len__(self) -> int:
-        return len(self._known)
-
     def _write_part(self, paths: list[str], hashes: list[str], vecs: np.ndarray) -> None:
         n = self._next_part
         final = self.dir / f"part-{n:05d}.parquet"
