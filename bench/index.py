@@ -31,7 +31,7 @@ from indexer.dataset import RasterPlan, TileDataset  # noqa: E402
 from indexer.discover import RasterSource  # noqa: E402
 from indexer.job import IndexJob  # noqa: E402
 from indexer.raster import inspect_raster  # noqa: E402
-from indexer.tiling import choose_zoom, raster_tiles, tile_range  # noqa: E402
+from indexer.tiling import choose_zoom, raster_blocks  # noqa: E402
 from tests.conftest import OFFLINE_CONFIG, make_raster  # noqa: E402
 
 MODELS = {
@@ -68,10 +68,9 @@ def main() -> int:
     raster = make_raster(work / "archive" / "scene.tif", size=side, res=5.0, seed=1)
     info = inspect_raster(RasterSource(str(raster)), settings.discovery, settings.tiling)
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, enc.image_size, settings.tiling)
-    tiles = raster_tiles(info, zoom)
-    plan = RasterPlan(info, zoom, tile_range(tiles))
-    ds = TileDataset([plan], [(0, t.x, t.y) for t in tiles], enc.image_size, settings.tiling,
-                     settings.job)
+    plans = [RasterPlan(info, block, 0) for block in raster_blocks(info, zoom)]
+    ds = TileDataset(plans, enc.image_size, settings.tiling, settings.job)
+    tiles = range(len(ds))
     t0 = time.perf_counter()
     items = [ds[i] for i in range(len(ds))]
     read_s = time.perf_counter() - t0

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,8 @@ class EncoderSpec:
     pretrained: str = ""
     checkpoint: str = ""
     random_weights: bool = False
-    seed: int = 0
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})
+    # "auto" (CUDA when visible, else CPU), "cpu", "cuda" or "cuda:N".
     device: str = "auto"
 
 
@@ -67,6 +68,15 @@ def _resolve_model_name(model: str) -> str:
         path = Path(model)
         if not path.is_file():
             raise EncoderError(f"encoder.model: model config file {model} does not exist")
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise EncoderError(f"encoder.model: {model} is not a readable JSON model config "
+                               f"({e.__class__.__name__})") from None
+        if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(
+                config):
+            raise EncoderError(f"encoder.model: {model} is not an open_clip model config "
+                               "(needs embed_dim, vision_cfg and text_cfg)")
         open_clip.add_model_config(path)
         return path.stem
     if open_clip.get_model_config(model) is None:
@@ -97,8 +107,11 @@ def _pick_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
-        raise EncoderError(f"encoder.device: {device!r} is not a torch device ({e})") from None
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise EncoderError(f"encoder.device: {device!r} is not usable: give auto, cpu, cuda "
+                           "or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EncoderError("encoder.device: 'cuda' requested but no CUDA device is visible")
     return dev

@@ -4,11 +4,13 @@ above it; inner product on L2-normalised vectors, ids = tile ids."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import faiss
 import numpy as np
 
 from indexer.config import StoreSettings
+from indexer.errors import IndexError_
 
 # FAISS k-means wants at least this many training points per centroid.
 MIN_POINTS_PER_CENTROID = 39
@@ -63,3 +65,19 @@ def index_ids(index: faiss.Index) -> np.ndarray:
         if size:
             out.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def read_faiss(index_dir, m: dict) -> faiss.Index:
+    """The committed FAISS index a manifest names, checked against it; a missing file raises
+    FileNotFoundError (a reader may have raced a writer's clean-up), damage IndexError_."""
+    path = Path(index_dir) / m["index"]["file"]
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError:
+        raise IndexError_(f"{path.name}: damaged FAISS index file (cannot be read)") from None
+    if index.d != int(m["dim"]) or index.ntotal != int(m["index"]["ntotal"]):
+        raise IndexError_(f"{path.name}: holds {index.ntotal} vectors of {index.d} dimensions, "
+                          f"the manifest says {m['index']['ntotal']} of {m['dim']}")
+    return index

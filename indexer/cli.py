@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", action="append", default=[], metavar="SOURCE",
                    help="remove a source's tiles (a raster path or a source key); repeatable")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print GDAL/FAISS warnings (default: counted in one summary line)")
     return p
 
 
@@ -33,7 +35,7 @@ def _remove(index_dir: str, targets: list[str], identity, store) -> int:
     from indexer.writer import IndexWriter
 
     status = 0
-    with IndexWriter(index_dir, identity, store) as w:
+    with IndexWriter(index_dir, identity, store, create=False) as w:
         for t in targets:
             path = str(Path(t).resolve())
             keys = [k for k, e in w.sources.items() if k == t or e["path"] == path]
@@ -48,31 +50,71 @@ def _remove(index_dir: str, targets: list[str], identity, store) -> int:
     return status
 
 
+def _intact(index_dir: str) -> str:
+    """What a user needs to know after a failure: where the index stands."""
+    from indexer.errors import IndexError_
+    from indexer.manifest import read_manifest
+
+    try:
+        m = read_manifest(Path(index_dir))
+    except (IndexError_, OSError):
+        return "the index directory could not be read back"
+    if m is None:
+        return "no index was committed"
+    return f"the index is intact at commit {m['generation']} ({m['counts']['tiles']} tiles)"
+
+
+def _os_error(e: OSError) -> str:
+    what = e.strerror or str(e).splitlines()[0] or type(e).__name__
+    return f"{e.filename}: {what}" if e.filename else what
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # a polite kill stops like Ctrl-C: commit what was read
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.archives and not args.remove:
         _parser().error("give at least one ARCHIVE (or --remove SOURCE)")
+    if not args.index.strip():
+        _parser().error("--index: give a directory path (an empty path is refused)")
+    import signal
+
     from encoder.model import EncoderError, SatelliteEncoder
     from indexer.config import ConfigError, load_settings
-    from indexer.errors import IndexError_
+    from indexer.errors import IndexError_, JobError
     from indexer.job import IndexJob
+    from indexer.logs import quiet_native_warnings
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     config = args.config
     if config is None and Path("index_config.toml").is_file():
         config = "index_config.toml"
     try:
         settings = load_settings(config)
         encoder = SatelliteEncoder(settings.encoder)
-        if args.remove:
-            status = _remove(args.index, args.remove, encoder.identity, settings.store)
-            if not args.archives:
-                return status
-        job = IndexJob(args.index, settings, encoder, strict=args.strict,
-                       progress=not args.quiet)
-        report = job.run(args.archives)
+        settings.check_encoder(encoder.identity.embed_dim)
+        with quiet_native_warnings(args.verbose) as warnings_seen:
+            if args.remove:
+                status = _remove(args.index, args.remove, encoder.identity, settings.store)
+                if not args.archives:
+                    return status
+            job = IndexJob(args.index, settings, encoder, strict=args.strict,
+                           progress=not args.quiet)
+            report = job.run(args.archives)
     except (ConfigError, EncoderError, IndexError_) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except (OSError, JobError) as e:
+        msg = _os_error(e) if isinstance(e, OSError) else str(e)
+        print(f"{PROG}: error: {msg}; {_intact(args.index)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {_intact(args.index)}", file=sys.stderr)
+        return 130
+    if warnings_seen.count:
+        print(f"{PROG}: {warnings_seen.summary()}", file=sys.stderr)
     print(report.summary())
     if report.interrupted:
         return 130

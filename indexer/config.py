@@ -7,6 +7,7 @@ naming the file, the key and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,38 @@ from encoder.model import EncoderSpec
 
 class ConfigError(ValueError):
     """Bad configuration (one-line message)."""
+
+
+def ranged(default: Any, interval: str) -> Any:
+    """A numeric setting with its allowed interval, e.g. ranged(64, "[1, 4096]") or
+    ranged(0.5, "[0, 1)"); checked at load (each element, for a tuple)."""
+    return field(default=default, metadata={"range": interval})
+
+
+_INTERVAL = re.compile(r"([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])")
+
+
+def check_range(where: str, value: float, interval: str) -> None:
+    m = _INTERVAL.fullmatch(interval.strip())
+    if m is None:
+        raise AssertionError(f"bad interval {interval!r}")
+    lo, hi = float(m.group(2)), float(m.group(3))
+    ok = (value > lo if m.group(1) == "(" else value >= lo) and (
+        value < hi if m.group(4) == ")" else value <= hi)
+    if not ok:
+        shown = interval.replace("inf", "infinity")
+        raise ConfigError(f"{where} = {value!r} is out of range: expected a value in {shown}")
+
+
+def check_ranges(obj: Any, where: str) -> None:
+    """Every field of a settings dataclass that declares a range is inside it."""
+    for f in dataclasses.fields(obj):
+        interval = f.metadata.get("range")
+        if interval is None:
+            continue
+        value = getattr(obj, f.name)
+        for v in (value if isinstance(value, tuple) else (value,)):
+            check_range(f"{where}.{f.name}", v, interval)
 
 
 @dataclass(frozen=True)
@@ -32,30 +65,33 @@ class DiscoverySettings:
     filename_time_format: str = "%Y%m%d"
     # Sensor name from the file name: {glob pattern = sensor}; first match wins.
     sensor_patterns: dict[str, str] = field(default_factory=dict)
+    # A STAC item's local asset must lie inside the item's own folder or one of these
+    # folders (relative to the config file): a catalogue cannot point satfind at /etc.
+    allowed_roots: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class TilingSettings:
     # Ground pixel size (metres) the encoder was trained at; tiles are cut at the web-mercator
     # zoom whose pixel size is nearest to it...
-    target_gsd_m: float = 10.0
+    target_gsd_m: float = ranged(10.0, "(0, 100000]")
     # ...but never finer than native/max_upsample nor coarser than native*max_downsample, so
     # a 300 m raster is not blown up into thousands of blurry tiles, nor a 15 cm aerial
     # shrunk into a fraction of one tile.
-    max_upsample: float = 2.0
-    max_downsample: float = 4.0
+    max_upsample: float = ranged(2.0, "[1, 1000]")
+    max_downsample: float = ranged(4.0, "[1, 1000]")
     # Fixed zoom for every raster (0 = derive from target_gsd_m as above).
-    zoom: int = 0
+    zoom: int = ranged(0, "[0, 24]")
     # 1-based band indexes mapped to R, G, B.
-    bands: tuple[int, ...] = (1, 2, 3)
+    bands: tuple[int, ...] = ranged((1, 2, 3), "[1, 100000]")
     # "auto": uint8 as is, other types percentile stretch. "uint8": pass through (clipped).
     # "divisor": value / reflectance_divisor * 255 (e.g. Sentinel-2 L2A). "percentile".
     scaling: str = "auto"
-    reflectance_divisor: float = 10000.0
-    percentiles: tuple[float, float] = (2.0, 98.0)
+    reflectance_divisor: float = ranged(10000.0, "(0, 1e12]")
+    percentiles: tuple[float, float] = ranged((2.0, 98.0), "[0, 100]")
     # Tiles with more invalid (nodata / alpha / outside the raster) pixels than this are
     # skipped and counted.
-    max_nodata_fraction: float = 0.5
+    max_nodata_fraction: float = ranged(0.5, "[0, 1)")
     # Pixels that are 0 in every selected band count as nodata even without a nodata value.
     zero_is_nodata: bool = True
     resampling: str = "bilinear"
@@ -63,28 +99,31 @@ class TilingSettings:
 
 @dataclass(frozen=True)
 class JobSettings:
-    batch_size: int = 64
+    batch_size: int = ranged(64, "[1, 8192]")
     # DataLoader worker processes that read and warp tiles (0 = in the main process).
-    workers: int = 2
+    workers: int = ranged(2, "[0, 64]")
     # A commit (manifest rename) every this many tiles: an interrupted run loses at most this.
-    commit_every: int = 2048
-    thumbnail_size: int = 128
-    thumbnail_quality: int = 85
+    commit_every: int = ranged(2048, "[1, 10000000]")
+    thumbnail_size: int = ranged(128, "[16, 1024]")
+    thumbnail_quality: int = ranged(85, "[1, 100]")
+    # A raster that would give more tiles than this is skipped in one line (a 1 MB file can
+    # claim 100000 x 100000 pixels); raise it for huge mosaics.
+    max_tiles_per_raster: int = ranged(1_000_000, "[1, 1e12]")
 
 
 @dataclass(frozen=True)
 class StoreSettings:
     # Below this many vectors the index is exact (Flat); at or above it, IVF-PQ is trained.
-    ivf_min_vectors: int = 50_000
+    ivf_min_vectors: int = ranged(50_000, "[1000, 1e12]")
     # IVF lists; 0 = about 2*sqrt(N) at training time (exact re-rank recovers the recall).
-    nlist: int = 0
+    nlist: int = ranged(0, "[0, 16777216]")
     # PQ sub-quantisers (must divide the embedding dimension); 0 = dim/8.
-    pq_m: int = 0
+    pq_m: int = ranged(0, "[0, 4096]")
     # k-means training sample per IVF list (FAISS wants 39..256).
-    train_points_per_list: int = 50
+    train_points_per_list: int = ranged(50, "[39, 1024]")
     # Re-train the IVF-PQ once the index has grown this many times past the size it was
     # trained at (lists sized for 50k tiles are too coarse at 1M); 0 = never.
-    retrain_growth: float = 4.0
+    retrain_growth: float = ranged(4.0, "[0, 1000]")
     # Keep float16 copies of every vector (exact re-rank, "more like this", IVF re-training).
     keep_float16: bool = True
 
@@ -97,6 +136,13 @@ class Settings:
     job: JobSettings = field(default_factory=JobSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     source: str = "<defaults>"
+
+    def check_encoder(self, embed_dim: int) -> None:
+        """Settings that depend on the encoder, checked as soon as it is built."""
+        m = self.store.pq_m
+        if m and embed_dim % m:
+            raise ConfigError(f"{self.source}: store.pq_m = {m} does not divide the encoder's "
+                              f"embedding dimension {embed_dim} (try {embed_dim // 8} or 0)")
 
 
 _SECTIONS = {
@@ -123,6 +169,8 @@ def _coerce(where: str, value: Any, typ: Any) -> Any:
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
@@ -153,49 +201,30 @@ def _build(cls: type, table: dict, where: str) -> Any:
         if key not in names:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
         kwargs[key] = _coerce(f"{where}.{key}", value, hints[key])
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check_ranges(obj, where)
+    return obj
 
 
 def _validate(s: Settings) -> None:
+    """What single-key ranges (checked while building each section) cannot say."""
     where = s.source
     t = s.tiling
-    if t.target_gsd_m <= 0:
-        raise ConfigError(f"{where}: tiling.target_gsd_m must be > 0, got {t.target_gsd_m}")
-    if t.max_upsample < 1 or t.max_downsample < 1:
-        raise ConfigError(f"{where}: tiling.max_upsample and max_downsample must be >= 1")
-    if not 0 <= t.zoom <= 24:
-        raise ConfigError(f"{where}: tiling.zoom must be 0 (auto) or 1..24, got {t.zoom}")
-    if len(t.bands) != 3 or any(b < 1 for b in t.bands):
+    if len(t.bands) != 3:
         raise ConfigError(f"{where}: tiling.bands must be three 1-based band indexes, got "
                           f"{list(t.bands)}")
     if t.scaling not in {"auto", "uint8", "divisor", "percentile"}:
         raise ConfigError(f"{where}: tiling.scaling must be auto, uint8, divisor or percentile, "
                           f"got {t.scaling!r}")
     lo, hi = t.percentiles
-    if not 0 <= lo < hi <= 100:
-        raise ConfigError(f"{where}: tiling.percentiles must be 0 <= low < high <= 100")
-    if t.reflectance_divisor <= 0:
-        raise ConfigError(f"{where}: tiling.reflectance_divisor must be > 0")
-    if not 0 <= t.max_nodata_fraction < 1:
-        raise ConfigError(f"{where}: tiling.max_nodata_fraction must be in [0, 1)")
+    if not lo < hi:
+        raise ConfigError(f"{where}: tiling.percentiles must be low < high, got {[lo, hi]}")
     from rasterio.enums import Resampling
 
     if t.resampling not in Resampling.__members__:
         raise ConfigError(f"{where}: tiling.resampling {t.resampling!r} is not a GDAL "
                           "resampling method (nearest, bilinear, cubic, average, ...)")
-    j = s.job
-    if j.batch_size < 1 or j.workers < 0 or j.commit_every < 1:
-        raise ConfigError(f"{where}: job.batch_size and job.commit_every must be >= 1, "
-                          "job.workers >= 0")
-    if not 16 <= j.thumbnail_size <= 1024 or not 1 <= j.thumbnail_quality <= 100:
-        raise ConfigError(f"{where}: job.thumbnail_size must be 16..1024 and "
-                          "thumbnail_quality 1..100")
-    st = s.store
-    if st.ivf_min_vectors < 1000 or st.nlist < 0 or st.pq_m < 0:
-        raise ConfigError(f"{where}: store.ivf_min_vectors must be >= 1000, nlist/pq_m >= 0")
-    if not 39 <= st.train_points_per_list <= 1024:
-        raise ConfigError(f"{where}: store.train_points_per_list must be in 39..1024")
-    if st.retrain_growth != 0 and st.retrain_growth <= 1:
+    if 0 < s.store.retrain_growth <= 1:
         raise ConfigError(f"{where}: store.retrain_growth must be 0 (never) or > 1")
     try:
         re.compile(s.discovery.filename_time_pattern)
@@ -255,6 +284,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
                 repl[key] = str((p.parent / val).resolve())
         if repl:
             parts["encoder"] = dataclasses.replace(enc, **repl)
+    disc = parts.get("discovery")
+    if disc is not None and disc.allowed_roots:
+        roots = tuple(str((p.parent / r).resolve()) for r in disc.allowed_roots)
+        parts["discovery"] = dataclasses.replace(disc, allowed_roots=roots)
     s = Settings(**parts, source=str(p))
     _validate(s)
     return s

@@ -3,6 +3,7 @@ JPEG-encode tiles while the main process encodes the previous batch."""
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import io
 import os
@@ -19,8 +20,9 @@ from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset
 
 from indexer.config import JobSettings, TilingSettings
+from indexer.logs import captured
 from indexer.raster import RasterInfo
-from indexer.tiling import TileReader
+from indexer.tiling import TileBlock, TileReader
 
 OPEN_READERS = 8  # per worker process
 PR_SET_PDEATHSIG = 1
@@ -28,9 +30,13 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class RasterPlan:
+    """One block of one raster's tiles to read. `source` is the raster's index in the job;
+    tiles in `done` were committed by an earlier, interrupted run and are not read again."""
+
     info: RasterInfo
-    zoom: int
-    tile_range: tuple[int, int, int, int]
+    block: TileBlock
+    source: int
+    done: frozenset[tuple[int, int]] = frozenset()
 
 
 def jpeg_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
@@ -44,16 +50,18 @@ def jpeg_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
 
 
 class TileDataset(Dataset):
-    """Item i: tile tasks[i] = (raster index, x, y) read from plans[raster index]."""
+    """Item i: the i-th tile of the plans, in order, computed (never listed): memory does not
+    grow with the number of tiles."""
 
-    def __init__(self, plans: list[RasterPlan], tasks: list[tuple[int, int, int]], tile_px: int,
-                 tiling: TilingSettings, job: JobSettings):
-        self.plans, self.tasks, self.px = plans, tasks, tile_px
+    def __init__(self, plans: list[RasterPlan], tile_px: int, tiling: TilingSettings,
+                 job: JobSettings):
+        self.plans, self.px = plans, tile_px
         self.tiling, self.job = tiling, job
+        self._starts = np.cumsum([0] + [p.block.count for p in plans]).tolist()
         self._readers: OrderedDict[int, TileReader] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        return self._starts[-1]
 
     def _reader(self, r: int) -> TileReader:
         if r in self._readers:
@@ -62,17 +70,23 @@ class TileDataset(Dataset):
         while len(self._readers) >= OPEN_READERS:
             self._readers.popitem(last=False)[1].close()
         plan = self.plans[r]
-        reader = TileReader(plan.info, plan.zoom, self.px, self.tiling, plan.tile_range)
+        reader = TileReader(plan.info, plan.block, self.px, self.tiling)
         self._readers[r] = reader
         return reader
 
     def __getitem__(self, i: int) -> dict:
-        r, x, y = self.tasks[i]
-        z = self.plans[r].zoom
-        item = {"raster": r, "x": x, "y": y, "z": z, "rgb": None, "nodata_fraction": 1.0,
-                "thumb": None, "error": None}
+        r = bisect.bisect_right(self._starts, i) - 1
+        plan = self.plans[r]
+        x, y = plan.block.tile(i - self._starts[r])
+        z = plan.block.zoom
+        item = {"raster": plan.source, "x": x, "y": y, "z": z, "rgb": None,
+                "nodata_fraction": 1.0, "thumb": None, "error": None, "warnings": [],
+                "done": (x, y) in plan.done}
+        if item["done"]:
+            return item
         try:
-            read = self._reader(r).read(mercantile.Tile(x, y, z))
+            with captured() as item["warnings"]:
+                read = self._reader(r).read(mercantile.Tile(x, y, z))
         except (RasterioError, OSError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             item["error"] = f"cannot read tile {z}/{x}/{y} (truncated or corrupt file?): {msg}"

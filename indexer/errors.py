@@ -12,3 +12,8 @@ class InputError(Exception):
 
 class IndexError_(Exception):  # noqa: N801 - avoid shadowing the builtin IndexError
     """A problem with the index directory itself (locked, foreign encoder, corrupt manifest)."""
+
+
+class JobError(Exception):
+    """The indexing run stopped for a reason that is not one input's fault (a killed reader
+    process, ...); the index stays at its last commit."""

@@ -15,12 +15,13 @@ from tqdm import tqdm
 
 from encoder.hashing import file_stat, known_or_file_sha256
 from encoder.model import SatelliteEncoder
+from indexer import logs
 from indexer.config import Settings
 from indexer.dataset import RasterPlan, TileDataset, tile_loader
 from indexer.discover import RasterSource, discover
 from indexer.errors import InputError
-from indexer.raster import inspect_raster
-from indexer.tiling import choose_zoom, raster_tiles, tile_gsd_m, tile_range
+from indexer.raster import RasterInfo, inspect_raster
+from indexer.tiling import choose_zoom, raster_blocks, tile_gsd_m
 from indexer.writer import IndexWriter
 
 
@@ -65,7 +66,8 @@ class _Pending:
 
     key: str
     entry: dict
-    remaining: int
+    info: RasterInfo
+    remaining: int  # tiles not yet through _stream (those committed earlier included)
     written: int = 0
     nodata: int = 0
     error: str | None = None
@@ -97,16 +99,18 @@ class IndexJob:
         if self.strict and report.problems:
             return report
         with IndexWriter(self.index_dir, self.encoder.identity, self.s.store) as writer:
-            plans, tasks, pendings = self._plan(writer, sources, report)
+            plans, pendings = self._plan(writer, sources, report)
             if self.strict and report.problems:
                 return report
-            try:
-                self._stream(writer, plans, tasks, pendings, report)
-            except KeyboardInterrupt:
-                report.interrupted = True
             for p in pendings:  # e.g. a resumed source whose tiles were all committed
-                if p.remaining == 0 and not p.finished:
+                if p.remaining == 0:
                     self._finish(writer, p, report)
+            try:
+                self._stream(writer, plans, pendings, report)
+            except KeyboardInterrupt:
+                # Nothing is finished here: a source is complete only once every one of its
+                # tiles went through _stream; the rest stay "partial" and resume next run.
+                report.interrupted = True
             writer.commit()
         report.seconds = time.perf_counter() - t0
         return report
@@ -118,7 +122,6 @@ class IndexJob:
         known = {(e["path"], e["size"], e["mtime_ns"]): e["content_sha256"]
                  for e in writer.sources.values()}
         plans: list[RasterPlan] = []
-        tasks: list[tuple[int, int, int]] = []
         pendings: list[_Pending] = []
         px = self.encoder.image_size
         it = tqdm(sources, desc="checking rasters", unit="raster", disable=not self.progress,
@@ -144,9 +147,17 @@ class IndexJob:
                     writer.remove_source(stale)
                     report.rasters_replaced += 1
             zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, self.s.tiling)
-            tiles = raster_tiles(info, zoom)
-            done = writer.committed_tiles(key) if old else set()
-            todo = [t for t in tiles if (t.z, t.x, t.y) not in done]
+            blocks = raster_blocks(info, zoom)
+            count = sum(b.count for b in blocks)
+            limit = self.s.job.max_tiles_per_raster
+            if count > limit:
+                self._problem(report, InputError(
+                    src.path, f"would give {count:,} tiles at zoom {zoom} (more than "
+                    f"job.max_tiles_per_raster = {limit:,}): a runaway size, or raise the limit"))
+                continue
+            done = set()
+            if old:
+                done = {(x, y) for z, x, y in writer.committed_tiles(key) if z == zoom}
             size, mtime = file_stat(src.path)
             entry = {
                 "path": src.path, "content_sha256": sha, "size": size, "mtime_ns": mtime,
@@ -155,12 +166,20 @@ class IndexJob:
                 "acquired": info.acquired.isoformat() if info.acquired else None,
                 "sensor": info.sensor, "crs": info.crs, "tiles": len(done), "skipped_nodata": 0,
             }
-            r = len(plans)
-            plans.append(RasterPlan(info, zoom, tile_range(tiles)))
-            tasks += [(r, t.x, t.y) for t in todo]
-            pendings.append(_Pending(key, entry, remaining=len(todo), written=len(done),
+            r = len(pendings)
+            for block in blocks:
+                mine = frozenset(t for t in done if block.x0 <= t[0] <= block.x1
+                                 and block.y0 <= t[1] <= block.y1)
+                plans.append(RasterPlan(info, block, r, mine))
+            pendings.append(_Pending(key, entry, info, remaining=count, written=len(done),
                                      resumed=len(done)))
-        return plans, tasks, pendings
+        if pendings:
+            biggest = max(pendings, key=lambda p: p.remaining)
+            total = sum(p.remaining for p in pendings)
+            self.log(f"plan: {len(pendings)} raster(s) to index, {total:,} tiles (largest: "
+                     f"{Path(biggest.entry['path']).name}, {biggest.remaining:,} tiles at zoom "
+                     f"{biggest.entry['zoom']})")
+        return plans, pendings
 
     def _finish(self, writer: IndexWriter, p: _Pending, report: JobReport) -> None:
         p.finished = True
@@ -179,36 +198,42 @@ class IndexJob:
         writer.set_source(p.key, dict(p.entry))
         report.rasters_indexed += 1
 
-    def _stream(self, writer: IndexWriter, plans, tasks, pendings: list[_Pending],
+    def _stream(self, writer: IndexWriter, plans: list[RasterPlan], pendings: list[_Pending],
                  report: JobReport) -> None:
-        if not tasks:
+        plans = [pl for pl in plans if not pendings[pl.source].finished]
+        dataset = TileDataset(plans, self.encoder.image_size, self.s.tiling, self.s.job)
+        if len(dataset) == 0:
             return
-        dataset = TileDataset(plans, tasks, self.encoder.image_size, self.s.tiling, self.s.job)
-        bar = tqdm(total=len(tasks), desc="indexing", unit="tile", disable=not self.progress,
+        bar = tqdm(total=len(dataset), desc="indexing", unit="tile", disable=not self.progress,
                    smoothing=0.1)
         try:
             for batch in tile_loader(dataset, self.s.job):
                 keep = []
                 for item in batch:
+                    for w in item["warnings"]:
+                        logs.note(w)
                     p = pendings[item["raster"]]
-                    p.remaining -= 1
                     if p.finished:  # failed earlier: the rest of its tiles are ignored
                         continue
                     if item["error"]:
-                        p.error = item["error"]
-                        self._finish(writer, p, report)
-                    elif item["rgb"] is None:
-                        p.nodata += 1
-                        report.tiles_nodata += 1
-                    else:
+                        p.error = p.error or item["error"]
+                    elif item["rgb"] is not None and not item["done"]:
                         keep.append(item)
-                # A source that failed later in this batch loses its earlier tiles too.
+                # A source that failed in this batch loses its earlier tiles too.
                 keep = [it for it in keep if pendings[it["raster"]].error is None]
                 if keep:
-                    self._add(writer, keep, pendings, plans, report)
+                    self._add(writer, keep, pendings, report)
+                # Only now is every tile of the batch accounted for (an interrupt in the
+                # encoder above leaves `remaining` untouched, so nothing is finished early).
                 for item in batch:
                     p = pendings[item["raster"]]
-                    if p.remaining == 0 and not p.finished:
+                    p.remaining -= 1
+                    if item["rgb"] is None and not (item["error"] or item["done"] or p.finished):
+                        p.nodata += 1
+                        report.tiles_nodata += 1
+                for r in dict.fromkeys(item["raster"] for item in batch):
+                    p = pendings[r]
+                    if not p.finished and (p.error is not None or p.remaining == 0):
                         self._finish(writer, p, report)
                 if writer.pending >= self.s.job.commit_every:
                     writer.commit()
@@ -218,7 +243,7 @@ class IndexJob:
         finally:
             bar.close()
 
-    def _add(self, writer: IndexWriter, items: list[dict], pendings: list[_Pending], plans,
+    def _add(self, writer: IndexWriter, items: list[dict], pendings: list[_Pending],
              report: JobReport) -> None:
         vecs = self.encoder.encode_images(np.stack([it["rgb"] for it in items]))
         rows = []
@@ -227,17 +252,17 @@ class IndexJob:
             if p.key not in writer.sources:  # first tile: the source becomes "partial"
                 writer.set_source(p.key, dict(p.entry))
             p.written += 1
-            rows.append(self._row(it, p, plans[it["raster"]]))
+            rows.append(self._row(it, p))
         writer.add(rows, vecs, [it["thumb"] for it in items])
         report.tiles_written += len(items)
 
-    def _row(self, item: dict, p: _Pending, plan: RasterPlan) -> dict:
+    def _row(self, item: dict, p: _Pending) -> dict:
         b = mercantile.bounds(item["x"], item["y"], item["z"])
         return {
             "z": item["z"], "x": item["x"], "y": item["y"],
             "west": b.west, "south": b.south, "east": b.east, "north": b.north,
             "source": p.entry["path"], "source_key": p.key,
-            "acquired": plan.info.acquired, "sensor": plan.info.sensor,
+            "acquired": p.info.acquired, "sensor": p.info.sensor,
             "gsd_m": p.entry["gsd_m"], "native_gsd_m": p.entry["native_gsd_m"],
             "nodata_fraction": item["nodata_fraction"],
         }

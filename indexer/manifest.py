@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +18,12 @@ VECTORS_F16 = "vectors.f16.npy"
 TILES_DIR = "tiles"
 THUMBS_DIR = "thumbs"
 LOCK = ".lock"
+
+# Every name the writer ever creates. Garbage collection touches nothing else, so a user's
+# own files are never at risk, even inside an index directory.
+PART_RE = re.compile(r"part-\d{5}\.parquet")
+FAISS_RE = re.compile(r"vectors-\d{6}\.faiss")
+TMP_RE = re.compile(r"\.(manifest\.json|vectors-\d{6}\.faiss)\.tmp-\d+")
 
 
 # One row per tile in tiles/part-NNNNN.parquet; id + JPEG in thumbs/part-NNNNN.parquet.
@@ -86,3 +93,30 @@ def read_manifest(index_dir: Path) -> dict | None:
         raise IndexError_(f"{path}: index format version {data.get('format_version')} is not "
                           f"supported (this satfind reads version {FORMAT_VERSION})")
     return data
+
+
+def check_parts(index_dir: Path, m: dict) -> None:
+    """Structural checks of a manifest's parts (no file is read): names, id ranges inside
+    next_id and not overlapping, counts adding up. A damaged index is refused in one line."""
+    where = index_dir / MANIFEST
+    try:
+        next_id = int(m["next_id"])
+        parts = sorted(m["parts"], key=lambda p: int(p["id_min"]))
+        total, last = 0, -1
+        for p in parts:
+            lo, hi, rows = int(p["id_min"]), int(p["id_max"]), int(p["rows"])
+            if not PART_RE.fullmatch(str(p["name"])):
+                raise IndexError_(f"{where}: part name {p['name']!r} is not one satfind writes")
+            if not 0 <= lo <= hi < next_id or not 0 < rows <= hi - lo + 1:
+                raise IndexError_(f"{where}: part {p['name']} has ids {lo}..{hi} ({rows} rows) "
+                                  f"outside 0..{next_id - 1}")
+            if lo <= last:
+                raise IndexError_(f"{where}: part {p['name']} repeats tile ids of another part "
+                                  "(duplicate ids)")
+            last, total = hi, total + rows
+        ntotal = int(m["index"]["ntotal"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise IndexError_(f"{where}: damaged manifest (bad or missing {e})") from None
+    if ntotal != total:
+        raise IndexError_(f"{where}: the vector index holds {ntotal} tiles but the parts hold "
+                          f"{total}")

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encoder.model import EncoderIdentity
+from indexer.ann import read_faiss
 from indexer.errors import IndexError_
-from indexer.manifest import THUMBS_DIR, TILE_SCHEMA, TILES_DIR, read_manifest
-from indexer.vectorfile import open_vectors
+from indexer.manifest import THUMBS_DIR, TILE_SCHEMA, TILES_DIR, check_parts, read_manifest
+from indexer.vectorfile import check_vectors, open_vectors
 
 
 class IndexSnapshot:
@@ -41,19 +42,23 @@ class IndexSnapshot:
             m = read_manifest(d)
             if m is None:
                 raise IndexError_(f"{d}: no committed index here (manifest.json missing)")
+            check_parts(d, m)
             try:
-                index = (faiss.read_index(str(d / m["index"]["file"])) if m["index"]["file"]
+                index = (read_faiss(d, m) if m["index"]["file"]
                          else faiss.IndexIDMap2(faiss.IndexFlatIP(m["dim"])))
                 for p in m["parts"]:  # named parts must all exist in this snapshot
-                    if not (d / TILES_DIR / p["name"]).is_file():
-                        raise FileNotFoundError(p["name"])
-            except (FileNotFoundError, RuntimeError):
+                    for sub in (TILES_DIR, THUMBS_DIR):
+                        if not (d / sub / p["name"]).is_file():
+                            raise FileNotFoundError(p["name"])
+            except FileNotFoundError as e:
                 # A writer committed (and cleaned up) between our manifest read and open.
                 if attempt == retries - 1:
-                    raise IndexError_(f"{d}: files named by the manifest are missing") from None
+                    raise IndexError_(f"{d}: {Path(str(e)).name}, named by the manifest, is "
+                                      "missing") from None
                 continue
             vectors = None
             if m.get("vectors_f16"):
+                check_vectors(d / m["vectors_f16"], m["next_id"], m["dim"])
                 vectors = open_vectors(d / m["vectors_f16"], m["next_id"], m["dim"])
             return cls(d, m, index, vectors)
         raise AssertionError("unreachable")
@@ -95,7 +100,7 @@ class IndexSnapshot:
         """Tile metadata of every committed tile."""
         if not self.tile_parts:
             return TILE_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(p, columns=columns) for p in self.tile_parts])
+        return pa.concat_tables([read_part(p, columns) for p in self.tile_parts])
 
     def sql(self, query: str, params: list | None = None) -> pa.Table:
         """Run DuckDB SQL with a `tiles` view over the snapshot's Parquet parts."""
@@ -109,7 +114,17 @@ class IndexSnapshot:
     def thumbnail(self, tile_id: int) -> bytes | None:
         for part, path in zip(self.manifest["parts"], self.thumb_parts, strict=True):
             if part["id_min"] <= tile_id <= part["id_max"]:
-                t = pq.read_table(path, filters=[("id", "=", int(tile_id))])
+                t = read_part(path, None, filters=[("id", "=", int(tile_id))])
                 if t.num_rows:
                     return t["jpeg"][0].as_py()
         return None
+
+
+def read_part(path: Path, columns: list[str] | None = None, filters=None) -> pa.Table:
+    """One Parquet part; a damaged one is an IndexError_ naming it."""
+    try:
+        return pq.read_table(path, columns=columns, filters=filters)
+    except (OSError, pa.ArrowException) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IndexError_(f"{path.parent.name}/{path.name}: damaged Parquet part ({msg})"
+                          ) from None

@@ -15,9 +15,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from indexer.config import TilingSettings
-from indexer.raster import EARTH_RADIUS_M, RasterInfo, to_uint8
+from indexer.raster import WORLD_M, RasterInfo, to_uint8, valid_mask
 
-WORLD_M = 2 * math.pi * EARTH_RADIUS_M  # web-mercator world width in projected metres
 ORIGIN = WORLD_M / 2
 MAX_ZOOM = 24
 
@@ -42,17 +41,52 @@ def choose_zoom(native_gsd_m: float, lat: float, tile_px: int, tiling: TilingSet
     return min(allowed, key=lambda z: abs(math.log(tile_gsd_m(z, lat, tile_px) / goal)))
 
 
-def raster_tiles(info: RasterInfo, zoom: int) -> list[mercantile.Tile]:
-    """Tiles at `zoom` that intersect the raster's lon/lat footprint, in row-major order."""
-    w, s, e, n = info.lonlat_bounds
-    tiles = list(mercantile.tiles(w, s, e, n, zooms=[zoom]))
-    return sorted(tiles, key=lambda t: (t.y, t.x))
+LL_EPSILON = 1e-11  # as mercantile.tiles: a tile touching the east/south edge is not in
+MAX_LAT = 85.051129
 
 
-def tile_range(tiles: list[mercantile.Tile]) -> tuple[int, int, int, int]:
-    """(min x, min y, max x, max y) of a non-empty list of tiles."""
-    xs, ys = [t.x for t in tiles], [t.y for t in tiles]
-    return min(xs), min(ys), max(xs), max(ys)
+@dataclass(frozen=True)
+class TileBlock:
+    """A rectangle of tiles at one zoom (x0..x1, y0..y1 inclusive), enumerated row by row
+    without ever being listed; `src_shift` is the x shift (source CRS units) under which the
+    source covers it (see RasterInfo.spans)."""
+
+    zoom: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    src_shift: float = 0.0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0 + 1
+
+    @property
+    def count(self) -> int:
+        return self.width * (self.y1 - self.y0 + 1)
+
+    def tile(self, i: int) -> tuple[int, int]:
+        """(x, y) of the i-th tile in row-major order."""
+        row, col = divmod(i, self.width)
+        return self.x0 + col, self.y0 + row
+
+
+def raster_blocks(info: RasterInfo, zoom: int) -> list[TileBlock]:
+    """The tiles at `zoom` that intersect the raster's footprint: one block per longitude
+    span (two for a raster across the antimeridian). Memory is independent of their number."""
+    _, s, _, n = info.lonlat_bounds
+    s, n = max(-MAX_LAT, s), min(MAX_LAT, n)
+    last = 2**zoom - 1
+    out = []
+    for w, e, shift in info.spans:
+        ul = mercantile.tile(max(-180.0, w), n, zoom)
+        lr = mercantile.tile(min(180.0, e) - LL_EPSILON, s + LL_EPSILON, zoom)
+        x0, y0 = min(max(ul.x, 0), last), min(max(ul.y, 0), last)
+        x1, y1 = min(max(lr.x, 0), last), min(max(lr.y, 0), last)
+        if x1 >= x0 and y1 >= y0:
+            out.append(TileBlock(zoom, x0, y0, x1, y1, shift))
+    return out
 
 
 @dataclass(frozen=True)
@@ -68,20 +102,23 @@ class TileReader:
     tile width / S), so every tile is an integer window of it: GDAL warps only that window.
     """
 
-    def __init__(self, info: RasterInfo, zoom: int, tile_px: int, tiling: TilingSettings,
-                 tile_range: tuple[int, int, int, int]):
-        self.info, self.zoom, self.px, self.tiling = info, zoom, tile_px, tiling
-        self.x0, self.y0, x1, y1 = tile_range
-        nx, ny = x1 - self.x0 + 1, y1 - self.y0 + 1
+    def __init__(self, info: RasterInfo, block: TileBlock, tile_px: int, tiling: TilingSettings):
+        self.info, self.zoom, self.px, self.tiling = info, block.zoom, tile_px, tiling
+        zoom = block.zoom
+        self.x0, self.y0 = block.x0, block.y0
+        nx, ny = block.width, block.y1 - block.y0 + 1
         tile_m = WORLD_M / 2**zoom
         res = tile_m / tile_px
         transform = Affine(res, 0.0, -ORIGIN + self.x0 * tile_m, 0.0, -res,
                            ORIGIN - self.y0 * tile_m)
         self._src = rasterio.open(info.path)
+        shifted = {}
+        if block.src_shift:  # the source as if written in this span's longitudes
+            shifted["src_transform"] = Affine.translation(block.src_shift, 0) * self._src.transform
         self._vrt = WarpedVRT(
             self._src, crs="EPSG:3857", transform=transform, width=nx * tile_px,
             height=ny * tile_px, resampling=Resampling[tiling.resampling],
-            add_alpha=info.add_alpha,
+            add_alpha=info.add_alpha, **shifted,
         )
 
     def read(self, tile: mercantile.Tile) -> TileRead:
@@ -97,9 +134,7 @@ def _read_scaled(vrt: WarpedVRT, window: Window | None, info: RasterInfo,
                  tiling: TilingSettings) -> TileRead:
     """The selected bands of a window, scaled to uint8, invalid pixels zeroed and counted."""
     data = vrt.read(list(tiling.bands), window=window)
-    valid = vrt.dataset_mask(window=window) > 0
-    if tiling.zero_is_nodata:
-        valid &= np.any(data != 0, axis=0)
+    valid = valid_mask(data, vrt.dataset_mask(window=window), tiling)
     rgb = to_uint8(data, info.scale_lo, info.scale_hi)
     if not valid.all():
         rgb = np.where(valid[None], rgb, np.uint8(0))

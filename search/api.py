@@ -6,7 +6,7 @@ import binascii
 import re
 import secrets
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -15,9 +15,11 @@ from fastapi import Path as PathParam
 from fastapi import Query as Q
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from indexer.errors import IndexError_
+from search.bodylimit import BodyLimit
 from search.engine import Filters, Query, QueryError, SearchEngine
 from search.models import (
     ErrorBody,
@@ -33,13 +35,22 @@ from search.models import (
     TileResult,
 )
 
+
+def body_limit_bytes(max_upload_bytes: int) -> int:
+    """The largest request body: one query image as base64 in JSON (4/3 of its bytes) plus
+    64 KiB for the other fields."""
+    return max_upload_bytes * 4 // 3 + 65536
+
+
 OPEN_PATHS = {"/health", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"}
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503)}
+# Every error the API returns has the same body, 422 (FastAPI's request validation) included.
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}
 MAX_ID = 2**62
 
 
 def parse_time(value: str | None, name: str, end: bool = False) -> datetime | None:
-    """ISO date or datetime; no zone = UTC; a bare date as `end` means the end of that day."""
+    """ISO date or datetime; no zone = UTC; a bare date as `end` means the end of that day.
+    Any date the calendar holds is accepted (9999-12-31 included); out-of-range is a 400."""
     if value is None or value == "":
         return None
     v = value.strip()
@@ -47,12 +58,19 @@ def parse_time(value: str | None, name: str, end: bool = False) -> datetime | No
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
             d = date.fromisoformat(v)
             t = datetime(d.year, d.month, d.day, tzinfo=UTC)
-            return t + timedelta(days=1) - timedelta(microseconds=1) if end else t
+            if end:
+                t = t.replace(hour=23, minute=59, second=59, microsecond=999999)
+            return t
         t = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
         raise QueryError(f"{name}: {value!r} is not an ISO date or datetime "
                          "(e.g. 2014-07-20 or 2014-07-20T10:00:00Z)") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    if t.tzinfo is None:
+        return t.replace(tzinfo=UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:
+        raise QueryError(f"{name}: {value!r} is outside the years 1..9999 in UTC") from None
 
 
 def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
@@ -82,17 +100,31 @@ def create_app(engine: SearchEngine) -> FastAPI:
         description="Text-to-image and image-to-image retrieval over satellite tile archives.",
     )
     app.state.engine = engine
+    body_limit = body_limit_bytes(api.max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=body_limit, detail=(
+        f"request body is larger than {body_limit} bytes (query images are limited to "
+        f"{api.max_upload_bytes} bytes)"))
+    if api.trusted_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(api.trusted_hosts))
     if api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(api.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["*"])
 
+    def public(message: str) -> str:
+        """An error message as a client may see it: what they sent, not what the server
+        holds (no index path, no GDAL /vsimem name, no Python object address)."""
+        for held in {str(engine.dir.resolve()), str(engine.dir)}:
+            message = message.replace(held, "<index>")
+        message = re.sub(r"/vsi\w+/\S*", "<memory>", message)
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", message)
+
     @app.exception_handler(QueryError)
     def _query_error(_: Request, e: QueryError):
-        return JSONResponse({"detail": str(e)}, status_code=e.status)
+        return JSONResponse({"detail": public(str(e))}, status_code=e.status)
 
     @app.exception_handler(IndexError_)
     def _index_error(_: Request, e: IndexError_):
-        return JSONResponse({"detail": str(e)}, status_code=503)
+        return JSONResponse({"detail": "index unavailable: " + public(str(e))}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     def _validation(_: Request, e: RequestValidationError):
@@ -239,8 +271,10 @@ def create_app(engine: SearchEngine) -> FastAPI:
     @app.get("/tiles/{tile_id}/thumbnail.jpg", dependencies=deps, responses={
         200: {"content": {"image/jpeg": {}}}, **ERRORS}, response_class=Response)
     def thumbnail(tile_id: TileId):
+        # With an API key, no shared cache may keep a copy that it would serve without one.
+        scope = "private" if api.api_key else "public"
         return Response(engine.thumbnail(tile_id), media_type="image/jpeg",
-                        headers={"Cache-Control": "public, max-age=86400"})
+                        headers={"Cache-Control": f"{scope}, max-age=86400"})
 
     return app
 

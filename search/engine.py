@@ -36,7 +36,9 @@ class QueryError(ValueError):
 
 @dataclass(frozen=True)
 class Filters:
-    bbox: tuple[float, float, float, float] | None = None  # west, south, east, north
+    # west, south, east, north; west > east is a box across the antimeridian (as in GeoJSON
+    # and STAC): west..180 and -180..east.
+    bbox: tuple[float, float, float, float] | None = None
     start: datetime | None = None
     end: datetime | None = None
     sensors: tuple[str, ...] = ()
@@ -51,8 +53,9 @@ class Filters:
                 raise QueryError("bbox: longitudes must be within -180..180")
             if not (-90 <= s <= 90 and -90 <= n <= 90):
                 raise QueryError("bbox: latitudes must be within -90..90")
-            if w >= e:
-                raise QueryError("bbox: west must be less than east (west,south,east,north)")
+            if w == e:
+                raise QueryError("bbox: west equals east (west,south,east,north; west > east "
+                                 "means a box across the antimeridian)")
             if s >= n:
                 raise QueryError("bbox: south must be less than north (west,south,east,north)")
         for name in ("start", "end"):
@@ -70,7 +73,8 @@ class Filters:
         where, params = [], []
         if self.bbox:
             w, s, e, n = self.bbox
-            where.append("east > ? AND west < ? AND north > ? AND south < ?")
+            lon = "east > ? AND west < ?" if w < e else "(east > ? OR west < ?)"
+            where.append(f"{lon} AND north > ? AND south < ?")
             params += [w, e, s, n]
         if self.start:
             where.append("acquired >= ?")
@@ -149,8 +153,11 @@ class _Loaded:
         if f.bbox is not None:
             w, s, e, n = (np.float32(v) for v in f.bbox)
             b = self.bounds
-            m &= b["east"] > w
-            m &= b["west"] < e
+            if w < e:
+                m &= b["east"] > w
+                m &= b["west"] < e
+            else:  # across the antimeridian
+                m &= (b["east"] > w) | (b["west"] < e)
             m &= b["north"] > s
             m &= b["south"] < n
         if f.start is not None:  # tiles without a time (NO_TIME) never pass a time filter
@@ -198,6 +205,8 @@ class SearchEngine:
         # concurrent forwards only oversubscribe them and starve the cheap queries.
         self._model_lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
+        # Decoding an upload can take hundreds of MB at the pixel cap: a few at a time.
+        self._decode_slots = threading.BoundedSemaphore(config.api.max_concurrent_decodes)
         self._loaded = self._load()
 
     # --- snapshots ----------------------------------------------------------------------
@@ -265,9 +274,10 @@ class SearchEngine:
 
         a = self.api_settings
         try:
-            tile = decode_query_image(data, self.encoder.image_size,
-                                      self.config.settings.tiling, a.allowed_image_types,
-                                      a.min_image_px)
+            with self._decode_slots:
+                tile = decode_query_image(data, self.encoder.image_size,
+                                          self.config.settings.tiling, a.allowed_image_types,
+                                          a.min_image_px, a.max_image_pixels)
         except ImageError as e:
             status = 415 if isinstance(e, UnsupportedImageType) else 400
             raise QueryError(str(e), status=status) from None

@@ -1,4 +1,11 @@
-"""Query images: sniff the type from the bytes, decode, and preprocess like indexed tiles."""
+"""Query images: sniff the type from the bytes, check the declared size before decoding
+anything, decode cheaply, and preprocess like indexed tiles.
+
+A few kilobytes can declare billions of pixels (a sparse TIFF, a 1-bit PNG, a JPEG), so the
+header's width x height is checked against `max_pixels` before a single pixel is decoded;
+JPEGs are decoded at a reduced DCT scale (`draft`) and TIFFs read decimated, straight to
+the encoder's input size, so the work is bounded by the output, not the upload.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from PIL import Image
 
 from encoder.images import square_tile
 from indexer.config import TilingSettings
-from indexer.raster import scaling_range, to_uint8
+from indexer.raster import finite_mask, scaling_range, to_uint8
 
 
 class ImageError(ValueError):
@@ -31,44 +38,75 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def _from_tiff(data: bytes, tiling: TilingSettings) -> np.ndarray:
+def _check_size(width: int, height: int, max_pixels: int, min_px: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"image declares {width}x{height} pixels, more than the "
+                         f"{max_pixels} allowed (api.max_image_pixels): send a smaller image")
+    if min(width, height) < min_px:
+        raise ImageError(f"image is {width}x{height} pixels; at least {min_px}x{min_px} "
+                         "is needed")
+
+
+def _from_tiff(data: bytes, tile_px: int, tiling: TilingSettings, max_pixels: int,
+               min_px: int) -> np.ndarray:
+    from rasterio.enums import Resampling
     from rasterio.errors import RasterioError
     from rasterio.io import MemoryFile
+    from rasterio.windows import Window
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NotGeoreferencedWarning: fine for a query
             with MemoryFile(data) as mem, mem.open() as src:
+                _check_size(src.width, src.height, max_pixels, min_px)
                 bands = list(tiling.bands) if src.count >= max(tiling.bands) else (
                     [1, 1, 1] if src.count < 3 else [1, 2, 3])
-                arr = src.read(bands)
-    except RasterioError as e:
-        raise ImageError(f"not a readable TIFF ({str(e).splitlines()[0]})") from None
-    valid = np.ones(arr.shape[1:], dtype=bool)
-    return to_uint8(arr, *scaling_range(arr.dtype.name, arr, valid, tiling))
+                # The centre square, read decimated straight to the tile size (overviews
+                # when the file has them): memory is bounded by the tile, not the upload.
+                side = min(src.width, src.height)
+                window = Window((src.width - side) // 2, (src.height - side) // 2, side, side)
+                arr = src.read(bands, window=window, out_shape=(3, tile_px, tile_px),
+                               resampling=Resampling[tiling.resampling])
+    except RasterioError:
+        raise ImageError("not a readable TIFF (truncated, corrupt or unsupported layout)"
+                         ) from None
+    valid = finite_mask(arr)
+    if not valid.any():
+        raise ImageError("TIFF has no finite pixel value")
+    rgb = to_uint8(np.where(valid[None], arr, 0), *scaling_range(arr.dtype.name, arr, valid,
+                                                                  tiling))
+    return np.where(valid[None], rgb, np.uint8(0))
+
+
+def _from_pil(data: bytes, kind: str, tile_px: int, max_pixels: int, min_px: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError:
+        raise ImageError("image declares too many pixels (api.max_image_pixels)") from None
+    except (OSError, SyntaxError, ValueError):
+        raise ImageError(f"cannot decode {kind.upper()} (truncated or corrupt data)") from None
+    _check_size(img.width, img.height, max_pixels, min_px)
+    try:
+        if kind == "jpeg":
+            # DCT scaling: decode at 1/2, 1/4 or 1/8 size, still at least the tile size.
+            img.draft("RGB", (tile_px, tile_px))
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise ImageError(f"cannot decode {kind.upper()} (truncated or corrupt data)") from None
+    return square_tile(img, tile_px)
 
 
 def decode_query_image(data: bytes, tile_px: int, tiling: TilingSettings,
-                       allowed: tuple[str, ...], min_px: int) -> np.ndarray:
-    """bytes -> uint8 [3, tile_px, tile_px]: shortest side resized to the tile size, then a
-    centre crop (as CLIP preprocesses), bands and scaling as configured for tiles."""
+                       allowed: tuple[str, ...], min_px: int,
+                       max_pixels: int = 50_000_000) -> np.ndarray:
+    """bytes -> uint8 [3, tile_px, tile_px]: the centre square, resized to the tile size (as
+    CLIP preprocesses), bands and scaling as configured for tiles."""
     kind = sniff(data)
     if kind is None or kind not in allowed:
         raise UnsupportedImageType(f"unsupported image type {kind or 'unknown'}: send "
-                         f"{', '.join(t.upper() for t in allowed)}")
+                                   f"{', '.join(t.upper() for t in allowed)}")
     if kind == "tiff":
-        arr = _from_tiff(data, tiling)
-        img = Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0)))
-    else:
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except Image.DecompressionBombError:
-            raise ImageError("image has too many pixels") from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"cannot decode {kind.upper()} ({e})") from None
-        img = img.convert("RGB")
-    if min(img.size) < min_px:
-        raise ImageError(f"image is {img.width}x{img.height} pixels; at least {min_px}x{min_px} "
-                         "is needed")
-    return square_tile(img, tile_px)
+        return _from_tiff(data, tile_px, tiling, max_pixels, min_px)
+    return _from_pil(data, kind, tile_px, max_pixels, min_px)

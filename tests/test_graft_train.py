@@ -249,7 +249,7 @@ def test_config_errors_are_one_line(world, tmp_path, capsys):
     assert "missing.csv" in err and err.count("\n") == 1
     bad = write_config(root, "bad.toml", batch_size=0)
     assert train_main(["--config", str(bad), "-q"]) == 2
-    assert "batch_size must be >= 1" in capsys.readouterr().err
+    assert "train.batch_size = 0 is out of range" in capsys.readouterr().err
     s, t = load_train_config(write_config(root, "ok.toml"))
     assert dataclasses.asdict(t)["photos"].endswith("train_photos.csv")
 

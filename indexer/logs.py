@@ -1,0 +1,119 @@
+"""Native libraries' chatter during indexing goes to the debug log, not to the user's terminal.
+
+GDAL reports warnings through rasterio's Python logger; FAISS prints on the C-level stderr.
+Both are collected here (`satfind.native` logger, DEBUG) and counted, so a run ends with
+one summary line instead of a wall of repeated warnings. Tile reads in DataLoader worker
+processes capture their warnings per tile (`captured()`) and the job passes them on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+log = logging.getLogger("satfind.native")
+GDAL_LOGGER = "rasterio"
+
+
+@dataclass
+class NativeWarnings:
+    count: int = 0
+    first: str | None = None
+
+    def note(self, message: str) -> None:
+        message = " ".join(message.split())
+        if not message:
+            return
+        self.count += 1
+        if self.first is None:
+            self.first = message[:200]
+        log.debug("%s", message)
+
+    def summary(self) -> str:
+        return (f"{self.count} warning(s) from GDAL/FAISS sent to the debug log "
+                f"(first: {self.first}); -v shows them")
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink(record.getMessage())
+        except Exception:  # a logging handler must never raise
+            pass
+
+
+_current: NativeWarnings | None = None
+
+
+def note(message: str) -> None:
+    """Count a native warning in the running `quiet_native_warnings()` block (if any)."""
+    if _current is not None:
+        _current.note(message)
+
+
+@contextlib.contextmanager
+def _gdal_to(sink) -> Iterator[None]:
+    logger = logging.getLogger(GDAL_LOGGER)
+    saved = (logger.handlers[:], logger.propagate)
+    logger.handlers = [_Collect(sink)]
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
+@contextlib.contextmanager
+def quiet_native_warnings(verbose: bool = False) -> Iterator[NativeWarnings]:
+    """For a command's whole run: GDAL warnings counted (and printed only when verbose)."""
+    global _current
+    seen = NativeWarnings()
+    if verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        log.setLevel(logging.DEBUG)
+    previous, _current = _current, seen
+    try:
+        with _gdal_to(seen.note):
+            yield seen
+    finally:
+        _current = previous
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[list[str]]:
+    """GDAL warnings raised inside the block, as a list (for a worker to send back)."""
+    out: list[str] = []
+    with _gdal_to(out.append):
+        yield out
+
+
+@contextlib.contextmanager
+def native_stderr_to_log() -> Iterator[None]:
+    """C-level writes to stderr (FAISS's k-means warnings) inside the block become noted
+    warnings. Only from the main thread, where nothing else writes meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                note(line)
