@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 
 StatKey = tuple[str, int, int]  # path, size, mtime_ns
 
@@ -11,7 +13,12 @@ StatKey = tuple[str, int, int]  # path, size, mtime_ns
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     """SHA-256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; anything but a regular file
+    # (/dev/zero never ends) is refused before a byte is read.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

@@ -36,6 +36,7 @@ def _remove(index_dir: str, targets: list[str], identity, store) -> int:
 
     status = 0
     with IndexWriter(index_dir, identity, store, create=False) as w:
+        print(f"removing {len(targets)} source(s) from {index_dir}", file=sys.stderr)
         for t in targets:
             path = str(Path(t).resolve())
             keys = [k for k, e in w.sources.items() if k == t or e["path"] == path]
@@ -74,20 +75,30 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if not args.archives and not args.remove:
         _parser().error("give at least one ARCHIVE (or --remove SOURCE)")
     if not args.index.strip():
         _parser().error("--index: give a directory path (an empty path is refused)")
-    import signal
-
     from encoder.model import EncoderError, SatelliteEncoder
     from indexer.config import ConfigError, load_settings
     from indexer.errors import IndexError_, JobError
     from indexer.job import IndexJob
     from indexer.logs import quiet_native_warnings
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
     config = args.config
     if config is None and Path("index_config.toml").is_file():
         config = "index_config.toml"

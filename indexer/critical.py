@@ -1,4 +1,5 @@
-"""Critical sections that a Ctrl-C (SIGINT) or SIGTERM must not cut in half.
+"""Critical sections that a Ctrl-C (SIGINT), SIGTERM or a signal handler that raises (torch's
+SIGCHLD handler when a DataLoader worker dies) must not cut in half.
 
 Inside `deferred_interrupts()` those signals are recorded instead of acted on; on leaving
 the block the first one recorded is delivered (SIGINT raises KeyboardInterrupt as usual).
@@ -13,7 +14,8 @@ import signal
 import threading
 from collections.abc import Iterator
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGCHLD too: torch's DataLoader raises from its SIGCHLD handler when a worker dies.
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
 
 
 @contextlib.contextmanager
@@ -33,11 +35,44 @@ def deferred_interrupts() -> Iterator[None]:
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
-        if caught:
-            signum, frame = caught[0]
-            handler = previous[signum]
+            if signal.getsignal(s) is hold:  # a handler installed inside the block stays
+                signal.signal(s, handler)
+        for signum, frame in dict.fromkeys(caught):  # each signal delivered once, in order
+            handler = signal.getsignal(signum)
             if callable(handler):
                 handler(signum, frame)
-            elif handler == signal.SIG_DFL:
+            elif handler == signal.SIG_DFL and signum != signal.SIGCHLD:
                 signal.raise_signal(signum)
+
+
+class StopRequest:
+    """Set by the first Ctrl-C / SIGTERM inside `stop_between_steps()`."""
+
+    requested = False
+
+    def check(self) -> None:
+        """Call at a safe point: raises KeyboardInterrupt there if a stop was asked for."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_between_steps() -> Iterator[StopRequest]:
+    """The first SIGINT/SIGTERM only asks to stop (the loop calls `check()` between steps, so
+    nothing is cut half-way, not even a fork or a finaliser); a second one stops at once."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def ask(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,36 +29,53 @@ def _is_stac_item(data: object) -> bool:
     return isinstance(data, dict) and data.get("type") == "Feature" and "stac_version" in data
 
 
-def _stac_sources(path: Path, settings: DiscoverySettings) -> list[RasterSource]:
-    import pystac
-
+def _read_json(path: Path):
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(str(path), f"not a readable JSON file ({e.__class__.__name__})") from None
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features", [])
-    else:
-        features = [data]
-    out = []
-    for feat in features:
-        if not _is_stac_item(feat):
-            raise InputError(str(path),
-                             "not a STAC item (expected type 'Feature' with stac_version)")
+    except RecursionError:
+        raise InputError(str(path), "JSON nested too deeply to be a STAC item") from None
+
+
+def _stac_sources(path: Path, settings: DiscoverySettings
+                  ) -> tuple[list[RasterSource], list[InputError]]:
+    """Sources of a STAC item or ItemCollection file; a bad item of a collection is one
+    problem, the other items still count."""
+    import pystac
+
+    data = _read_json(path)
+    collection = isinstance(data, dict) and data.get("type") == "FeatureCollection"
+    features = data.get("features", []) if collection else [data]
+    if collection and not isinstance(features, list):
+        raise InputError(str(path), "FeatureCollection 'features' is not a list")
+    out, problems = [], []
+    for n, feat in enumerate(features):
+        where = f"{path} (feature {n})" if collection else str(path)
         try:
-            item = pystac.Item.from_dict(feat)
-        except Exception as e:  # pystac raises several types for malformed items
-            raise InputError(str(path), f"invalid STAC item: {e}") from None
-        out.append(_stac_item_source(item, path, settings))
-    return out
+            if not _is_stac_item(feat):
+                raise InputError(where,
+                                 "not a STAC item (expected type 'Feature' with stac_version)")
+            try:
+                item = pystac.Item.from_dict(feat)
+            except Exception as e:  # pystac raises several types for malformed items
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise InputError(where, f"invalid STAC item: {msg}") from None
+            out.append(_stac_item_source(item, path, where, settings))
+        except InputError as e:
+            if not collection:
+                raise
+            problems.append(e)
+    return out, problems
 
 
-def _stac_item_source(item, path: Path, settings: DiscoverySettings) -> RasterSource:
+def _stac_item_source(item, path: Path, where: str, settings: DiscoverySettings
+                      ) -> RasterSource:
     assets = item.assets
     if settings.stac_asset:
         if settings.stac_asset not in assets:
             raise InputError(
-                str(path), f"STAC item {item.id!r} has no asset {settings.stac_asset!r} "
+                where, f"STAC item {item.id!r} has no asset {settings.stac_asset!r} "
                 f"(has: {', '.join(assets) or 'none'})"
             )
         asset = assets[settings.stac_asset]
@@ -66,15 +84,21 @@ def _stac_item_source(item, path: Path, settings: DiscoverySettings) -> RasterSo
                  or a.href.lower().endswith((".tif", ".tiff"))]
         preferred = [a for a in tiffs if {"data", "visual"} & set(a.roles or [])]
         if not (preferred or tiffs):
-            raise InputError(str(path), f"STAC item {item.id!r} has no GeoTIFF asset")
+            raise InputError(where, f"STAC item {item.id!r} has no GeoTIFF asset")
         asset = (preferred or tiffs)[0]
     href = asset.href
     if "://" in href and not href.startswith("file://"):
-        raise InputError(str(path), f"STAC item {item.id!r}: remote asset {href} is not supported")
+        raise InputError(where, f"STAC item {item.id!r}: remote asset {href} is not supported")
     href = href.removeprefix("file://")
-    raster = (path.parent / href).resolve() if not Path(href).is_absolute() else Path(href)
+    raster = (path.parent / href).resolve()  # an absolute href stays absolute
+    roots = [path.parent.resolve(), *(Path(r) for r in settings.allowed_roots)]
+    if not any(raster.is_relative_to(r) for r in roots):
+        raise InputError(where, f"STAC item {item.id!r}: asset {href!r} lies outside the item's "
+                         "folder (allow other folders with discovery.allowed_roots)")
+    if not raster.exists():
+        raise InputError(where, f"STAC item {item.id!r}: asset file {raster} is missing")
     if not raster.is_file():
-        raise InputError(str(path), f"STAC item {item.id!r}: asset file {raster} is missing")
+        raise InputError(where, f"STAC item {item.id!r}: asset {raster} is not a regular file")
     when = item.datetime or item.common_metadata.start_datetime
     if when is not None and when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -106,10 +130,13 @@ def _discover_one(path: Path, settings: DiscoverySettings, from_list: bool = Fal
         return [], [InputError(str(path), "does not exist")]
     if path.is_dir():
         return _folder_sources(path, settings)
+    if not path.is_file():
+        return [], [InputError(str(path), "not a regular file (a device, FIFO or socket): "
+                               "refused")]
     suffix = path.suffix.lower()
     try:
         if suffix in STAC_SUFFIXES:
-            return _stac_sources(path, settings), []
+            return _stac_sources(path, settings)
         if suffix in LIST_SUFFIXES and not from_list:
             return _list_file_sources(path, settings)
     except InputError as e:
@@ -117,12 +144,27 @@ def _discover_one(path: Path, settings: DiscoverySettings, from_list: bool = Fal
     return [RasterSource(str(path.resolve()))], []
 
 
+def _walk(folder: Path):
+    """Every regular file under `folder`, following symlinked sub-folders (each real folder
+    visited once, so a link loop ends), skipping hidden names, in a stable order."""
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            p = Path(root) / name
+            if not name.startswith(".") and p.is_file():
+                yield p
+
+
 def _folder_sources(folder: Path, settings: DiscoverySettings):
     exts = {e.lower() for e in settings.raster_extensions}
     rasters, stac_files = [], []
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
-            continue
+    for p in _walk(folder):
         if p.suffix.lower() in exts:
             rasters.append(p.resolve())
         elif p.suffix.lower() in STAC_SUFFIXES:
@@ -130,10 +172,12 @@ def _folder_sources(folder: Path, settings: DiscoverySettings):
     sources, problems = [], []
     for f in stac_files:
         try:
-            sources += _stac_sources(f, settings)
+            found, bad = _stac_sources(f, settings)
+            sources += found
+            problems += bad
         except InputError as e:
             # Other JSON files in an archive folder are not an error; broken STAC items are.
-            if "not a STAC item" not in e.message:
+            if "not a STAC item" not in e.message and "nested too deeply" not in e.message:
                 problems.append(e)
     described = {s.path for s in sources}
     sources += [RasterSource(str(r)) for r in rasters if str(r) not in described]

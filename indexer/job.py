@@ -17,9 +17,10 @@ from encoder.hashing import file_stat, known_or_file_sha256
 from encoder.model import SatelliteEncoder
 from indexer import logs
 from indexer.config import Settings
+from indexer.critical import deferred_interrupts, stop_between_steps
 from indexer.dataset import RasterPlan, TileDataset, tile_loader
 from indexer.discover import RasterSource, discover
-from indexer.errors import InputError
+from indexer.errors import InputError, JobError
 from indexer.raster import RasterInfo, inspect_raster
 from indexer.tiling import choose_zoom, raster_blocks, tile_gsd_m
 from indexer.writer import IndexWriter
@@ -107,6 +108,15 @@ class IndexJob:
                     self._finish(writer, p, report)
             try:
                 self._stream(writer, plans, pendings, report)
+            except RuntimeError as e:
+                # torch reports a dead reader process (killed, out of memory) from its
+                # SIGCHLD handler, wherever the main thread happens to be.
+                if "DataLoader worker" not in str(e):
+                    raise
+                writer.commit()  # keep what was read before the failure
+                msg = str(e).splitlines()[0].strip().rstrip(".")
+                raise JobError(f"a tile-reading worker process died ({msg}; out of memory? "
+                               "try fewer job.workers)") from None
             except KeyboardInterrupt:
                 # Nothing is finished here: a source is complete only once every one of its
                 # tiles went through _stream; the rest stay "partial" and resume next run.
@@ -206,8 +216,17 @@ class IndexJob:
             return
         bar = tqdm(total=len(dataset), desc="indexing", unit="tile", disable=not self.progress,
                    smoothing=0.1)
+        with stop_between_steps() as stop:
+            self._batches(writer, dataset, pendings, report, bar, stop)
+
+    def _batches(self, writer: IndexWriter, dataset: TileDataset, pendings: list[_Pending],
+                 report: JobReport, bar, stop) -> None:
         try:
-            for batch in tile_loader(dataset, self.s.job):
+            # Starting the reader processes forks: a Ctrl-C inside the fork handlers would be
+            # printed and lost ("Exception ignored in _releaseLock"), so it waits until after.
+            with deferred_interrupts():
+                batches = iter(tile_loader(dataset, self.s.job))
+            for batch in batches:
                 keep = []
                 for item in batch:
                     for w in item["warnings"]:
@@ -240,6 +259,7 @@ class IndexJob:
                 bar.update(len(batch))
                 if self.strict and report.problems:
                     break
+                stop.check()  # Ctrl-C / SIGTERM: stop here, between two batches
         finally:
             bar.close()
 

@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from indexer.errors import IndexError_
 from search.bodylimit import BodyLimit
@@ -34,6 +36,16 @@ from search.models import (
     TileInfo,
     TileResult,
 )
+
+# Documented in the spec (not enforced by FastAPI: the handlers give clearer messages).
+_LON = r"-?(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
+_LAT = r"-?(90(\.0+)?|[0-8]?[0-9](\.[0-9]+)?)"
+BBOX_PATTERN = rf"^({_LON},{_LAT},{_LON},{_LAT})?$"  # empty = no filter
+_DATE = (r"(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+         r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])")
+_CLOCK = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+TIME_PATTERN = rf"^({_DATE}(T{_CLOCK}(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?)?$"
+TEXT_PATTERN = r"\S"
 
 
 def body_limit_bytes(max_upload_bytes: int) -> int:
@@ -126,6 +138,18 @@ def create_app(engine: SearchEngine) -> FastAPI:
     def _index_error(_: Request, e: IndexError_):
         return JSONResponse({"detail": "index unavailable: " + public(str(e))}, status_code=503)
 
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, e: StarletteHTTPException):
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # Allow: every method of this path, not just one route's
+            methods: set[str] = set()
+            for route in app.router.routes:
+                if route.matches(request.scope)[0] != Match.NONE:
+                    methods |= getattr(route, "methods", set()) or set()
+            headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
+        return JSONResponse({"detail": public(str(e.detail))}, status_code=e.status_code,
+                            headers=headers)
+
     @app.exception_handler(RequestValidationError)
     def _validation(_: Request, e: RequestValidationError):
         msgs = []
@@ -192,9 +216,13 @@ def create_app(engine: SearchEngine) -> FastAPI:
         return data
 
     SearchOut = SearchResponse | FeatureCollection
-    Bbox = Annotated[str | None, Q(description="west,south,east,north in degrees")]
-    Start = Annotated[str | None, Q(description="ISO date or datetime (UTC if no zone)")]
-    End = Annotated[str | None, Q(description="ISO date (whole day) or datetime")]
+    Bbox = Annotated[str | None, Q(
+        description="west,south,east,north in degrees; west > east crosses the antimeridian",
+        json_schema_extra={"pattern": BBOX_PATTERN}, examples=["-99.19,47.0,-99.12,47.04"])]
+    Start = Annotated[str | None, Q(description="ISO date or datetime (UTC if no zone)",
+                                    json_schema_extra={"pattern": TIME_PATTERN})]
+    End = Annotated[str | None, Q(description="ISO date (whole day) or datetime",
+                                  json_schema_extra={"pattern": TIME_PATTERN})]
     Sensors = Annotated[list[str], Q(description="sensor name(s)")]
     Sources = Annotated[list[str], Q(description="source raster path(s) or folder prefix(es)")]
 
@@ -208,8 +236,8 @@ def create_app(engine: SearchEngine) -> FastAPI:
         return Stats(**engine.stats())
 
     @app.get("/search", response_model=SearchOut, dependencies=deps, responses=ERRORS)
-    def search_text(q: Annotated[str, Q(min_length=1, max_length=1000,
-                                        description="text query")],
+    def search_text(q: Annotated[str, Q(min_length=1, max_length=1000, description="text query",
+                                        json_schema_extra={"pattern": TEXT_PATTERN})],
                     k: K = None, bbox: Bbox = None, start: Start = None, end: End = None,
                     sensor: Sensors = [], source: Sources = [],  # noqa: B006
                     collapse: bool = False, format: Format = "json"):
@@ -220,14 +248,15 @@ def create_app(engine: SearchEngine) -> FastAPI:
 
     @app.post("/search/image", response_model=SearchOut, dependencies=deps, responses=ERRORS)
     def search_image(file: Annotated[UploadFile, File(description="PNG, JPEG or GeoTIFF")],
-                     k: Annotated[int | None, Form(ge=1, le=api.max_k)] = None,
-                     bbox: Annotated[str | None, Form()] = None,
-                     start: Annotated[str | None, Form()] = None,
-                     end: Annotated[str | None, Form()] = None,
+                     k: Annotated[int, Form(ge=1, le=api.max_k)] = api.default_k,
+                     bbox: Annotated[str, Form(json_schema_extra={"pattern": BBOX_PATTERN})] = "",
+                     start: Annotated[str, Form(json_schema_extra={"pattern": TIME_PATTERN})] = "",
+                     end: Annotated[str, Form(json_schema_extra={"pattern": TIME_PATTERN})] = "",
                      sensor: Annotated[list[str], Form()] = [],  # noqa: B006
                      source: Annotated[list[str], Form()] = [],  # noqa: B006
                      collapse: Annotated[bool, Form()] = False,
                      format: Annotated[Format, Form()] = "json"):
+        # Form fields are never null (a multipart form cannot say null): absent = default.
         data = read_upload(file.file.read(api.max_upload_bytes + 1))
         f = make_filters(parse_bbox(bbox), start, end, sensor, source)
         return run(Query(image=data, k=k_or_default(k), filters=f, collapse=collapse), format)
@@ -247,7 +276,8 @@ def create_app(engine: SearchEngine) -> FastAPI:
         for i in [body.tile_id, *body.positives, *body.negatives]:
             if i is not None and not 0 <= i <= MAX_ID:
                 raise QueryError(f"unknown tile id {i}", status=404)
-        f = make_filters(body.bbox, body.start, body.end, body.sensor, body.source)
+        bbox = tuple(body.bbox) if body.bbox is not None else None
+        f = make_filters(bbox, body.start, body.end, body.sensor, body.source)
         q = Query(text=body.text, image=image, tile_id=body.tile_id,
                   positives=tuple(body.positives), negatives=tuple(body.negatives),
                   k=k_or_default(body.k), filters=f, collapse=body.collapse)

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 
-class _TooLarge(Exception):
-    pass
+
+class _TooLarge(HTTPException):
+    """Raised from `receive` once the body passes the cap. An HTTPException, so a framework
+    that wraps body-parsing errors (FastAPI turns them into 400) passes it on as the 413."""
+
+    def __init__(self, detail: str):
+        super().__init__(status_code=413, detail=detail)
 
 
 class BodyLimit:
@@ -42,7 +48,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise _TooLarge(self.detail)
             return message
 
         async def tracking_send(message):

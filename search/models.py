@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Format = Literal["json", "geojson"]
+# Fixed-length arrays (not tuples: those become `prefixItems`, which OpenAPI 3.0 tools reject).
+Bounds = Annotated[list[float], Field(min_length=4, max_length=4,
+                                      description="west, south, east, north (degrees)")]
+LonLat = Annotated[list[float], Field(min_length=2, max_length=2, description="lon, lat")]
 
 
 class TileResult(BaseModel):
@@ -16,8 +20,8 @@ class TileResult(BaseModel):
     z: int
     x: int
     y: int
-    bounds: tuple[float, float, float, float] = Field(description="west, south, east, north")
-    centre: tuple[float, float] = Field(description="lon, lat")
+    bounds: Bounds
+    centre: LonLat
     acquired: datetime | None
     source: str
     sensor: str
@@ -36,7 +40,7 @@ class SearchResponse(BaseModel):
 
 class Geometry(BaseModel):
     type: Literal["Polygon"] = "Polygon"
-    coordinates: list[list[tuple[float, float]]]
+    coordinates: list[list[LonLat]]
 
 
 class Feature(BaseModel):
@@ -56,14 +60,15 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, max_length=1000)
+    text: str | None = Field(None, min_length=1, max_length=1000, pattern=r"\S",
+                             description="text query (must contain a non-space character)")
     image_base64: str | None = Field(None, description="PNG, JPEG or GeoTIFF bytes, base64")
     tile_id: int | None = None
     positives: list[int] = Field(default_factory=list, max_length=100)
     negatives: list[int] = Field(default_factory=list, max_length=100)
     k: int | None = None
-    bbox: tuple[float, float, float, float] | None = Field(
-        None, description="west, south, east, north (degrees)")
+    bbox: Bounds | None = Field(None, description=(
+        "west, south, east, north (degrees); west > east is a box across the antimeridian"))
     start: str | None = Field(None, description="ISO date or datetime (UTC if no zone)")
     end: str | None = Field(None, description="ISO date (inclusive: the whole day) or datetime")
     sensor: list[str] = Field(default_factory=list, max_length=50)
@@ -77,8 +82,8 @@ class TileInfo(BaseModel):
     z: int
     x: int
     y: int
-    bounds: tuple[float, float, float, float]
-    centre: tuple[float, float]
+    bounds: Bounds
+    centre: LonLat
     acquired: datetime | None
     source: str
     sensor: str

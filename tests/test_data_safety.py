@@ -187,6 +187,30 @@ def _interrupt_then_resume(interrupt_world, encoder, idx, call):
     assert all(v["status"] == "complete" for v in snap.manifest["sources"].values())
 
 
+class _SignallingEncoder(_InterruptingEncoder):
+    """Ctrl-C (a real SIGINT to this process) arrives during the `n`-th encode_images call."""
+
+    def encode_images(self, images):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.real.encode_images(images)
+
+
+def test_ctrl_c_stops_between_batches_and_the_rerun_completes(interrupt_world, encoder,
+                                                              tmp_path):
+    d, s, expected = interrupt_world
+    enc = _SignallingEncoder(encoder, 3)
+    report = IndexJob(tmp_path / "idx", s, enc, progress=False).run([str(d / "archive")])
+    assert report.interrupted and enc.calls == 3  # the batch being encoded was finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    snap = IndexSnapshot.open(tmp_path / "idx")
+    assert snap.ntotal == report.tiles_written > 0
+    IndexJob(tmp_path / "idx", s, encoder, progress=False).run([str(d / "archive")])
+    rows = IndexSnapshot.open(tmp_path / "idx").tiles().to_pylist()
+    assert sorted((r["source"], r["z"], r["x"], r["y"]) for r in rows) == expected
+
+
 def test_deferred_interrupts_deliver_after_the_block():
     steps = []
     with pytest.raises(KeyboardInterrupt):

@@ -65,7 +65,8 @@ def test_ivfpq_top10_agrees_with_flat(engines):
     assert np.mean(agree) >= 0.95
 
 
-@pytest.mark.parametrize("bbox", [(-180.0, -90.0, -130.0, 90.0), (-180.0, -90.0, -175.0, 90.0)])
+@pytest.mark.parametrize("bbox", [(-180.0, -90.0, -130.0, 90.0), (-180.0, -90.0, -175.0, 90.0),
+                                  (170.0, -90.0, -175.0, 90.0)])  # across the antimeridian
 def test_filtered_search_is_exact_over_the_filter(engines, bbox):
     """Broad filters (FAISS + IDSelector) and selective ones (exact over candidates) both
     return only matching tiles and agree with brute force over the matching set."""
