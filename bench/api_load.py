@@ -12,45 +12,30 @@ request kind, side by side from one run.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import httpx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests import chaos  # noqa: E402
+from tests.chaos import free_port  # noqa: E402, F401  (used by tests through load_bench)
 
 WORDS = ["river", "forest", "farmland", "harbour", "airport", "quarry", "solar farm",
          "center-pivot irrigation", "suburb", "highway", "lake", "beach", "desert", "snow"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(index: str, config: str | None, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "search.cli", "--index", index, "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]
-    if config:
-        cmd += ["--config", config]
-    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"satfind-serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("satfind-serve did not become healthy within 120 s")
+    try:
+        return chaos.start_server(Path(index), Path(config) if config else None, port)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
 
 
 def request_mix(ids: list[int], rng: random.Random, n: int):

@@ -104,6 +104,14 @@ def make_filters(bbox, start, end, sensor, source) -> Filters:
                    sensors=tuple(s for s in sensor if s), sources=tuple(s for s in source if s))
 
 
+def _query_params(dependant) -> list:
+    """Every query parameter of a route, its dependencies' included."""
+    out = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        out += _query_params(sub)
+    return out
+
+
 def create_app(engine: SearchEngine) -> FastAPI:
     api = engine.api_settings
     app = FastAPI(
@@ -165,7 +173,20 @@ def create_app(engine: SearchEngine) -> FastAPI:
                                                            api.api_key.encode()):
                 raise QueryError("missing or wrong X-API-Key", status=401)
 
-    deps = [Depends(check_key)]
+    def check_query(request: Request) -> None:
+        """A query parameter the route does not know is an error, not silently ignored (a
+        typo like `bboxx=` would otherwise search the whole archive)."""
+        route = request.scope.get("route")
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:
+            return
+        known = {p.alias for p in _query_params(dependant)}
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise QueryError(f"unknown query parameter {unknown[0]!r} (this route takes: "
+                             f"{', '.join(sorted(known)) or 'none'})")
+
+    deps = [Depends(check_key), Depends(check_query)]
     K = Annotated[int | None, Q(ge=1, le=api.max_k, description=f"results (1..{api.max_k})")]
     TileId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
 

@@ -58,7 +58,8 @@ class FeatureCollection(BaseModel):
 class SearchRequest(BaseModel):
     """One of text / image_base64 / tile_id, and/or positive tile ids; optional negatives."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON `false` is not tile id 0, `"5"` is not k = 5.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     text: str | None = Field(None, min_length=1, max_length=1000, pattern=r"\S",
                              description="text query (must contain a non-space character)")

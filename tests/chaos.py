@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import random
-import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -132,9 +132,24 @@ class ChaosReport:
         return "\n".join(lines)
 
 
-class _Job:
-    """A real satfind-index process (a fresh interpreter) whose stderr is watched for a
-    stage marker."""
+class _Run:
+    """What the trials need of a satfind-index run: alive(), send(), finish(), stderr."""
+
+    def wait_for(self, marker: str, timeout: float) -> bool:
+        """Until a stderr line starts with `marker` (the stage began): False if the run
+        ended or the time ran out first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(line.startswith(marker) for line in self.stderr.splitlines()):
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.02)
+        return False
+
+
+class _Job(_Run):
+    """A real satfind-index process (a fresh interpreter)."""
 
     def __init__(self, args: list[str], cfg: Path):
         self.proc = subprocess.Popen(
@@ -160,16 +175,6 @@ class _Job:
     def send(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
-    def wait_for(self, marker: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(line.startswith(marker) for line in list(self.lines)):
-                return True
-            if not self.alive():
-                return False
-            time.sleep(0.02)
-        return False
-
     def finish(self, timeout: float = 300) -> int:
         try:
             rc = self.proc.wait(timeout=timeout)
@@ -183,7 +188,7 @@ class _Job:
 
     @property
     def stderr(self) -> str:
-        return "".join(self.lines)
+        return "".join(list(self.lines))
 
 
 class Zygote:
@@ -241,7 +246,9 @@ class Zygote:
                 self.proc.wait()
 
 
-class _ForkedJob:
+class _ForkedJob(_Run):
+    """A run forked by the Zygote (its output goes to files)."""
+
     def __init__(self, zygote: Zygote, pid: int, out: Path, err: Path):
         self.z, self.pid, self._out, self._err = zygote, pid, out, err
 
@@ -252,16 +259,6 @@ class _ForkedJob:
     def send(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
-
-    def wait_for(self, marker: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(line.startswith(marker) for line in self.stderr.splitlines()):
-                return True
-            if not self.alive():
-                return False
-            time.sleep(0.02)
-        return False
 
     def finish(self, timeout: float = 300) -> int:
         with self.z._cv:
@@ -318,13 +315,17 @@ def run_kill_trials(archive: Path, idx: Path, cfg: Path, expected: set, kills: i
             entries = json.loads((idx / "manifest.json").read_text())["sources"].values()
             complete = len(entries) == len(sources) and all(
                 e["status"] == "complete" for e in entries)
-        stage = "remove" if complete else "index"  # a complete index has nothing to index
+        stage = "index"
+        if complete:  # nothing left to index: remove a source, or start a new index
+            stage = rng.choice(["remove", "new index"])
+            if stage == "new index":
+                shutil.rmtree(idx)
         sig = rng.choice(["SIGKILL", "SIGINT"])
         args = [str(archive), "--index", str(idx)]
         if stage == "remove":
             args = ["--remove", rng.choice(sources), *args]
         job = launch(args)
-        marker = "removing" if stage == "remove" else "plan:"
+        marker = "removing" if stage == "remove" else "plan:"  # the stage has begun
         window = remove_window_s if stage == "remove" else index_window_s
         delay = rng.uniform(0, window)
         trial = Trial(n, stage, sig, delay)
@@ -371,12 +372,14 @@ def free_port() -> int:
 
 
 class MemoryLimit:
-    """A memory cgroup for one child process (cgroup v2, else v1), or RLIMIT_AS where no
-    cgroup can be made. `peak()` and `oom_kills()` read what the kernel recorded."""
+    """A memory cgroup for one child process (cgroup v2, else v1): the kernel enforces the
+    limit and records the peak and OOM kills. Where no cgroup can be made, nothing is
+    enforced (RLIMIT_AS would count torch's reserved address space, gigabytes more than it
+    uses) and `peak(pid)` reads the process's own high-water mark (VmHWM) instead."""
 
     def __init__(self, limit_bytes: int, name: str = "satfind-chaos"):
         self.limit = limit_bytes
-        self.kind, self.dir = "rlimit", None
+        self.kind, self.dir = "measured (VmHWM)", None
         for kind, base in (("v2", self._v2_base()), ("v1", self._v1_base())):
             if base is None:
                 continue
@@ -422,17 +425,22 @@ class MemoryLimit:
         return None
 
     def preexec(self):
-        d, limit = self.dir, self.limit
+        d = self.dir
 
         def enter():
             if d is not None:
                 (d / "cgroup.procs").write_text("0")
-            else:
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         return enter
 
-    def peak(self) -> int | None:
+    def peak(self, pid: int | None = None) -> int | None:
+        """Peak memory in bytes: the cgroup's, or (no cgroup) the live process `pid`'s."""
         if self.dir is None:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+            except (OSError, ValueError, TypeError):
+                return None
             return None
         f = "memory.peak" if self.kind == "v2" else "memory.max_usage_in_bytes"
         try:
@@ -459,14 +467,17 @@ class MemoryLimit:
                 self.dir.rmdir()
 
 
-def start_server(index: Path, config: Path, port: int, preexec=None) -> subprocess.Popen:
+def start_server(index: Path, config: Path | None, port: int, preexec=None,
+                 cwd: Path = ROOT) -> subprocess.Popen:
+    """satfind-serve on 127.0.0.1:port (the checkout at `cwd`), once /health answers."""
     import httpx
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "--index", str(index), "--config", str(config),
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, env=ENV, preexec_fn=preexec, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "search.cli", "--index", str(index), "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, preexec_fn=preexec,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -533,5 +544,6 @@ def schemathesis_run(url: str, max_examples: int, timeout_s: float = 600,
            "--max-examples", str(max_examples), "--workers", "2", "--no-color"]
     if seed is not None:
         cmd += ["--seed", str(seed)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=ENV,
+    env = {**ENV, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
                           cwd=ROOT)

@@ -56,6 +56,26 @@ def real_index(tmp_path_factory, shared_geotiff, settings, encoder):
     return idx, report
 
 
+@pytest.fixture(scope="module")
+def engine(real_index, settings, encoder):
+    """A search engine over the shared rasters' index (one per test module)."""
+    from search.engine import SearchEngine
+    from search.settings import ServeConfig
+
+    return SearchEngine(real_index[0], ServeConfig(settings), encoder=encoder)
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    """The API app over `engine`, through FastAPI's TestClient (no network)."""
+    from fastapi.testclient import TestClient
+
+    from search.api import create_app
+
+    with TestClient(create_app(engine)) as c:
+        yield c
+
+
 def make_raster(path: Path, *, lon: float = 11.88, lat: float = 43.46, crs: str = "EPSG:32632",
                 size: int = 256, res: float = 5.0, bands: int = 3, dtype: str = "uint8",
                 nodata: float | None = None, data: np.ndarray | None = None,

@@ -23,17 +23,6 @@ from tests.conftest import make_raster
 NAIP_BBOX = (-99.186, 47.004, -99.124, 47.037)
 
 
-@pytest.fixture(scope="module")
-def engine(real_index, settings, encoder):
-    return SearchEngine(real_index[0], ServeConfig(settings), encoder=encoder)
-
-
-@pytest.fixture(scope="module")
-def client(engine):
-    with TestClient(create_app(engine)) as c:
-        yield c
-
-
 def _ids(r):
     assert r.status_code == 200, r.text
     return [x["id"] for x in r.json()["results"]]

@@ -276,3 +276,22 @@ def _resolve(dotted: str):
     except ModuleNotFoundError:
         mod, _, cls = mod.rpartition(".")
         return getattr(getattr(importlib.import_module(mod), cls), attr)
+
+
+def test_part_directories_are_fsynced_before_the_manifest_names_them(tmp_path, monkeypatch):
+    from indexer import writer as writer_mod
+
+    events = []
+    real_fsync, real_write = writer_mod.fsync_dir, writer_mod.write_manifest
+    monkeypatch.setattr(writer_mod, "fsync_dir",
+                        lambda p: (events.append(("fsync", p.name)), real_fsync(p)))
+    monkeypatch.setattr(writer_mod, "write_manifest",
+                        lambda d, m: (events.append(("manifest", m["generation"])),
+                                      real_write(d, m)))
+    with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
+        events.clear()
+        _add(w, 3, "a", 0)
+        w.commit()
+    manifest_at = events.index(("manifest", 1))
+    assert ("fsync", "tiles") in events[:manifest_at]
+    assert ("fsync", "thumbs") in events[:manifest_at]

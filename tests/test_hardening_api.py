@@ -24,18 +24,6 @@ from search.settings import ApiSettings, ServeConfig
 from tests.bombs import bomb_corpus
 from tests.conftest import OFFLINE_CONFIG
 
-
-@pytest.fixture(scope="module")
-def engine(real_index, settings, encoder):
-    return SearchEngine(real_index[0], ServeConfig(settings), encoder=encoder)
-
-
-@pytest.fixture(scope="module")
-def client(engine):
-    with TestClient(create_app(engine)) as c:
-        yield c
-
-
 # --- 3: images are sized from their header before anything is decoded ----------------------
 
 def test_bombs_are_refused_on_their_declared_size(client):
@@ -294,3 +282,10 @@ def test_openapi_describes_the_422_bodies_the_api_returns(client):
                 assert ref.endswith("/ErrorBody"), (method, path, ref)
     r = client.get("/search", params={"q": "x", "k": "many"})
     assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+
+
+def test_an_unknown_query_parameter_is_an_error(client):
+    r = client.get("/search", params={"q": "x", "bboxx": "1,2,3,4"})
+    assert r.status_code == 400 and "unknown query parameter 'bboxx'" in r.json()["detail"]
+    assert client.get("/tiles/1", params={"k": 3}).status_code == 400
+    assert client.get("/search", params={"q": "x", "sensor": ["a", "b"]}).status_code == 200

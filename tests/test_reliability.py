@@ -37,7 +37,7 @@ def test_signals_at_random_points_of_indexing_and_removal(tmp_path, settings, en
     kills = report.kills
     assert len(kills) >= KILLS, report.table()
     assert {t.signal for t in kills} == {"SIGKILL", "SIGINT"}
-    assert {t.stage for t in kills} == {"index", "remove"}, report.table()
+    assert {"remove", "new index"} <= {t.stage for t in kills}, report.table()
     # the kills landed at different points: some before the first commit of a run, some
     # after several, with the index between empty and complete
     assert len({t.tiles for t in kills}) >= 3, report.table()
@@ -53,9 +53,10 @@ def test_bomb_corpus_against_a_memory_limited_server(real_index):
         counts = chaos.bomb_run(f"http://127.0.0.1:{port}", corpus, rounds=2, concurrency=4,
                                 deadline_s=240)
         assert proc.poll() is None, "the server died"
+        peak = limit.peak(proc.pid)
     finally:
         chaos.stop(proc)
-        peak, ooms = limit.peak(), limit.oom_kills()
+        ooms = limit.oom_kills()
         limit.close()
     for name, statuses in counts.items():
         assert sum(statuses.values()) == 2, (name, statuses)
@@ -64,8 +65,7 @@ def test_bomb_corpus_against_a_memory_limited_server(real_index):
         else:
             assert statuses == {400: 2}, (name, statuses)
     assert ooms == 0
-    if peak is not None:  # a cgroup: what the kernel saw stayed under the limit
-        assert peak < limit.limit
+    assert peak is not None and peak < limit.limit, (limit.kind, peak)
 
 
 def test_schemathesis_all_phases_no_failures(real_index):
