@@ -222,8 +222,9 @@ class IndexJob:
     def _batches(self, writer: IndexWriter, dataset: TileDataset, pendings: list[_Pending],
                  report: JobReport, bar, stop) -> None:
         try:
-            # Starting the reader processes forks: a Ctrl-C inside the fork handlers would be
-            # printed and lost ("Exception ignored in _releaseLock"), so it waits until after.
+            # Starting the reader processes forks: a second Ctrl-C (or torch's SIGCHLD handler)
+            # raising inside the fork handlers would be printed and lost ("Exception ignored
+            # in _releaseLock"), so it waits until the workers are up.
             with deferred_interrupts():
                 batches = iter(tile_loader(dataset, self.s.job))
             for batch in batches:

@@ -21,7 +21,9 @@ from indexer.errors import InputError
 
 EARTH_RADIUS_M = 6378137.0
 WORLD_M = 2 * math.pi * EARTH_RADIUS_M  # web-mercator world width in projected metres
-METRES_PER_DEGREE = 2 * math.pi * EARTH_RADIUS_M / 360
+METRES_PER_DEGREE = WORLD_M / 360
+MAX_LAT = 85.05112878  # web-mercator's latitude limit
+WEB_MERCATOR_EPSG = (3857, 900913)
 # Decimated read used for validity checks and percentile statistics (never the full scene).
 OVERVIEW_PX = 512
 
@@ -62,7 +64,7 @@ def _native_gsd_m(src, lat: float) -> float:
     else:
         unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
         gx, gy = rx * unit, ry * unit
-        if crs.to_epsg() in (3857, 900913):  # web-mercator metres shrink with latitude
+        if crs.to_epsg() in WEB_MERCATOR_EPSG:  # web-mercator metres shrink with latitude
             c = math.cos(math.radians(lat))
             gx, gy = gx * c, gy * c
     return math.sqrt(gx * gy)
@@ -90,8 +92,8 @@ def _footprint(src) -> tuple[tuple[tuple[float, float, float], ...], float, floa
     if src.crs.is_geographic:
         # Source x is longitude as written (maybe past 180): keep it, to know the shift.
         w, e, per_degree = src.bounds.left, src.bounds.right, 1.0
-    elif src.crs.to_epsg() in (3857, 900913):
-        per_degree = WORLD_M / 360
+    elif src.crs.to_epsg() in WEB_MERCATOR_EPSG:
+        per_degree = METRES_PER_DEGREE
         w, e = src.bounds.left / per_degree, src.bounds.right / per_degree
     else:
         per_degree = 0.0  # PROJ wraps these itself; it marks a crossing with west > east
@@ -169,7 +171,7 @@ def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
             spans, s, n = _footprint(src)
         except Exception as exc:  # PROJ errors come in several types
             raise InputError(path, f"cannot transform bounds to lon/lat: {exc}") from None
-        n, s = min(n, 85.05112878), max(s, -85.05112878)  # web-mercator limits
+        n, s = min(n, MAX_LAT), max(s, -MAX_LAT)
         if not spans or not s < n:
             raise InputError(path, "raster footprint is outside the web-mercator world "
                              "(latitudes beyond +-85.05 or an empty extent)")

@@ -42,7 +42,6 @@ def choose_zoom(native_gsd_m: float, lat: float, tile_px: int, tiling: TilingSet
 
 
 LL_EPSILON = 1e-11  # as mercantile.tiles: a tile touching the east/south edge is not in
-MAX_LAT = 85.051129
 
 
 @dataclass(frozen=True)
@@ -74,9 +73,9 @@ class TileBlock:
 
 def raster_blocks(info: RasterInfo, zoom: int) -> list[TileBlock]:
     """The tiles at `zoom` that intersect the raster's footprint: one block per longitude
-    span (two for a raster across the antimeridian). Memory is independent of their number."""
+    span (two for a raster across the antimeridian). Memory is independent of their number.
+    The latitudes are inside web-mercator's already (inspect_raster clamps them)."""
     _, s, _, n = info.lonlat_bounds
-    s, n = max(-MAX_LAT, s), min(MAX_LAT, n)
     last = 2**zoom - 1
     out = []
     for w, e, shift in info.spans:

@@ -57,10 +57,8 @@ class VectorFileWriter:
     def __init__(self, path: Path, dim: int, committed_rows: int):
         self.path, self.dim = path, dim
         exists = path.exists()
-        if exists:
-            check_vectors(path, committed_rows, dim)
-        elif committed_rows:
-            raise IndexError_(f"{path.name} is missing; the manifest names {committed_rows} rows")
+        if exists or committed_rows:
+            check_vectors(path, committed_rows, dim)  # a missing file with rows is refused
         self._f = open(path, "r+b" if exists else "w+b")
         self.rows = committed_rows
         self._f.truncate(HEADER_BYTES + committed_rows * dim * DTYPE.itemsize)

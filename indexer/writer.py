@@ -66,15 +66,15 @@ def _is_leftover(entry: Path) -> bool:
     return entry.name == LOCK or bool(TMP_RE.fullmatch(entry.name))
 
 
-def _check_directory(d: Path, create: bool) -> bool:
-    """Is `d` usable as an index directory? True: it holds an index (a manifest); False: a new
-    index may be created there (absent, or empty). Anything else is refused in one line: this
-    writer deletes files, and it must never delete a user's."""
+def _check_directory(d: Path, create: bool) -> None:
+    """Refuse (one line) a `d` that is neither an index (a satfind manifest) nor, when
+    `create`, a place for a new one (absent, or empty): this writer deletes files, and it
+    must never delete a user's."""
     if d.exists() and not d.is_dir():
         raise IndexError_(f"{d}: exists and is not a directory")
     if (d / MANIFEST).is_file():
         read_manifest(d)  # refuses a manifest.json that is not satfind's
-        return True
+        return
     if not create:
         raise IndexError_(f"{d}: not a satfind index (no {MANIFEST})")
     if d.is_dir():
@@ -87,7 +87,6 @@ def _check_directory(d: Path, create: bool) -> bool:
                 f"{d}: not a satfind index (no {MANIFEST}) and not empty (holds "
                 f"{sorted(foreign)[0]!r}{' and more' if len(foreign) > 1 else ''}); "
                 "give a new or empty directory")
-    return False
 
 
 class IndexWriter:

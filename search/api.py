@@ -173,6 +173,8 @@ def create_app(engine: SearchEngine) -> FastAPI:
                                                            api.api_key.encode()):
                 raise QueryError("missing or wrong X-API-Key", status=401)
 
+    known_params: dict[int, set[str]] = {}  # id(route) -> its query parameter names
+
     def check_query(request: Request) -> None:
         """A query parameter the route does not know is an error, not silently ignored (a
         typo like `bboxx=` would otherwise search the whole archive)."""
@@ -180,7 +182,9 @@ def create_app(engine: SearchEngine) -> FastAPI:
         dependant = getattr(route, "dependant", None)
         if dependant is None:
             return
-        known = {p.alias for p in _query_params(dependant)}
+        known = known_params.get(id(route))
+        if known is None:  # routes are fixed once the app is built: once per route
+            known = known_params[id(route)] = {p.alias for p in _query_params(dependant)}
         unknown = sorted(set(request.query_params) - known)
         if unknown:
             raise QueryError(f"unknown query parameter {unknown[0]!r} (this route takes: "

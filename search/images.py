@@ -73,8 +73,7 @@ def _from_tiff(data: bytes, tile_px: int, tiling: TilingSettings, max_pixels: in
     valid = finite_mask(arr)
     if not valid.any():
         raise ImageError("TIFF has no finite pixel value")
-    rgb = to_uint8(np.where(valid[None], arr, 0), *scaling_range(arr.dtype.name, arr, valid,
-                                                                  tiling))
+    rgb = to_uint8(arr, *scaling_range(arr.dtype.name, arr, valid, tiling))  # NaN -> 0
     return np.where(valid[None], rgb, np.uint8(0))
 
 
