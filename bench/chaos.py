@@ -47,7 +47,7 @@ def _settings():
 
 def kills(args, work: Path) -> int:
     from encoder.model import SatelliteEncoder
-    from indexer.job import IndexJob
+    from indexer.job.pipeline import IndexJob
 
     s = _settings()
     archive = chaos.make_archive(work / "archive")
@@ -85,7 +85,7 @@ def kills(args, work: Path) -> int:
 
 def bombs(args, work: Path) -> int:
     from encoder.model import SatelliteEncoder
-    from indexer.job import IndexJob
+    from indexer.job.pipeline import IndexJob
 
     s = _settings()
     idx = work / "idx"
@@ -118,7 +118,7 @@ def bombs(args, work: Path) -> int:
 
 def schemathesis(args, work: Path) -> int:
     from encoder.model import SatelliteEncoder
-    from indexer.job import IndexJob
+    from indexer.job.pipeline import IndexJob
 
     s = _settings()
     idx = work / "idx"

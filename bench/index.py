@@ -25,13 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from encoder.model import EncoderSpec, SatelliteEncoder  # noqa: E402
+from encoder.identity import EncoderSpec  # noqa: E402
+from encoder.model import SatelliteEncoder  # noqa: E402
 from indexer.config import load_settings  # noqa: E402
-from indexer.dataset import RasterPlan, TileDataset  # noqa: E402
-from indexer.discover import RasterSource  # noqa: E402
-from indexer.job import IndexJob  # noqa: E402
-from indexer.raster import inspect_raster  # noqa: E402
-from indexer.tiling import choose_zoom, raster_blocks  # noqa: E402
+from indexer.job.pipeline import IndexJob  # noqa: E402
+from indexer.job.read import RasterPlan, TileDataset  # noqa: E402
+from indexer.rasters.grid import choose_zoom, raster_blocks  # noqa: E402
+from indexer.rasters.inspect import inspect_raster  # noqa: E402
+from indexer.rasters.sources import RasterSource  # noqa: E402
 from tests.conftest import OFFLINE_CONFIG, make_raster  # noqa: E402
 
 MODELS = {

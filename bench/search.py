@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from synthetic import EmbeddingWorld, rows_from_columns, tile_columns  # noqa: E402
 
-from encoder.model import EncoderIdentity  # noqa: E402
+from encoder.identity import EncoderIdentity  # noqa: E402
 from indexer.config import Settings, StoreSettings  # noqa: E402
-from indexer.writer import IndexWriter  # noqa: E402
+from indexer.store.writer import IndexWriter  # noqa: E402
 from search.engine import Filters, SearchEngine  # noqa: E402
 from search.settings import ServeConfig  # noqa: E402
 
@@ -135,7 +135,7 @@ def main() -> int:
                  "faiss_threads": faiss.omp_get_max_threads()}
 
     if args.index:
-        from indexer.store import IndexSnapshot
+        from indexer.store.snapshot import IndexSnapshot
 
         snap = IndexSnapshot.open(args.index)
         ids = snap.tiles(["id"])["id"].to_numpy()

@@ -31,11 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from encoder.graft.data import PairSet  # noqa: E402
-from encoder.graft.pairs import Photo, Sample, build_samples  # noqa: E402
-from encoder.graft.settings import TrainSettings  # noqa: E402
-from encoder.graft.train import Trainer, make_batch, param_groups  # noqa: E402
-from encoder.model import EncoderSpec, SatelliteEncoder, token_grid  # noqa: E402
+from encoder.identity import EncoderSpec  # noqa: E402
+from encoder.model import SatelliteEncoder  # noqa: E402
+from encoder.tokens import token_grid  # noqa: E402
+from training.batches import make_batch  # noqa: E402
+from training.pairs import PairSet  # noqa: E402
+from training.photos import Photo  # noqa: E402
+from training.samples import Sample, build_samples  # noqa: E402
+from training.settings import TrainSettings  # noqa: E402
+from training.trainer import Trainer, param_groups  # noqa: E402
 
 MODELS = {"tiny": "satfind-tiny", "vit-b-16": "ViT-B-16"}
 

@@ -1,5 +1,5 @@
-"""Satellite encoder: open_clip models that share CLIP's text space (GRAFT-trained)."""
+"""The model library: open_clip encoders that share CLIP's text space.
 
-from encoder.model import EncoderIdentity, EncoderSpec, SatelliteEncoder
-
-__all__ = ["EncoderIdentity", "EncoderSpec", "SatelliteEncoder"]
+`encoder.identity` (which encoder, which embedding space) imports no torch; `encoder.model`
+builds the model. Nothing here imports another satfind package.
+"""

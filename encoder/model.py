@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,46 +19,12 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from encoder.checkpoints import check_sidecar, state_dict_sha256  # noqa: E402
+from encoder.identity import EncoderError, EncoderIdentity, EncoderSpec  # noqa: E402
+from encoder.tokens import image_tokens  # noqa: E402
+
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-class EncoderError(ValueError):
-    """The encoder cannot be built from the given settings (one-line message)."""
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How to build an encoder: an open_clip model name (or model-config JSON path) + weights."""
-
-    model: str = "ViT-B-16"
-    pretrained: str = ""
-    checkpoint: str = ""
-    random_weights: bool = False
-    seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})
-    # "auto" (CUDA when visible, else CPU), "cpu", "cuda" or "cuda:N".
-    device: str = "auto"
-
-
-@dataclass(frozen=True)
-class EncoderIdentity:
-    """What makes two encoders produce the same embedding space."""
-
-    architecture: str
-    config_sha256: str
-    weights_sha256: str
-    embed_dim: int
-    image_size: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EncoderIdentity:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
-    def short(self) -> str:
-        return f"{self.architecture}@{self.weights_sha256[:12]}"
 
 
 def _resolve_model_name(model: str) -> str:
@@ -85,21 +50,6 @@ def _resolve_model_name(model: str) -> str:
             "(use a name from open_clip.list_models() or a model-config .json path)"
         )
     return model
-
-
-def state_dict_sha256(model: torch.nn.Module, skip_prefix: str | None = None) -> str:
-    """Hash of all parameters and buffers, in float32, in name order (device-independent);
-    names starting with `skip_prefix` left out."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if skip_prefix and name.startswith(skip_prefix):
-            continue
-        h.update(name.encode())
-        t = tensor.detach().to("cpu")
-        if t.is_floating_point():
-            t = t.float()
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _pick_device(device: str) -> torch.device:
@@ -152,7 +102,7 @@ class SatelliteEncoder:
         # CLIP's, or text queries would land in another space.
         self.trained_from: dict | None = None
         if spec.checkpoint:
-            self.trained_from = _check_sidecar(Path(spec.checkpoint), model)
+            self.trained_from = check_sidecar(Path(spec.checkpoint), model)
         self.identity = EncoderIdentity(
             architecture=name,
             config_sha256=hashlib.sha256(
@@ -243,53 +193,6 @@ class SatelliteEncoder:
         with self.autocast():
             feats = self.model.encode_text(tokens)
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
-
-
-def token_grid(visual: torch.nn.Module, image_size: int) -> int:
-    """Patch tokens per side of a square input to a ViT image tower with a projection (what
-    patch-token features need)."""
-    patch = getattr(visual, "patch_size", None)
-    if patch is None or getattr(visual, "proj", None) is None or not hasattr(
-            visual, "forward_intermediates"):
-        raise EncoderError("encoder: patch-token features need an open_clip ViT image tower "
-                           "with a projection")
-    return image_size // (patch[0] if isinstance(patch, (tuple, list)) else patch)
-
-
-def image_tokens(visual: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ViT image tower's pooled embedding [B, D] and its patch tokens, layer-normed and
-    projected like the pooled one, [B, grid, grid, D] (unnormalised); x is square."""
-    grid = token_grid(visual, x.shape[-1])
-    out = visual.forward_intermediates(x, indices=1, normalize_intermediates=True,
-                                       output_fmt="NLC")
-    tokens = out["image_intermediates"][-1] @ visual.proj
-    return out["image_features"], tokens.reshape(len(x), grid, grid, -1)
-
-
-def sidecar_path(checkpoint: Path) -> Path:
-    return checkpoint.with_suffix(".json")
-
-
-def text_tower_sha256(model: torch.nn.Module) -> str:
-    """Hash of everything but the image tower: what text queries depend on."""
-    return state_dict_sha256(model, skip_prefix="visual.")
-
-
-def _check_sidecar(checkpoint: Path, model: torch.nn.Module) -> dict | None:
-    side = sidecar_path(checkpoint)
-    if not side.is_file():
-        return None
-    try:
-        meta = json.loads(side.read_text())
-        teacher = meta["teacher"]
-        expected = meta["text_tower_sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise EncoderError(f"{side}: not a satfind checkpoint description ({e})") from None
-    if text_tower_sha256(model) != expected:
-        raise EncoderError(f"{checkpoint}: its text tower is not the one of the CLIP it was "
-                           f"trained against ({side} says {teacher.get('architecture')}@"
-                           f"{str(teacher.get('weights_sha256'))[:12]})")
-    return teacher
 
 
 @contextlib.contextmanager

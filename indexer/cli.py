@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _remove(index_dir: str, targets: list[str], identity, store) -> int:
-    from indexer.writer import IndexWriter
+    from indexer.store.writer import IndexWriter
 
     status = 0
     with IndexWriter(index_dir, identity, store, create=False) as w:
@@ -54,7 +54,7 @@ def _remove(index_dir: str, targets: list[str], identity, store) -> int:
 def _intact(index_dir: str) -> str:
     """What a user needs to know after a failure: where the index stands."""
     from indexer.errors import IndexError_
-    from indexer.manifest import read_manifest
+    from indexer.store.manifest import read_manifest
 
     try:
         m = read_manifest(Path(index_dir))
@@ -93,10 +93,11 @@ def _main(argv: list[str] | None) -> int:
         _parser().error("give at least one ARCHIVE (or --remove SOURCE)")
     if not args.index.strip():
         _parser().error("--index: give a directory path (an empty path is refused)")
-    from encoder.model import EncoderError, SatelliteEncoder
+    from encoder.identity import EncoderError
+    from encoder.model import SatelliteEncoder
     from indexer.config import ConfigError, load_settings
     from indexer.errors import IndexError_, JobError
-    from indexer.job import IndexJob
+    from indexer.job.pipeline import IndexJob
     from indexer.logs import quiet_native_warnings
 
     config = args.config

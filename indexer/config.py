@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from encoder.model import EncoderSpec
+from encoder.identity import EncoderSpec
 
 
 class ConfigError(ValueError):

@@ -21,11 +21,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from encoder.model import EncoderError
+    from encoder.identity import EncoderError
     from indexer.config import ConfigError
     from indexer.errors import IndexError_
-    from search.api import create_app
     from search.engine import SearchEngine
+    from search.http.app import create_app
     from search.settings import load_serve_config
 
     config = args.config

@@ -20,9 +20,9 @@ import pyarrow.compute as pc
 from encoder.model import SatelliteEncoder
 from encoder.prompts import ensemble_text_embedding
 from indexer.errors import IndexError_
-from indexer.manifest import MANIFEST
-from indexer.store import IndexSnapshot
-from search.images import decode_query_image
+from indexer.store.layout import MANIFEST
+from indexer.store.snapshot import IndexSnapshot
+from search.query_image import decode_query_image
 from search.settings import ApiSettings, SearchSettings, ServeConfig
 
 
@@ -270,7 +270,7 @@ class SearchEngine:
             pending.set()
 
     def image_vector(self, data: bytes) -> np.ndarray:
-        from search.images import ImageError, UnsupportedImageType
+        from search.query_image import ImageError, UnsupportedImageType
 
         a = self.api_settings
         try:

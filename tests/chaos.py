@@ -52,7 +52,7 @@ def chaos_config(d: Path) -> Path:
 
 
 def tile_set(idx: Path) -> set[tuple[str, int, int, int]]:
-    from indexer.store import IndexSnapshot
+    from indexer.store.snapshot import IndexSnapshot
 
     rows = IndexSnapshot.open(idx).tiles(["source", "z", "x", "y"]).to_pylist()
     return {(r["source"], r["z"], r["x"], r["y"]) for r in rows}
@@ -60,7 +60,7 @@ def tile_set(idx: Path) -> set[tuple[str, int, int, int]]:
 
 def check_index(idx: Path, expected: set, complete: bool = False) -> dict:
     """The invariants after any interruption; raises AssertionError naming the broken one."""
-    from indexer.store import IndexSnapshot
+    from indexer.store.snapshot import IndexSnapshot
 
     if not (idx / "manifest.json").exists():
         assert not complete, "no index after a complete run"

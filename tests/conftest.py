@@ -49,7 +49,7 @@ def encoder(settings):
 def real_index(tmp_path_factory, shared_geotiff, settings, encoder):
     """The six shared rasters indexed once per session (read-only for tests: copy it to
     change it). Returns (index dir, JobReport)."""
-    from indexer.job import IndexJob
+    from indexer.job.pipeline import IndexJob
 
     idx = tmp_path_factory.mktemp("real") / "idx"
     report = IndexJob(idx, settings, encoder, progress=False).run([str(shared_geotiff)])
@@ -70,7 +70,7 @@ def client(engine):
     """The API app over `engine`, through FastAPI's TestClient (no network)."""
     from fastapi.testclient import TestClient
 
-    from search.api import create_app
+    from search.http.app import create_app
 
     with TestClient(create_app(engine)) as c:
         yield c

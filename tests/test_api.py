@@ -13,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from indexer.job import IndexJob
-from search.api import create_app
+from indexer.job.pipeline import IndexJob
 from search.client import SatfindClient, SatfindError
 from search.engine import SearchEngine
+from search.http.app import create_app
 from search.settings import ApiSettings, ServeConfig
 from tests.conftest import make_raster
 
@@ -240,7 +240,8 @@ def test_new_commit_is_picked_up_without_restart(tmp_path, real_index, settings,
 
 
 def test_refuses_an_index_of_another_encoder(real_index, settings):
-    from encoder.model import EncoderSpec, SatelliteEncoder
+    from encoder.identity import EncoderSpec
+    from encoder.model import SatelliteEncoder
     from indexer.errors import IndexError_
 
     other = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=99))

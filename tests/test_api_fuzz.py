@@ -10,8 +10,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.api import create_app
 from search.engine import SearchEngine
+from search.http.app import create_app
 from search.settings import ServeConfig
 
 

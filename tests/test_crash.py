@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.job import IndexJob
-from indexer.manifest import THUMBS_DIR, TILES_DIR
-from indexer.store import IndexSnapshot
+from indexer.job.pipeline import IndexJob
+from indexer.store.layout import THUMBS_DIR, TILES_DIR
+from indexer.store.snapshot import IndexSnapshot
 from tests.conftest import OFFLINE_CONFIG, ROOT, make_raster
 
 KILL_DEADLINE_S = 120

@@ -16,9 +16,9 @@ from indexer import cli
 from indexer.config import StoreSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import IndexError_
-from indexer.job import IndexJob
-from indexer.store import IndexSnapshot
-from indexer.writer import IndexWriter
+from indexer.job.pipeline import IndexJob
+from indexer.store.snapshot import IndexSnapshot
+from indexer.store.writer import IndexWriter
 from tests.conftest import OFFLINE_CONFIG, make_raster
 from tests.test_store import IDENT, _add
 
@@ -230,9 +230,9 @@ def test_deferred_interrupts_off_the_main_thread_is_a_plain_block():
     assert out == [True]
 
 
-_COMMIT_STEPS = ["indexer.writer.VectorFileWriter.write_at", "indexer.writer._write_parquet",
-                 "indexer.writer.faiss.serialize_index", "indexer.writer.atomic_write_bytes",
-                 "indexer.writer.fsync_dir", "indexer.writer.write_manifest"]
+_COMMIT_STEPS = ["indexer.store.writer.VectorFileWriter.write_at", "indexer.store.writer._write_parquet",
+                 "indexer.store.writer.faiss.serialize_index", "indexer.store.writer.atomic_write_bytes",
+                 "indexer.store.writer.fsync_dir", "indexer.store.writer.write_manifest"]
 
 
 @pytest.mark.parametrize("step", _COMMIT_STEPS)
@@ -279,7 +279,7 @@ def _resolve(dotted: str):
 
 
 def test_part_directories_are_fsynced_before_the_manifest_names_them(tmp_path, monkeypatch):
-    from indexer import writer as writer_mod
+    from indexer.store import writer as writer_mod
 
     events = []
     real_fsync, real_write = writer_mod.fsync_dir, writer_mod.write_manifest

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoder.model import EncoderError, EncoderSpec, SatelliteEncoder
+from encoder.identity import EncoderError, EncoderSpec
+from encoder.model import SatelliteEncoder
 
 TINY = EncoderSpec(model="satfind-tiny", random_weights=True, seed=0, device="cpu")
 
@@ -89,7 +90,7 @@ def test_checkpoint_whose_text_tower_is_not_its_teachers_is_refused(tmp_path):
 
     import torch
 
-    from encoder.model import text_tower_sha256
+    from encoder.checkpoints import text_tower_sha256
 
     teacher = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=0))
     other = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, seed=1))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.cli import eval_main
-from encoder.evaluate import class_prompt_name, recall_from_similarity, retrieval, zero_shot
 from tests.conftest import OFFLINE_CONFIG, SHARED_DATA
+from training.cli import eval_main
+from training.evaluate import class_prompt_name, recall_from_similarity, retrieval, zero_shot
 
 COLOURS = {"RedRoofs": (220, 30, 30), "GreenField": (30, 200, 40), "BlueLake": (20, 40, 210)}
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from encoder.graft.data import PairSet
-from encoder.graft.pairs import Sample
-from encoder.graft.train import dihedral, lr_factor, make_batch, micro_batch_indices
+from training.batches import dihedral, make_batch, micro_batch_indices
+from training.pairs import PairSet
+from training.samples import Sample
+from training.trainer import lr_factor
 
 
 @pytest.mark.parametrize("k", range(8))
@@ -63,9 +64,11 @@ def test_mixed_precision_step_runs_and_updates_only_the_student():
 
     import torch
 
-    from encoder.graft.settings import TrainSettings
-    from encoder.graft.train import Trainer, param_groups
-    from encoder.model import EncoderSpec, SatelliteEncoder, token_grid
+    from encoder.identity import EncoderSpec
+    from encoder.model import SatelliteEncoder
+    from encoder.tokens import token_grid
+    from training.settings import TrainSettings
+    from training.trainer import Trainer, param_groups
 
     enc = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, device="cpu"))
     rng = np.random.default_rng(0)
@@ -95,7 +98,7 @@ def test_mixed_precision_step_runs_and_updates_only_the_student():
 
 
 def test_validation_is_held_out_by_map_blocks():
-    from encoder.graft.data import spatial_split
+    from training.pairs import spatial_split
 
     rng = np.random.default_rng(1)
     # 400 patches of 64 px at 10 m scattered over 20 x 20 km.

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from encoder.graft.loss import image_level_loss, multi_positive_contrastive, pixel_level_loss
+from training.losses import image_level_loss, multi_positive_contrastive, pixel_level_loss
 
 
 def _unit(*rows):

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from encoder.graft.pairs import photos_from_folder
 from tests.conftest import SHARED_DATA, make_raster
+from training.photos import photos_from_folder
 
 GEOTAGGED = SHARED_DATA / "geotagged"
 
@@ -38,9 +38,9 @@ def test_pairs_from_real_photos_in_a_generated_raster(photos, tmp_path):
 
     from rasterio.warp import transform as warp_transform
 
-    from encoder.graft.data import build_pairs, raster_catalogue
-    from encoder.graft.settings import TrainSettings
     from indexer.config import Settings, TilingSettings
+    from training.pairs import build_pairs, raster_catalogue
+    from training.settings import TrainSettings
 
     lat = float(np.mean([p.lat for p in photos]))
     lon = float(np.mean([p.lon for p in photos]))
@@ -81,7 +81,7 @@ def test_pairs_from_real_photos_in_a_generated_raster(photos, tmp_path):
 def test_photo_table_csv_and_parquet(tmp_path):
     import pyarrow as pa
 
-    from encoder.graft.pairs import load_photos
+    from training.photos import load_photos
 
     (tmp_path / "img").mkdir()
     for n in ("a.jpg", "b.jpg"):
@@ -107,7 +107,7 @@ def test_photo_table_csv_and_parquet(tmp_path):
     ("path,lat,lon\n", "no rows"),
 ])
 def test_bad_photo_tables(tmp_path, text, needle):
-    from encoder.graft.pairs import PairError, load_photos
+    from training.photos import PairError, load_photos
 
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.jpg").write_bytes(b"x")
@@ -118,7 +118,7 @@ def test_bad_photo_tables(tmp_path, text, needle):
 
 
 def test_load_photos_reads_exif_folders(photos):
-    from encoder.graft.pairs import PairError, load_photos
+    from training.photos import PairError, load_photos
 
     assert [p.path for p in load_photos(GEOTAGGED)] == [p.path for p in photos]
     with pytest.raises(PairError, match="does not exist"):
@@ -126,7 +126,8 @@ def test_load_photos_reads_exif_folders(photos):
 
 
 def test_bucketed_sample_search_equals_brute_force():
-    from encoder.graft.pairs import Photo, build_samples
+    from training.photos import Photo
+    from training.samples import build_samples
 
     rng = np.random.default_rng(3)
     # Clusters of photos, some within one patch width of each other, some far apart.
@@ -153,7 +154,7 @@ def test_photos_without_a_position_are_left_out_with_a_reason(photos, tmp_path):
 
     from PIL import Image
 
-    from encoder.graft.pairs import photos_from_folder
+    from training.photos import photos_from_folder
 
     shutil.copy(GEOTAGGED / "DSCN0010.jpg", tmp_path / "geo.jpg")
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.jpg")

@@ -16,16 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from encoder.cli import train_main
-from encoder.graft.data import build_pairs, raster_catalogue
-from encoder.graft.pairs import PairError, load_photos
-from encoder.graft.settings import load_train_config
-from encoder.graft.teacher import TeacherCache, load_photo
-from encoder.graft.train import Trainer, retrieval_recall_at_1
+from encoder.identity import EncoderSpec
 from encoder.images import square_tile
-from encoder.model import EncoderSpec, SatelliteEncoder
+from encoder.model import SatelliteEncoder
 from indexer.config import load_settings
+from indexer.rasters import hashing
 from tests.graft_world import _ground_photo, _satellite_scene, make_world
+from training.cli import train_main
+from training.pairs import build_pairs, raster_catalogue
+from training.photos import PairError, load_photos
+from training.settings import load_train_config
+from training.teacher import TeacherCache, load_photo
+from training.trainer import Trainer, retrieval_recall_at_1
 
 TEACHER = """
 [encoder]
@@ -155,7 +157,6 @@ def test_untrained_student_fails_on_the_same_world(world, teacher, tmp_path):
 
 
 def test_teacher_cache_is_keyed_by_content_and_teacher(world, teacher, tmp_path, monkeypatch):
-    import encoder.hashing
 
     photos = sorted((world.train_csv.parent / "photos").glob("*.jpg"))[:5]
     cache = TeacherCache(tmp_path, teacher)
@@ -167,8 +168,8 @@ def test_teacher_cache_is_keyed_by_content_and_teacher(world, teacher, tmp_path,
     shutil.copy(photos[0], copy)
     again = TeacherCache(tmp_path, teacher)  # a new process: reads the parts from disk
     hashed = []
-    real_sha = encoder.hashing.file_sha256
-    monkeypatch.setattr(encoder.hashing, "file_sha256", lambda p: hashed.append(p) or real_sha(p))
+    real_sha = hashing.file_sha256
+    monkeypatch.setattr(hashing, "file_sha256", lambda p: hashed.append(p) or real_sha(p))
     second = again.embed([str(p) for p in photos] + [str(copy)])
     assert again.computed == 0 and again.hits == 6
     assert hashed == [str(copy)]  # unchanged photos are known by path, size and mtime
@@ -219,7 +220,7 @@ def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(world, monkeypatc
 
 def test_trained_encoder_indexes_and_highlights(world, trained, teacher, tmp_path):
     from indexer.cli import main as index_main
-    from indexer.manifest import read_manifest
+    from indexer.store.manifest import read_manifest
 
     cfg = trained / "index_config.toml"
     assert index_main([str(world.rasters[0]), "--index", str(tmp_path / "idx"),
@@ -257,7 +258,7 @@ def test_config_errors_are_one_line(world, tmp_path, capsys):
 def test_index_config_documents_the_train_defaults():
     import tomllib
 
-    from encoder.graft.settings import TrainSettings
+    from training.settings import TrainSettings
 
     text = (Path(__file__).parents[1] / "index_config.toml").read_text()
     block = text[text.index("# [train]"):].splitlines()
@@ -274,7 +275,7 @@ def _train_process(cfg: Path, *extra: str):
     import subprocess
     import sys
 
-    code = "import sys; from encoder.cli import train_main; sys.exit(train_main())"
+    code = "import sys; from training.cli import train_main; sys.exit(train_main())"
     return subprocess.Popen([sys.executable, "-c", code, "--config", str(cfg), "-q", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -336,7 +337,7 @@ class Interrupted(Exception):
 
 
 def test_patch_reading_resumes_and_workers_agree(world, teacher, tmp_path, monkeypatch):
-    import encoder.graft.data as data
+    import training.pairs as data
 
     root = world.train_csv.parent
     settings, train = load_train_config(write_config(root, "r.toml"))

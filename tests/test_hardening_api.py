@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from rasterio.transform import from_origin
 
-from indexer.job import IndexJob
+from indexer.job.pipeline import IndexJob
 from search import cli as serve_cli
-from search.api import body_limit_bytes, create_app
 from search.engine import SearchEngine
+from search.http.app import body_limit_bytes, create_app
 from search.settings import ApiSettings, ServeConfig
 from tests.bombs import bomb_corpus
 from tests.conftest import OFFLINE_CONFIG
@@ -60,7 +60,7 @@ def test_large_but_allowed_images_decode_cheaply(client, engine):
 
 def test_decoding_is_bounded_to_the_tile(monkeypatch, engine, settings):
     """JPEGs are decoded at a reduced DCT scale, not at their full size."""
-    from search import images
+    from search import query_image as images
 
     seen = []
     real_load = Image.Image.load

@@ -22,12 +22,12 @@ from rasterio.transform import from_origin
 
 from indexer import cli
 from indexer.config import ConfigError, load_settings
-from indexer.dataset import TileDataset
-from indexer.discover import discover
-from indexer.job import IndexJob
-from indexer.raster import lon_spans
-from indexer.store import IndexSnapshot
-from indexer.writer import IndexWriter
+from indexer.job.pipeline import IndexJob
+from indexer.job.read import TileDataset
+from indexer.rasters.discovery import discover
+from indexer.rasters.grid import lon_spans
+from indexer.store.snapshot import IndexSnapshot
+from indexer.store.writer import IndexWriter
 from tests.conftest import OFFLINE_CONFIG, make_raster, run_cli
 
 
@@ -210,7 +210,7 @@ def test_plans_are_lazy_memory_does_not_grow_with_tiles(tmp_path, settings, enco
     giant = _sparse_giant(tmp_path / "a" / "giant.tif")
     s = _with(settings, job={"max_tiles_per_raster": 10**9})
     job = IndexJob(tmp_path / "idx", s, encoder, progress=False, log=lambda m: None)
-    report = __import__("indexer.job").job.JobReport()
+    report = __import__("indexer.job.report").job.report.JobReport()
     with IndexWriter(tmp_path / "idx", encoder.identity, s.store) as w:
         plans, pendings = job._plan(w, discover([str(giant)], s.discovery)[0], report)
     ds = TileDataset(plans, encoder.image_size, s.tiling, s.job)
@@ -317,7 +317,7 @@ def test_index_path_under_a_file_is_one_line(tmp_path, capsys):
 
 
 def test_a_killed_reader_process_is_one_line(tmp_path, capfd, monkeypatch):
-    from indexer import dataset
+    from indexer.job import read as dataset
 
     make_raster(tmp_path / "a" / "big.tif", size=1200, seed=2)  # 225 tiles
     real = dataset.TileDataset.__getitem__
@@ -339,10 +339,10 @@ def test_a_killed_reader_process_is_one_line(tmp_path, capfd, monkeypatch):
 # --- 10: every numeric key has a range ------------------------------------------------------
 
 def _settings_classes():
-    from encoder.graft.settings import TrainSettings
-    from encoder.model import EncoderSpec
+    from encoder.identity import EncoderSpec
     from indexer.config import DiscoverySettings, JobSettings, StoreSettings, TilingSettings
     from search.settings import ApiSettings, SearchSettings
+    from training.settings import TrainSettings
 
     return {"encoder": EncoderSpec, "discovery": DiscoverySettings, "tiling": TilingSettings,
             "job": JobSettings, "store": StoreSettings, "search": SearchSettings,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.job import IndexJob
-from indexer.store import IndexSnapshot
+from indexer.job.pipeline import IndexJob
+from indexer.store.snapshot import IndexSnapshot
 
 NAIP_2009 = "naip_nd_20090818.tif"
 NAIP_2014 = "naip_nd_20140720.tif"

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from indexer.job import IndexJob
-from indexer.store import IndexSnapshot
+from indexer.job.pipeline import IndexJob
+from indexer.store.snapshot import IndexSnapshot
 from tests.conftest import OFFLINE_CONFIG, make_raster, run_cli
 
 

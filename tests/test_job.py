@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from indexer import cli
-from indexer.job import IndexJob
-from indexer.store import IndexSnapshot
+from indexer.job.pipeline import IndexJob
+from indexer.store.snapshot import IndexSnapshot
 from tests.conftest import OFFLINE_CONFIG
 
 

@@ -19,7 +19,7 @@ KILLS = 20
 
 
 def test_signals_at_random_points_of_indexing_and_removal(tmp_path, settings, encoder):
-    from indexer.job import IndexJob
+    from indexer.job.pipeline import IndexJob
 
     archive = chaos.make_archive(tmp_path / "archive")
     cfg = chaos.chaos_config(tmp_path)
@@ -89,9 +89,9 @@ def test_kill_trials_detect_a_broken_index(tmp_path, n):
 
     import numpy as np
 
-    from encoder.model import EncoderIdentity
+    from encoder.identity import EncoderIdentity
     from indexer.config import StoreSettings
-    from indexer.writer import IndexWriter
+    from indexer.store.writer import IndexWriter
     from tests.test_store import _rows
 
     ident = EncoderIdentity("fake", "c" * 64, "w" * 64, 16, 64)

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from encoder.model import EncoderIdentity
+from encoder.identity import EncoderIdentity
 from indexer.config import Settings, StoreSettings
-from indexer.writer import IndexWriter
+from indexer.store.writer import IndexWriter
 from search.engine import Filters, SearchEngine
 from search.settings import SearchSettings, ServeConfig
 from tests.test_store import _rows

@@ -11,11 +11,11 @@ import mercantile
 import numpy as np
 import pytest
 
-from encoder.model import EncoderIdentity
+from encoder.identity import EncoderIdentity
 from indexer.config import StoreSettings
 from indexer.errors import IndexError_
-from indexer.store import IndexSnapshot
-from indexer.writer import IndexWriter
+from indexer.store.snapshot import IndexSnapshot
+from indexer.store.writer import IndexWriter
 from tests.conftest import ROOT
 
 DIM = 16

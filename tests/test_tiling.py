@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from indexer.config import TilingSettings
-from indexer.job import IndexJob
-from indexer.raster import to_uint8
-from indexer.store import IndexSnapshot
-from indexer.tiling import choose_zoom, tile_gsd_m
+from indexer.job.pipeline import IndexJob
+from indexer.rasters.grid import choose_zoom, tile_gsd_m
+from indexer.rasters.scaling import to_uint8
+from indexer.store.snapshot import IndexSnapshot
 from tests.conftest import make_raster
 
 

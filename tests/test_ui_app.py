@@ -106,7 +106,7 @@ def test_no_results_state(monkeypatch, api):
 
 def test_empty_index_state(monkeypatch, tmp_path, encoder):
     from indexer.config import StoreSettings
-    from indexer.writer import IndexWriter
+    from indexer.store.writer import IndexWriter
 
     with IndexWriter(tmp_path / "empty", encoder.identity, StoreSettings()) as w:
         w.commit()

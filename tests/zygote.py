@@ -51,7 +51,6 @@ def main() -> None:
     import torch  # noqa: F401
 
     import indexer.cli  # noqa: F401
-    import indexer.job  # noqa: F401
 
     lock = threading.Lock()
 

@@ -15,14 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from encoder.model import EncoderIdentity
-from indexer import ann
-from indexer.ann import read_faiss
+from encoder.identity import EncoderIdentity
 from indexer.config import StoreSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import IndexError_
 from indexer.logs import native_stderr_to_log
-from indexer.manifest import (
+from indexer.store import vector_index as ann
+from indexer.store.layout import (
     FAISS_RE,
     FORMAT,
     FORMAT_VERSION,
@@ -36,15 +35,14 @@ from indexer.manifest import (
     TMP_RE,
     VECTORS_F16,
     atomic_write_bytes,
-    check_parts,
     faiss_name,
     fsync_dir,
     part_name,
-    read_manifest,
-    write_manifest,
 )
-from indexer.store import read_part
-from indexer.vectorfile import VectorFileWriter, open_vectors
+from indexer.store.manifest import check_parts, read_manifest, write_manifest
+from indexer.store.snapshot import read_part
+from indexer.store.vector_index import read_faiss
+from indexer.store.vectors import VectorFileWriter, open_vectors
 
 TILE_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "id"]
 # POSIX locks are per process; this set stops two writers inside one process.

@@ -12,7 +12,7 @@ from pathlib import Path
 def encoder_spec_from_config(path: str | None):
     """The [encoder] section of an index_config.toml as an EncoderSpec (the encoder layer
     reads it itself: it imports nothing above it)."""
-    from encoder.model import EncoderError, EncoderSpec
+    from encoder.identity import EncoderError, EncoderSpec
 
     if path is None:
         return EncoderSpec()
@@ -49,8 +49,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     r.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    from encoder.evaluate import EvalError, retrieval, zero_shot
-    from encoder.model import EncoderError, SatelliteEncoder
+    from encoder.identity import EncoderError
+    from encoder.model import SatelliteEncoder
+    from training.evaluate import EvalError, retrieval, zero_shot
 
     try:
         enc = SatelliteEncoder(encoder_spec_from_config(args.config))
@@ -91,12 +92,12 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
 
-    from encoder.graft.pairs import PairError
-    from encoder.graft.settings import load_train_config
-    from encoder.graft.teacher import PhotoError
-    from encoder.graft.train import Trainer, TrainError, TrainInterrupted
-    from encoder.model import EncoderError
+    from encoder.identity import EncoderError
     from indexer.config import ConfigError
+    from training.photos import PairError
+    from training.settings import load_train_config
+    from training.teacher import PhotoError
+    from training.trainer import Trainer, TrainError, TrainInterrupted
 
     try:
         settings, train = load_train_config(args.config)

@@ -6,59 +6,31 @@ import hashlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mercantile
 import numpy as np
 from tqdm import tqdm
 
-from encoder.hashing import file_stat, known_or_file_sha256
 from encoder.model import SatelliteEncoder
 from indexer import logs
 from indexer.config import Settings
 from indexer.critical import deferred_interrupts, stop_between_steps
-from indexer.dataset import RasterPlan, TileDataset, tile_loader
-from indexer.discover import RasterSource, discover
 from indexer.errors import InputError, JobError
-from indexer.raster import RasterInfo, inspect_raster
-from indexer.tiling import choose_zoom, raster_blocks, tile_gsd_m
-from indexer.writer import IndexWriter
+from indexer.job.read import RasterPlan, TileDataset, tile_loader
+from indexer.job.report import JobReport
+from indexer.rasters.discovery import discover
+from indexer.rasters.grid import choose_zoom, raster_blocks, tile_gsd_m
+from indexer.rasters.hashing import file_stat, known_or_file_sha256
+from indexer.rasters.inspect import RasterInfo, inspect_raster
+from indexer.rasters.sources import RasterSource
+from indexer.store.writer import IndexWriter
 
 
 def source_key(path: str, sha256: str) -> str:
     """Sources are keyed by absolute path + content hash."""
     return hashlib.sha256(f"{path}\n{sha256}".encode()).hexdigest()[:20]
-
-
-@dataclass
-class JobReport:
-    rasters_indexed: int = 0  # newly indexed (or completed) in this run
-    rasters_unchanged: int = 0  # already fully indexed: nothing to do
-    rasters_replaced: int = 0  # same path, new content: old tiles removed
-    problems: list[InputError] = field(default_factory=list)
-    tiles_written: int = 0
-    tiles_nodata: int = 0
-    seconds: float = 0.0
-    interrupted: bool = False
-
-    @property
-    def tiles_per_s(self) -> float:
-        return (self.tiles_written + self.tiles_nodata) / self.seconds if self.seconds else 0.0
-
-    def summary(self) -> str:
-        skipped = len(self.problems)
-        why = " (reasons above)" if skipped else ""
-        parts = [
-            f"rasters: {self.rasters_indexed} indexed, {self.rasters_unchanged} already indexed, "
-            f"{skipped} skipped{why}",
-            f"tiles: {self.tiles_written} written, {self.tiles_nodata} skipped as nodata",
-            f"{self.tiles_per_s:.1f} tiles/s in {self.seconds:.1f} s",
-        ]
-        if self.rasters_replaced:
-            parts.insert(1, f"{self.rasters_replaced} replaced")
-        head = "interrupted, committed so far: " if self.interrupted else ""
-        return head + " | ".join(parts)
 
 
 @dataclass

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from encoder.hashing import StatKey, file_stat, known_or_file_sha256
 from encoder.images import square_tile
+from indexer.rasters.hashing import StatKey, file_stat, known_or_file_sha256
 
 # Changing how photos become teacher input changes the embeddings: bump this with it.
 PHOTO_PREPROCESS = "square_tile-bicubic-centre-v1"

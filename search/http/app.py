@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from indexer.errors import IndexError_
-from search.bodylimit import BodyLimit
 from search.engine import Filters, Query, QueryError, SearchEngine
-from search.models import (
+from search.http.bodylimit import BodyLimit
+from search.http.models import (
     ErrorBody,
     Feature,
     FeatureCollection,
@@ -335,7 +335,7 @@ def create_app(engine: SearchEngine) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """For `uvicorn search.api:app_from_env --factory`: SATFIND_INDEX, SATFIND_CONFIG."""
+    """For `uvicorn search.http.app:app_from_env --factory`: SATFIND_INDEX, SATFIND_CONFIG."""
     import os
 
     from search.settings import load_serve_config

@@ -3,7 +3,6 @@ raster, and windowed reads of aligned tiles through a WarpedVRT (any CRS in)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import mercantile
@@ -15,77 +14,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from indexer.config import TilingSettings
-from indexer.raster import WORLD_M, RasterInfo, to_uint8, valid_mask
-
-ORIGIN = WORLD_M / 2
-MAX_ZOOM = 24
-
-
-def tile_gsd_m(zoom: int, lat: float, tile_px: int) -> float:
-    """Ground size (m) of one pixel of a `tile_px`-wide tile at `zoom` and latitude `lat`."""
-    return WORLD_M * math.cos(math.radians(lat)) / (tile_px * 2**zoom)
-
-
-def choose_zoom(native_gsd_m: float, lat: float, tile_px: int, tiling: TilingSettings) -> int:
-    """Zoom whose pixel size is nearest (in log scale) to target_gsd_m, restricted to
-    [native / max_upsample, native * max_downsample] when any zoom falls in that range."""
-    if tiling.zoom:
-        return tiling.zoom
-    lo = native_gsd_m / tiling.max_upsample
-    hi = native_gsd_m * tiling.max_downsample
-    zooms = range(MAX_ZOOM + 1)
-    allowed = [z for z in zooms if lo <= tile_gsd_m(z, lat, tile_px) <= hi]
-    goal = tiling.target_gsd_m
-    if not allowed:  # the range falls between two zooms: nearest to the native size
-        allowed, goal = list(zooms), native_gsd_m
-    return min(allowed, key=lambda z: abs(math.log(tile_gsd_m(z, lat, tile_px) / goal)))
-
-
-LL_EPSILON = 1e-11  # as mercantile.tiles: a tile touching the east/south edge is not in
-
-
-@dataclass(frozen=True)
-class TileBlock:
-    """A rectangle of tiles at one zoom (x0..x1, y0..y1 inclusive), enumerated row by row
-    without ever being listed; `src_shift` is the x shift (source CRS units) under which the
-    source covers it (see RasterInfo.spans)."""
-
-    zoom: int
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    src_shift: float = 0.0
-
-    @property
-    def width(self) -> int:
-        return self.x1 - self.x0 + 1
-
-    @property
-    def count(self) -> int:
-        return self.width * (self.y1 - self.y0 + 1)
-
-    def tile(self, i: int) -> tuple[int, int]:
-        """(x, y) of the i-th tile in row-major order."""
-        row, col = divmod(i, self.width)
-        return self.x0 + col, self.y0 + row
-
-
-def raster_blocks(info: RasterInfo, zoom: int) -> list[TileBlock]:
-    """The tiles at `zoom` that intersect the raster's footprint: one block per longitude
-    span (two for a raster across the antimeridian). Memory is independent of their number.
-    The latitudes are inside web-mercator's already (inspect_raster clamps them)."""
-    _, s, _, n = info.lonlat_bounds
-    last = 2**zoom - 1
-    out = []
-    for w, e, shift in info.spans:
-        ul = mercantile.tile(max(-180.0, w), n, zoom)
-        lr = mercantile.tile(min(180.0, e) - LL_EPSILON, s + LL_EPSILON, zoom)
-        x0, y0 = min(max(ul.x, 0), last), min(max(ul.y, 0), last)
-        x1, y1 = min(max(lr.x, 0), last), min(max(lr.y, 0), last)
-        if x1 >= x0 and y1 >= y0:
-            out.append(TileBlock(zoom, x0, y0, x1, y1, shift))
-    return out
+from indexer.rasters.grid import ORIGIN, WORLD_M, TileBlock
+from indexer.rasters.inspect import RasterInfo
+from indexer.rasters.scaling import to_uint8, valid_mask
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from indexer.config import JobSettings, TilingSettings
 from indexer.logs import captured
-from indexer.raster import RasterInfo
-from indexer.tiling import TileBlock, TileReader
+from indexer.rasters.grid import TileBlock
+from indexer.rasters.inspect import RasterInfo
+from indexer.rasters.reader import TileReader
 
 OPEN_READERS = 8  # per worker process
 PR_SET_PDEATHSIG = 1

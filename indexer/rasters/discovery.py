@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 from indexer.config import DiscoverySettings
 from indexer.errors import InputError
+from indexer.rasters.sources import RasterSource
 
 LIST_SUFFIXES = {".txt", ".lst"}
 STAC_SUFFIXES = {".json", ".geojson"}
-
-
-@dataclass(frozen=True)
-class RasterSource:
-    """One raster to index, with what its catalogue entry (if any) says about it."""
-
-    path: str  # absolute path of the raster file
-    stac_item: str | None = None  # the STAC item JSON it came from
-    acquired: datetime | None = None  # from STAC
-    sensor: str | None = None  # from STAC platform/constellation
 
 
 def _is_stac_item(data: object) -> bool:
@@ -201,11 +191,3 @@ def discover(archives: list[str], settings: DiscoverySettings):
         if s.path not in seen or (s.stac_item and not seen[s.path].stac_item):
             seen[s.path] = s
     return list(seen.values()), problems
-
-
-def parse_tiff_datetime(value: str) -> datetime | None:
-    """TIFFTAG_DATETIME is 'YYYY:MM:DD HH:MM:SS' (TIFF 6.0); treated as UTC."""
-    try:
-        return datetime.strptime(value.strip(), "%Y:%m:%d %H:%M:%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None

@@ -26,13 +26,14 @@ import rasterio
 from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset
 
-from encoder.graft.pairs import PairError, Photo, Sample, build_samples
 from indexer.config import Settings
-from indexer.dataset import worker_init
-from indexer.discover import discover
 from indexer.errors import InputError
-from indexer.raster import RasterInfo, inspect_raster
-from indexer.tiling import read_mercator_window
+from indexer.job.read import worker_init
+from indexer.rasters.discovery import discover
+from indexer.rasters.inspect import RasterInfo, inspect_raster
+from indexer.rasters.reader import read_mercator_window
+from training.photos import PairError, Photo
+from training.samples import Sample, build_samples
 
 PAIRS_VERSION = 2
 OPEN_RASTERS = 8  # per reading process
@@ -305,4 +306,3 @@ def _load(photos: list[Photo], manifest: Path, patches_path: Path, meta: dict) -
     patches = np.load(patches_path, mmap_mode="r")[:len(samples)]
     return PairSet(photos, samples, t["raster"], np.asarray(t["split"]) == "val", patches,
                    meta["counts"])
-

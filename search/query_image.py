@@ -17,7 +17,7 @@ from PIL import Image
 
 from encoder.images import square_tile
 from indexer.config import TilingSettings
-from indexer.raster import finite_mask, scaling_range, to_uint8
+from indexer.rasters.scaling import finite_mask, scaling_range, to_uint8
 
 
 class ImageError(ValueError):

@@ -15,11 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from encoder.model import EncoderIdentity
-from indexer.ann import read_faiss
+from encoder.identity import EncoderIdentity
 from indexer.errors import IndexError_
-from indexer.manifest import THUMBS_DIR, TILE_SCHEMA, TILES_DIR, check_parts, read_manifest
-from indexer.vectorfile import check_vectors, open_vectors
+from indexer.store.layout import THUMBS_DIR, TILE_SCHEMA, TILES_DIR
+from indexer.store.manifest import check_parts, read_manifest
+from indexer.store.vector_index import read_faiss
+from indexer.store.vectors import check_vectors, open_vectors
 
 
 class IndexSnapshot:

@@ -10,20 +10,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
 from indexer.config import DiscoverySettings, TilingSettings
-from indexer.discover import RasterSource, parse_tiff_datetime
 from indexer.errors import InputError
+from indexer.rasters.grid import MAX_LAT, METRES_PER_DEGREE, WEB_MERCATOR_EPSG, lon_spans
+from indexer.rasters.scaling import finite_mask, scaling_range, valid_mask
+from indexer.rasters.sources import RasterSource, parse_tiff_datetime
 
-EARTH_RADIUS_M = 6378137.0
-WORLD_M = 2 * math.pi * EARTH_RADIUS_M  # web-mercator world width in projected metres
-METRES_PER_DEGREE = WORLD_M / 360
-MAX_LAT = 85.05112878  # web-mercator's latitude limit
-WEB_MERCATOR_EPSG = (3857, 900913)
 # Decimated read used for validity checks and percentile statistics (never the full scene).
 OVERVIEW_PX = 512
 
@@ -68,22 +64,6 @@ def _native_gsd_m(src, lat: float) -> float:
             c = math.cos(math.radians(lat))
             gx, gy = gx * c, gy * c
     return math.sqrt(gx * gy)
-
-
-def lon_spans(west: float, east: float, units_per_degree: float
-              ) -> tuple[tuple[float, float, float], ...]:
-    """Longitude intervals inside -180..180 covering the unwrapped interval west..east
-    (east > west, possibly past +-180), each as (west, east, source x shift): the shift is
-    what moves source coordinates into the interval, in source units (0 for projected CRSs
-    other than web-mercator, whose projections wrap by themselves)."""
-    if east - west >= 360:
-        east = west + 360
-    k = math.floor((west + 180) / 360)
-    w, e = west - 360 * k, east - 360 * k
-    if e <= 180 + 1e-9:
-        return ((w, min(e, 180.0), -360 * k * units_per_degree),)
-    return ((w, 180.0, -360 * k * units_per_degree),
-            (-180.0, e - 360, -360 * (k + 1) * units_per_degree))
 
 
 def _footprint(src) -> tuple[tuple[tuple[float, float, float], ...], float, float]:
@@ -131,23 +111,6 @@ def _sensor(source: RasterSource, tags: dict, settings: DiscoverySettings) -> st
         if tags.get(key):
             return str(tags[key])
     return "unknown"
-
-
-def finite_mask(data: np.ndarray) -> np.ndarray:
-    """[B, H, W] -> [H, W]: pixels whose every band is a finite number. NaN and +-inf are
-    nodata whether or not the raster declares a nodata value (always true for integers)."""
-    if data.dtype.kind not in "fc":
-        return np.ones(data.shape[1:], dtype=bool)
-    return np.isfinite(data).all(axis=0)
-
-
-def valid_mask(data: np.ndarray, mask: np.ndarray, tiling: TilingSettings) -> np.ndarray:
-    """Pixels of `data` [3, H, W] that are valid: inside the raster and not nodata (GDAL's
-    mask), finite, and not 0 in every band when tiling.zero_is_nodata."""
-    valid = (mask > 0) & finite_mask(data)
-    if tiling.zero_is_nodata:
-        valid &= np.any(data != 0, axis=0)
-    return valid
 
 
 def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
@@ -206,40 +169,3 @@ def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
             add_alpha=src.nodata is None and not has_alpha,
             scale_lo=lo, scale_hi=hi, spans=spans,
         )
-
-
-def scaling_range(dtype: str, data: np.ndarray, valid: np.ndarray, tiling: TilingSettings
-                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per band (value mapped to 0, value mapped to 255) by tiling.scaling; percentiles are
-    taken over the `valid` pixels of `data` [3, H, W]."""
-    mode = tiling.scaling
-    if mode == "auto":
-        mode = "uint8" if dtype == "uint8" else "percentile"
-    if mode == "uint8":
-        return (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
-    if mode == "divisor":
-        d = tiling.reflectance_divisor
-        return (0.0, 0.0, 0.0), (d, d, d)
-    lo, hi = [], []
-    for band in data:
-        vals = band[valid].astype(np.float64)
-        p_lo, p_hi = np.percentile(vals, tiling.percentiles)
-        if p_hi <= p_lo:
-            p_hi = p_lo + 1.0
-        lo.append(float(p_lo))
-        hi.append(float(p_hi))
-    return tuple(lo), tuple(hi)
-
-
-def to_uint8(data: np.ndarray, lo: tuple[float, ...], hi: tuple[float, ...]) -> np.ndarray:
-    """[3, H, W] any dtype -> uint8 by the per-band linear map lo->0, hi->255 (clipped);
-    non-finite values become 0 (callers mark them invalid)."""
-    if data.dtype == np.uint8 and lo == (0.0, 0.0, 0.0) and hi == (255.0, 255.0, 255.0):
-        return data
-    if data.dtype.kind in "fc":
-        data = np.nan_to_num(data.real if data.dtype.kind == "c" else data, nan=0.0,
-                             posinf=0.0, neginf=0.0)
-    lo_a = np.asarray(lo, dtype=np.float32)[:, None, None]
-    hi_a = np.asarray(hi, dtype=np.float32)[:, None, None]
-    out = (data.astype(np.float32) - lo_a) * (255.0 / (hi_a - lo_a))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -1,0 +1,91 @@
+"""The index directory's layout: file names, the names the writer may delete, Parquet schemas,
+and durable writes."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+
+FORMAT = "satfind-index"
+
+
+FORMAT_VERSION = 1
+
+
+MANIFEST = "manifest.json"
+
+
+VECTORS_F16 = "vectors.f16.npy"
+
+
+TILES_DIR = "tiles"
+
+
+THUMBS_DIR = "thumbs"
+
+
+LOCK = ".lock"
+
+
+# Every name the writer ever creates. Garbage collection touches nothing else, so a user's
+# own files are never at risk, even inside an index directory.
+PART_RE = re.compile(r"part-\d{5}\.parquet")
+
+
+FAISS_RE = re.compile(r"vectors-\d{6}\.faiss")
+
+
+TMP_RE = re.compile(r"\.(manifest\.json|vectors-\d{6}\.faiss)\.tmp-\d+")
+
+
+# One row per tile in tiles/part-NNNNN.parquet; id + JPEG in thumbs/part-NNNNN.parquet.
+TILE_SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("z", pa.int8()),
+    ("x", pa.int32()),
+    ("y", pa.int32()),
+    ("west", pa.float64()),
+    ("south", pa.float64()),
+    ("east", pa.float64()),
+    ("north", pa.float64()),
+    ("source", pa.string()),
+    ("source_key", pa.string()),
+    ("acquired", pa.timestamp("us", tz="UTC")),
+    ("sensor", pa.string()),
+    ("gsd_m", pa.float32()),
+    ("native_gsd_m", pa.float32()),
+    ("nodata_fraction", pa.float32()),
+])
+
+
+THUMB_SCHEMA = pa.schema([("id", pa.int64()), ("jpeg", pa.binary())])
+
+
+def faiss_name(generation: int) -> str:
+    return f"vectors-{generation:06d}.faiss"
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename over `path`, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
