@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import chaos  # noqa: E402
 from tests.bombs import allowed_heavy_png, bomb_corpus  # noqa: E402
-from tests.conftest import OFFLINE_CONFIG, SHARED_GEOTIFF  # noqa: E402
+from tests.helpers import OFFLINE_CONFIG, SHARED_GEOTIFF  # noqa: E402
 
 
 def _machine() -> str:

@@ -33,7 +33,7 @@ from indexer.job.read import RasterPlan, TileDataset  # noqa: E402
 from indexer.rasters.grid import choose_zoom, raster_blocks  # noqa: E402
 from indexer.rasters.inspect import inspect_raster  # noqa: E402
 from indexer.rasters.sources import RasterSource  # noqa: E402
-from tests.conftest import OFFLINE_CONFIG, make_raster  # noqa: E402
+from tests.helpers import OFFLINE_CONFIG, make_raster  # noqa: E402
 
 MODELS = {
     "tiny": EncoderSpec(model="satfind-tiny", random_weights=True),

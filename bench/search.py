@@ -34,9 +34,11 @@ from synthetic import EmbeddingWorld, rows_from_columns, tile_columns  # noqa: E
 
 from encoder.identity import EncoderIdentity  # noqa: E402
 from indexer.config import Settings, StoreSettings  # noqa: E402
+from indexer.store.tiles import Filters  # noqa: E402
 from indexer.store.writer import IndexWriter  # noqa: E402
-from search.engine import Filters, SearchEngine  # noqa: E402
+from search.engine import SearchEngine  # noqa: E402
 from search.settings import ServeConfig  # noqa: E402
+from tests.helpers import snapshot_sql  # noqa: E402
 
 
 def rss_anon() -> int:
@@ -139,7 +141,7 @@ def main() -> int:
 
         snap = IndexSnapshot.open(args.index)
         ids = snap.tiles(["id"])["id"].to_numpy()
-        base = np.zeros((int(snap.manifest["next_id"]), snap.dim), dtype=np.float32)
+        base = np.zeros((snap.next_id, snap.dim), dtype=np.float32)
         base[ids] = snap.get_vectors(ids)
         rng = np.random.default_rng(0)
         queries = base[rng.choice(ids, min(args.queries, len(ids)), replace=False)]
@@ -158,12 +160,12 @@ def main() -> int:
     eng = SearchEngine(idx, ServeConfig(Settings()), encoder=stub)
     engine_rss = rss_anon() - before
     snap = eng.snapshot
-    info = snap.manifest["index"]
-    index_bytes = faiss.serialize_index(snap.index).nbytes
-    res["store"] = {"factory": info["factory"], "build_s": build_s, "rows_s": t_rows,
+    factory = snap.manifest.index.factory
+    index_bytes = len(snap.index.to_bytes())
+    res["store"] = {"factory": factory, "build_s": build_s, "rows_s": t_rows,
                     "index_bytes_per_vector": index_bytes / args.n,
                     "engine_rss_bytes_per_vector": engine_rss / args.n}
-    print(f"store: {info['factory']}, build {build_s:.1f} s (rows {t_rows:.1f} s); vector "
+    print(f"store: {factory}, build {build_s:.1f} s (rows {t_rows:.1f} s); vector "
           f"index {index_bytes / args.n:.1f} B/vector resident; whole engine incl. metadata "
           f"table {engine_rss / args.n:.1f} B/vector (float16 copies memory-mapped)", flush=True)
 
@@ -178,9 +180,7 @@ def main() -> int:
             "cold_p50_ms": pct(cold, 50), "cold_p99_ms": pct(cold, 99),
             "nprobe": default.nprobe, "rerank_depth": default.rerank_depth}
     t0 = time.perf_counter()
-    _, cand = snap.index.search(queries, max(k, default.rerank_depth),
-                                params=faiss.SearchParametersIVF(nprobe=default.nprobe)
-                                if info["factory"] != "Flat" else None)
+    _, cand = snap.search(queries, max(k, default.rerank_depth), nprobe=default.nprobe)
     for q, row in zip(queries, cand, strict=True):
         SearchEngine._exact(snap, q, row[row >= 0], k)
     ours["batch_qps"] = len(queries) / (time.perf_counter() - t0)
@@ -221,7 +221,7 @@ def main() -> int:
     # --- sweep ---------------------------------------------------------------------------
     sweep = []
     sq, st = queries[:300], truth[:300]
-    if info["factory"] != "Flat":
+    if factory != "Flat":
         print(f"\nsweep on {len(sq)} queries: recall@10 / p50 ms")
         depths = [int(d) for d in args.depth.split(",")]
         print(f"{'nprobe':>6} " + " ".join(f"{'depth ' + str(d):>16}" for d in depths))
@@ -252,7 +252,8 @@ def main() -> int:
         }
         for name, f in filters.items():
             where, params = f.sql()
-            keep = snap.sql(f"SELECT id FROM tiles WHERE {where}", params)["id"].to_numpy()
+            keep = snapshot_sql(snap, f"SELECT id FROM tiles WHERE {where}",
+                                params)["id"].to_numpy()
             fq = queries[:300]
             ft = keep[exact_topk(base[keep], fq, k)]
             found, lat = timed_queries(lambda q, f=f: eng.search_vector(q, k, f)[0], fq)

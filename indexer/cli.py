@@ -38,14 +38,13 @@ def _remove(index_dir: str, targets: list[str], identity, store) -> int:
     with IndexWriter(index_dir, identity, store, create=False) as w:
         print(f"removing {len(targets)} source(s) from {index_dir}", file=sys.stderr)
         for t in targets:
-            path = str(Path(t).resolve())
-            keys = [k for k, e in w.sources.items() if k == t or e["path"] == path]
+            keys = w.find_sources(t)
             if not keys:
                 print(f"{PROG}: {t}: not a source of {index_dir}", file=sys.stderr)
                 status = 1
             for k in keys:
-                source = w.sources[k]["path"]
-                n = w.remove_source(k)
+                source = w.sources[k].path
+                n = w.remove(k)
                 print(f"removed {source}: {n} tiles")
         w.commit()
     return status
@@ -54,15 +53,15 @@ def _remove(index_dir: str, targets: list[str], identity, store) -> int:
 def _intact(index_dir: str) -> str:
     """What a user needs to know after a failure: where the index stands."""
     from indexer.errors import IndexError_
-    from indexer.store.manifest import read_manifest
+    from indexer.store.snapshot import committed
 
     try:
-        m = read_manifest(Path(index_dir))
+        state = committed(index_dir)
     except (IndexError_, OSError):
         return "the index directory could not be read back"
-    if m is None:
+    if state is None:
         return "no index was committed"
-    return f"the index is intact at commit {m['generation']} ({m['counts']['tiles']} tiles)"
+    return f"the index is intact at commit {state[0]} ({state[1]} tiles)"
 
 
 def _os_error(e: OSError) -> str:
@@ -95,7 +94,8 @@ def _main(argv: list[str] | None) -> int:
         _parser().error("--index: give a directory path (an empty path is refused)")
     from encoder.identity import EncoderError
     from encoder.model import SatelliteEncoder
-    from indexer.config import ConfigError, load_settings
+    from indexer.config import load_settings
+    from indexer.configfile import ConfigError
     from indexer.errors import IndexError_, JobError
     from indexer.job.pipeline import IndexJob
     from indexer.logs import quiet_native_warnings

@@ -1,56 +1,20 @@
-"""`index_config.toml` read into typed, validated settings.
+"""The indexer's sections of `index_config.toml` ([encoder], [discovery], [tiling], [job],
+[store]), the tile recipe an index records, and `load_settings`.
 
 Every field has a default; an unknown key or a wrong type is a one-line `ConfigError`
-naming the file, the key and what was expected.
+naming the file, the key and what was expected (see `indexer.configfile`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from encoder.identity import EncoderSpec
-
-
-class ConfigError(ValueError):
-    """Bad configuration (one-line message)."""
-
-
-def ranged(default: Any, interval: str) -> Any:
-    """A numeric setting with its allowed interval, e.g. ranged(64, "[1, 4096]") or
-    ranged(0.5, "[0, 1)"); checked at load (each element, for a tuple)."""
-    return field(default=default, metadata={"range": interval})
-
-
-_INTERVAL = re.compile(r"([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])")
-
-
-def check_range(where: str, value: float, interval: str) -> None:
-    m = _INTERVAL.fullmatch(interval.strip())
-    if m is None:
-        raise AssertionError(f"bad interval {interval!r}")
-    lo, hi = float(m.group(2)), float(m.group(3))
-    ok = (value > lo if m.group(1) == "(" else value >= lo) and (
-        value < hi if m.group(4) == ")" else value <= hi)
-    if not ok:
-        shown = interval.replace("inf", "infinity")
-        raise ConfigError(f"{where} = {value!r} is out of range: expected a value in {shown}")
-
-
-def check_ranges(obj: Any, where: str) -> None:
-    """Every field of a settings dataclass that declares a range is inside it."""
-    for f in dataclasses.fields(obj):
-        interval = f.metadata.get("range")
-        if interval is None:
-            continue
-        value = getattr(obj, f.name)
-        for v in (value if isinstance(value, tuple) else (value,)):
-            check_range(f"{where}.{f.name}", v, interval)
+from indexer.configfile import ConfigError, build_section, ranged, read_toml
 
 
 @dataclass(frozen=True)
@@ -156,56 +120,6 @@ _SECTIONS = {
 _FOREIGN_SECTIONS = {"search", "api", "ui", "train"}
 
 
-def _coerce(where: str, value: Any, typ: Any) -> Any:
-    origin = getattr(typ, "__origin__", None)
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typ.__args__
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-        pairs = enumerate(zip(value, args, strict=True))
-        return tuple(_coerce(f"{where}[{i}]", v, a) for i, (v, a) in pairs)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return {str(k): _coerce(f"{where}.{k}", v, typ.__args__[1]) for k, v in value.items()}
-    raise ConfigError(f"{where}: unsupported setting type {typ}")
-
-
-def _build(cls: type, table: dict, where: str) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in table.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
-        kwargs[key] = _coerce(f"{where}.{key}", value, hints[key])
-    obj = cls(**kwargs)
-    check_ranges(obj, where)
-    return obj
-
-
 def _validate(s: Settings) -> None:
     """What single-key ranges (checked while building each section) cannot say."""
     where = s.source
@@ -232,37 +146,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"{where}: discovery.filename_time_pattern is not a regex: {e}") from None
 
 
-def _read_toml(path: str | Path) -> tuple[Path, dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        return p, tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-
-
-def read_sections(path: str | Path | None, schema: dict[str, type]) -> dict[str, Any]:
-    """Typed settings of the named sections (for layers above the indexer: search, api);
-    sections absent from the file (or no file) get their defaults."""
-    data: dict = {}
-    p = Path("<defaults>")
-    if path is not None:
-        p, data = _read_toml(path)
-    out = {}
-    for name, cls in schema.items():
-        table = data.get(name, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{p}: [{name}] must be a table")
-        out[name] = _build(cls, table, f"{p}: {name}")
-    return out
-
-
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read a TOML config (or defaults when `path` is None)."""
     if path is None:
         return Settings()
-    p, data = _read_toml(path)
+    p, data = read_toml(path)
     parts: dict[str, Any] = {}
     for section, table in data.items():
         if section in _FOREIGN_SECTIONS:
@@ -272,7 +160,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError(f"{p}: unknown section [{section}] (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{p}: [{section}] must be a table")
-        parts[section] = _build(_SECTIONS[section], table, f"{p}: {section}")
+        parts[section] = build_section(_SECTIONS[section], table, f"{p}: {section}")
     # A relative checkpoint / model-config path is relative to the config file.
     enc = parts.get("encoder")
     if enc is not None:
@@ -291,3 +179,51 @@ def load_settings(path: str | Path | None = None) -> Settings:
     s = Settings(**parts, source=str(p))
     _validate(s)
     return s
+
+
+@dataclass(frozen=True)
+class TileRecipe:
+    """How an index's tiles were cut and scaled. Recorded in its manifest beside the encoder
+    identity, so query images and GRAFT patches are prepared exactly like its tiles, whatever
+    config the server was started with."""
+
+    tile_px: int
+    target_gsd_m: float
+    max_upsample: float
+    max_downsample: float
+    zoom: int
+    bands: tuple[int, ...]
+    scaling: str
+    reflectance_divisor: float
+    percentiles: tuple[float, float]
+    resampling: str
+    zero_is_nodata: bool
+    max_nodata_fraction: float
+    encoder_preset: str = ""  # a named pretrained preset, when the encoder is one
+
+    @classmethod
+    def from_tiling(cls, tiling: TilingSettings, tile_px: int, preset: str = "") -> TileRecipe:
+        keep = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in dataclasses.asdict(tiling).items() if k in keep}
+        return cls(tile_px=tile_px, encoder_preset=preset, **values)
+
+    def tiling(self, base: TilingSettings | None = None) -> TilingSettings:
+        """Tiling settings that read like this recipe (other keys from `base`)."""
+        names = {f.name for f in dataclasses.fields(TilingSettings)}
+        mine = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        return dataclasses.replace(base or TilingSettings(), **mine)
+
+    def differences(self, other: TileRecipe) -> list[str]:
+        """'key: mine -> theirs' for every key that differs."""
+        a, b = dataclasses.asdict(self), dataclasses.asdict(other)
+        return [f"{k} {a[k]!r} (index) vs {b[k]!r}" for k in a if a[k] != b[k]]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TileRecipe:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**values)

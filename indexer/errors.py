@@ -17,3 +17,7 @@ class IndexError_(Exception):  # noqa: N801 - avoid shadowing the builtin IndexE
 class JobError(Exception):
     """The indexing run stopped for a reason that is not one input's fault (a killed reader
     process, ...); the index stays at its last commit."""
+
+
+class FilterError(ValueError):
+    """A search filter that cannot be applied (bad bbox, times out of order)."""

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from encoder.identity import EncoderError
-    from indexer.config import ConfigError
+    from indexer.configfile import ConfigError
     from indexer.errors import IndexError_
     from search.engine import SearchEngine
     from search.http.app import create_app

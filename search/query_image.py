@@ -9,15 +9,22 @@ the encoder's input size, so the work is bounded by the output, not the upload.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 
+import mercantile
 import numpy as np
 from PIL import Image
 
 from encoder.images import square_tile
-from indexer.config import TilingSettings
+from indexer.config import DiscoverySettings, TileRecipe
+from indexer.errors import InputError
+from indexer.rasters.grid import Window
+from indexer.rasters.inspect import inspect_raster
+from indexer.rasters.reader import RasterReader
 from indexer.rasters.scaling import finite_mask, scaling_range, to_uint8
+from indexer.rasters.sources import RasterSource
 
 
 class ImageError(ValueError):
@@ -47,29 +54,59 @@ def _check_size(width: int, height: int, max_pixels: int, min_px: int) -> None:
                          "is needed")
 
 
-def _from_tiff(data: bytes, tile_px: int, tiling: TilingSettings, max_pixels: int,
-               min_px: int) -> np.ndarray:
-    from rasterio.enums import Resampling
+def _from_tiff(data: bytes, recipe: TileRecipe, max_pixels: int, min_px: int) -> np.ndarray:
     from rasterio.errors import RasterioError
     from rasterio.io import MemoryFile
-    from rasterio.windows import Window
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NotGeoreferencedWarning: fine for a query
             with MemoryFile(data) as mem, mem.open() as src:
                 _check_size(src.width, src.height, max_pixels, min_px)
-                bands = list(tiling.bands) if src.count >= max(tiling.bands) else (
-                    [1, 1, 1] if src.count < 3 else [1, 2, 3])
-                # The centre square, read decimated straight to the tile size (overviews
-                # when the file has them): memory is bounded by the tile, not the upload.
-                side = min(src.width, src.height)
-                window = Window((src.width - side) // 2, (src.height - side) // 2, side, side)
-                arr = src.read(bands, window=window, out_shape=(3, tile_px, tile_px),
-                               resampling=Resampling[tiling.resampling])
+                t = recipe.tiling()
+                bands = t.bands if src.count >= max(t.bands) else (
+                    (1, 1, 1) if src.count < 3 else (1, 2, 3))
+                t = dataclasses.replace(t, bands=bands)
+                if src.crs is not None:
+                    return _georeferenced(mem.name, t, recipe.tile_px)
+                return _plain_tiff(src, t, recipe.tile_px)
     except RasterioError:
         raise ImageError("not a readable TIFF (truncated, corrupt or unsupported layout)"
                          ) from None
+
+
+def _georeferenced(path: str, tiling, tile_px: int) -> np.ndarray:
+    """A GeoTIFF query read like an index tile, through the indexer's RasterReader: the
+    centre square of its footprint, warped to EPSG:3857 at the tile size."""
+    try:
+        info = inspect_raster(RasterSource(path), DiscoverySettings(), tiling)
+    except InputError as e:
+        raise ImageError(f"GeoTIFF: {e.message}") from None
+    w, s, e, n = info.lonlat_bounds
+    (x0, y0), (x1, y1) = mercantile.xy(w, s), mercantile.xy(e if e > w else e + 360, n)
+    side = min(x1 - x0, y1 - y0)
+    left, top = (x0 + x1 - side) / 2, (y0 + y1 + side) / 2
+    reader = RasterReader(tiling, max_open=1)
+    try:
+        patch = reader.read(info, Window.square(left, top, side / tile_px, tile_px))
+    finally:
+        reader.close()
+    if patch.nodata_fraction >= 1.0:
+        raise ImageError("GeoTIFF has no valid pixel in its centre square")
+    return patch.rgb
+
+
+def _plain_tiff(src, tiling, tile_px: int) -> np.ndarray:
+    """A TIFF without georeference: its centre square, read decimated straight to the tile
+    size (overviews when the file has them), scaled by the recipe: memory is bounded by the
+    tile, not the upload."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window as PixelWindow
+
+    side = min(src.width, src.height)
+    window = PixelWindow((src.width - side) // 2, (src.height - side) // 2, side, side)
+    arr = src.read(list(tiling.bands), window=window, out_shape=(3, tile_px, tile_px),
+                   resampling=Resampling[tiling.resampling])
     valid = finite_mask(arr)
     if not valid.any():
         raise ImageError("TIFF has no finite pixel value")
@@ -97,15 +134,14 @@ def _from_pil(data: bytes, kind: str, tile_px: int, max_pixels: int, min_px: int
     return square_tile(img, tile_px)
 
 
-def decode_query_image(data: bytes, tile_px: int, tiling: TilingSettings,
-                       allowed: tuple[str, ...], min_px: int,
-                       max_pixels: int = 50_000_000) -> np.ndarray:
-    """bytes -> uint8 [3, tile_px, tile_px]: the centre square, resized to the tile size (as
-    CLIP preprocesses), bands and scaling as configured for tiles."""
+def decode_query_image(data: bytes, recipe: TileRecipe, allowed: tuple[str, ...],
+                       min_px: int, max_pixels: int = 50_000_000) -> np.ndarray:
+    """bytes -> uint8 [3, S, S] (S = the recipe's tile size): the centre square, resized to
+    the tile size (as CLIP preprocesses); TIFF bands and scaling by the index's recipe."""
     kind = sniff(data)
     if kind is None or kind not in allowed:
         raise UnsupportedImageType(f"unsupported image type {kind or 'unknown'}: send "
                                    f"{', '.join(t.upper() for t in allowed)}")
     if kind == "tiff":
-        return _from_tiff(data, tile_px, tiling, max_pixels, min_px)
-    return _from_pil(data, kind, tile_px, max_pixels, min_px)
+        return _from_tiff(data, recipe, max_pixels, min_px)
+    return _from_pil(data, kind, recipe.tile_px, max_pixels, min_px)

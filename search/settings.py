@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.config import ConfigError, Settings, load_settings, ranged, read_sections
+from indexer.config import Settings, load_settings
+from indexer.configfile import ConfigError, ranged, read_sections
 
 
 @dataclass(frozen=True)

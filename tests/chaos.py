@@ -72,13 +72,13 @@ def check_index(idx: Path, expected: set, complete: bool = False) -> dict:
     tiles = {(r["source"], r["z"], r["x"], r["y"]) for r in rows}
     assert len(tiles) == len(rows), "a tile was committed twice"
     assert tiles <= expected, "a tile that the uninterrupted run does not have"
-    for src in snap.manifest["sources"].values():
-        if src["status"] == "complete":
-            mine = {t for t in expected if t[0] == src["path"]}
-            assert mine <= tiles, f"{src['path']} is marked complete with tiles missing"
+    for src in snap.sources.values():
+        if src.complete:
+            mine = {t for t in expected if t[0] == src.path}
+            assert mine <= tiles, f"{src.path} is marked complete with tiles missing"
     if complete:
         assert tiles == expected, "a finished run differs from the uninterrupted one"
-        assert all(s["status"] == "complete" for s in snap.manifest["sources"].values())
+        assert all(s.complete for s in snap.sources.values())
     return {"generation": snap.generation, "tiles": len(rows)}
 
 

@@ -8,18 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
-from rasterio.warp import transform as warp_transform
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parent.parent
-OFFLINE_CONFIG = ROOT / "tests" / "offline.toml"
-SHARED_DATA = ROOT.parent / "shared" / "data"
-SHARED_GEOTIFF = SHARED_DATA / "geotiff"
+from tests.helpers import (  # noqa: F401  (re-exported for the tests)
+    OFFLINE_CONFIG,
+    ROOT,
+    SHARED_DATA,
+    SHARED_GEOTIFF,
+    make_raster,
+    mark_complete,
+    snapshot_sql,
+    tile_rows,
+)
 
 
 @pytest.fixture(scope="session")
@@ -76,54 +78,12 @@ def client(engine):
         yield c
 
 
-def make_raster(path: Path, *, lon: float = 11.88, lat: float = 43.46, crs: str = "EPSG:32632",
-                size: int = 256, res: float = 5.0, bands: int = 3, dtype: str = "uint8",
-                nodata: float | None = None, data: np.ndarray | None = None,
-                tags: dict | None = None, seed: int = 0, **creation) -> Path:
-    """A GeoTIFF of `size` x `size` pixels of `res` CRS units, centred on lon/lat."""
-    if crs.upper() == "NONE":
-        crs_obj = None
-        transform = None
-    else:
-        xs, ys = warp_transform("EPSG:4326", crs, [lon], [lat])
-        transform = from_origin(xs[0] - size * res / 2, ys[0] + size * res / 2, res, res)
-        crs_obj = crs
-    if data is None:
-        rng = np.random.default_rng(seed)
-        hi = 255 if dtype == "uint8" else 4000
-        data = rng.integers(1, hi, size=(bands, size, size)).astype(dtype)
-    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
-               "count": data.shape[0], "dtype": data.dtype.name}
-    if crs_obj is not None:
-        profile.update(crs=crs_obj, transform=transform)
-    if nodata is not None:
-        profile["nodata"] = nodata
-    profile.update(creation)  # GDAL creation options, e.g. blockysize=1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if tags:
-            dst.update_tags(**tags)
-    return path
-
-
 @pytest.fixture
 def raster_factory(tmp_path):
     def factory(name: str = "scene.tif", **kw) -> Path:
         return make_raster(tmp_path / "archive" / name, **kw)
 
     return factory
-
-
-def load_bench(name: str):
-    """A bench/ script as a module, without putting bench/ on sys.path (its search.py would
-    shadow the search package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

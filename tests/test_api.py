@@ -250,7 +250,8 @@ def test_refuses_an_index_of_another_encoder(real_index, settings):
 
 
 def test_times_are_utc(engine):
-    from search.engine import Filters, Query
+    from indexer.store.tiles import Filters
+    from search.query import Query
 
     rows = engine.search(Query(text="x", k=3, filters=Filters(
         start=datetime(2009, 1, 1, tzinfo=UTC), end=datetime(2009, 12, 31, tzinfo=UTC))))

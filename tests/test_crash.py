@@ -109,8 +109,8 @@ def test_sigkill_then_resume(tmp_path, settings, encoder):
     snap = IndexSnapshot.open(idx)
     at_kill = snap.ntotal
     assert 0 < at_kill < len(expected)
-    (src,) = snap.manifest["sources"].values()
-    assert src["status"] == "partial"
+    (src,) = snap.sources.values()
+    assert src.status == "partial"
     ids = snap.tiles(["id"])["id"].to_numpy()
     _, found = snap.search(snap.get_vectors(ids[-5:]), 1)
     assert (found[:, 0] == ids[-5:]).all()
@@ -126,10 +126,10 @@ def test_sigkill_then_resume(tmp_path, settings, encoder):
     assert len(ids) == len(set(ids)) == snap.ntotal
     assert {(r["z"], r["x"], r["y"]) for r in rows} == expected
     assert len(rows) == len(expected)
-    (src,) = snap.manifest["sources"].values()
-    assert src["status"] == "complete" and src["tiles"] == len(expected)
+    (src,) = snap.sources.values()
+    assert src.complete and src.tiles == len(expected)
     # Garbage from the killed run is gone: every part on disk is named by the manifest.
-    named = {p["name"] for p in snap.manifest["parts"]}
+    named = {p.name for p in snap.manifest.parts}
     assert {f.name for f in (idx / TILES_DIR).iterdir()} == named
     assert {f.name for f in (idx / THUMBS_DIR).iterdir()} == named
     # Float16 copies match the FAISS index for every live id.

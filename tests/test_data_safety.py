@@ -173,10 +173,10 @@ def _interrupt_then_resume(interrupt_world, encoder, idx, call):
     assert first.interrupted
     snap = IndexSnapshot.open(idx)
     done = {(r["source"], r["z"], r["x"], r["y"]) for r in snap.tiles().to_pylist()}
-    for src in snap.manifest["sources"].values():
-        if src["status"] == "complete":  # complete means every tile of it is committed
-            theirs = {t for t in expected if t[0] == src["path"]}
-            assert theirs <= done, f"{src['path']} marked complete with tiles missing"
+    for src in snap.sources.values():
+        if src.complete:  # complete means every tile of it is committed
+            theirs = {t for t in expected if t[0] == src.path}
+            assert theirs <= done, f"{src.path} marked complete with tiles missing"
     report = IndexJob(idx, s, encoder, progress=False).run([str(d / "archive")])
     assert not report.interrupted and not report.problems
     snap = IndexSnapshot.open(idx)
@@ -184,7 +184,7 @@ def _interrupt_then_resume(interrupt_world, encoder, idx, call):
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == snap.ntotal
     assert sorted((r["source"], r["z"], r["x"], r["y"]) for r in rows) == expected
-    assert all(v["status"] == "complete" for v in snap.manifest["sources"].values())
+    assert all(v.complete for v in snap.sources.values())
 
 
 class _SignallingEncoder(_InterruptingEncoder):
@@ -230,9 +230,11 @@ def test_deferred_interrupts_off_the_main_thread_is_a_plain_block():
     assert out == [True]
 
 
-_COMMIT_STEPS = ["indexer.store.writer.VectorFileWriter.write_at", "indexer.store.writer._write_parquet",
-                 "indexer.store.writer.faiss.serialize_index", "indexer.store.writer.atomic_write_bytes",
-                 "indexer.store.writer.fsync_dir", "indexer.store.writer.write_manifest"]
+_COMMIT_STEPS = ["indexer.store.writer.VectorFileWriter.write_at",
+                 "indexer.store.parts.write_parquet",
+                 "indexer.store.vector_index.faiss.serialize_index",
+                 "indexer.store.writer.atomic_write_bytes", "indexer.store.writer.fsync_dir",
+                 "indexer.store.writer.write_manifest"]
 
 
 @pytest.mark.parametrize("step", _COMMIT_STEPS)
@@ -286,7 +288,7 @@ def test_part_directories_are_fsynced_before_the_manifest_names_them(tmp_path, m
     monkeypatch.setattr(writer_mod, "fsync_dir",
                         lambda p: (events.append(("fsync", p.name)), real_fsync(p)))
     monkeypatch.setattr(writer_mod, "write_manifest",
-                        lambda d, m: (events.append(("manifest", m["generation"])),
+                        lambda d, m: (events.append(("manifest", m.generation)),
                                       real_write(d, m)))
     with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
         events.clear()

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from rasterio.transform import from_origin
 
+from indexer.config import TileRecipe
 from indexer.job.pipeline import IndexJob
 from search import cli as serve_cli
 from search.engine import SearchEngine
@@ -74,8 +75,8 @@ def test_decoding_is_bounded_to_the_tile(monkeypatch, engine, settings):
     buf = io.BytesIO()
     Image.new("RGB", (4096, 3072), (10, 200, 30)).save(buf, format="JPEG")
     seen.clear()
-    tile = images.decode_query_image(buf.getvalue(), 64, settings.tiling,
-                                     ("png", "jpeg", "tiff"), 16)
+    recipe = TileRecipe.from_tiling(settings.tiling, 64)
+    tile = images.decode_query_image(buf.getvalue(), recipe, ("png", "jpeg", "tiff"), 16)
     assert tile.shape == (3, 64, 64)
     assert seen and max(w * h for w, h in seen) <= 512 * 384
 

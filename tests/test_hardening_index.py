@@ -21,14 +21,18 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from indexer import cli
-from indexer.config import ConfigError, load_settings
+from indexer.config import load_settings
+from indexer.configfile import ConfigError
 from indexer.job.pipeline import IndexJob
+from indexer.job.plan import plan_sources
 from indexer.job.read import TileDataset
+from indexer.job.report import JobReport
 from indexer.rasters.discovery import discover
 from indexer.rasters.grid import lon_spans
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.writer import IndexWriter
 from tests.conftest import OFFLINE_CONFIG, make_raster, run_cli
+from tests.helpers import snapshot_sql
 
 
 def _with(settings, **sections):
@@ -209,10 +213,10 @@ def test_runaway_raster_is_a_one_line_skip(tmp_path, settings, encoder):
 def test_plans_are_lazy_memory_does_not_grow_with_tiles(tmp_path, settings, encoder):
     giant = _sparse_giant(tmp_path / "a" / "giant.tif")
     s = _with(settings, job={"max_tiles_per_raster": 10**9})
-    job = IndexJob(tmp_path / "idx", s, encoder, progress=False, log=lambda m: None)
-    report = __import__("indexer.job.report").job.report.JobReport()
+    report = JobReport()
     with IndexWriter(tmp_path / "idx", encoder.identity, s.store) as w:
-        plans, pendings = job._plan(w, discover([str(giant)], s.discovery)[0], report)
+        plans, pendings = plan_sources(w, discover([str(giant)], s.discovery)[0], s,
+                                       encoder.image_size, report, problem=print)
     ds = TileDataset(plans, encoder.image_size, s.tiling, s.job)
     assert len(ds) == pendings[0].remaining > 2_000_000
     assert len(pickle.dumps(ds)) < 20_000  # what each worker process receives
@@ -238,7 +242,7 @@ def test_deep_json_and_a_bad_collection_item_do_not_sink_the_run(tmp_path, setti
     assert report.rasters_indexed == 2, report.problems
     (p,) = report.problems
     assert "items.json (feature 0)" in str(p)
-    rows = IndexSnapshot.open(tmp_path / "idx").sql(
+    rows = snapshot_sql(IndexSnapshot.open(tmp_path / "idx"),
         "SELECT source, any_value(sensor) AS s FROM tiles GROUP BY 1").to_pylist()
     sensors = {r["source"]: r["s"] for r in rows}
     assert sensors[str(other)] == "sat-1" and str(good) in sensors
@@ -468,7 +472,7 @@ def test_gdal_and_faiss_warnings_become_one_summary_line(tmp_path, capfd):
                    "-q"])
     err = capfd.readouterr().err
     assert rc == 0, err
-    assert "IVF-PQ" in IndexSnapshot.open(tmp_path / "idx").manifest["index"]["chosen"]
+    assert "IVF-PQ" in IndexSnapshot.open(tmp_path / "idx").manifest.index.chosen
     assert "CPLE_" not in err.replace(err.split("(first: ")[-1], "") and "WARNING" not in err
     (summary,) = [ln for ln in err.splitlines() if "warning(s) from GDAL/FAISS" in ln]
     count = int(summary.split("satfind-index: ")[1].split(" ")[0])

@@ -13,6 +13,7 @@ from PIL import Image
 
 from indexer.job.pipeline import IndexJob
 from indexer.store.snapshot import IndexSnapshot
+from tests.helpers import snapshot_sql
 
 NAIP_2009 = "naip_nd_20090818.tif"
 NAIP_2014 = "naip_nd_20140720.tif"
@@ -30,7 +31,7 @@ def test_all_six_rasters_index(real_index, shared_geotiff):
         per_source[src] = per_source.get(src, 0) + 1
     expected = {str(p.resolve()) for p in shared_geotiff.glob("*.tif")}
     assert set(per_source) == expected
-    assert all(e["status"] == "complete" for e in snap.manifest["sources"].values())
+    assert all(e.complete for e in snap.sources.values())
     ids = tiles["id"].to_numpy()
     assert len(np.unique(ids)) == len(ids)
 
@@ -45,7 +46,7 @@ def test_parquet_bounds_equal_mercantile_bounds(real_index):
 
 def test_metadata_time_sensor_gsd(real_index):
     snap = IndexSnapshot.open(real_index[0])
-    rows = snap.sql(
+    rows = snapshot_sql(snap,
         "SELECT regexp_extract(source, '[^/]+$') AS f, any_value(acquired) AS t, "
         "any_value(sensor) AS sensor, min(gsd_m) AS g, min(native_gsd_m) AS ng, count(*) AS n "
         "FROM tiles GROUP BY f ORDER BY f").to_pylist()

@@ -92,8 +92,8 @@ def test_truncated_geotiff(tmp_path, settings, encoder, capsys, cut_bytes, when)
     assert ("cannot read tile" in line) == (when == "stream")
     assert _sources(tmp_path) == {"good.tif"}
     assert report.tiles_written == IndexSnapshot.open(tmp_path / "idx").ntotal
-    assert all("cut.tif" not in e["path"]
-               for e in IndexSnapshot.open(tmp_path / "idx").manifest["sources"].values())
+    assert all("cut.tif" not in e.path
+               for e in IndexSnapshot.open(tmp_path / "idx").sources.values())
 
 
 def _stac_item(path, href: str, when: str = "2021-05-06T07:08:09Z"):

@@ -14,6 +14,7 @@ from indexer import cli
 from indexer.job.pipeline import IndexJob
 from indexer.store.snapshot import IndexSnapshot
 from tests.conftest import OFFLINE_CONFIG
+from tests.helpers import snapshot_sql
 
 
 def _with(settings, **sections):
@@ -45,7 +46,7 @@ def test_time_from_tiff_tag_then_file_name(tmp_path, settings, encoder, raster_f
     raster_factory("nodate.tif", size=128, lon=12.05)
     report = _run(tmp_path, settings, encoder, [tmp_path / "archive"])
     assert report.rasters_indexed == 3
-    times = IndexSnapshot.open(tmp_path / "idx").sql(
+    times = snapshot_sql(IndexSnapshot.open(tmp_path / "idx"),
         "SELECT DISTINCT regexp_extract(source, '[^/]+$') AS f, acquired FROM tiles").to_pylist()
     got = {r["f"]: r["acquired"] for r in times}
     assert got == {"a.tif": datetime(2021, 6, 3, 10, 20, 30, tzinfo=UTC),
@@ -99,7 +100,7 @@ def test_changed_file_replaces_its_tiles(tmp_path, settings, encoder, raster_fac
     assert second.rasters_replaced == 1 and second.rasters_indexed == 1
     snap2 = IndexSnapshot.open(tmp_path / "idx")
     assert snap2.ntotal == first.tiles_written == second.tiles_written
-    assert len(snap2.manifest["sources"]) == 1
+    assert len(snap2.sources) == 1
     old_ids = set(snap1.tiles(["id"])["id"].to_pylist())
     assert old_ids.isdisjoint(snap2.tiles(["id"])["id"].to_pylist())
 
@@ -125,7 +126,7 @@ def test_cli_remove(tmp_path, settings, encoder, raster_factory, capsys):
                      "-q"]) == 0
     assert "removed" in capsys.readouterr().out
     snap = IndexSnapshot.open(idx)
-    assert {s["path"] for s in snap.manifest["sources"].values()} == {str(keep)}
+    assert {s.path for s in snap.sources.values()} == {str(keep)}
     assert set(snap.tiles(["source"])["source"].to_pylist()) == {str(keep)}
     assert cli.main(["--remove", str(drop), "--index", idx, "--config", str(OFFLINE_CONFIG),
                      "-q"]) == 1
@@ -156,6 +157,6 @@ def test_any_crs_in(tmp_path, settings, encoder, raster_factory, crs, res):
     raster_factory("r.tif", crs=crs, res=res, size=256)
     report = _run(tmp_path, settings, encoder, [tmp_path / "archive"])
     assert report.rasters_indexed == 1 and report.tiles_written >= 4
-    (src,) = IndexSnapshot.open(tmp_path / "idx").manifest["sources"].values()
-    assert src["native_gsd_m"] == pytest.approx(5.0, rel=0.1)
-    assert src["zoom"] == 16  # ~6.9 m tile pixels at 43.5 N: nearest to the 5 m target
+    (src,) = IndexSnapshot.open(tmp_path / "idx").sources.values()
+    assert src.native_gsd_m == pytest.approx(5.0, rel=0.1)
+    assert src.zoom == 16  # ~6.9 m tile pixels at 43.5 N: nearest to the 5 m target

@@ -14,6 +14,7 @@ import pytest
 from tests import chaos
 from tests.bombs import allowed_heavy_png, bomb_corpus
 from tests.conftest import OFFLINE_CONFIG
+from tests.helpers import mark_complete
 
 KILLS = 20
 
@@ -98,7 +99,7 @@ def test_kill_trials_detect_a_broken_index(tmp_path, n):
     with IndexWriter(tmp_path, ident, StoreSettings()) as w:
         rows = _rows(4, "a")
         w.add(rows, np.eye(4, 16, dtype=np.float32), [b""] * 4)
-        w.set_source("a", {"path": "/data/a.tif", "status": "complete"})
+        mark_complete(w, "a")
         w.commit()
     expected = {(r["source"], r["z"], r["x"], r["y"]) for r in _rows(5, "a")}
     with pytest.raises(AssertionError, match="complete with tiles missing"):

@@ -12,6 +12,7 @@ from indexer.config import Settings, StoreSettings
 from indexer.store.writer import IndexWriter
 from search.engine import Filters, SearchEngine
 from search.settings import SearchSettings, ServeConfig
+from tests.helpers import mark_complete, snapshot_sql
 from tests.test_store import _rows
 
 DIM = 64
@@ -35,7 +36,7 @@ def _build(path, vectors, store: StoreSettings) -> None:
             chunk = vectors[start:start + 5000]
             key = f"src{start // 5000}"
             w.add(_rows(len(chunk), key, start), chunk, [b""] * len(chunk))
-            w.set_source(key, {"path": f"/data/{key}.tif", "status": "complete"})
+            mark_complete(w, key)
             w.commit()
 
 
@@ -54,8 +55,8 @@ def engines(tmp_path_factory):
 
 def test_ivfpq_top10_agrees_with_flat(engines):
     flat, ivf = engines
-    assert flat.snapshot.manifest["index"]["factory"] == "Flat"
-    assert ivf.snapshot.manifest["index"]["factory"].startswith("IVF")
+    assert flat.snapshot.manifest.index.factory == "Flat"
+    assert ivf.snapshot.manifest.index.factory.startswith("IVF")
     queries = clustered(100, seed=2)
     agree = []
     for q in queries:
@@ -74,7 +75,7 @@ def test_filtered_search_is_exact_over_the_filter(engines, bbox):
     f = Filters(bbox=bbox)
     snap = flat.snapshot
     where, params = f.sql()
-    keep = snap.sql(f"SELECT id FROM tiles WHERE {where}", params)["id"].to_numpy()
+    keep = snapshot_sql(snap, f"SELECT id FROM tiles WHERE {where}", params)["id"].to_numpy()
     assert 0 < len(keep) < snap.ntotal
     broad = len(keep) > 2000  # the engine's exact_max_candidates here
     assert broad == (bbox[2] == -130.0)

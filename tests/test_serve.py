@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from search.client import SatfindClient
-from tests.conftest import OFFLINE_CONFIG, load_bench
-
-api_load = load_bench("api_load")
+from tests import chaos
+from tests.conftest import OFFLINE_CONFIG
+from tests.load import run_load
 
 
 def test_serve_and_bounded_load(real_index):
-    port = api_load.free_port()
-    proc = api_load.start_server(str(real_index[0]), str(OFFLINE_CONFIG), port)
+    port = chaos.free_port()
+    proc = chaos.start_server(real_index[0], OFFLINE_CONFIG, port)
     try:
         url = f"http://127.0.0.1:{port}"
         with SatfindClient(url) as c:
@@ -19,7 +19,7 @@ def test_serve_and_bounded_load(real_index):
             assert res["count"] == 3
             tid = res["results"][0]["id"]
             assert c.similar(tid, k=1)["results"][0]["id"] == tid
-        lat, errors, _ = api_load.run_load(url, clients=4, duration=3.0, max_requests=200)
+        lat, errors, _ = run_load(url, clients=4, duration=3.0, max_requests=200)
         assert sum(len(v) for v in lat.values()) > 0
         assert sum(errors.values()) == 0
         assert set(lat) <= {"text_cached", "text_uncached", "similar", "text_filtered"}

@@ -17,6 +17,7 @@ from indexer.errors import IndexError_
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.writer import IndexWriter
 from tests.conftest import ROOT
+from tests.helpers import mark_complete
 
 DIM = 16
 IDENT = EncoderIdentity("fake", "c" * 64, "w" * 64, DIM, 64)
@@ -43,7 +44,7 @@ def _vecs(n: int, seed: int) -> np.ndarray:
 def _add(w: IndexWriter, n: int, key: str, seed: int) -> np.ndarray:
     v = _vecs(n, seed)
     w.add(_rows(n, key), v, [b"jpeg"] * n)
-    w.set_source(key, {"path": f"/data/{key}.tif", "status": "complete"})
+    mark_complete(w, key)
     return v
 
 
@@ -54,7 +55,7 @@ def test_uncommitted_work_is_invisible_and_vectors_file_is_npy(tmp_path):
         _add(w, 5, "b", 1)  # never committed
     snap = IndexSnapshot.open(tmp_path)
     assert snap.ntotal == 10 and snap.tiles().num_rows == 10
-    assert set(snap.manifest["sources"]) == {"a"}
+    assert set(snap.sources) == {"a"}
     assert np.allclose(np.load(tmp_path / "vectors.f16.npy"), v, atol=1e-3)
     # the next writer truncates the uncommitted float16 rows and starts ids after 10
     with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
@@ -70,11 +71,11 @@ def test_flat_switches_to_ivfpq_and_keeps_ids(tmp_path):
     with IndexWriter(tmp_path, IDENT, st) as w:
         _add(w, 600, "a", 0)
         w.commit()
-        assert w.m["index"]["factory"] == "Flat"
+        assert w.m.index.factory == "Flat"
         _add(w, 600, "b", 1)
         w.commit()
     snap = IndexSnapshot.open(tmp_path)
-    info = snap.manifest["index"]
+    info = dataclasses.asdict(snap.manifest.index)
     assert info["factory"] == "IVF8,PQ4" and "IVF-PQ" in info["chosen"]
     assert snap.ntotal == 1200
     # exact search over candidates from IVF-PQ: the query's own tile is among the top 10
@@ -89,12 +90,12 @@ def test_remove_source_everywhere(tmp_path):
         _add(w, 20, "a", 0)
         _add(w, 30, "b", 1)
         w.commit()
-        assert w.remove_source("a") == 20
+        assert w.remove("a") == 20
         w.commit()
     snap = IndexSnapshot.open(tmp_path)
     assert snap.ntotal == 30
     assert set(snap.tiles(["source_key"])["source_key"].to_pylist()) == {"b"}
-    assert set(snap.manifest["sources"]) == {"b"}
+    assert set(snap.sources) == {"b"}
     kept = snap.tiles(["id"])["id"].to_numpy()
     assert snap.thumbnail(int(kept[0])) == b"jpeg"
     _, found = snap.search(snap.get_vectors(np.arange(20)), 5)  # removed vectors are gone
@@ -154,13 +155,13 @@ def test_ivf_is_retrained_as_the_index_grows(tmp_path):
     with IndexWriter(tmp_path, IDENT, st) as w:
         _add(w, 1200, "a", 0)
         w.commit()
-        first = dict(w.m["index"])
+        first = dataclasses.asdict(w.m.index)
         _add(w, 600, "b", 1)  # 1800 < 2 x 1200: keeps its lists
         w.commit()
-        assert w.m["index"]["trained_at"] == first["trained_at"] == 1200
+        assert w.m.index.trained_at == first["trained_at"] == 1200
         _add(w, 700, "c", 2)  # 2500 >= 2 x 1200: re-trained on everything
         w.commit()
-        info = w.m["index"]
+        info = dataclasses.asdict(w.m.index)
     assert info["trained_at"] == 2500 and "re-trained" in info["chosen"]
     assert info["nlist"] > first["nlist"]
     snap = IndexSnapshot.open(tmp_path)

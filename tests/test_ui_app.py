@@ -6,20 +6,19 @@ from datetime import date
 
 import pytest
 
-from tests.conftest import OFFLINE_CONFIG, ROOT, load_bench
+from tests import chaos
+from tests.conftest import OFFLINE_CONFIG, ROOT
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
-
-api_load = load_bench("api_load")
 
 APP = str(ROOT / "ui" / "app.py")
 
 
 @pytest.fixture(scope="module")
 def api(real_index):
-    port = api_load.free_port()
-    proc = api_load.start_server(str(real_index[0]), str(OFFLINE_CONFIG), port)
+    port = chaos.free_port()
+    proc = chaos.start_server(real_index[0], OFFLINE_CONFIG, port)
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)
@@ -88,7 +87,7 @@ def test_date_filter_narrows(monkeypatch, api):
 
 
 def test_api_down_shows_the_error_state(monkeypatch):
-    at = _app(monkeypatch, f"http://127.0.0.1:{api_load.free_port()}")
+    at = _app(monkeypatch, f"http://127.0.0.1:{chaos.free_port()}")
     assert len(at.error) == 1 and "not reachable" in at.error[0].value
     assert not at.exception
 
@@ -110,8 +109,8 @@ def test_empty_index_state(monkeypatch, tmp_path, encoder):
 
     with IndexWriter(tmp_path / "empty", encoder.identity, StoreSettings()) as w:
         w.commit()
-    port = api_load.free_port()
-    proc = api_load.start_server(str(tmp_path / "empty"), str(OFFLINE_CONFIG), port)
+    port = chaos.free_port()
+    proc = chaos.start_server(tmp_path / "empty", OFFLINE_CONFIG, port)
     try:
         at = _app(monkeypatch, f"http://127.0.0.1:{port}")
         assert len(at.info) == 1 and "index is empty" in at.info[0].value

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import OFFLINE_CONFIG, ROOT, load_bench
+from tests import chaos
+from tests.conftest import OFFLINE_CONFIG, ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -24,7 +25,6 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 from ui.cli import streamlit_command  # noqa: E402
 
-api_load = load_bench("api_load")
 ARTIFACTS = ROOT / "test-artifacts"
 K = 12  # the explorer's default k
 
@@ -41,8 +41,8 @@ def _wait(predicate, timeout_s: float, what: str):
 
 @pytest.fixture
 def servers(real_index):
-    api_port, ui_port = api_load.free_port(), api_load.free_port()
-    api = api_load.start_server(str(real_index[0]), str(OFFLINE_CONFIG), api_port)
+    api_port, ui_port = chaos.free_port(), chaos.free_port()
+    api = chaos.start_server(real_index[0], OFFLINE_CONFIG, api_port)
     ui = subprocess.Popen(streamlit_command(f"http://127.0.0.1:{api_port}", "127.0.0.1",
                                             ui_port), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)

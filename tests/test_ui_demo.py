@@ -11,10 +11,10 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import OFFLINE_CONFIG, ROOT, load_bench
+from tests import chaos
+from tests.conftest import OFFLINE_CONFIG, ROOT
 
 pytest.importorskip("streamlit")
-api_load = load_bench("api_load")
 
 
 def _get(url: str) -> str | None:
@@ -26,7 +26,7 @@ def _get(url: str) -> str | None:
 
 
 def test_demo_starts_both_and_stops_both(real_index):
-    port = api_load.free_port()
+    port = chaos.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ui.demo", "--index", str(real_index[0]), "--config",
          str(OFFLINE_CONFIG), "--port", str(port)],

@@ -93,7 +93,7 @@ def train_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from encoder.identity import EncoderError
-    from indexer.config import ConfigError
+    from indexer.configfile import ConfigError
     from training.photos import PairError
     from training.settings import load_train_config
     from training.teacher import PhotoError

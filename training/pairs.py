@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,6 @@ import mercantile
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import rasterio
 from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,13 +28,13 @@ from indexer.config import Settings
 from indexer.errors import InputError
 from indexer.job.read import worker_init
 from indexer.rasters.discovery import discover
+from indexer.rasters.grid import Window
 from indexer.rasters.inspect import RasterInfo, inspect_raster
-from indexer.rasters.reader import read_mercator_window
+from indexer.rasters.reader import RasterReader
 from training.photos import PairError, Photo
 from training.samples import Sample, build_samples
 
 PAIRS_VERSION = 2
-OPEN_RASTERS = 8  # per reading process
 PROGRESS_EVERY = 2048  # samples between saved reading positions
 VAL_BLOCK_PATCHES = 4  # validation is held out by map blocks this many patches wide
 
@@ -116,26 +114,17 @@ def _run_key(photos: list[Photo], rasters: list[RasterInfo], settings: Settings,
 
 class PatchDataset(Dataset):
     """Item k: sample k's patch from the first candidate raster where it has enough valid
-    pixels, or why there is none. Each worker keeps a few rasters open."""
+    pixels, or why there is none. Each worker reads through its own RasterReader."""
 
     def __init__(self, samples: list[Sample], photos: list[Photo], rasters: list[RasterInfo],
                  tiling, window_days: float, start: int = 0):
         self.samples, self.photos, self.rasters = samples, photos, rasters
         self.tiling, self.window_days, self.start = tiling, window_days, start
         self.bounds = [_mercator_bounds(r) for r in rasters]
-        self._open: OrderedDict[int, rasterio.DatasetReader] = OrderedDict()
+        self._reader: RasterReader | None = None  # made in the process that reads
 
     def __len__(self) -> int:
         return len(self.samples) - self.start
-
-    def _handle(self, i: int):
-        if i in self._open:
-            self._open.move_to_end(i)
-            return self._open[i]
-        while len(self._open) >= OPEN_RASTERS:
-            self._open.popitem(last=False)[1].close()
-        self._open[i] = rasterio.open(self.rasters[i].path)
-        return self._open[i]
 
     def __getitem__(self, item: int) -> dict:
         k = self.start + item
@@ -148,8 +137,10 @@ class PatchDataset(Dataset):
         error = None
         for i in cands:
             try:
-                read = read_mercator_window(self._handle(i), self.rasters[i], self.tiling,
-                                            s.left, s.top, s.res, s.size)
+                if self._reader is None:
+                    self._reader = RasterReader(self.tiling)
+                read = self._reader.read(self.rasters[i],
+                                         Window.square(s.left, s.top, s.res, s.size))
             except (RasterioError, OSError) as e:
                 error = f"{self.rasters[i].path}: {str(e).splitlines()[0] if str(e) else e!r}"
                 continue

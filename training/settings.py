@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.config import ConfigError, Settings, load_settings, ranged, read_sections
+from indexer.config import Settings, load_settings
+from indexer.configfile import ConfigError, ranged, read_sections
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from encoder.checkpoints import sidecar_path, state_dict_sha256, text_tower_sha256
 from encoder.model import SatelliteEncoder
 from encoder.tokens import image_tokens, token_grid
+from indexer.critical import stop_between_steps
 from training.batches import make_batch, micro_batch_indices
 from training.losses import image_level_loss, pixel_level_loss
 from training.pairs import PairSet, build_pairs, raster_catalogue
@@ -121,31 +120,6 @@ def retrieval_recall_at_1(student: torch.nn.Module, encoder: SatelliteEncoder, p
 
 
 # -- the run -------------------------------------------------------------------------------
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM (a preempted job) asks the loop to stop after the current
-    step, so the checkpoint it saves is exactly that step's state; a second Ctrl-C stops at
-    once. Signal handlers can only be set from the main thread; elsewhere this is a no-op."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
 
 class Trainer:
     def __init__(self, settings, train: TrainSettings, progress: bool = True):
@@ -266,9 +240,8 @@ class Trainer:
 
         bar = tqdm(total=tr.steps, initial=step, disable=not self.progress, unit="step",
                    desc="GRAFT")
-        stop = StopRequest()
         try:
-            with stop:
+            with stop_between_steps() as stop:
                 while step < tr.steps and not stop.requested:
                     metrics = self._step(step, pairs, grid, student, ground, logit_scale, opt,
                                          sched, scaler, use_amp, amp_dtype, teacher)

@@ -9,10 +9,8 @@ import io
 import os
 import signal
 import sys
-from collections import OrderedDict
 from dataclasses import dataclass
 
-import mercantile
 import numpy as np
 import torch
 from PIL import Image
@@ -21,11 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from indexer.config import JobSettings, TilingSettings
 from indexer.logs import captured
-from indexer.rasters.grid import TileBlock
+from indexer.rasters.grid import TileBlock, block_window, tile_window
 from indexer.rasters.inspect import RasterInfo
-from indexer.rasters.reader import TileReader
+from indexer.rasters.reader import RasterReader
 
-OPEN_READERS = 8  # per worker process
 PR_SET_PDEATHSIG = 1
 
 
@@ -59,21 +56,10 @@ class TileDataset(Dataset):
         self.plans, self.px = plans, tile_px
         self.tiling, self.job = tiling, job
         self._starts = np.cumsum([0] + [p.block.count for p in plans]).tolist()
-        self._readers: OrderedDict[int, TileReader] = OrderedDict()
+        self._reader: RasterReader | None = None  # made in the process that reads
 
     def __len__(self) -> int:
         return self._starts[-1]
-
-    def _reader(self, r: int) -> TileReader:
-        if r in self._readers:
-            self._readers.move_to_end(r)
-            return self._readers[r]
-        while len(self._readers) >= OPEN_READERS:
-            self._readers.popitem(last=False)[1].close()
-        plan = self.plans[r]
-        reader = TileReader(plan.info, plan.block, self.px, self.tiling)
-        self._readers[r] = reader
-        return reader
 
     def __getitem__(self, i: int) -> dict:
         r = bisect.bisect_right(self._starts, i) - 1
@@ -87,7 +73,11 @@ class TileDataset(Dataset):
             return item
         try:
             with captured() as item["warnings"]:
-                read = self._reader(r).read(mercantile.Tile(x, y, z))
+                if self._reader is None:
+                    self._reader = RasterReader(self.tiling)
+                read = self._reader.read(plan.info, tile_window(z, x, y, self.px,
+                                                                plan.block.src_shift),
+                                         grid=block_window(plan.block, self.px))
         except (RasterioError, OSError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             item["error"] = f"cannot read tile {z}/{x}/{y} (truncated or corrupt file?): {msg}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import mercantile
+from affine import Affine
 
 from indexer.config import TilingSettings
 
@@ -117,3 +118,53 @@ def raster_blocks(info: RasterInfo, zoom: int) -> list[TileBlock]:
         if x1 >= x0 and y1 >= y0:
             out.append(TileBlock(zoom, x0, y0, x1, y1, shift))
     return out
+
+
+def block_window(block: TileBlock, tile_px: int) -> Window:
+    """The EPSG:3857 pixel grid of a whole block of tiles (tile_px pixels per tile)."""
+    tile_m = WORLD_M / 2**block.zoom
+    res = tile_m / tile_px
+    return Window(-ORIGIN + block.x0 * tile_m, ORIGIN - block.y0 * tile_m, res,
+                  block.width * tile_px, (block.y1 - block.y0 + 1) * tile_px, block.src_shift)
+
+
+def tile_window(zoom: int, x: int, y: int, tile_px: int, shift: float | None = None) -> Window:
+    """The EPSG:3857 window of tile z/x/y at tile_px pixels."""
+    tile_m = WORLD_M / 2**zoom
+    return Window.square(-ORIGIN + x * tile_m, ORIGIN - y * tile_m, tile_m / tile_px, tile_px,
+                         shift)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window in EPSG:3857: top-left corner (metres), metres per pixel, size in pixels.
+    `shift`: the x shift (source CRS units) under which the source covers the window (see
+    RasterInfo.spans); None = the span that holds the window's centre."""
+
+    left: float
+    top: float
+    res: float
+    width: int
+    height: int
+    shift: float | None = None
+
+    @classmethod
+    def square(cls, left: float, top: float, res: float, size: int,
+               shift: float | None = None) -> Window:
+        return cls(left, top, res, size, size, shift)
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(self.res, 0.0, self.left, 0.0, -self.res, self.top)
+
+    def offset_in(self, grid: Window) -> tuple[int, int] | None:
+        """(col, row) of this window inside `grid` when it is an integer window of it."""
+        if not math.isclose(self.res, grid.res, rel_tol=1e-12):
+            return None
+        col, row = (self.left - grid.left) / grid.res, (grid.top - self.top) / grid.res
+        c, r = round(col), round(row)
+        if abs(col - c) > 1e-6 or abs(row - r) > 1e-6:
+            return None
+        if c < 0 or r < 0 or c + self.width > grid.width or r + self.height > grid.height:
+            return None
+        return c, r

@@ -1,81 +1,111 @@
-"""Web-mercator tiling: zoom choice from the target ground pixel size, the tile grid of a
-raster, and windowed reads of aligned tiles through a WarpedVRT (any CRS in)."""
+"""`RasterReader`: THE way pixels leave a raster. Any EPSG:3857 window of any raster (any
+CRS in, warped through GDAL's WarpedVRT), with the configured bands, scaling and valid-pixel
+rule, as a uint8 `Patch`. Index tiles, GRAFT training patches and georeferenced query images
+all come through here, so they look alike.
+
+One cache of open datasets (least recently used closed first). Windows on a common pixel
+grid (the tiles of one block) name that grid: the reader keeps one warped view of it, and
+each window is an integer window of that view, so GDAL warps only what is read.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
-import mercantile
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
-from rasterio.windows import Window
+from rasterio.windows import Window as PixelWindow
 
 from indexer.config import TilingSettings
-from indexer.rasters.grid import ORIGIN, WORLD_M, TileBlock
+from indexer.rasters.grid import METRES_PER_DEGREE, Window
 from indexer.rasters.inspect import RasterInfo
 from indexer.rasters.scaling import to_uint8, valid_mask
 
+OPEN_DATASETS = 8  # per reading process
+
 
 @dataclass(frozen=True)
-class TileRead:
-    rgb: np.ndarray  # uint8 [3, S, S]
+class Patch:
+    rgb: np.ndarray  # uint8 [3, H, W], invalid pixels 0
     nodata_fraction: float
 
 
-class TileReader:
-    """Reads aligned web-mercator tiles of one raster at one zoom.
+def _shift(info: RasterInfo, window: Window) -> float:
+    if window.shift is not None:
+        return window.shift
+    lon = (window.left + window.width * window.res / 2) / METRES_PER_DEGREE
+    for west, east, shift in info.spans:
+        if west <= lon <= east:
+            return shift
+    return info.spans[0][2] if info.spans else 0.0
 
-    One WarpedVRT spans the raster's tile range on the exact tile grid (pixel size =
-    tile width / S), so every tile is an integer window of it: GDAL warps only that window.
-    """
 
-    def __init__(self, info: RasterInfo, block: TileBlock, tile_px: int, tiling: TilingSettings):
-        self.info, self.zoom, self.px, self.tiling = info, block.zoom, tile_px, tiling
-        zoom = block.zoom
-        self.x0, self.y0 = block.x0, block.y0
-        nx, ny = block.width, block.y1 - block.y0 + 1
-        tile_m = WORLD_M / 2**zoom
-        res = tile_m / tile_px
-        transform = Affine(res, 0.0, -ORIGIN + self.x0 * tile_m, 0.0, -res,
-                           ORIGIN - self.y0 * tile_m)
-        self._src = rasterio.open(info.path)
+class RasterReader:
+    def __init__(self, tiling: TilingSettings, max_open: int = OPEN_DATASETS):
+        self.tiling, self.max_open = tiling, max_open
+        self._datasets: OrderedDict[str, rasterio.DatasetReader] = OrderedDict()
+        self._views: OrderedDict[tuple[str, Window], WarpedVRT] = OrderedDict()
+
+    def read(self, info: RasterInfo, window: Window, grid: Window | None = None) -> Patch:
+        """The window's pixels, scaled to uint8, invalid pixels zeroed and counted. `grid`:
+        a larger window on the same pixel grid that holds `window` (e.g. its block of
+        tiles), read through one cached warped view."""
+        if grid is not None and (offset := window.offset_in(grid)) is not None:
+            vrt = self._view(info, grid)
+            col, row = offset
+            return self._read(vrt, PixelWindow(col, row, window.width, window.height), info)
+        with self._warp(info, window) as vrt:
+            return self._read(vrt, None, info)
+
+    def _read(self, vrt: WarpedVRT, win: PixelWindow | None, info: RasterInfo) -> Patch:
+        data = vrt.read(list(self.tiling.bands), window=win)
+        valid = valid_mask(data, vrt.dataset_mask(window=win), self.tiling)
+        rgb = to_uint8(data, info.scale_lo, info.scale_hi)
+        if not valid.all():
+            rgb = np.where(valid[None], rgb, np.uint8(0))
+        return Patch(rgb=rgb, nodata_fraction=float(1.0 - valid.mean()))
+
+    def _dataset(self, path: str) -> rasterio.DatasetReader:
+        if path in self._datasets:
+            self._datasets.move_to_end(path)
+            return self._datasets[path]
+        while len(self._datasets) >= self.max_open:
+            old, src = self._datasets.popitem(last=False)
+            for key in [k for k in self._views if k[0] == old]:
+                self._views.pop(key).close()
+            src.close()
+        self._datasets[path] = rasterio.open(path)
+        return self._datasets[path]
+
+    def _warp(self, info: RasterInfo, window: Window) -> WarpedVRT:
+        src = self._dataset(info.path)
         shifted = {}
-        if block.src_shift:  # the source as if written in this span's longitudes
-            shifted["src_transform"] = Affine.translation(block.src_shift, 0) * self._src.transform
-        self._vrt = WarpedVRT(
-            self._src, crs="EPSG:3857", transform=transform, width=nx * tile_px,
-            height=ny * tile_px, resampling=Resampling[tiling.resampling],
-            add_alpha=info.add_alpha, **shifted,
-        )
+        shift = _shift(info, window)
+        if shift:  # the source as if written in this span's longitudes
+            shifted["src_transform"] = Affine.translation(shift, 0) * src.transform
+        return WarpedVRT(src, crs="EPSG:3857", transform=window.transform, width=window.width,
+                         height=window.height, resampling=Resampling[self.tiling.resampling],
+                         add_alpha=info.add_alpha, **shifted)
 
-    def read(self, tile: mercantile.Tile) -> TileRead:
-        win = Window((tile.x - self.x0) * self.px, (tile.y - self.y0) * self.px, self.px, self.px)
-        return _read_scaled(self._vrt, win, self.info, self.tiling)
+    def _view(self, info: RasterInfo, grid: Window) -> WarpedVRT:
+        key = (info.path, grid)
+        if key in self._views:
+            self._views.move_to_end(key)
+            return self._views[key]
+        vrt = self._warp(info, grid)  # opens (and may evict) datasets first
+        while len(self._views) >= self.max_open:
+            self._views.popitem(last=False)[1].close()
+        self._views[key] = vrt
+        return vrt
 
     def close(self) -> None:
-        self._vrt.close()
-        self._src.close()
-
-
-def _read_scaled(vrt: WarpedVRT, window: Window | None, info: RasterInfo,
-                 tiling: TilingSettings) -> TileRead:
-    """The selected bands of a window, scaled to uint8, invalid pixels zeroed and counted."""
-    data = vrt.read(list(tiling.bands), window=window)
-    valid = valid_mask(data, vrt.dataset_mask(window=window), tiling)
-    rgb = to_uint8(data, info.scale_lo, info.scale_hi)
-    if not valid.all():
-        rgb = np.where(valid[None], rgb, np.uint8(0))
-    return TileRead(rgb=rgb, nodata_fraction=float(1.0 - valid.mean()))
-
-
-def read_mercator_window(src, info: RasterInfo, tiling: TilingSettings, left: float,
-                         top: float, res: float, size: int) -> TileRead:
-    """A size x size patch of the open raster `src` on an arbitrary EPSG:3857 grid (top-left
-    corner, metres per pixel), read like a tile: same bands, scaling and nodata rules."""
-    with WarpedVRT(src, crs="EPSG:3857", transform=Affine(res, 0.0, left, 0.0, -res, top),
-                   width=size, height=size, resampling=Resampling[tiling.resampling],
-                   add_alpha=info.add_alpha) as vrt:
-        return _read_scaled(vrt, None, info, tiling)
+        for vrt in self._views.values():
+            vrt.close()
+        for src in self._datasets.values():
+            src.close()
+        self._views.clear()
+        self._datasets.clear()

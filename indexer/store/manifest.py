@@ -1,19 +1,176 @@
-"""The index manifest: its layout constants and the atomic write that is the commit."""
+"""The typed manifest: what one commit of an index holds (encoder, tile recipe, vector
+index, parts, sources, counts). Writing it (temp file + fsync + rename) is the commit.
+
+The JSON keys are the on-disk format; nothing outside `indexer.store` sees the dict.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from encoder.identity import EncoderIdentity
+from indexer.config import TileRecipe
 from indexer.errors import IndexError_
-from indexer.store.layout import FORMAT, FORMAT_VERSION, MANIFEST, PART_RE, atomic_write_bytes
+from indexer.store.layout import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PART_RE,
+    VECTORS_F16,
+    atomic_write_bytes,
+)
 
 
-def write_manifest(index_dir: Path, manifest: dict) -> None:
-    atomic_write_bytes(index_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def read_manifest(index_dir: Path) -> dict | None:
+@dataclass
+class Part:
+    """One tiles/ + thumbs/ Parquet pair: its name and the tile ids it holds."""
+
+    name: str
+    rows: int
+    id_min: int
+    id_max: int
+
+
+@dataclass
+class SourceEntry:
+    """One indexed raster. `status` is "partial" until every tile went through the job."""
+
+    path: str
+    content_sha256: str
+    size: int
+    mtime_ns: int
+    stac_item: str | None = None
+    status: str = "partial"
+    zoom: int = 0
+    gsd_m: float = 0.0
+    native_gsd_m: float = 0.0
+    acquired: str | None = None
+    sensor: str = "unknown"
+    crs: str = ""
+    tiles: int = 0
+    skipped_nodata: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+
+@dataclass
+class IndexInfo:
+    """The committed vector-index file and how it was chosen."""
+
+    file: str | None = None
+    factory: str = "Flat"
+    metric: str = "inner_product"
+    chosen: str = ""
+    ntotal: int = 0
+    nlist: int | None = None
+    pq_m: int | None = None
+    trained_on: int | None = None
+    trained_at: int | None = None
+
+
+@dataclass
+class Manifest:
+    encoder: EncoderIdentity
+    dim: int
+    generation: int = 0
+    created: str = field(default_factory=now)
+    updated: str = field(default_factory=now)
+    next_id: int = 0
+    next_part: int = 0
+    index: IndexInfo = field(default_factory=IndexInfo)
+    vectors_f16: str | None = VECTORS_F16
+    parts: list[Part] = field(default_factory=list)
+    sources: dict[str, SourceEntry] = field(default_factory=dict)
+    # None for an index written before the recipe was recorded.
+    recipe: TileRecipe | None = None
+
+    @property
+    def tiles(self) -> int:
+        return self.index.ntotal
+
+    def copy(self) -> Manifest:
+        return copy.deepcopy(self)
+
+    def to_dict(self) -> dict:
+        index = {k: v for k, v in asdict(self.index).items()
+                 if v is not None or k == "file"}
+        d = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "generation": self.generation, "created": self.created, "updated": self.updated,
+            "encoder": self.encoder.to_dict(), "dim": self.dim, "next_id": self.next_id,
+            "next_part": self.next_part, "index": index, "vectors_f16": self.vectors_f16,
+            "parts": [asdict(p) for p in self.parts],
+            "sources": {k: asdict(s) for k, s in self.sources.items()},
+            "counts": {"tiles": self.index.ntotal, "sources": len(self.sources)},
+        }
+        if self.recipe is not None:
+            d["recipe"] = self.recipe.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, where: Path) -> Manifest:
+        """Parse and check a manifest (structure, part names and id ranges); a damaged one
+        is refused in one line."""
+        try:
+            m = cls(
+                encoder=EncoderIdentity.from_dict(d["encoder"]), dim=int(d["dim"]),
+                generation=int(d["generation"]), created=str(d["created"]),
+                updated=str(d["updated"]), next_id=int(d["next_id"]),
+                next_part=int(d["next_part"]), index=_typed(IndexInfo, d["index"]),
+                vectors_f16=d["vectors_f16"],
+                parts=[Part(str(p["name"]), int(p["rows"]), int(p["id_min"]), int(p["id_max"]))
+                       for p in d["parts"]],
+                sources={str(k): _typed(SourceEntry, s) for k, s in d["sources"].items()},
+                recipe=TileRecipe.from_dict(d["recipe"]) if d.get("recipe") else None,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise IndexError_(f"{where}: damaged manifest (bad or missing {e})") from None
+        m.check(where)
+        return m
+
+    def check(self, where: Path) -> None:
+        """Structural checks of the parts (no file is read): names, id ranges inside
+        next_id and not overlapping, counts adding up."""
+        total, last = 0, -1
+        for p in sorted(self.parts, key=lambda p: p.id_min):
+            if not PART_RE.fullmatch(p.name):
+                raise IndexError_(f"{where}: part name {p.name!r} is not one satfind writes")
+            if not 0 <= p.id_min <= p.id_max < self.next_id or not 0 < p.rows <= (
+                    p.id_max - p.id_min + 1):
+                raise IndexError_(f"{where}: part {p.name} has ids {p.id_min}..{p.id_max} "
+                                  f"({p.rows} rows) outside 0..{self.next_id - 1}")
+            if p.id_min <= last:
+                raise IndexError_(f"{where}: part {p.name} repeats tile ids of another part "
+                                  "(duplicate ids)")
+            last, total = p.id_max, total + p.rows
+        if self.index.ntotal != total:
+            raise IndexError_(f"{where}: the vector index holds {self.index.ntotal} tiles but "
+                              f"the parts hold {total}")
+
+
+def _typed(cls, d: dict):
+    """A dataclass from a JSON object: known keys only, types as declared."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__} is not an object")
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def write_manifest(index_dir: Path, manifest: Manifest) -> None:
+    atomic_write_bytes(index_dir / MANIFEST, json.dumps(manifest.to_dict(), indent=1).encode())
+
+
+def read_manifest(index_dir: Path) -> Manifest | None:
     """The committed manifest, or None for a directory that holds no index yet."""
     path = index_dir / MANIFEST
     try:
@@ -22,36 +179,9 @@ def read_manifest(index_dir: Path) -> dict | None:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IndexError_(f"{path}: unreadable manifest ({e.__class__.__name__}: {e})") from None
-    if data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise IndexError_(f"{path}: not a satfind index manifest")
     if data.get("format_version") != FORMAT_VERSION:
         raise IndexError_(f"{path}: index format version {data.get('format_version')} is not "
                           f"supported (this satfind reads version {FORMAT_VERSION})")
-    return data
-
-
-def check_parts(index_dir: Path, m: dict) -> None:
-    """Structural checks of a manifest's parts (no file is read): names, id ranges inside
-    next_id and not overlapping, counts adding up. A damaged index is refused in one line."""
-    where = index_dir / MANIFEST
-    try:
-        next_id = int(m["next_id"])
-        parts = sorted(m["parts"], key=lambda p: int(p["id_min"]))
-        total, last = 0, -1
-        for p in parts:
-            lo, hi, rows = int(p["id_min"]), int(p["id_max"]), int(p["rows"])
-            if not PART_RE.fullmatch(str(p["name"])):
-                raise IndexError_(f"{where}: part name {p['name']!r} is not one satfind writes")
-            if not 0 <= lo <= hi < next_id or not 0 < rows <= hi - lo + 1:
-                raise IndexError_(f"{where}: part {p['name']} has ids {lo}..{hi} ({rows} rows) "
-                                  f"outside 0..{next_id - 1}")
-            if lo <= last:
-                raise IndexError_(f"{where}: part {p['name']} repeats tile ids of another part "
-                                  "(duplicate ids)")
-            last, total = hi, total + rows
-        ntotal = int(m["index"]["ntotal"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise IndexError_(f"{where}: damaged manifest (bad or missing {e})") from None
-    if ntotal != total:
-        raise IndexError_(f"{where}: the vector index holds {ntotal} tiles but the parts hold "
-                          f"{total}")
+    return Manifest.from_dict(data, path)

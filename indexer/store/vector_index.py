@@ -1,5 +1,9 @@
-"""FAISS index choice: exact Flat below a size where IVF training is meaningful, IVF-PQ
-above it; inner product on L2-normalised vectors, ids = tile ids."""
+"""The vector-index seam: the only module that calls FAISS.
+
+Exact Flat below a size where IVF training is meaningful, IVF-PQ above it; inner product on
+L2-normalised vectors; ids are tile ids. Swapping the ANN library means rewriting this
+module only: the writer and the snapshot see `VectorIndex`, nothing else.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,10 @@ from indexer.errors import IndexError_
 
 # FAISS k-means wants at least this many training points per centroid.
 MIN_POINTS_PER_CENTROID = 39
-
-
-def new_flat(dim: int) -> faiss.Index:
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-
-
 # k-means iterations for the coarse quantizer (FAISS's default of 25 costs 2.5x the build
 # time for no measurable recall after exact re-rank; see BENCHMARKS.md).
 KMEANS_ITERS = 10
+ADD_CHUNK = 65536
 
 
 def ivf_params(n: int, dim: int, settings: StoreSettings) -> tuple[int, int]:
@@ -34,50 +33,134 @@ def ivf_params(n: int, dim: int, settings: StoreSettings) -> tuple[int, int]:
     return nlist, m
 
 
-def build_ivfpq(vectors: np.ndarray, ids: np.ndarray, settings: StoreSettings,
-                seed: int = 1234) -> tuple[faiss.Index, dict]:
-    """Train IVF{nlist},PQ{m} on (a sample of) `vectors` and add them all with `ids`."""
-    n, dim = vectors.shape
-    nlist, m = ivf_params(n, dim, settings)
-    factory = f"IVF{nlist},PQ{m}"
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    faiss.extract_index_ivf(index).cp.niter = KMEANS_ITERS
-    max_train = max(settings.train_points_per_list * nlist, 256 * MIN_POINTS_PER_CENTROID)
-    rng = np.random.default_rng(seed)
-    train = vectors if n <= max_train else vectors[np.sort(rng.choice(n, max_train, replace=False))]
-    index.train(np.ascontiguousarray(train, dtype=np.float32))
-    for start in range(0, n, 65536):
-        index.add_with_ids(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32),
-                           np.ascontiguousarray(ids[start:start + 65536], dtype=np.int64))
-    return index, {"factory": factory, "nlist": nlist, "pq_m": m, "trained_on": int(len(train)),
-                   "trained_at": int(n)}
+class VectorIndex:
+    """Tile vectors for approximate (IVF-PQ) or exact (Flat) inner-product search."""
 
+    def __init__(self, index: faiss.Index):
+        self._index = index
 
-def index_ids(index: faiss.Index) -> np.ndarray:
-    """All ids held by a Flat (IDMap2) or IVF index."""
-    if isinstance(index, faiss.IndexIDMap2) or hasattr(index, "id_map"):
-        return faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
-    ivf = faiss.extract_index_ivf(index)
-    invlists = ivf.invlists
-    out = []
-    for lst in range(ivf.nlist):
-        size = invlists.list_size(lst)
-        if size:
-            out.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    # --- making one --------------------------------------------------------------------
+    @classmethod
+    def flat(cls, dim: int) -> VectorIndex:
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
 
+    @classmethod
+    def read(cls, path: Path, dim: int, ntotal: int) -> VectorIndex:
+        """The committed index file, checked against what the manifest says; a missing file
+        raises FileNotFoundError (a reader may have raced a writer's clean-up), damage
+        IndexError_."""
+        if not path.is_file():
+            raise FileNotFoundError(str(path))
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            raise IndexError_(f"{path.name}: damaged FAISS index file (cannot be read)") from None
+        if index.d != dim or index.ntotal != ntotal:
+            raise IndexError_(f"{path.name}: holds {index.ntotal} vectors of {index.d} "
+                              f"dimensions, the manifest says {ntotal} of {dim}")
+        return cls(index)
 
-def read_faiss(index_dir, m: dict) -> faiss.Index:
-    """The committed FAISS index a manifest names, checked against it; a missing file raises
-    FileNotFoundError (a reader may have raced a writer's clean-up), damage IndexError_."""
-    path = Path(index_dir) / m["index"]["file"]
-    if not path.is_file():
-        raise FileNotFoundError(str(path))
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError:
-        raise IndexError_(f"{path.name}: damaged FAISS index file (cannot be read)") from None
-    if index.d != int(m["dim"]) or index.ntotal != int(m["index"]["ntotal"]):
-        raise IndexError_(f"{path.name}: holds {index.ntotal} vectors of {index.d} dimensions, "
-                          f"the manifest says {m['index']['ntotal']} of {m['dim']}")
-    return index
+    @classmethod
+    def train_ivfpq(cls, vectors: np.ndarray, ids: np.ndarray, settings: StoreSettings,
+                    seed: int = 1234) -> tuple[VectorIndex, dict]:
+        """IVF{nlist},PQ{m} trained on (a sample of) `vectors`, holding them all under `ids`;
+        and what to record about it (factory, nlist, pq_m, training size)."""
+        n, dim = vectors.shape
+        nlist, m = ivf_params(n, dim, settings)
+        factory = f"IVF{nlist},PQ{m}"
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(index).cp.niter = KMEANS_ITERS
+        max_train = max(settings.train_points_per_list * nlist, 256 * MIN_POINTS_PER_CENTROID)
+        rng = np.random.default_rng(seed)
+        train = vectors if n <= max_train else vectors[
+            np.sort(rng.choice(n, max_train, replace=False))]
+        index.train(np.ascontiguousarray(train, dtype=np.float32))
+        out = cls(index)
+        for start in range(0, n, ADD_CHUNK):
+            out.add(vectors[start:start + ADD_CHUNK], ids[start:start + ADD_CHUNK])
+        return out, {"factory": factory, "nlist": nlist, "pq_m": m,
+                     "trained_on": int(len(train)), "trained_at": int(n)}
+
+    # --- what it holds -----------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def is_flat(self) -> bool:
+        return faiss.try_extract_index_ivf(self._index) is None
+
+    def describe(self) -> dict:
+        """Kind, size and (IVF) lists, for stats and logs."""
+        d = {"kind": "Flat" if self.is_flat else "IVF-PQ", "ntotal": self.ntotal,
+             "dim": self.dim}
+        if not self.is_flat:
+            d["nlist"] = int(faiss.extract_index_ivf(self._index).nlist)
+        return d
+
+    def ids(self) -> np.ndarray:
+        """Every id held, in the order the index holds them."""
+        idx = self._index
+        if isinstance(idx, faiss.IndexIDMap2) or hasattr(idx, "id_map"):
+            return faiss.vector_to_array(faiss.downcast_index(idx).id_map).astype(np.int64)
+        ivf = faiss.extract_index_ivf(idx)
+        out = []
+        for lst in range(ivf.nlist):
+            size = ivf.invlists.list_size(lst)
+            if size:
+                out.append(faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size).copy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def exact_vectors(self) -> np.ndarray:
+        """A Flat index's vectors, in the order of ids() (what IVF training falls back to
+        when there are no float16 copies)."""
+        if not self.is_flat:
+            raise ValueError("only a Flat index holds exact vectors")
+        return faiss.downcast_index(self._index.index).reconstruct_n(0, self.ntotal)
+
+    def to_bytes(self) -> bytes:
+        return faiss.serialize_index(self._index).tobytes()
+
+    # --- changes -----------------------------------------------------------------------
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                                 np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> int:
+        return int(self._index.remove_ids(faiss.IDSelectorBatch(
+            np.ascontiguousarray(ids, dtype=np.int64))))
+
+    def remove_range(self, first: int, end: int) -> int:
+        """Remove ids first..end-1 (undoing an add)."""
+        return int(self._index.remove_ids(faiss.IDSelectorRange(first, end)))
+
+    # --- search ------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) [Q, k] of the nearest vectors by inner product; ids are -1 past
+        the end. `allowed`: bool per id (index = tile id), only those are returned. With a
+        mask an IVF index probes enough lists to expect 2 x k allowed vectors in them (a
+        filter keeping few tiles needs more lists than an unfiltered query)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        selector, bitmap = None, None
+        if allowed is not None:
+            # A bitmap over all ids: N/8 bytes, O(1) per test (a hash set of 300k ids costs
+            # more to build than the search itself).
+            bitmap = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        if self.is_flat:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        else:
+            ivf = faiss.extract_index_ivf(self._index)
+            nlist = int(ivf.nlist)
+            probe = int(ivf.nprobe) if nprobe is None else nprobe
+            if allowed is not None:
+                kept = max(1, int(np.count_nonzero(allowed)))
+                probe = max(probe, int(np.ceil(2 * k * nlist / kept)))
+            params = faiss.SearchParametersIVF(nprobe=min(nlist, probe), sel=selector)
+        scores, ids = self._index.search(q, k, params=params)
+        return scores, ids

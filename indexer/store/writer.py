@@ -1,197 +1,114 @@
-"""`IndexWriter`: appends tiles to an index directory; each `commit()` makes them visible
-atomically (manifest rename). One writer at a time (an advisory lock); readers never lock."""
+"""`IndexWriter`: the store's write API. Sources are begun, get tiles added, are finished or
+removed; each `commit()` makes everything so far visible atomically (the manifest rename).
+One writer at a time (an advisory lock); readers never lock."""
 
 from __future__ import annotations
 
-import copy
-import fcntl
-import os
-import time
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
-import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from encoder.identity import EncoderIdentity
-from indexer.config import StoreSettings
+from indexer.config import StoreSettings, TileRecipe
 from indexer.critical import deferred_interrupts
 from indexer.errors import IndexError_
 from indexer.logs import native_stderr_to_log
-from indexer.store import vector_index as ann
+from indexer.store import directory
 from indexer.store.layout import (
-    FAISS_RE,
-    FORMAT,
-    FORMAT_VERSION,
-    LOCK,
-    MANIFEST,
-    PART_RE,
-    THUMB_SCHEMA,
     THUMBS_DIR,
-    TILE_SCHEMA,
     TILES_DIR,
-    TMP_RE,
     VECTORS_F16,
     atomic_write_bytes,
     faiss_name,
     fsync_dir,
-    part_name,
 )
-from indexer.store.manifest import check_parts, read_manifest, write_manifest
-from indexer.store.snapshot import read_part
-from indexer.store.vector_index import read_faiss
+from indexer.store.manifest import Manifest, SourceEntry, now, read_manifest, write_manifest
+from indexer.store.parts import new_tables, source_tiles, without_source, write_part
+from indexer.store.vector_index import VectorIndex
 from indexer.store.vectors import VectorFileWriter, open_vectors
-
-TILE_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "id"]
-# POSIX locks are per process; this set stops two writers inside one process.
-_HELD: set[Path] = set()
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, compression="zstd")
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _is_leftover(entry: Path) -> bool:
-    """What an index creation killed before its first manifest can leave behind."""
-    return entry.name == LOCK or bool(TMP_RE.fullmatch(entry.name))
-
-
-def _check_directory(d: Path, create: bool) -> None:
-    """Refuse (one line) a `d` that is neither an index (a satfind manifest) nor, when
-    `create`, a place for a new one (absent, or empty): this writer deletes files, and it
-    must never delete a user's."""
-    if d.exists() and not d.is_dir():
-        raise IndexError_(f"{d}: exists and is not a directory")
-    if (d / MANIFEST).is_file():
-        read_manifest(d)  # refuses a manifest.json that is not satfind's
-        return
-    if not create:
-        raise IndexError_(f"{d}: not a satfind index (no {MANIFEST})")
-    if d.is_dir():
-        try:
-            foreign = [e.name for e in d.iterdir() if not _is_leftover(e)]
-        except OSError as e:
-            raise IndexError_(f"{d}: cannot list the directory ({e.strerror})") from None
-        if foreign:
-            raise IndexError_(
-                f"{d}: not a satfind index (no {MANIFEST}) and not empty (holds "
-                f"{sorted(foreign)[0]!r}{' and more' if len(foreign) > 1 else ''}); "
-                "give a new or empty directory")
 
 
 class IndexWriter:
-    def __init__(self, index_dir: str | Path, identity: EncoderIdentity, settings: StoreSettings,
+    def __init__(self, index_dir: str | Path, identity: EncoderIdentity,
+                 settings: StoreSettings, recipe: TileRecipe | None = None,
                  create: bool = True):
+        """`recipe`: how the tiles to be added were cut; an index cut another way is
+        refused (None: no tiles will be added, e.g. only removals)."""
         if str(index_dir).strip() == "":
             raise IndexError_("the index directory is empty: give a path (e.g. --index idx)")
         self.dir = Path(index_dir)
         self.settings = settings
-        _check_directory(self.dir, create)
+        directory.check_directory(self.dir, create)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._key = self.dir.resolve()
-        busy = IndexError_(f"{self.dir}: another satfind-index process is writing this index")
-        if self._key in _HELD:
-            raise busy
-        self._lock = open(self.dir / LOCK, "a+")
+        self._lock = directory.WriterLock(self.dir)
         try:
-            # A POSIX record lock belongs to this process only: forked DataLoader workers do
-            # not inherit it, so a killed writer never leaves the index locked by orphans.
-            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise busy from None
-        _HELD.add(self._key)
-        try:
-            _check_directory(self.dir, create)  # again, now that no other writer can act
-            self._open(identity)
+            directory.check_directory(self.dir, create)  # again, now that no writer can act
+            self._open(identity, recipe)
         except BaseException:
-            self._release()
+            self._lock.release()
             raise
 
-    def _open(self, identity: EncoderIdentity) -> None:
+    def _open(self, identity: EncoderIdentity, recipe: TileRecipe | None) -> None:
         m = read_manifest(self.dir)
-        self._created = False
+        self._created = m is None
         if m is None:
             # The manifest comes first: from here on the directory is provably an index, and
             # only then are its sub-folders created.
-            m = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "generation": 0,
-                "created": _now(), "updated": _now(), "encoder": identity.to_dict(),
-                "dim": identity.embed_dim, "next_id": 0, "next_part": 0,
-                "index": {"file": None, "factory": "Flat", "metric": "inner_product",
-                          "chosen": "", "ntotal": 0},
-                "vectors_f16": VECTORS_F16 if self.settings.keep_float16 else None,
-                "parts": [], "sources": {}, "counts": {"tiles": 0, "sources": 0},
-            }
+            m = Manifest(encoder=identity, dim=identity.embed_dim, recipe=recipe,
+                         vectors_f16=VECTORS_F16 if self.settings.keep_float16 else None)
             write_manifest(self.dir, m)
-            self._created = True
-        else:
-            theirs = EncoderIdentity.from_dict(m["encoder"])
-            if theirs != identity:
-                raise IndexError_(
-                    f"{self.dir}: index was built with encoder {theirs.short()}, this config "
-                    f"gives {identity.short()}; use the same encoder or a new --index directory"
-                )
+        _check_same_space(self.dir, m, identity, recipe)
         (self.dir / TILES_DIR).mkdir(exist_ok=True)
         (self.dir / THUMBS_DIR).mkdir(exist_ok=True)
-        check_parts(self.dir, m)
         self.m = m
-        self.dim = int(m["dim"])
-        if m["index"]["file"]:
-            self.index = read_faiss(self.dir, m)
-        else:
-            self.index = ann.new_flat(self.dim)
+        self.dim = m.dim
+        self._recipe = recipe
+        self.index = (VectorIndex.read(self.dir / m.index.file, m.dim, m.index.ntotal)
+                      if m.index.file else VectorIndex.flat(self.dim))
         self._vectors = None
-        if m["vectors_f16"]:
-            self._vectors = VectorFileWriter(self.dir / m["vectors_f16"], self.dim, m["next_id"])
-        self._clean_garbage()
+        if m.vectors_f16:
+            self._vectors = VectorFileWriter(self.dir / m.vectors_f16, self.dim, m.next_id)
+        directory.clean_garbage(self.dir, m)
         # Each entry is one add(): (rows, float32 vectors, thumbnails), appended in one step.
         self._buf: list[tuple[list[dict], np.ndarray, list[bytes]]] = []
-        self._dirty = m["generation"] == 0  # a new index commits even when empty
-
-    def _clean_garbage(self) -> None:
-        """Delete files this writer's own naming scheme made that no committed manifest
-        names (interrupted runs, superseded parts). Nothing else is ever touched."""
-        keep_parts = {p["name"] for p in self.m["parts"]}
-        for sub in (TILES_DIR, THUMBS_DIR):
-            for f in (self.dir / sub).iterdir():
-                if PART_RE.fullmatch(f.name) and f.name not in keep_parts and f.is_file():
-                    f.unlink(missing_ok=True)
-        for f in self.dir.iterdir():
-            stale_faiss = FAISS_RE.fullmatch(f.name) and f.name != self.m["index"]["file"]
-            if (stale_faiss or TMP_RE.fullmatch(f.name)) and f.is_file():
-                f.unlink(missing_ok=True)
+        self._dirty = m.generation == 0  # a new index commits even when empty
 
     # --- what is already there -------------------------------------------------------------
     @property
-    def sources(self) -> dict:
-        return self.m["sources"]
+    def sources(self) -> Mapping[str, SourceEntry]:
+        """Every source of the index, as of the last change (read-only)."""
+        return MappingProxyType(self.m.sources)
+
+    def find_sources(self, target: str) -> list[str]:
+        """Keys of the sources named by `target`: a source key or a raster path."""
+        path = str(Path(target).resolve())
+        return [k for k, e in self.m.sources.items() if k == target or e.path == path]
 
     def committed_tiles(self, key: str) -> set[tuple[int, int, int]]:
         """(z, x, y) of tiles of source `key` in committed parts."""
-        out: set[tuple[int, int, int]] = set()
-        for part in self.m["parts"]:
-            t = read_part(self.dir / TILES_DIR / part["name"], ["source_key", "z", "x", "y"])
-            t = t.filter(pc.equal(t["source_key"], key))
-            out.update(zip(t["z"].to_pylist(), t["x"].to_pylist(), t["y"].to_pylist(),
-                           strict=True))
-        return out
+        return source_tiles(self.dir, self.m, key)
 
     @property
     def pending(self) -> int:
         return sum(len(rows) for rows, _, _ in self._buf)
 
+    @property
+    def generation(self) -> int:
+        return self.m.generation
+
     # --- changes (visible at the next commit) ------------------------------------------------
-    def set_source(self, key: str, entry: dict) -> None:
-        self.m["sources"][key] = entry
+    def begin(self, key: str, entry: SourceEntry) -> None:
+        """Record a source whose tiles are being added ("partial" until `finish`)."""
+        self.m.sources[key] = dataclasses.replace(entry, status="partial")
+        self._dirty = True
+
+    def finish(self, key: str, tiles: int, skipped_nodata: int) -> None:
+        """Every tile of source `key` went through: it is complete."""
+        self.m.sources[key] = dataclasses.replace(self.m.sources[key], status="complete",
+                                                  tiles=tiles, skipped_nodata=skipped_nodata)
         self._dirty = True
 
     def add(self, rows: list[dict], vectors: np.ndarray, thumbs: list[bytes]) -> None:
@@ -205,8 +122,8 @@ class IndexWriter:
         self._buf.append((list(rows), np.asarray(vectors, dtype=np.float32), list(thumbs)))
         self._dirty = True
 
-    def remove_source(self, key: str) -> int:
-        """Drop every tile of a source (buffered and committed); returns tiles removed.
+    def remove(self, key: str) -> int:
+        """Drop a source and every tile of it (buffered and committed); returns tiles removed.
         New parts are written first; the in-memory state changes in one uninterruptible step."""
         buf, removed = [], 0
         for rows, vecs, thumbs in self._buf:
@@ -214,38 +131,16 @@ class IndexWriter:
             removed += len(rows) - len(keep)
             if keep:
                 buf.append(([rows[i] for i in keep], vecs[keep], [thumbs[i] for i in keep]))
-        new_parts, dead_ids = [], []
-        for part in self.m["parts"]:
-            tiles = read_part(self.dir / TILES_DIR / part["name"])
-            hit = pc.equal(tiles["source_key"], key)
-            if not pc.any(hit).as_py():
-                new_parts.append(part)
-                continue
-            dead_ids.append(tiles.filter(hit)["id"].to_numpy())
-            kept = tiles.filter(pc.invert(hit))
-            if kept.num_rows:
-                thumbs = read_part(self.dir / THUMBS_DIR / part["name"])
-                thumbs = thumbs.filter(pc.is_in(thumbs["id"], value_set=kept["id"]))
-                new_parts.append(self._write_part(kept, thumbs, self.m))
-        ids = np.concatenate(dead_ids).astype(np.int64) if dead_ids else None
+        new_parts, ids = without_source(self.dir, self.m, key)
         with deferred_interrupts():
             self._buf = buf
             if ids is not None:
-                self.index.remove_ids(faiss.IDSelectorBatch(ids))
+                self.index.remove(ids)
                 removed += len(ids)
-                self.m["parts"] = new_parts
-            if self.m["sources"].pop(key, None) is not None or removed:
+                self.m.parts = new_parts
+            if self.m.sources.pop(key, None) is not None or removed:
                 self._dirty = True
         return removed
-
-    def _write_part(self, tiles: pa.Table, thumbs: pa.Table, m: dict) -> dict:
-        name = part_name(m["next_part"])
-        m["next_part"] += 1
-        _write_parquet(tiles, self.dir / TILES_DIR / name)
-        _write_parquet(thumbs, self.dir / THUMBS_DIR / name)
-        ids = tiles["id"].to_numpy()
-        return {"name": name, "rows": int(tiles.num_rows), "id_min": int(ids.min()),
-                "id_max": int(ids.max())}
 
     def commit(self) -> int:
         """Make everything added/removed so far durable and visible; returns the generation.
@@ -255,107 +150,103 @@ class IndexWriter:
         anything fails before that, the writer is exactly as before the call (a retry commits
         the same tiles under the same ids) and the directory holds the previous commit."""
         if not self._dirty:
-            return self.m["generation"]
-        new = copy.deepcopy(self.m)
+            return self.m.generation
+        new = self.m.copy()
         index, added = self.index, None
         try:
             if self._buf:
-                rows = [r for b in self._buf for r in b[0]]
-                vecs = np.concatenate([b[1] for b in self._buf])
-                thumbs = [t for b in self._buf for t in b[2]]
-                first = new["next_id"]
-                ids = np.arange(first, first + len(vecs), dtype=np.int64)
-                if self._vectors is not None:
-                    self._vectors.write_at(first, vecs.astype(np.float16))
-                cols = {c: [r[c] for r in rows] for c in TILE_COLUMNS}
-                tiles = pa.table({"id": ids, **cols}, schema=TILE_SCHEMA)
-                thumb_table = pa.table({"id": ids, "jpeg": thumbs}, schema=THUMB_SCHEMA)
-                new["parts"].append(self._write_part(tiles, thumb_table, new))
-                new["next_id"] = first + len(vecs)
-                with deferred_interrupts():
-                    index.add_with_ids(vecs, ids)
-                    added = (first, first + len(vecs))
+                added = self._append(new)
             index = self._maybe_train_ivf(index, new)
-            new["generation"] += 1
-            fname = faiss_name(new["generation"])
-            atomic_write_bytes(self.dir / fname, faiss.serialize_index(index).tobytes())
-            new["index"].update(file=fname, ntotal=int(index.ntotal))
-            new["counts"] = {"tiles": int(index.ntotal), "sources": len(new["sources"])}
-            new["updated"] = _now()
+            new.generation += 1
+            fname = faiss_name(new.generation)
+            atomic_write_bytes(self.dir / fname, index.to_bytes())
+            new.index.file, new.index.ntotal = fname, index.ntotal
+            new.updated = now()
+            if new.recipe is None and self._recipe is not None and new.next_id:
+                new.recipe = self._recipe  # an index from before recipes: record it now
             # New part files' directory entries must be durable before the manifest names them.
             fsync_dir(self.dir / TILES_DIR)
             fsync_dir(self.dir / THUMBS_DIR)
             with deferred_interrupts():
                 write_manifest(self.dir, new)
-                previous = self.m["index"]["file"]
+                previous = self.m.index.file
                 self.m, self.index, self._buf, self._dirty = new, index, [], False
                 added = None
         finally:
-            if added is not None:  # roll the in-memory FAISS index back to the last commit
+            if added is not None:  # roll the in-memory index back to the last commit
                 with deferred_interrupts():
-                    self.index.remove_ids(faiss.IDSelectorRange(added[0], added[1]))
+                    self.index.remove_range(*added)
         # Keep the previous generation's file for readers that just read the old manifest.
-        for f in self.dir.iterdir():
-            if FAISS_RE.fullmatch(f.name) and f.name not in (fname, previous):
-                f.unlink(missing_ok=True)
-        return new["generation"]
+        directory.drop_old_index_files(self.dir, {fname, previous})
+        return new.generation
 
-    def _maybe_train_ivf(self, index: faiss.Index, m: dict) -> faiss.Index:
+    def _append(self, new: Manifest) -> tuple[int, int]:
+        """Write the buffered tiles as a new part of `new` (and their float16 rows), add them
+        to the in-memory index; returns the id range added."""
+        rows = [r for b in self._buf for r in b[0]]
+        vecs = np.concatenate([b[1] for b in self._buf])
+        thumbs = [t for b in self._buf for t in b[2]]
+        first = new.next_id
+        if self._vectors is not None:
+            self._vectors.write_at(first, vecs.astype(np.float16))
+        tiles, thumb_table = new_tables(first, rows, thumbs)
+        new.parts.append(write_part(self.dir, new, tiles, thumb_table))
+        new.next_id = first + len(vecs)
+        with deferred_interrupts():
+            self.index.add(vecs, np.arange(first, first + len(vecs), dtype=np.int64))
+            return first, first + len(vecs)
+
+    def _maybe_train_ivf(self, index: VectorIndex, m: Manifest) -> VectorIndex:
         """The index to commit: `index`, or an IVF-PQ trained from it (recorded in m)."""
-        info, st = m["index"], self.settings
-        n = int(index.ntotal)
-        flat = info["factory"] == "Flat"
+        info, st = m.index, self.settings
+        n = index.ntotal
+        flat = info.factory == "Flat"
         if flat and n < st.ivf_min_vectors:
-            info["chosen"] = (f"auto: Flat (exact) while below store.ivf_min_vectors = "
-                              f"{st.ivf_min_vectors}")
+            info.chosen = (f"auto: Flat (exact) while below store.ivf_min_vectors = "
+                           f"{st.ivf_min_vectors}")
             return index
         grown = (not flat and st.retrain_growth and self._vectors is not None
-                 and n >= st.retrain_growth * info.get("trained_at", n))
+                 and n >= st.retrain_growth * (info.trained_at or n))
         if not (flat or grown):
             return index
-        ids = ann.index_ids(index)  # in the order the index holds them
+        ids = index.ids()  # in the order the index holds them
         if self._vectors is not None:
             ids = np.sort(ids)
-            vecs = open_vectors(self._vectors.path, m["next_id"], self.dim)[ids]
+            vecs = open_vectors(self._vectors.path, m.next_id, self.dim)[ids]
         else:  # Flat without float16 copies: the Flat index holds the exact vectors
-            vecs = faiss.downcast_index(index.index).reconstruct_n(0, index.ntotal)
+            vecs = index.exact_vectors()
         with native_stderr_to_log():  # FAISS's k-means warnings: debug log, counted
-            trained, params = ann.build_ivfpq(np.asarray(vecs, dtype=np.float32), ids, st)
-        info.update(params)
+            trained, params = VectorIndex.train_ivfpq(np.asarray(vecs, dtype=np.float32), ids,
+                                                      st)
+        for k, v in params.items():
+            setattr(info, k, v)
         why = (f"store.ivf_min_vectors = {st.ivf_min_vectors}" if flat else
                f"re-trained: grew {st.retrain_growth:g}x past the last training")
-        info["chosen"] = f"auto: IVF-PQ trained at {n} vectors ({why})"
+        info.chosen = f"auto: IVF-PQ trained at {n} vectors ({why})"
         return trained
-
-    def _release(self) -> None:
-        _HELD.discard(self._key)
-        self._lock.close()
 
     def close(self) -> None:
         if self._vectors is not None:
             self._vectors.close()
-        if self._created and self.m["generation"] == 0:
-            self._uncreate()
-        self._release()
-
-    def _uncreate(self) -> None:
-        """A writer that created an index and never committed leaves no index behind (only
-        the lock file, which marks the directory as satfind's for the next run). The manifest
-        goes last: until then, whatever is left is a valid empty index."""
-        try:
-            if self.m["vectors_f16"]:
-                (self.dir / self.m["vectors_f16"]).unlink(missing_ok=True)
-            for sub in (TILES_DIR, THUMBS_DIR):
-                for f in (self.dir / sub).iterdir():
-                    if PART_RE.fullmatch(f.name):
-                        f.unlink(missing_ok=True)
-                (self.dir / sub).rmdir()
-            (self.dir / MANIFEST).unlink(missing_ok=True)
-        except OSError:
-            pass  # what is left is a valid empty index
+        if self._created and self.m.generation == 0:
+            directory.uncreate(self.dir, self.m)
+        self._lock.release()
 
     def __enter__(self) -> IndexWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_same_space(d: Path, m: Manifest, identity: EncoderIdentity,
+                      recipe: TileRecipe | None) -> None:
+    """Tiles of one index come from one encoder and one tile recipe."""
+    if m.encoder != identity:
+        raise IndexError_(
+            f"{d}: index was built with encoder {m.encoder.short()}, this config gives "
+            f"{identity.short()}; use the same encoder or a new --index directory")
+    if recipe is not None and m.recipe is not None and m.recipe != recipe:
+        diff = "; ".join(m.recipe.differences(recipe))
+        raise IndexError_(f"{d}: index tiles were cut with another tile recipe ({diff}); "
+                          "use the index's [tiling] settings or a new --index directory")

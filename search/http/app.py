@@ -1,51 +1,29 @@
-"""The FastAPI app: text, image, tile-id and feedback search; tile metadata and thumbnails."""
+"""The FastAPI app: middleware, API-key and query-parameter checks, and the one table that
+maps exception types to HTTP statuses; the routes are in `search.http.routes`."""
 
-
-import base64
-import binascii
 import re
 import secrets
-import time
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
-from fastapi import Path as PathParam
-from fastapi import Query as Q
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from indexer.errors import IndexError_
-from search.engine import Filters, Query, QueryError, SearchEngine
+from indexer.errors import FilterError, IndexError_
+from search.engine import SearchEngine
 from search.http.bodylimit import BodyLimit
 from search.http.models import (
     ErrorBody,
-    Feature,
-    FeatureCollection,
-    Format,
-    Geometry,
-    Health,
-    SearchRequest,
-    SearchResponse,
-    Stats,
-    TileInfo,
-    TileResult,
 )
-
-# Documented in the spec (not enforced by FastAPI: the handlers give clearer messages).
-_LON = r"-?(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
-_LAT = r"-?(90(\.0+)?|[0-8]?[0-9](\.[0-9]+)?)"
-BBOX_PATTERN = rf"^({_LON},{_LAT},{_LON},{_LAT})?$"  # empty = no filter
-_DATE = (r"(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
-         r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])")
-_CLOCK = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
-TIME_PATTERN = rf"^({_DATE}(T{_CLOCK}(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?)?$"
-TEXT_PATTERN = r"\S"
+from search.http.params import query_params
+from search.http.routes import add_routes
+from search.query import NotFound, QueryError, TooLarge
+from search.query_image import ImageError, UnsupportedImageType
 
 
 def body_limit_bytes(max_upload_bytes: int) -> int:
@@ -57,59 +35,27 @@ def body_limit_bytes(max_upload_bytes: int) -> int:
 OPEN_PATHS = {"/health", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"}
 # Every error the API returns has the same body, 422 (FastAPI's request validation) included.
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}
-MAX_ID = 2**62
 
 
-def parse_time(value: str | None, name: str, end: bool = False) -> datetime | None:
-    """ISO date or datetime; no zone = UTC; a bare date as `end` means the end of that day.
-    Any date the calendar holds is accepted (9999-12-31 included); out-of-range is a 400."""
-    if value is None or value == "":
-        return None
-    v = value.strip()
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-            d = date.fromisoformat(v)
-            t = datetime(d.year, d.month, d.day, tzinfo=UTC)
-            if end:
-                t = t.replace(hour=23, minute=59, second=59, microsecond=999999)
-            return t
-        t = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise QueryError(f"{name}: {value!r} is not an ISO date or datetime "
-                         "(e.g. 2014-07-20 or 2014-07-20T10:00:00Z)") from None
-    if t.tzinfo is None:
-        return t.replace(tzinfo=UTC)
-    try:
-        return t.astimezone(UTC)
-    except OverflowError:
-        raise QueryError(f"{name}: {value!r} is outside the years 1..9999 in UTC") from None
+class Unauthorized(QueryError):
+    """No API key, or the wrong one."""
 
 
-def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
-    if value is None or value == "":
-        return None
-    parts = value.split(",")
-    try:
-        nums = tuple(float(p) for p in parts)
-    except ValueError:
-        nums = ()
-    if len(nums) != 4:
-        raise QueryError(f"bbox: expected 'west,south,east,north' in degrees, got {value!r}")
-    return nums  # type: ignore[return-value]
+# The one place where exception types become HTTP statuses (most specific first).
+STATUS: dict[type[Exception], int] = {
+    Unauthorized: 401,
+    NotFound: 404,
+    TooLarge: 413,
+    UnsupportedImageType: 415,
+    ImageError: 400,
+    FilterError: 400,
+    QueryError: 400,
+    IndexError_: 503,
+}
 
 
-def make_filters(bbox, start, end, sensor, source) -> Filters:
-    return Filters(bbox=bbox, start=parse_time(start, "start"),
-                   end=parse_time(end, "end", end=True),
-                   sensors=tuple(s for s in sensor if s), sources=tuple(s for s in source if s))
-
-
-def _query_params(dependant) -> list:
-    """Every query parameter of a route, its dependencies' included."""
-    out = list(dependant.query_params)
-    for sub in dependant.dependencies:
-        out += _query_params(sub)
-    return out
+def status_of(e: Exception) -> int:
+    return next(code for kind, code in STATUS.items() if isinstance(e, kind))
 
 
 def create_app(engine: SearchEngine) -> FastAPI:
@@ -138,13 +84,13 @@ def create_app(engine: SearchEngine) -> FastAPI:
         message = re.sub(r"/vsi\w+/\S*", "<memory>", message)
         return re.sub(r" at 0x[0-9a-fA-F]+", "", message)
 
-    @app.exception_handler(QueryError)
-    def _query_error(_: Request, e: QueryError):
-        return JSONResponse({"detail": public(str(e))}, status_code=e.status)
+    def _mapped(_: Request, e: Exception):
+        status = status_of(e)
+        prefix = "index unavailable: " if status == 503 else ""
+        return JSONResponse({"detail": prefix + public(str(e))}, status_code=status)
 
-    @app.exception_handler(IndexError_)
-    def _index_error(_: Request, e: IndexError_):
-        return JSONResponse({"detail": "index unavailable: " + public(str(e))}, status_code=503)
+    for error_type in STATUS:
+        app.add_exception_handler(error_type, _mapped)
 
     @app.exception_handler(StarletteHTTPException)
     def _http_error(request: Request, e: StarletteHTTPException):
@@ -171,7 +117,7 @@ def create_app(engine: SearchEngine) -> FastAPI:
         if api.api_key and request.url.path not in OPEN_PATHS:
             if not x_api_key or not secrets.compare_digest(x_api_key.encode(),
                                                            api.api_key.encode()):
-                raise QueryError("missing or wrong X-API-Key", status=401)
+                raise Unauthorized("missing or wrong X-API-Key")
 
     known_params: dict[int, set[str]] = {}  # id(route) -> its query parameter names
 
@@ -184,153 +130,14 @@ def create_app(engine: SearchEngine) -> FastAPI:
             return
         known = known_params.get(id(route))
         if known is None:  # routes are fixed once the app is built: once per route
-            known = known_params[id(route)] = {p.alias for p in _query_params(dependant)}
+            known = known_params[id(route)] = {p.alias for p in query_params(dependant)}
         unknown = sorted(set(request.query_params) - known)
         if unknown:
             raise QueryError(f"unknown query parameter {unknown[0]!r} (this route takes: "
                              f"{', '.join(sorted(known)) or 'none'})")
 
     deps = [Depends(check_key), Depends(check_query)]
-    K = Annotated[int | None, Q(ge=1, le=api.max_k, description=f"results (1..{api.max_k})")]
-    TileId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
-
-    def thumb_url(i: int) -> str:
-        return f"{api.public_url.rstrip('/')}/tiles/{i}/thumbnail.jpg"
-
-    def place(r: dict) -> dict:
-        """Fields every tile answer shares, from an engine row."""
-        return dict(
-            id=r["id"], z=r["z"], x=r["x"], y=r["y"],
-            bounds=(r["west"], r["south"], r["east"], r["north"]),
-            centre=((r["west"] + r["east"]) / 2, (r["south"] + r["north"]) / 2),
-            acquired=r["acquired"], source=r["source"], sensor=r["sensor"], gsd_m=r["gsd_m"],
-            thumbnail_url=thumb_url(r["id"]))
-
-    def to_result(r: dict) -> TileResult:
-        return TileResult(score=r["score"], **place(r))
-
-    def run(query: Query, fmt: Format):
-        t0 = time.perf_counter()
-        gen = engine.snapshot.generation
-        timings: dict = {}
-        rows = engine.search(query, timings)
-        results = [to_result(r) for r in rows]
-        if fmt == "geojson":
-            return FeatureCollection(features=[
-                Feature(id=r.id, geometry=Geometry(coordinates=[[
-                    (r.bounds[0], r.bounds[1]), (r.bounds[2], r.bounds[1]),
-                    (r.bounds[2], r.bounds[3]), (r.bounds[0], r.bounds[3]),
-                    (r.bounds[0], r.bounds[1])]]),
-                    properties=r.model_dump(mode="json", exclude={"id", "bounds"}))
-                for r in results])
-        return SearchResponse(count=len(results), took_ms=(time.perf_counter() - t0) * 1000,
-                              generation=gen, results=results, **timings)
-
-    def k_or_default(k: int | None) -> int:
-        if k is None:
-            return api.default_k
-        if not 1 <= k <= api.max_k:
-            raise QueryError(f"k must be between 1 and {api.max_k}, got {k}")
-        return k
-
-    def read_upload(data: bytes) -> bytes:
-        if len(data) > api.max_upload_bytes:
-            raise QueryError(f"upload is larger than {api.max_upload_bytes} bytes", status=413)
-        if not data:
-            raise QueryError("empty upload")
-        return data
-
-    SearchOut = SearchResponse | FeatureCollection
-    Bbox = Annotated[str | None, Q(
-        description="west,south,east,north in degrees; west > east crosses the antimeridian",
-        json_schema_extra={"pattern": BBOX_PATTERN}, examples=["-99.19,47.0,-99.12,47.04"])]
-    Start = Annotated[str | None, Q(description="ISO date or datetime (UTC if no zone)",
-                                    json_schema_extra={"pattern": TIME_PATTERN})]
-    End = Annotated[str | None, Q(description="ISO date (whole day) or datetime",
-                                  json_schema_extra={"pattern": TIME_PATTERN})]
-    Sensors = Annotated[list[str], Q(description="sensor name(s)")]
-    Sources = Annotated[list[str], Q(description="source raster path(s) or folder prefix(es)")]
-
-    @app.get("/health", response_model=Health)
-    def health():
-        snap = engine.snapshot
-        return Health(tiles=snap.ntotal, generation=snap.generation)
-
-    @app.get("/stats", response_model=Stats, dependencies=deps, responses=ERRORS)
-    def stats():
-        return Stats(**engine.stats())
-
-    @app.get("/search", response_model=SearchOut, dependencies=deps, responses=ERRORS)
-    def search_text(q: Annotated[str, Q(min_length=1, max_length=1000, description="text query",
-                                        json_schema_extra={"pattern": TEXT_PATTERN})],
-                    k: K = None, bbox: Bbox = None, start: Start = None, end: End = None,
-                    sensor: Sensors = [], source: Sources = [],  # noqa: B006
-                    collapse: bool = False, format: Format = "json"):
-        if not q.strip():
-            raise QueryError("empty query: q must contain words")
-        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
-        return run(Query(text=q, k=k_or_default(k), filters=f, collapse=collapse), format)
-
-    @app.post("/search/image", response_model=SearchOut, dependencies=deps, responses=ERRORS)
-    def search_image(file: Annotated[UploadFile, File(description="PNG, JPEG or GeoTIFF")],
-                     k: Annotated[int, Form(ge=1, le=api.max_k)] = api.default_k,
-                     bbox: Annotated[str, Form(json_schema_extra={"pattern": BBOX_PATTERN})] = "",
-                     start: Annotated[str, Form(json_schema_extra={"pattern": TIME_PATTERN})] = "",
-                     end: Annotated[str, Form(json_schema_extra={"pattern": TIME_PATTERN})] = "",
-                     sensor: Annotated[list[str], Form()] = [],  # noqa: B006
-                     source: Annotated[list[str], Form()] = [],  # noqa: B006
-                     collapse: Annotated[bool, Form()] = False,
-                     format: Annotated[Format, Form()] = "json"):
-        # Form fields are never null (a multipart form cannot say null): absent = default.
-        data = read_upload(file.file.read(api.max_upload_bytes + 1))
-        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
-        return run(Query(image=data, k=k_or_default(k), filters=f, collapse=collapse), format)
-
-    @app.post("/search", response_model=SearchOut, dependencies=deps, responses=ERRORS)
-    def search_json(body: SearchRequest):
-        image = None
-        if body.image_base64 is not None:
-            if len(body.image_base64) > api.max_upload_bytes * 4 // 3 + 4:
-                raise QueryError(f"image is larger than {api.max_upload_bytes} bytes", 413)
-            try:
-                image = read_upload(base64.b64decode(body.image_base64, validate=True))
-            except (binascii.Error, ValueError):
-                raise QueryError("image_base64 is not valid base64") from None
-        if body.text is not None and not body.text.strip():
-            raise QueryError("empty query: text must contain words")
-        for i in [body.tile_id, *body.positives, *body.negatives]:
-            if i is not None and not 0 <= i <= MAX_ID:
-                raise QueryError(f"unknown tile id {i}", status=404)
-        bbox = tuple(body.bbox) if body.bbox is not None else None
-        f = make_filters(bbox, body.start, body.end, body.sensor, body.source)
-        q = Query(text=body.text, image=image, tile_id=body.tile_id,
-                  positives=tuple(body.positives), negatives=tuple(body.negatives),
-                  k=k_or_default(body.k), filters=f, collapse=body.collapse)
-        return run(q, body.format)
-
-    @app.get("/tiles/{tile_id}", response_model=TileInfo, dependencies=deps, responses=ERRORS)
-    def tile(tile_id: TileId):
-        r = engine.tile(tile_id)
-        return TileInfo(native_gsd_m=r["native_gsd_m"], nodata_fraction=r["nodata_fraction"],
-                        **place(r))
-
-    @app.get("/tiles/{tile_id}/similar", response_model=SearchOut, dependencies=deps,
-             responses=ERRORS)
-    def similar(tile_id: TileId, k: K = None, bbox: Bbox = None, start: Start = None,
-                end: End = None, sensor: Sensors = [], source: Sources = [],  # noqa: B006
-                collapse: bool = False, format: Format = "json"):
-        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
-        return run(Query(tile_id=tile_id, k=k_or_default(k), filters=f, collapse=collapse),
-                   format)
-
-    @app.get("/tiles/{tile_id}/thumbnail.jpg", dependencies=deps, responses={
-        200: {"content": {"image/jpeg": {}}}, **ERRORS}, response_class=Response)
-    def thumbnail(tile_id: TileId):
-        # With an API key, no shared cache may keep a copy that it would serve without one.
-        scope = "private" if api.api_key else "public"
-        return Response(engine.thumbnail(tile_id), media_type="image/jpeg",
-                        headers={"Cache-Control": f"{scope}, max-age=86400"})
-
+    add_routes(app, engine, deps, ERRORS)
     return app
 
 

@@ -1,0 +1,47 @@
+"""Runners: where tiles are read. `LocalRunner` reads them in DataLoader worker processes
+on this machine, in order, batch by batch (a Ray runner is the second implementation to
+come; the job only sees `batches()`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from indexer.config import JobSettings, TilingSettings
+from indexer.critical import deferred_interrupts
+from indexer.errors import JobError
+from indexer.job.read import RasterPlan, TileDataset, tile_loader
+
+
+class LocalRunner:
+    def __init__(self, tiling: TilingSettings, job: JobSettings, tile_px: int):
+        self.tiling, self.job, self.tile_px = tiling, job, tile_px
+
+    def count(self, plans: list[RasterPlan]) -> int:
+        return sum(p.block.count for p in plans)
+
+    def batches(self, plans: list[RasterPlan]) -> Iterator[list[dict]]:
+        """Tile items (see TileDataset) in plan order, job.batch_size at a time. A reader
+        process that dies ends the iteration with a JobError."""
+        dataset = TileDataset(plans, self.tile_px, self.tiling, self.job)
+        if len(dataset) == 0:
+            return
+        # Starting the reader processes forks: a second Ctrl-C (or torch's SIGCHLD handler)
+        # raising inside the fork handlers would be printed and lost ("Exception ignored in
+        # _releaseLock"), so it waits until the workers are up.
+        with deferred_interrupts():
+            it = iter(tile_loader(dataset, self.job))
+        try:
+            yield from it
+        except RuntimeError as e:
+            raise worker_death(e) or e from None
+
+
+def worker_death(e: RuntimeError) -> JobError | None:
+    """The JobError for torch's report of a dead reader process (killed, out of memory),
+    which its SIGCHLD handler raises wherever the main thread happens to be: also outside
+    `batches()`, so the job checks what it catches too."""
+    if "DataLoader worker" not in str(e):
+        return None
+    msg = str(e).splitlines()[0].strip().rstrip(".")
+    return JobError(f"a tile-reading worker process died ({msg}; out of memory? try fewer "
+                    "job.workers)")

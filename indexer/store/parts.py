@@ -1,0 +1,82 @@
+"""The Parquet parts: tiles/part-NNNNN.parquet (one row per tile) and thumbs/ (id + JPEG)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from indexer.errors import IndexError_
+from indexer.store.layout import THUMB_SCHEMA, THUMBS_DIR, TILE_SCHEMA, TILES_DIR, part_name
+from indexer.store.manifest import Manifest, Part
+
+TILE_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "id"]
+
+
+def read_part(path: Path, columns: list[str] | None = None, filters=None) -> pa.Table:
+    """One Parquet part; a damaged one is an IndexError_ naming it."""
+    try:
+        return pq.read_table(path, columns=columns, filters=filters)
+    except (OSError, pa.ArrowException) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IndexError_(f"{path.parent.name}/{path.name}: damaged Parquet part ({msg})"
+                          ) from None
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd")
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_part(d: Path, m: Manifest, tiles: pa.Table, thumbs: pa.Table) -> Part:
+    """Write a new part pair under the manifest's next part number (which it advances)."""
+    name = part_name(m.next_part)
+    m.next_part += 1
+    write_parquet(tiles, d / TILES_DIR / name)
+    write_parquet(thumbs, d / THUMBS_DIR / name)
+    ids = tiles["id"].to_numpy()
+    return Part(name=name, rows=int(tiles.num_rows), id_min=int(ids.min()),
+                id_max=int(ids.max()))
+
+
+def new_tables(first_id: int, rows: list[dict], thumbs: list[bytes]) -> tuple[pa.Table,
+                                                                              pa.Table]:
+    ids = np.arange(first_id, first_id + len(rows), dtype=np.int64)
+    cols = {c: [r[c] for r in rows] for c in TILE_COLUMNS}
+    return (pa.table({"id": ids, **cols}, schema=TILE_SCHEMA),
+            pa.table({"id": ids, "jpeg": thumbs}, schema=THUMB_SCHEMA))
+
+
+def source_tiles(d: Path, m: Manifest, key: str) -> set[tuple[int, int, int]]:
+    """(z, x, y) of the committed tiles of source `key`."""
+    out: set[tuple[int, int, int]] = set()
+    for part in m.parts:
+        t = read_part(d / TILES_DIR / part.name, ["source_key", "z", "x", "y"])
+        t = t.filter(pc.equal(t["source_key"], key))
+        out.update(zip(t["z"].to_pylist(), t["x"].to_pylist(), t["y"].to_pylist(),
+                       strict=True))
+    return out
+
+
+def without_source(d: Path, m: Manifest, key: str) -> tuple[list[Part], np.ndarray | None]:
+    """The parts as they are once source `key`'s rows are gone (touched parts rewritten
+    under new names, advancing m.next_part), and the ids removed (None when none)."""
+    new_parts, dead = [], []
+    for part in m.parts:
+        tiles = read_part(d / TILES_DIR / part.name)
+        hit = pc.equal(tiles["source_key"], key)
+        if not pc.any(hit).as_py():
+            new_parts.append(part)
+            continue
+        dead.append(tiles.filter(hit)["id"].to_numpy())
+        kept = tiles.filter(pc.invert(hit))
+        if kept.num_rows:
+            thumbs = read_part(d / THUMBS_DIR / part.name)
+            thumbs = thumbs.filter(pc.is_in(thumbs["id"], value_set=kept["id"]))
+            new_parts.append(write_part(d, m, kept, thumbs))
+    return new_parts, (np.concatenate(dead).astype(np.int64) if dead else None)

@@ -1,0 +1,85 @@
+"""Helpers shared by the tests and the benchmarks (bench/ imports these, never conftest):
+paths, synthetic GeoTIFFs, store rows, and SQL over a snapshot as an independent oracle."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFLINE_CONFIG = ROOT / "tests" / "offline.toml"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_GEOTIFF = SHARED_DATA / "geotiff"
+
+
+def make_raster(path: Path, *, lon: float = 11.88, lat: float = 43.46, crs: str = "EPSG:32632",
+                size: int = 256, res: float = 5.0, bands: int = 3, dtype: str = "uint8",
+                nodata: float | None = None, data: np.ndarray | None = None,
+                tags: dict | None = None, seed: int = 0, **creation) -> Path:
+    """A GeoTIFF of `size` x `size` pixels of `res` CRS units, centred on lon/lat."""
+    if crs.upper() == "NONE":
+        crs_obj = None
+        transform = None
+    else:
+        xs, ys = warp_transform("EPSG:4326", crs, [lon], [lat])
+        transform = from_origin(xs[0] - size * res / 2, ys[0] + size * res / 2, res, res)
+        crs_obj = crs
+    if data is None:
+        rng = np.random.default_rng(seed)
+        hi = 255 if dtype == "uint8" else 4000
+        data = rng.integers(1, hi, size=(bands, size, size)).astype(dtype)
+    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
+               "count": data.shape[0], "dtype": data.dtype.name}
+    if crs_obj is not None:
+        profile.update(crs=crs_obj, transform=transform)
+    if nodata is not None:
+        profile["nodata"] = nodata
+    profile.update(creation)  # GDAL creation options, e.g. blockysize=1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if tags:
+            dst.update_tags(**tags)
+    return path
+
+
+def tile_rows(n: int, key: str, start: int = 0) -> list[dict]:
+    """n tile rows of source `key` at zoom 12 (for writing to a store directly)."""
+    out = []
+    for i in range(start, start + n):
+        t = mercantile.Tile(i % 1000, i // 1000, 12)
+        b = mercantile.bounds(t)
+        out.append({"z": 12, "x": t.x, "y": t.y, "west": b.west, "south": b.south,
+                    "east": b.east, "north": b.north, "source": f"/data/{key}.tif",
+                    "source_key": key, "acquired": datetime(2020, 1, 1, tzinfo=UTC),
+                    "sensor": "test", "gsd_m": 5.0, "native_gsd_m": 5.0,
+                    "nodata_fraction": 0.0})
+    return out
+
+
+def mark_complete(writer, key: str, tiles: int = 0) -> None:
+    """Record source `key` (/data/KEY.tif) as completely indexed."""
+    from indexer.store.writer import SourceEntry
+
+    writer.begin(key, SourceEntry(path=f"/data/{key}.tif", content_sha256="", size=0,
+                                  mtime_ns=0))
+    writer.finish(key, tiles=tiles, skipped_nodata=0)
+
+
+def snapshot_sql(snap, query: str, params: list | None = None):
+    """DuckDB SQL over a snapshot's Parquet parts as a `tiles` view (an oracle for the
+    engine's own columnar filters)."""
+    import duckdb
+
+    con = duckdb.connect()
+    if snap.tile_parts:
+        con.read_parquet([str(p) for p in snap.tile_parts]).create_view("tiles")
+    else:
+        con.register("tiles", snap.tiles())
+    return con.sql(query, params=params).to_arrow_table()
