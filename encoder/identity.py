@@ -3,7 +3,11 @@ encoder without loading a deep-learning stack."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
+
+# The weights when a spec names none: what index_config.toml and the README document.
+DEFAULT_PRETRAINED = "openai"
 
 
 class EncoderError(ValueError):
@@ -21,6 +25,13 @@ class EncoderSpec:
     seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})
     # "auto" (CUDA when visible, else CPU), "cpu", "cuda" or "cuda:N".
     device: str = "auto"
+
+    def resolved(self) -> EncoderSpec:
+        """This spec with the documented default weights (open_clip's `openai` tag) when it
+        names none: ViT-B-16 with OpenAI's weights, as index_config.toml says."""
+        if self.checkpoint or self.pretrained or self.random_weights:
+            return self
+        return dataclasses.replace(self, pretrained=DEFAULT_PRETRAINED)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ class SatelliteEncoder:
     """Embeds uint8 image tiles and text into one L2-normalised space."""
 
     def __init__(self, spec: EncoderSpec):
+        spec = spec.resolved()
         self.spec = spec
         name = _resolve_model_name(spec.model)
         sources = [bool(spec.checkpoint), bool(spec.pretrained), spec.random_weights]
@@ -94,8 +95,9 @@ class SatelliteEncoder:
             what = spec.checkpoint or f"pretrained={spec.pretrained!r}"
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if spec.pretrained and not spec.checkpoint:
-                msg = ("download failed (offline, or not in the local cache); on an offline "
-                       "machine set encoder.checkpoint to a local file")
+                msg = ("download failed (this machine is offline, or the weights are not in "
+                       "the local cache): set encoder.checkpoint to a local weights file (or "
+                       "encoder.random_weights = true for a trial run)")
             raise EncoderError(f"encoder: cannot load weights {what} for {name}: {msg}") from None
         model.eval()
         # A GRAFT checkpoint names the CLIP it was aligned to; its text tower must be that

@@ -9,6 +9,18 @@ from pathlib import Path
 PROG = "satfind-index"
 
 
+def add_version(p: argparse.ArgumentParser) -> None:
+    """`--version`: `<prog> <version>` of the installed satfind package (no torch import);
+    every satfind command's top-level parser has it (ui.cli keeps its own copy)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = f"{p.prog} {version('satfind')}"
+    except PackageNotFoundError:
+        text = f"{p.prog} unknown"
+    p.add_argument("--version", action="version", version=text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -28,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print GDAL/FAISS warnings (default: counted in one summary line)")
+    add_version(p)
     return p
 
 

@@ -6,7 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from indexer.cli import add_version
+
 PROG = "satfind-serve"
+# uvicorn's log levels; anything else is a usage error here, not a traceback from uvicorn.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
                    "defaults, or ./index_config.toml when present)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS,
+                   help="server log level (default: info)")
+    add_version(p)
     args = p.parse_args(argv)
 
     import uvicorn

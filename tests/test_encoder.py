@@ -49,7 +49,8 @@ def test_local_checkpoint_loads_the_same_model(tmp_path):
 
 @pytest.mark.parametrize("spec,needle", [
     (EncoderSpec(model="nope", random_weights=True), "unknown open_clip model"),
-    (EncoderSpec(model="satfind-tiny"), "set exactly one of"),
+    # no weights named: the documented default (OpenAI's), which this model has no file of
+    (EncoderSpec(model="satfind-tiny"), "cannot load weights pretrained='openai'"),
     (EncoderSpec(model="satfind-tiny", random_weights=True, pretrained="openai"),
      "set exactly one of"),
     (EncoderSpec(model="satfind-tiny", checkpoint="/no/such.pt"), "does not exist"),

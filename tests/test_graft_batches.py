@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from training.batches import dihedral, make_batch, micro_batch_indices
+from training.optim import lr_factor
 from training.pairs import PairSet
 from training.samples import Sample
-from training.trainer import lr_factor
 
 
 @pytest.mark.parametrize("k", range(8))
@@ -67,8 +67,9 @@ def test_mixed_precision_step_runs_and_updates_only_the_student():
     from encoder.identity import EncoderSpec
     from encoder.model import SatelliteEncoder
     from encoder.tokens import token_grid
+    from training.optim import param_groups
     from training.settings import TrainSettings
-    from training.trainer import Trainer, param_groups
+    from training.trainer import Trainer
 
     enc = SatelliteEncoder(EncoderSpec(model="satfind-tiny", random_weights=True, device="cpu"))
     rng = np.random.default_rng(0)

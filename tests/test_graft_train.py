@@ -27,7 +27,8 @@ from training.pairs import build_pairs, raster_catalogue
 from training.photos import PairError, load_photos
 from training.settings import load_train_config
 from training.teacher import TeacherCache, load_photo
-from training.trainer import Trainer, retrieval_recall_at_1
+from training.trainer import Trainer
+from training.validation import retrieval_recall_at_1
 
 TEACHER = """
 [encoder]

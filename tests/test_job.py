@@ -140,7 +140,7 @@ def test_cli_remove(tmp_path, settings, encoder, raster_factory, capsys):
     ("[tiles]\n", "unknown section [tiles]"),
     ("[encoder]\nmodel = 'no-such-model'\nrandom_weights = true\n", "unknown open_clip model"),
     ("[encoder]\nmodel = 'satfind-tiny'\ncheckpoint = 'missing.pt'\n", "does not exist"),
-    ("[encoder]\nmodel = 'satfind-tiny'\n", "set exactly one of"),
+    ("[encoder]\nmodel = 'satfind-tiny'\n", "set encoder.checkpoint to a local weights file"),
 ])
 def test_bad_config_is_one_line(tmp_path, capsys, toml, needle):
     cfg = tmp_path / "bad.toml"

@@ -3,81 +3,119 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import tomllib
 from pathlib import Path
 
+from indexer.cli import add_version
 
-def encoder_spec_from_config(path: str | None):
-    """The [encoder] section of an index_config.toml as an EncoderSpec (the encoder layer
-    reads it itself: it imports nothing above it)."""
-    from encoder.identity import EncoderError, EncoderSpec
 
-    if path is None:
-        return EncoderSpec()
-    p = Path(path)
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
     try:
-        table = tomllib.loads(p.read_text()).get("encoder", {})
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise EncoderError(f"{p}: cannot read config ({e})") from None
-    fields = {f.name: f.type for f in dataclasses.fields(EncoderSpec)}
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise EncoderError(f"{p}: encoder: unknown key {unknown[0]!r}")
-    spec = EncoderSpec(**table)
-    if spec.checkpoint and not Path(spec.checkpoint).is_absolute():
-        spec = dataclasses.replace(spec, checkpoint=str((p.parent / spec.checkpoint).resolve()))
-    return spec
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0 = all images), "
+                                         f"got {text!r}")
+    return n
 
 
-def eval_main(argv: list[str] | None = None) -> int:
+OUT_HELP = ("write the results (JSON{}) into this folder, created if needed "
+            "(default: nothing is written; the results are printed only)")
+
+
+def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="satfind-eval", description="Evaluate a satellite encoder.")
+    add_version(p)
     sub = p.add_subparsers(dest="what", required=True)
     z = sub.add_parser("zeroshot", help="zero-shot classification of a class-per-folder set")
     z.add_argument("image_dir")
-    z.add_argument("--config", help="index_config.toml with the [encoder] to evaluate")
-    z.add_argument("--out", default="eval-zeroshot", help="folder for JSON / CSV results")
-    z.add_argument("--limit-per-class", type=int, default=0, help="0 = all images")
-    z.add_argument("-q", "--quiet", action="store_true")
+    z.add_argument("--config", help="index_config.toml with the [encoder] to evaluate "
+                   "(default: the built-in encoder)")
+    z.add_argument("--out", metavar="DIR", help=OUT_HELP.format(" and a confusion CSV"))
+    z.add_argument("--limit-per-class", type=_count, default=0, metavar="N",
+                   help="at most N images per class (default 0 = all images)")
+    z.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r = sub.add_parser("retrieval", help="text <-> image recall@1/5/10 from a captions file")
     r.add_argument("image_dir")
     r.add_argument("--captions", required=True,
                    help="one 'filename<TAB>caption' per line (filename relative to IMAGE_DIR)")
-    r.add_argument("--config", help="index_config.toml with the [encoder] to evaluate")
-    r.add_argument("--out", default="eval-retrieval", help="folder for the JSON results")
-    r.add_argument("-q", "--quiet", action="store_true")
-    args = p.parse_args(argv)
+    r.add_argument("--config", help="index_config.toml with the [encoder] to evaluate "
+                   "(default: the built-in encoder)")
+    r.add_argument("--out", metavar="DIR", help=OUT_HELP.format(""))
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _out_problem(out: str) -> str | None:
+    """Why `--out` cannot become a results folder (checked before any work), or None."""
+    if not out.strip():
+        return "--out: give a folder path (an empty path is refused)"
+    path = Path(out)
+    try:
+        for q in (path, *path.parents):  # the nearest existing one must be a folder
+            if q.is_dir():
+                return None
+            if q.exists() or q.is_symlink():
+                what = "it exists and" if q == path else f"{q}"
+                return f"--out {out}: {what} is not a folder"
+    except OSError as e:
+        return f"--out {out}: {e.strerror or type(e).__name__}"
+    return None
+
+
+def _error(message: str) -> int:
+    print(f"satfind-eval: error: {message}", file=sys.stderr)
+    return 2
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    args = _eval_parser().parse_args(argv)
+    problem = None if args.out is None else _out_problem(args.out)
+    if problem:
+        return _error(problem)
 
     from encoder.identity import EncoderError
     from encoder.model import SatelliteEncoder
+    from indexer.config import load_settings
+    from indexer.configfile import ConfigError
     from training.evaluate import EvalError, retrieval, zero_shot
 
     try:
-        enc = SatelliteEncoder(encoder_spec_from_config(args.config))
+        enc = SatelliteEncoder(load_settings(args.config).encoder)
         if args.what == "retrieval":
             res = retrieval(enc, Path(args.image_dir), Path(args.captions),
                             progress=not args.quiet)
         else:
             res = zero_shot(enc, Path(args.image_dir), args.limit_per_class,
                             progress=not args.quiet)
-    except (EncoderError, EvalError) as e:
-        print(f"satfind-eval: error: {e}", file=sys.stderr)
-        return 2
-    res.write(Path(args.out))
-    if args.what == "retrieval":
+    except (ConfigError, EncoderError, EvalError) as e:
+        return _error(str(e))
+    _print_results(args.what, res, enc.identity.short())
+    if args.out is None:
+        return 0
+    try:
+        res.write(Path(args.out))
+    except OSError as e:
+        return _error(f"--out {args.out}: cannot write the results "
+                      f"({e.strerror or type(e).__name__})")
+    print(f"results in {args.out}/")
+    return 0
+
+
+def _print_results(what: str, res, encoder: str) -> None:
+    if what == "retrieval":
         for k in res.text_to_image:
             print(f"recall@{k:<3} text->image {res.text_to_image[k]:.3f}  image->text "
                   f"{res.image_to_text[k]:.3f}  (text->image chance {res.chance(k):.3f})")
-        print(f"retrieval over {res.n_images} images, {res.n_captions} captions; encoder "
-              f"{enc.identity.short()}; results in {args.out}/")
-        return 0
+        print(f"retrieval over {res.n_images} images, {res.n_captions} captions; "
+              f"encoder {encoder}")
+        return
     for c, acc in res.per_class().items():
         print(f"{c:<24} {acc:6.3f}")
     print(f"zero-shot accuracy {res.accuracy:.3f} over {int(res.confusion.sum())} images, "
-          f"{len(res.classes)} classes (chance {res.chance:.3f}); encoder "
-          f"{enc.identity.short()}; results in {args.out}/")
-    return 0
+          f"{len(res.classes)} classes (chance {res.chance:.3f}); encoder {encoder}")
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -90,6 +128,7 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in train.out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_version(p)
     args = p.parse_args(argv)
 
     from encoder.identity import EncoderError

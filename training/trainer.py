@@ -30,10 +30,12 @@ from encoder.tokens import image_tokens, token_grid
 from indexer.critical import stop_between_steps
 from training.batches import make_batch, micro_batch_indices
 from training.losses import image_level_loss, pixel_level_loss
-from training.pairs import PairSet, build_pairs, raster_catalogue
+from training.optim import lr_factor, param_groups
+from training.pairs import build_pairs, raster_catalogue
 from training.photos import load_photos
 from training.settings import TrainSettings
 from training.teacher import TeacherCache
+from training.validation import retrieval_recall_at_1
 
 EXPORT_NAME = "satfind-graft.pt"
 EXPORT_FORMAT = "satfind-graft-v1"
@@ -69,54 +71,6 @@ class TrainReport:
 
 
 # -- model pieces --------------------------------------------------------------------------
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on gains, biases and position/class embeddings (as CLIP training)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "embedding" in name or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup to 1 over `warmup` steps, then cosine to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
-
-
-@torch.no_grad()
-def retrieval_recall_at_1(student: torch.nn.Module, encoder: SatelliteEncoder, pairs: PairSet,
-                          ground: torch.Tensor, index: np.ndarray, batch_size: int = 128
-                          ) -> tuple[float, float]:
-    """Satellite -> ground recall@1 over `index` samples: the candidates are every photo of
-    those samples; a hit is a top-1 photo that lies inside the patch. Returns (recall, the
-    same for a random ranking)."""
-    was_training = student.training
-    student.eval()
-    cand = sorted({j for i in index for j in pairs.samples[i].photos})
-    col = {j: c for c, j in enumerate(cand)}
-    g = F.normalize(ground[cand].float(), dim=-1)
-    hits, chance = 0, 0.0
-    for s in range(0, len(index), batch_size):
-        chunk = index[s:s + batch_size]
-        x = encoder.prepare(np.stack([np.asarray(pairs.patches[i]) for i in chunk]))
-        with encoder.autocast():
-            emb = student(x)
-        top = (F.normalize(emb.float(), dim=-1) @ g.T).argmax(dim=1).cpu().numpy()
-        for i, t in zip(chunk, top, strict=True):
-            mine = {col[j] for j in pairs.samples[i].photos}
-            hits += int(t) in mine
-            chance += len(mine) / len(cand)
-    student.train(was_training)
-    return hits / len(index), chance / len(index)
 
 
 # -- the run -------------------------------------------------------------------------------

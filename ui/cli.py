@@ -16,11 +16,24 @@ def streamlit_command(api: str, host: str, port: int) -> list[str]:
             "--browser.gatherUsageStats", "false", "--", "--api", api]
 
 
+def add_version(p: argparse.ArgumentParser) -> None:
+    """`--version`: `<prog> <version>` of the installed satfind package. (The ui imports no
+    other satfind package, so this is its own copy of indexer.cli's.)"""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = f"{p.prog} {version('satfind')}"
+    except PackageNotFoundError:
+        text = f"{p.prog} unknown"
+    p.add_argument("--version", action="version", version=text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="satfind-ui", description="The satfind web explorer.")
     p.add_argument("--api", default="http://127.0.0.1:8000", help="satfind API base URL")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
+    add_version(p)
     args = p.parse_args(argv)
     print(f"satfind explorer: http://{args.host}:{args.port} (API {args.api})", flush=True)
     try:

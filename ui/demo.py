@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from ui.cli import streamlit_command
+from ui.cli import add_version, streamlit_command
 
 
 def _free_port() -> int:
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", required=True, metavar="DIR")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--port", type=int, default=8501, help="explorer port (API: a free one)")
+    add_version(p)
     args = p.parse_args(argv)
     api_port = _free_port()
     api = f"http://127.0.0.1:{api_port}"

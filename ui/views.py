@@ -1,0 +1,109 @@
+"""The explorer's view logic, importable and testable without Streamlit: result exports,
+the query the API gets, feedback updates, the map's footprints and view, result captions."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import math
+
+from search.client import SatfindClient
+
+
+def to_geojson(results: list[dict]) -> dict:
+    feats = []
+    for r in results:
+        w, s, e, n = r["bounds"]
+        feats.append({"type": "Feature", "id": r["id"],
+                      "geometry": {"type": "Polygon",
+                                   "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
+                      "properties": {k: v for k, v in r.items() if k not in ("bounds",)}})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def to_csv(results: list[dict]) -> str:
+    buf = io.StringIO()
+    cols = ["id", "score", "z", "x", "y", "west", "south", "east", "north", "lon", "lat",
+            "acquired", "sensor", "source", "gsd_m"]
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in results:
+        west, south, east, north = r["bounds"]
+        w.writerow({"id": r["id"], "score": r["score"], "z": r["z"], "x": r["x"], "y": r["y"],
+                    "west": west, "south": south, "east": east, "north": north,
+                    "lon": r["centre"][0], "lat": r["centre"][1], "acquired": r["acquired"],
+                    "sensor": r["sensor"], "source": r["source"], "gsd_m": r["gsd_m"]})
+    return buf.getvalue()
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float] | None:
+    text = text.strip()
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4:
+        raise ValueError("area: give west,south,east,north in degrees")
+    return tuple(float(p) for p in parts)  # type: ignore[return-value]
+
+
+def run_query(c: SatfindClient, q: dict, k: int, filters: dict) -> dict:
+    """q: {"kind": "text"|"image"|"similar", ...}, plus positives / negatives."""
+    body: dict = {"k": k, **filters}
+    if q.get("positives") or q.get("negatives"):
+        body.update(positives=q.get("positives", []), negatives=q.get("negatives", []))
+        if q["kind"] == "text":
+            body["text"] = q["text"]
+        elif q["kind"] == "similar":
+            body["tile_id"] = q["tile_id"]
+        elif q["kind"] == "image":
+            body["image_base64"] = base64.b64encode(q["image"]).decode()
+        return c.search(**body)
+    if q["kind"] == "text":
+        return c.search_text(q["text"], k=k, **_client_filters(filters))
+    if q["kind"] == "image":
+        return c.search_image(q["image"], k=k, **_client_filters(filters))
+    return c.similar(q["tile_id"], k=k, **_client_filters(filters))
+
+
+def _client_filters(f: dict) -> dict:
+    return {k: v for k, v in f.items() if v not in (None, [], "")}
+
+
+def footprints(results: list[dict]) -> list[dict]:
+    """One polygon per result for the map layer, with its tooltip fields."""
+    return [{"polygon": [[r["bounds"][0], r["bounds"][1]], [r["bounds"][2], r["bounds"][1]],
+                         [r["bounds"][2], r["bounds"][3]], [r["bounds"][0], r["bounds"][3]]],
+             "id": r["id"], "score": round(r["score"], 3), "when": r["acquired"] or "?"}
+            for r in results]
+
+
+def map_view(results: list[dict]) -> tuple[float, float, float]:
+    """(longitude, latitude, zoom) that shows every result."""
+    lons = [r["centre"][0] for r in results]
+    lats = [r["centre"][1] for r in results]
+    span = max(max(lons) - min(lons), max(lats) - min(lats), 1e-4)
+    zoom = max(1, min(18, math.log2(360 / span) + 0.5))
+    return sum(lons) / len(lons), sum(lats) / len(lats), zoom
+
+
+def with_feedback(q: dict, tile_id: int, relevant: bool) -> dict:
+    """The query with `tile_id` marked relevant (positive) or not (negative)."""
+    mine, other = ("positives", "negatives") if relevant else ("negatives", "positives")
+    return {**q, mine: sorted({*q[mine], tile_id}), other: [i for i in q[other] if i != tile_id]}
+
+
+def describe(q: dict) -> str:
+    """'Results for ...' heading of a query, with its feedback counts."""
+    what = {"text": lambda: f"“{q['text']}”", "image": lambda: f"image {q.get('name', '')}",
+            "similar": lambda: f"more like tile {q['tile_id']}"}[q["kind"]]()
+    fb = f" · 👍 {len(q['positives'])} · 👎 {len(q['negatives'])}" if (
+        q["positives"] or q["negatives"]) else ""
+    return f"Results for {what}{fb}"
+
+
+def request_filters(bbox, start, end, sensors: list[str]) -> dict:
+    """The API filter fields that are set."""
+    f = {"bbox": list(bbox) if bbox else None, "start": start.isoformat() if start else None,
+         "end": end.isoformat() if end else None, "sensor": sensors}
+    return {k: v for k, v in f.items() if v}
