@@ -48,6 +48,7 @@ class SearchEngine:
         self._texts = TextEmbeddingCache(self._embed_text, config.search.text_cache_size)
         # Decoding an upload can take hundreds of MB at the pixel cap: a few at a time.
         self._decode_slots = threading.BoundedSemaphore(config.api.max_concurrent_decodes)
+        self._recipe_notice = False  # said once: "this index records no tile recipe"
         self._loaded = self._load()
 
     # --- snapshots ----------------------------------------------------------------------
@@ -77,7 +78,7 @@ class SearchEngine:
         before recipes were recorded, the server's [tiling] config (said once in the log)."""
         if snap.recipe is not None:
             return snap.recipe
-        if not getattr(self, "_recipe_notice", False):
+        if not self._recipe_notice:
             self._recipe_notice = True
             log.warning("%s records no tile recipe (written before satfind recorded it): query "
                         "images are prepared with this server's [tiling] settings", self.dir)

@@ -14,7 +14,7 @@ import pytest
 from tests import chaos
 from tests.bombs import allowed_heavy_png, bomb_corpus
 from tests.conftest import OFFLINE_CONFIG
-from tests.helpers import mark_complete
+from tests.helpers import mark_complete, tile_rows
 
 KILLS = 20
 
@@ -93,15 +93,14 @@ def test_kill_trials_detect_a_broken_index(tmp_path, n):
     from encoder.identity import EncoderIdentity
     from indexer.config import StoreSettings
     from indexer.store.writer import IndexWriter
-    from tests.test_store import _rows
 
     ident = EncoderIdentity("fake", "c" * 64, "w" * 64, 16, 64)
     with IndexWriter(tmp_path, ident, StoreSettings()) as w:
-        rows = _rows(4, "a")
+        rows = tile_rows(4, "a")
         w.add(rows, np.eye(4, 16, dtype=np.float32), [b""] * 4)
         mark_complete(w, "a")
         w.commit()
-    expected = {(r["source"], r["z"], r["x"], r["y"]) for r in _rows(5, "a")}
+    expected = {(r["source"], r["z"], r["x"], r["y"]) for r in tile_rows(5, "a")}
     with pytest.raises(AssertionError, match="complete with tiles missing"):
         chaos.check_index(tmp_path, expected)
     m = json.loads((tmp_path / "manifest.json").read_text())

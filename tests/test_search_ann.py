@@ -12,8 +12,7 @@ from indexer.config import Settings, StoreSettings
 from indexer.store.writer import IndexWriter
 from search.engine import Filters, SearchEngine
 from search.settings import SearchSettings, ServeConfig
-from tests.helpers import mark_complete, snapshot_sql
-from tests.test_store import _rows
+from tests.helpers import mark_complete, snapshot_sql, tile_rows
 
 DIM = 64
 IDENT = EncoderIdentity("synthetic", "c" * 64, "w" * 64, DIM, 64)
@@ -35,7 +34,7 @@ def _build(path, vectors, store: StoreSettings) -> None:
         for start in range(0, len(vectors), 5000):
             chunk = vectors[start:start + 5000]
             key = f"src{start // 5000}"
-            w.add(_rows(len(chunk), key, start), chunk, [b""] * len(chunk))
+            w.add(tile_rows(len(chunk), key, start), chunk, [b""] * len(chunk))
             mark_complete(w, key)
             w.commit()
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from datetime import UTC, datetime
 
-import mercantile
 import numpy as np
 import pytest
 
@@ -17,23 +15,10 @@ from indexer.errors import IndexError_
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.writer import IndexWriter
 from tests.conftest import ROOT
-from tests.helpers import mark_complete
+from tests.helpers import mark_complete, tile_rows
 
 DIM = 16
 IDENT = EncoderIdentity("fake", "c" * 64, "w" * 64, DIM, 64)
-
-
-def _rows(n: int, key: str, start: int = 0) -> list[dict]:
-    out = []
-    for i in range(start, start + n):
-        t = mercantile.Tile(i % 1000, i // 1000, 12)
-        b = mercantile.bounds(t)
-        out.append({"z": 12, "x": t.x, "y": t.y, "west": b.west, "south": b.south,
-                    "east": b.east, "north": b.north, "source": f"/data/{key}.tif",
-                    "source_key": key, "acquired": datetime(2020, 1, 1, tzinfo=UTC),
-                    "sensor": "test", "gsd_m": 5.0, "native_gsd_m": 5.0,
-                    "nodata_fraction": 0.0})
-    return out
 
 
 def _vecs(n: int, seed: int) -> np.ndarray:
@@ -43,7 +28,7 @@ def _vecs(n: int, seed: int) -> np.ndarray:
 
 def _add(w: IndexWriter, n: int, key: str, seed: int) -> np.ndarray:
     v = _vecs(n, seed)
-    w.add(_rows(n, key), v, [b"jpeg"] * n)
+    w.add(tile_rows(n, key), v, [b"jpeg"] * n)
     mark_complete(w, key)
     return v
 

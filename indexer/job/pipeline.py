@@ -70,7 +70,10 @@ class IndexJob:
                 try:
                     self._stream(writer, plans, pendings, commits, report)
                 except RuntimeError as e:
-                    raise worker_death(e) or e from None
+                    died = worker_death(e)
+                    if died is None:
+                        raise
+                    raise died from None
             except JobError:
                 writer.commit()  # keep what was read before the failure
                 raise

@@ -21,7 +21,7 @@ class LocalRunner:
 
     def batches(self, plans: list[RasterPlan]) -> Iterator[list[dict]]:
         """Tile items (see TileDataset) in plan order, job.batch_size at a time. A reader
-        process that dies ends the iteration with a JobError."""
+        process that dies surfaces as torch's RuntimeError: see `worker_death`."""
         dataset = TileDataset(plans, self.tile_px, self.tiling, self.job)
         if len(dataset) == 0:
             return
@@ -30,16 +30,13 @@ class LocalRunner:
         # _releaseLock"), so it waits until the workers are up.
         with deferred_interrupts():
             it = iter(tile_loader(dataset, self.job))
-        try:
-            yield from it
-        except RuntimeError as e:
-            raise worker_death(e) or e from None
+        yield from it
 
 
 def worker_death(e: RuntimeError) -> JobError | None:
     """The JobError for torch's report of a dead reader process (killed, out of memory),
-    which its SIGCHLD handler raises wherever the main thread happens to be: also outside
-    `batches()`, so the job checks what it catches too."""
+    which its SIGCHLD handler raises wherever the main thread happens to be (inside
+    `batches()` or not): the job converts whatever RuntimeError its batch loop raises."""
     if "DataLoader worker" not in str(e):
         return None
     msg = str(e).splitlines()[0].strip().rstrip(".")

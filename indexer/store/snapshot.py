@@ -112,9 +112,8 @@ class IndexSnapshot:
 
     def describe_index(self) -> dict:
         """The vector index as the manifest records it (no file name)."""
-        info = {k: v for k, v in vars(self.manifest.index).items()
+        return {k: v for k, v in vars(self.manifest.index).items()
                 if v is not None and k != "file"}
-        return info
 
     def check_encoder(self, identity: EncoderIdentity) -> None:
         if identity != self.identity:
