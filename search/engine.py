@@ -28,9 +28,20 @@ log = logging.getLogger("satfind.search")
 class Loaded:
     """One snapshot and its tile table: what a query runs against from start to end."""
 
-    def __init__(self, snap: IndexSnapshot):
+    def __init__(self, snap: IndexSnapshot, tiles: TileTable | None = None):
         self.snap = snap
-        self.tiles = TileTable(snap.tiles(), snap.next_id)
+        self.tiles = tiles if tiles is not None else TileTable(snap.tiles(), snap.next_id)
+
+    def refreshed(self) -> Loaded:
+        """The latest commit, reading (and adding to the tile table) only what it added
+        when it only added tiles."""
+        snap = self.snap.refreshed()
+        if snap is self.snap:
+            return self
+        added = snap.added_since(self.snap)
+        if added is None:
+            return Loaded(snap)
+        return Loaded(snap, self.tiles.extended(added, snap.next_id))
 
 
 class SearchEngine:
@@ -65,7 +76,9 @@ class SearchEngine:
         if cur.snap.newer_commit():
             with self._lock:
                 if self._loaded.snap.newer_commit():
-                    self._loaded = self._load()
+                    fresh = self._loaded.refreshed()
+                    fresh.snap.check_encoder(self.encoder.identity)
+                    self._loaded = fresh
                 cur = self._loaded
         return cur
 

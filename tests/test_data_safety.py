@@ -230,10 +230,11 @@ def test_deferred_interrupts_off_the_main_thread_is_a_plain_block():
     assert out == [True]
 
 
-_COMMIT_STEPS = ["indexer.store.writer.VectorFileWriter.write_at",
+_COMMIT_STEPS = ["indexer.store.vectors.RowFileWriter.write_at",
                  "indexer.store.parts.write_parquet",
-                 "indexer.store.vector_index.faiss.serialize_index",
-                 "indexer.store.writer.atomic_write_bytes", "indexer.store.writer.fsync_dir",
+                 "indexer.store.vector_index.VectorIndex.encode",
+                 "indexer.store.ann.AnnFiles.append",
+                 "indexer.store.writer.fsync_dir",
                  "indexer.store.writer.write_manifest"]
 
 

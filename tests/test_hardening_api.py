@@ -231,7 +231,7 @@ def test_error_details_do_not_reveal_server_internals(tmp_path, real_index, sett
 
 @pytest.mark.parametrize("damage,needle", [
     ("truncate_vectors", "vectors.f16.npy is truncated"),
-    ("garbage_faiss", "damaged FAISS index"),
+    ("truncate_codes", "is truncated"),
     ("garbage_part", "damaged Parquet part"),
     ("duplicate_ids", "duplicate ids"),
     ("missing_part", "is missing"),
@@ -244,8 +244,9 @@ def test_serve_start_on_a_damaged_index_is_one_line(tmp_path, real_index, capsys
     if damage == "truncate_vectors":
         v = idx / "vectors.f16.npy"
         v.write_bytes(v.read_bytes()[:-1000])
-    elif damage == "garbage_faiss":
-        (idx / m["index"]["file"]).write_bytes(b"\0" * 500)
+    elif damage == "truncate_codes":
+        c = idx / m["index"]["codes"]
+        c.write_bytes(c.read_bytes()[:-100])
     elif damage == "garbage_part":
         (idx / "tiles" / m["parts"][0]["name"]).write_bytes(b"PAR1 not really")
     elif damage == "duplicate_ids":

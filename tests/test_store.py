@@ -61,7 +61,7 @@ def test_flat_switches_to_ivfpq_and_keeps_ids(tmp_path):
         w.commit()
     snap = IndexSnapshot.open(tmp_path)
     info = dataclasses.asdict(snap.manifest.index)
-    assert info["factory"] == "IVF8,PQ4" and "IVF-PQ" in info["chosen"]
+    assert info["factory"] == "IVF8,PQ4np" and "IVF-PQ" in info["chosen"]
     assert snap.ntotal == 1200
     # exact search over candidates from IVF-PQ: the query's own tile is among the top 10
     ids = np.arange(0, 1200, 37)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from indexer.errors import IndexError_
 from indexer.store.layout import (
+    ANN_RE,
+    CODES_RE,
+    DELETED,
     FAISS_RE,
     LOCK,
     MANIFEST,
@@ -81,15 +84,20 @@ def clean_garbage(d: Path, m: Manifest) -> None:
         for f in (d / sub).iterdir():
             if PART_RE.fullmatch(f.name) and f.name not in keep_parts and f.is_file():
                 f.unlink(missing_ok=True)
+    drop_old_index_files(d, {m.index.file, m.index.codes})
     for f in d.iterdir():
-        stale_faiss = FAISS_RE.fullmatch(f.name) and f.name != m.index.file
-        if (stale_faiss or TMP_RE.fullmatch(f.name)) and f.is_file():
+        if TMP_RE.fullmatch(f.name) and f.is_file():
             f.unlink(missing_ok=True)
 
 
+def _is_index_file(name: str) -> bool:
+    return any(r.fullmatch(name) for r in (FAISS_RE, ANN_RE, CODES_RE))
+
+
 def drop_old_index_files(d: Path, keep: set[str | None]) -> None:
+    """Delete vector-index files (of either format) not in `keep`."""
     for f in d.iterdir():
-        if FAISS_RE.fullmatch(f.name) and f.name not in keep:
+        if _is_index_file(f.name) and f.name not in keep and f.is_file():
             f.unlink(missing_ok=True)
 
 
@@ -100,6 +108,8 @@ def uncreate(d: Path, m: Manifest) -> None:
     try:
         if m.vectors_f16:
             (d / m.vectors_f16).unlink(missing_ok=True)
+        drop_old_index_files(d, set())
+        (d / DELETED).unlink(missing_ok=True)
         for sub in (TILES_DIR, THUMBS_DIR):
             for f in (d / sub).iterdir():
                 if PART_RE.fullmatch(f.name):

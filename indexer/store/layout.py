@@ -12,7 +12,10 @@ import pyarrow as pa
 FORMAT = "satfind-index"
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the ANN as a template + appended codes; 1: one FAISS file per commit
+
+
+READABLE_VERSIONS = (1, 2)
 
 
 MANIFEST = "manifest.json"
@@ -35,10 +38,19 @@ LOCK = ".lock"
 PART_RE = re.compile(r"part-\d{5}\.parquet")
 
 
-FAISS_RE = re.compile(r"vectors-\d{6}\.faiss")
+FAISS_RE = re.compile(r"vectors-\d{6}\.faiss")  # format 1's whole index per commit
 
 
-TMP_RE = re.compile(r"\.(manifest\.json|vectors-\d{6}\.faiss)\.tmp-\d+")
+ANN_RE = re.compile(r"ann-\d{6}\.faiss")  # a trained, empty ANN (IVF centroids, PQ books)
+
+
+CODES_RE = re.compile(r"codes-\d{6}\.npy")  # one ANN code per tile id, appended
+
+
+DELETED = "deleted.npy"  # ids of removed tiles, appended
+
+
+TMP_RE = re.compile(r"\.(manifest\.json|vectors-\d{6}\.faiss|ann-\d{6}\.faiss)\.tmp-\d+")
 
 
 # One row per tile in tiles/part-NNNNN.parquet; id + JPEG in thumbs/part-NNNNN.parquet.
@@ -64,8 +76,12 @@ TILE_SCHEMA = pa.schema([
 THUMB_SCHEMA = pa.schema([("id", pa.int64()), ("jpeg", pa.binary())])
 
 
-def faiss_name(generation: int) -> str:
-    return f"vectors-{generation:06d}.faiss"
+def ann_name(generation: int) -> str:
+    return f"ann-{generation:06d}.faiss"
+
+
+def codes_name(generation: int) -> str:
+    return f"codes-{generation:06d}.npy"
 
 
 def part_name(number: int) -> str:

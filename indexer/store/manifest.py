@@ -20,6 +20,7 @@ from indexer.store.layout import (
     FORMAT_VERSION,
     MANIFEST,
     PART_RE,
+    READABLE_VERSIONS,
     VECTORS_F16,
     atomic_write_bytes,
 )
@@ -31,12 +32,18 @@ def now() -> str:
 
 @dataclass
 class Part:
-    """One tiles/ + thumbs/ Parquet pair: its name and the tile ids it holds."""
+    """One tiles/ + thumbs/ Parquet pair: its name, the tile ids it holds and the keys of
+    the sources they come from (None in parts written before that was recorded), so that
+    finding or removing a source's tiles reads only the parts that hold some."""
 
     name: str
     rows: int
     id_min: int
     id_max: int
+    sources: list[str] | None = None
+
+    def may_hold(self, key: str) -> bool:
+        return self.sources is None or key in self.sources
 
 
 @dataclass
@@ -65,9 +72,13 @@ class SourceEntry:
 
 @dataclass
 class IndexInfo:
-    """The committed vector-index file and how it was chosen."""
+    """The committed vector index and how it was chosen. Format 2: `file` is the trained,
+    empty ANN (None for Flat) and `codes` the file of one code per tile id (None before the
+    first tile); format 1: `file` is the whole index."""
 
     file: str | None = None
+    codes: str | None = None
+    code_size: int | None = None
     factory: str = "Flat"
     metric: str = "inner_product"
     chosen: str = ""
@@ -93,6 +104,8 @@ class Manifest:
     sources: dict[str, SourceEntry] = field(default_factory=dict)
     # None for an index written before the recipe was recorded.
     recipe: TileRecipe | None = None
+    deleted: int = 0  # committed rows of the tombstone file (ids of removed tiles)
+    version: int = FORMAT_VERSION  # as read; a writer always writes FORMAT_VERSION
 
     @property
     def tiles(self) -> int:
@@ -109,7 +122,9 @@ class Manifest:
             "generation": self.generation, "created": self.created, "updated": self.updated,
             "encoder": self.encoder.to_dict(), "dim": self.dim, "next_id": self.next_id,
             "next_part": self.next_part, "index": index, "vectors_f16": self.vectors_f16,
-            "parts": [asdict(p) for p in self.parts],
+            "deleted": self.deleted,
+            "parts": [{k: v for k, v in asdict(p).items() if v is not None}
+                      for p in self.parts],
             "sources": {k: asdict(s) for k, s in self.sources.items()},
             "counts": {"tiles": self.index.ntotal, "sources": len(self.sources)},
         }
@@ -128,8 +143,10 @@ class Manifest:
                 updated=str(d["updated"]), next_id=int(d["next_id"]),
                 next_part=int(d["next_part"]), index=_typed(IndexInfo, d["index"]),
                 vectors_f16=d["vectors_f16"],
-                parts=[Part(str(p["name"]), int(p["rows"]), int(p["id_min"]), int(p["id_max"]))
+                parts=[Part(str(p["name"]), int(p["rows"]), int(p["id_min"]), int(p["id_max"]),
+                            [str(k) for k in p["sources"]] if "sources" in p else None)
                        for p in d["parts"]],
+                deleted=int(d.get("deleted", 0)), version=int(d["format_version"]),
                 sources={str(k): _typed(SourceEntry, s) for k, s in d["sources"].items()},
                 recipe=TileRecipe.from_dict(d["recipe"]) if d.get("recipe") else None,
             )
@@ -156,6 +173,9 @@ class Manifest:
         if self.index.ntotal != total:
             raise IndexError_(f"{where}: the vector index holds {self.index.ntotal} tiles but "
                               f"the parts hold {total}")
+        if self.version >= 2 and self.next_id - self.index.ntotal != self.deleted:
+            raise IndexError_(f"{where}: {self.next_id} tile ids given, {self.index.ntotal} "
+                              f"held, but {self.deleted} recorded as removed")
 
 
 def _typed(cls, d: dict):
@@ -181,7 +201,8 @@ def read_manifest(index_dir: Path) -> Manifest | None:
         raise IndexError_(f"{path}: unreadable manifest ({e.__class__.__name__}: {e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise IndexError_(f"{path}: not a satfind index manifest")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise IndexError_(f"{path}: index format version {data.get('format_version')} is not "
-                          f"supported (this satfind reads version {FORMAT_VERSION})")
+                          f"supported (this satfind reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     return Manifest.from_dict(data, path)

@@ -40,8 +40,9 @@ def write_part(d: Path, m: Manifest, tiles: pa.Table, thumbs: pa.Table) -> Part:
     write_parquet(tiles, d / TILES_DIR / name)
     write_parquet(thumbs, d / THUMBS_DIR / name)
     ids = tiles["id"].to_numpy()
+    keys = sorted(set(tiles["source_key"].to_pylist()))
     return Part(name=name, rows=int(tiles.num_rows), id_min=int(ids.min()),
-                id_max=int(ids.max()))
+                id_max=int(ids.max()), sources=keys)
 
 
 def new_tables(first_id: int, rows: list[dict], thumbs: list[bytes]) -> tuple[pa.Table,
@@ -56,6 +57,8 @@ def source_tiles(d: Path, m: Manifest, key: str) -> set[tuple[int, int, int]]:
     """(z, x, y) of the committed tiles of source `key`."""
     out: set[tuple[int, int, int]] = set()
     for part in m.parts:
+        if not part.may_hold(key):
+            continue
         t = read_part(d / TILES_DIR / part.name, ["source_key", "z", "x", "y"])
         t = t.filter(pc.equal(t["source_key"], key))
         out.update(zip(t["z"].to_pylist(), t["x"].to_pylist(), t["y"].to_pylist(),
@@ -68,6 +71,9 @@ def without_source(d: Path, m: Manifest, key: str) -> tuple[list[Part], np.ndarr
     under new names, advancing m.next_part), and the ids removed (None when none)."""
     new_parts, dead = [], []
     for part in m.parts:
+        if not part.may_hold(key):
+            new_parts.append(part)
+            continue
         tiles = read_part(d / TILES_DIR / part.name)
         hit = pc.equal(tiles["source_key"], key)
         if not pc.any(hit).as_py():

@@ -2,8 +2,13 @@
 
 `IndexSnapshot.open(dir)` reads the manifest, then exactly the files it names; a writer
 may be appending at the same time (it never changes a named file, except growing the
-float16 file past the committed rows, which a snapshot never reads). `newer_commit()` says
-when a writer has committed since.
+append-only row files past the committed rows, which a snapshot never reads).
+`newer_commit()` says when a writer has committed since, and `refreshed()` opens that commit
+reading only what it added (new ANN codes, new Parquet parts) when it only added tiles.
+
+The vector index of a snapshot is one or two segments: what was loaded whole, and (after
+refreshes) the tiles added since, read from the code file's new rows. Once the second
+segment grows past an eighth of the first, a refresh loads the index whole again.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import pyarrow as pa
 from encoder.identity import EncoderIdentity
 from indexer.config import TileRecipe
 from indexer.errors import IndexError_
+from indexer.store import ann
 from indexer.store.layout import MANIFEST, THUMBS_DIR, TILE_SCHEMA, TILES_DIR
 from indexer.store.manifest import Manifest, SourceEntry, read_manifest
 from indexer.store.parts import read_part
 from indexer.store.vector_index import VectorIndex
-from indexer.store.vectors import check_vectors, open_vectors
+from indexer.store.vectors import check_rows, open_rows
+
+DELTA_FRACTION = 8  # a second segment up to 1/8 of the first; beyond it, load whole
 
 
 def _stamp(d: Path) -> tuple:
@@ -32,6 +40,14 @@ def _stamp(d: Path) -> tuple:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _check_parts(d: Path, m: Manifest) -> None:
+    """Every part the manifest names exists (FileNotFoundError: a writer raced us)."""
+    for p in m.parts:
+        for sub in (TILES_DIR, THUMBS_DIR):
+            if not (d / sub / p.name).is_file():
+                raise FileNotFoundError(p.name)
+
+
 def committed(index_dir: str | Path) -> tuple[int, int] | None:
     """(generation, tiles) of the committed index in `index_dir`; None when there is none."""
     m = read_manifest(Path(index_dir))
@@ -39,16 +55,24 @@ def committed(index_dir: str | Path) -> tuple[int, int] | None:
 
 
 class IndexSnapshot:
-    def __init__(self, index_dir: Path, manifest: Manifest, index: VectorIndex,
-                 vectors: np.ndarray | None, stamp: tuple):
+    def __init__(self, index_dir: Path, manifest: Manifest, segments: list[VectorIndex],
+                 base_rows: int, stamp: tuple, part_cache: dict[str, pa.Table] | None = None):
         self.dir = index_dir
         self.manifest = manifest
-        self.index = index
-        self.vectors = vectors  # float16 [next_id, D] memory map, or None
+        self.segments = segments  # [whole index at base_rows ids] (+ [the tiles since])
+        self._base_rows = base_rows
+        self.vectors = None  # float16 [next_id, D] memory map, or None
+        if manifest.vectors_f16:
+            check_rows(index_dir / manifest.vectors_f16, manifest.next_id, manifest.dim)
+            self.vectors = open_rows(index_dir / manifest.vectors_f16, manifest.next_id,
+                                     manifest.dim)
         self.identity: EncoderIdentity = manifest.encoder
         self.tile_parts = [index_dir / TILES_DIR / p.name for p in manifest.parts]
         self.thumb_parts = [index_dir / THUMBS_DIR / p.name for p in manifest.parts]
         self._stamp = stamp
+        # Tile metadata read so far, by part name (parts are never changed once written).
+        names = {p.name for p in manifest.parts}
+        self._part_cache = {k: v for k, v in (part_cache or {}).items() if k in names}
 
     @classmethod
     def open(cls, index_dir: str | Path, retries: int = 5) -> IndexSnapshot:
@@ -61,24 +85,45 @@ class IndexSnapshot:
             if m is None:
                 raise IndexError_(f"{d}: no committed index here (manifest.json missing)")
             try:
-                index = (VectorIndex.read(d / m.index.file, m.dim, m.index.ntotal)
-                         if m.index.file else VectorIndex.flat(m.dim))
-                for p in m.parts:  # named parts must all exist in this snapshot
-                    for sub in (TILES_DIR, THUMBS_DIR):
-                        if not (d / sub / p.name).is_file():
-                            raise FileNotFoundError(p.name)
+                _check_parts(d, m)
+                index = ann.load(d, m)
             except FileNotFoundError as e:
                 # A writer committed (and cleaned up) between our manifest read and open.
                 if attempt == retries - 1:
                     raise IndexError_(f"{d}: {Path(str(e)).name}, named by the manifest, is "
                                       "missing") from None
                 continue
-            vectors = None
-            if m.vectors_f16:
-                check_vectors(d / m.vectors_f16, m.next_id, m.dim)
-                vectors = open_vectors(d / m.vectors_f16, m.next_id, m.dim)
-            return cls(d, m, index, vectors, stamp)
+            return cls(d, m, [index], m.next_id, stamp)
         raise AssertionError("unreachable")
+
+    def refreshed(self) -> IndexSnapshot:
+        """The latest commit: this snapshot when there is none newer; else what it added on
+        top of this one when it only added tiles (ANN codes of the new ids, the new parts'
+        metadata), else opened whole."""
+        stamp = _stamp(self.dir)
+        if stamp == self._stamp:
+            return self
+        m = read_manifest(self.dir)
+        old = self.manifest
+        appended = (m is not None and m.version == old.version == 2
+                    and (m.index.file, m.index.codes, m.deleted)
+                    == (old.index.file, old.index.codes, old.deleted)
+                    and m.next_id >= old.next_id
+                    and (m.next_id - self._base_rows) * DELTA_FRACTION <= self._base_rows)
+        if appended:
+            try:
+                _check_parts(self.dir, m)
+                delta = ann.load(self.dir, m, start=self._base_rows)
+                snap = IndexSnapshot(self.dir, m, [self.segments[0], delta], self._base_rows,
+                                     stamp, self._part_cache)
+                if snap.ntotal == m.index.ntotal:
+                    return snap
+            except FileNotFoundError:
+                pass  # cleaned up under us by yet another commit: open whole
+        snap = IndexSnapshot.open(self.dir)
+        names = {p.name for p in snap.manifest.parts}
+        snap._part_cache = {k: v for k, v in self._part_cache.items() if k in names}
+        return snap
 
     def newer_commit(self) -> bool:
         """Has a writer committed since this snapshot was opened?"""
@@ -90,7 +135,7 @@ class IndexSnapshot:
 
     @property
     def ntotal(self) -> int:
-        return self.index.ntotal
+        return sum(s.ntotal for s in self.segments)
 
     @property
     def next_id(self) -> int:
@@ -126,7 +171,20 @@ class IndexSnapshot:
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k nearest tiles by inner product; ids are -1 past the end.
         `allowed`: bool per tile id (length next_id), only those are returned."""
-        return self.index.search(queries, k, nprobe=nprobe, allowed=allowed)
+        found = [s.search(queries, k, nprobe=nprobe, allowed=allowed)
+                 for s in self.segments if s.ntotal]
+        if not found:
+            q = np.atleast_2d(queries)
+            return (np.full((len(q), k), -np.inf, dtype=np.float32),
+                    np.full((len(q), k), -1, dtype=np.int64))
+        if len(found) == 1:
+            return found[0]
+        scores = np.hstack([f[0] for f in found])
+        ids = np.hstack([f[1] for f in found])
+        scores = np.where(ids < 0, -np.inf, scores)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return (np.take_along_axis(scores, order, 1).astype(np.float32),
+                np.take_along_axis(ids, order, 1))
 
     def get_vectors(self, ids) -> np.ndarray:
         """float32 vectors of tile ids, from the float16 copies."""
@@ -135,11 +193,38 @@ class IndexSnapshot:
         return np.asarray(self.vectors[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
 
     def tiles(self, columns: list[str] | None = None) -> pa.Table:
-        """Tile metadata of every committed tile."""
+        """Tile metadata of every committed tile, in id order (parts whose metadata a
+        refresh already read are not read again)."""
         if not self.tile_parts:
             table = TILE_SCHEMA.empty_table()
             return table.select(columns) if columns else table
-        return pa.concat_tables([read_part(p, columns) for p in self.tile_parts])
+        parts = sorted(self.manifest.parts, key=lambda p: p.id_min)
+        return pa.concat_tables([self.part_tiles(p, columns) for p in parts])
+
+    def added_since(self, older: IndexSnapshot) -> pa.Table | None:
+        """The metadata of the tiles this snapshot has on top of `older`, when the commits
+        between them only added tiles (None otherwise: removals, another directory)."""
+        if older.dir != self.dir or older.next_id > self.next_id:
+            return None
+        before = {p.name for p in older.manifest.parts}
+        if not before <= {p.name for p in self.manifest.parts}:
+            return None
+        new = sorted((p for p in self.manifest.parts if p.name not in before),
+                     key=lambda p: p.id_min)
+        if any(p.id_min < older.next_id for p in new):
+            return None
+        if not new:
+            return TILE_SCHEMA.empty_table()
+        return pa.concat_tables([self.part_tiles(p) for p in new])
+
+    def part_tiles(self, part, columns: list[str] | None = None) -> pa.Table:
+        """One part's tile metadata (read once per snapshot lineage when whole)."""
+        if part.name not in self._part_cache:
+            if columns is not None:
+                return read_part(self.dir / TILES_DIR / part.name, columns)
+            self._part_cache[part.name] = read_part(self.dir / TILES_DIR / part.name)
+        t = self._part_cache[part.name]
+        return t.select(columns) if columns else t
 
     def thumbnail(self, tile_id: int) -> bytes | None:
         for part, path in zip(self.manifest.parts, self.thumb_parts, strict=True):

@@ -96,20 +96,55 @@ def _codes(column) -> tuple[np.ndarray, list[str]]:
     return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
 
 
+def _merge_codes(codes: np.ndarray, names: list[str], more: np.ndarray, more_names: list[str]
+                 ) -> tuple[np.ndarray, list[str]]:
+    """Dictionary codes of two columns as one (the first's codes unchanged)."""
+    names = list(names)
+    at = {n: i for i, n in enumerate(names)}
+    remap = np.empty(len(more_names), dtype=np.int64)
+    for i, n in enumerate(more_names):
+        if n not in at:
+            at[n] = len(names)
+            names.append(n)
+        remap[i] = at[n]
+    width = np.result_type(codes.dtype, np.min_scalar_type(max(len(names) - 1, 0)))
+    return np.concatenate([codes.astype(width), remap[more].astype(width)]), names
+
+
 class TileTable:
     """Every committed tile of a snapshot, in id order, as columns."""
 
     def __init__(self, table: pa.Table, next_id: int):
-        t = table.sort_by("id").combine_chunks()
-        self.table = t
+        ids = table["id"].to_numpy()
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            table = table.sort_by("id")
+        self.table = table
         self.next_id = next_id
-        self.ids = t["id"].to_numpy()
-        self.bounds = {c: t[c].to_numpy().astype(np.float32) for c in
+        self.ids = table["id"].to_numpy()
+        self.bounds = {c: table[c].to_numpy().astype(np.float32) for c in
                        ("west", "south", "east", "north")}
-        acq = pc.cast(t["acquired"], pa.int64())
+        acq = pc.cast(table["acquired"], pa.int64())
         self.acquired = pc.fill_null(acq, NO_TIME).to_numpy()
-        self.sensor_codes, self.sensor_names = _codes(t["sensor"])
-        self.source_codes, self.source_names = _codes(t["source"])
+        self.sensor_codes, self.sensor_names = _codes(table["sensor"])
+        self.source_codes, self.source_names = _codes(table["source"])
+
+    def extended(self, added: pa.Table, next_id: int) -> TileTable:
+        """This table plus `added` (tiles with ids above all of these: a commit that only
+        added tiles), without recomputing the columns already held."""
+        new = TileTable(added, next_id)
+        if len(self.ids) and len(new.ids) and new.ids[0] <= self.ids[-1]:
+            raise ValueError("extended() takes tiles with larger ids only")
+        out = object.__new__(TileTable)
+        out.table = pa.concat_tables([self.table, new.table])
+        out.next_id = next_id
+        out.ids = np.concatenate([self.ids, new.ids])
+        out.bounds = {c: np.concatenate([self.bounds[c], new.bounds[c]]) for c in self.bounds}
+        out.acquired = np.concatenate([self.acquired, new.acquired])
+        out.sensor_codes, out.sensor_names = _merge_codes(
+            self.sensor_codes, self.sensor_names, new.sensor_codes, new.sensor_names)
+        out.source_codes, out.source_names = _merge_codes(
+            self.source_codes, self.source_names, new.source_codes, new.source_names)
+        return out
 
     def __len__(self) -> int:
         return len(self.ids)

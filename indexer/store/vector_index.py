@@ -3,6 +3,11 @@
 Exact Flat below a size where IVF training is meaningful, IVF-PQ above it; inner product on
 L2-normalised vectors; ids are tile ids. Swapping the ANN library means rewriting this
 module only: the writer and the snapshot see `VectorIndex`, nothing else.
+
+On disk an index is a *template* (the trained, empty structure: IVF centroids and PQ
+codebooks; nothing for Flat) plus one fixed-size *code* per vector (`encode`), so a commit
+appends only the codes of what it adds and a reader rebuilds the index by `add_codes`
+without encoding anything.
 """
 
 from __future__ import annotations
@@ -61,25 +66,40 @@ class VectorIndex:
         return cls(index)
 
     @classmethod
-    def train_ivfpq(cls, vectors: np.ndarray, ids: np.ndarray, settings: StoreSettings,
-                    seed: int = 1234) -> tuple[VectorIndex, dict]:
-        """IVF{nlist},PQ{m} trained on (a sample of) `vectors`, holding them all under `ids`;
-        and what to record about it (factory, nlist, pq_m, training size)."""
-        n, dim = vectors.shape
+    def from_template(cls, data: bytes, dim: int, where: str) -> VectorIndex:
+        """An empty index from `template_bytes()` (damage: IndexError_ naming `where`)."""
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError:
+            raise IndexError_(f"{where}: damaged FAISS template file (cannot be read)"
+                              ) from None
+        if index.d != dim or index.ntotal != 0:
+            raise IndexError_(f"{where}: a template of {index.ntotal} vectors of {index.d} "
+                              f"dimensions, expected an empty one of {dim}")
+        return cls(index)
+
+    @classmethod
+    def train_ivfpq(cls, sample: np.ndarray, n: int, settings: StoreSettings
+                    ) -> tuple[VectorIndex, dict]:
+        """An empty IVF{nlist},PQ{m} for `n` vectors, trained on `sample` (see
+        `training_size`); and what to record about it (factory, nlist, pq_m, sizes)."""
+        dim = sample.shape[1]
         nlist, m = ivf_params(n, dim, settings)
-        factory = f"IVF{nlist},PQ{m}"
+        # "np": no polysemous training (a permutation of the PQ centroids that only Hamming
+        # filtering uses, which satfind does not; it took seconds even on 1,000 points).
+        factory = f"IVF{nlist},PQ{m}np"
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         faiss.extract_index_ivf(index).cp.niter = KMEANS_ITERS
-        max_train = max(settings.train_points_per_list * nlist, 256 * MIN_POINTS_PER_CENTROID)
-        rng = np.random.default_rng(seed)
-        train = vectors if n <= max_train else vectors[
-            np.sort(rng.choice(n, max_train, replace=False))]
-        index.train(np.ascontiguousarray(train, dtype=np.float32))
-        out = cls(index)
-        for start in range(0, n, ADD_CHUNK):
-            out.add(vectors[start:start + ADD_CHUNK], ids[start:start + ADD_CHUNK])
-        return out, {"factory": factory, "nlist": nlist, "pq_m": m,
-                     "trained_on": int(len(train)), "trained_at": int(n)}
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return cls(index), {"factory": factory, "nlist": nlist, "pq_m": m,
+                            "trained_on": int(len(sample)), "trained_at": int(n)}
+
+    @staticmethod
+    def training_size(n: int, dim: int, settings: StoreSettings) -> int:
+        """How many of `n` vectors the IVF k-means needs (a random sample of that size)."""
+        nlist, _ = ivf_params(n, dim, settings)
+        return min(n, max(settings.train_points_per_list * nlist,
+                          256 * MIN_POINTS_PER_CENTROID))
 
     # --- what it holds -----------------------------------------------------------------
     @property
@@ -124,6 +144,60 @@ class VectorIndex:
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self._index).tobytes()
+
+    # --- codes: what a commit writes ------------------------------------------------------
+    @property
+    def code_size(self) -> int:
+        """Bytes per vector on disk: the IVF list number + PQ code, or float32 for Flat."""
+        return self.dim * 4 if self.is_flat else int(self._index.sa_code_size())
+
+    def emptied(self) -> VectorIndex:
+        """A copy of this index's trained structure, holding no vectors."""
+        empty = faiss.clone_index(self._index)
+        empty.reset()
+        return VectorIndex(empty)
+
+    def template_bytes(self) -> bytes:
+        """This index's trained structure without its vectors, as bytes."""
+        return self.emptied().to_bytes()
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """uint8 [N, code_size]: what `add_codes` needs to hold these vectors."""
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.is_flat:
+            return x.view(np.uint8).reshape(len(x), self.code_size)
+        return self._index.sa_encode(x)
+
+    def add_codes(self, codes: np.ndarray, ids: np.ndarray) -> None:
+        """Add vectors by their codes (no encoding)."""
+        for start in range(0, len(ids), ADD_CHUNK):
+            c = np.ascontiguousarray(codes[start:start + ADD_CHUNK], dtype=np.uint8)
+            i = np.ascontiguousarray(ids[start:start + ADD_CHUNK], dtype=np.int64)
+            if self.is_flat:
+                self._index.add_with_ids(c.view(np.float32).reshape(len(c), self.dim), i)
+            else:
+                self._index.add_sa_codes(c, i)
+
+    def export_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes) of every vector held, as `encode` would give them (for an index
+        written whole by an older satfind)."""
+        if self.is_flat:
+            return self.ids(), self.exact_vectors().view(np.uint8).reshape(self.ntotal, -1)
+        ivf = faiss.extract_index_ivf(self._index)
+        coarse = int(ivf.coarse_code_size())
+        ids, codes = [], []
+        for lst in range(ivf.nlist):
+            size = ivf.invlists.list_size(lst)
+            if not size:
+                continue
+            ids.append(faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size).copy())
+            body = faiss.rev_swig_ptr(ivf.invlists.get_codes(lst), size * ivf.code_size)
+            head = np.frombuffer(lst.to_bytes(coarse, "little"), dtype=np.uint8)
+            codes.append(np.hstack([np.tile(head, (size, 1)),
+                                    body.reshape(size, ivf.code_size)]))
+        if not ids:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.code_size), dtype=np.uint8)
+        return np.concatenate(ids), np.concatenate(codes)
 
     # --- changes -----------------------------------------------------------------------
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:

@@ -16,19 +16,12 @@ from indexer.config import StoreSettings, TileRecipe
 from indexer.critical import deferred_interrupts
 from indexer.errors import IndexError_
 from indexer.logs import native_stderr_to_log
-from indexer.store import directory
-from indexer.store.layout import (
-    THUMBS_DIR,
-    TILES_DIR,
-    VECTORS_F16,
-    atomic_write_bytes,
-    faiss_name,
-    fsync_dir,
-)
+from indexer.store import ann, directory
+from indexer.store.layout import FORMAT_VERSION, THUMBS_DIR, TILES_DIR, VECTORS_F16, fsync_dir
 from indexer.store.manifest import Manifest, SourceEntry, now, read_manifest, write_manifest
 from indexer.store.parts import new_tables, source_tiles, without_source, write_part
 from indexer.store.vector_index import VectorIndex
-from indexer.store.vectors import VectorFileWriter, open_vectors
+from indexer.store.vectors import RowFileWriter, open_rows
 
 
 class IndexWriter:
@@ -66,15 +59,21 @@ class IndexWriter:
         self.m = m
         self.dim = m.dim
         self._recipe = recipe
-        self.index = (VectorIndex.read(self.dir / m.index.file, m.dim, m.index.ntotal)
-                      if m.index.file else VectorIndex.flat(self.dim))
+        try:
+            self.index = ann.load(self.dir, m)
+        except FileNotFoundError as e:
+            raise IndexError_(f"{self.dir}: {Path(str(e)).name}, named by the manifest, is "
+                              "missing") from None
         self._vectors = None
         if m.vectors_f16:
-            self._vectors = VectorFileWriter(self.dir / m.vectors_f16, self.dim, m.next_id)
+            self._vectors = RowFileWriter(self.dir / m.vectors_f16, self.dim, m.next_id)
+        self._ann = ann.AnnFiles(self.dir, m)
         directory.clean_garbage(self.dir, m)
         # Each entry is one add(): (rows, float32 vectors, thumbnails), appended in one step.
         self._buf: list[tuple[list[dict], np.ndarray, list[bytes]]] = []
-        self._dirty = m.generation == 0  # a new index commits even when empty
+        self._dead: list[np.ndarray] = []  # ids removed since the last commit
+        # A new index commits even when empty; an old-format one is converted at once.
+        self._dirty = m.generation == 0 or m.version < FORMAT_VERSION
 
     # --- what is already there -------------------------------------------------------------
     @property
@@ -136,6 +135,7 @@ class IndexWriter:
             self._buf = buf
             if ids is not None:
                 self.index.remove(ids)
+                self._dead.append(ids)
                 removed += len(ids)
                 self.m.parts = new_parts
             if self.m.sources.pop(key, None) is not None or removed:
@@ -144,6 +144,8 @@ class IndexWriter:
 
     def commit(self) -> int:
         """Make everything added/removed so far durable and visible; returns the generation.
+        Writes only what changed: new rows of the float16 and code files, new tombstones, new
+        parts (and, when the ANN is (re-)trained, its new template and codes).
 
         Exception-safe: everything is prepared on a copy of the manifest; the manifest rename
         and the switch of the in-memory state happen together, with interrupts deferred. If
@@ -152,52 +154,74 @@ class IndexWriter:
         if not self._dirty:
             return self.m.generation
         new = self.m.copy()
+        new.generation += 1
         index, added = self.index, None
+        previous = (self.m.index.file, self.m.index.codes)
         try:
+            if new.version < FORMAT_VERSION:
+                index = self._convert(new)
+            if self._dead:
+                self._ann.delete(new, np.concatenate(self._dead))
             if self._buf:
-                added = self._append(new)
+                added = (index, *self._append(new, index))
             index = self._maybe_train_ivf(index, new)
-            new.generation += 1
-            fname = faiss_name(new.generation)
-            atomic_write_bytes(self.dir / fname, index.to_bytes())
-            new.index.file, new.index.ntotal = fname, index.ntotal
+            new.index.ntotal = index.ntotal
             new.updated = now()
             if new.recipe is None and self._recipe is not None and new.next_id:
                 new.recipe = self._recipe  # an index from before recipes: record it now
             # New part files' directory entries must be durable before the manifest names them.
+            fsync_dir(self.dir)
             fsync_dir(self.dir / TILES_DIR)
             fsync_dir(self.dir / THUMBS_DIR)
             with deferred_interrupts():
                 write_manifest(self.dir, new)
-                previous = self.m.index.file
-                self.m, self.index, self._buf, self._dirty = new, index, [], False
-                added = None
+                self.m, self.index, self._buf, self._dead = new, index, [], []
+                self._dirty, added = False, None
         finally:
-            if added is not None:  # roll the in-memory index back to the last commit
+            if added is not None and added[0] is self.index:  # roll back to the last commit
                 with deferred_interrupts():
-                    self.index.remove_range(*added)
-        # Keep the previous generation's file for readers that just read the old manifest.
-        directory.drop_old_index_files(self.dir, {fname, previous})
+                    self.index.remove_range(*added[1:])
+        # Keep the previous generation's files for readers that just read the old manifest.
+        self._ann.forget_unnamed(new)
+        directory.drop_old_index_files(self.dir, {new.index.file, new.index.codes,
+                                                  *previous})
         return new.generation
 
-    def _append(self, new: Manifest) -> tuple[int, int]:
-        """Write the buffered tiles as a new part of `new` (and their float16 rows), add them
-        to the in-memory index; returns the id range added."""
+    def _append(self, new: Manifest, index: VectorIndex) -> tuple[int, int]:
+        """Write the buffered tiles as a new part of `new` (their float16 rows and ANN
+        codes too), add them to the in-memory index; returns the id range added."""
         rows = [r for b in self._buf for r in b[0]]
         vecs = np.concatenate([b[1] for b in self._buf])
         thumbs = [t for b in self._buf for t in b[2]]
         first = new.next_id
         if self._vectors is not None:
             self._vectors.write_at(first, vecs.astype(np.float16))
+        codes = self._ann.append(new, index, first, vecs)
         tiles, thumb_table = new_tables(first, rows, thumbs)
         new.parts.append(write_part(self.dir, new, tiles, thumb_table))
         new.next_id = first + len(vecs)
         with deferred_interrupts():
-            self.index.add(vecs, np.arange(first, first + len(vecs), dtype=np.int64))
+            index.add_codes(codes, np.arange(first, first + len(vecs), dtype=np.int64))
             return first, first + len(vecs)
 
+    def _convert(self, new: Manifest) -> VectorIndex:
+        """An index of format 1 (one whole FAISS file) as format 2: its codes, taken from
+        the index as it is (nothing re-encoded), and tombstones for ids it no longer holds."""
+        ids, codes = self.index.export_codes()
+        live = np.zeros(new.next_id, dtype=bool)
+        live[ids] = True
+        by_id = np.zeros((new.next_id, self.index.code_size), dtype=np.uint8)
+        by_id[ids] = codes
+        self._ann.delete(new, np.flatnonzero(~live).astype(np.int64))
+        empty = VectorIndex.flat(self.dim) if self.index.is_flat else self.index.emptied()
+        new.index.file = new.index.codes = None
+        index = self._ann.rewrite(new, empty, lambda lo, hi: (by_id[lo:hi], live[lo:hi]))
+        new.version = FORMAT_VERSION
+        return index
+
     def _maybe_train_ivf(self, index: VectorIndex, m: Manifest) -> VectorIndex:
-        """The index to commit: `index`, or an IVF-PQ trained from it (recorded in m)."""
+        """The index to commit: `index`, or an IVF-PQ trained from it (recorded in m, with
+        its template and codes written)."""
         info, st = m.index, self.settings
         n = index.ntotal
         flat = info.factory == "Flat"
@@ -209,25 +233,37 @@ class IndexWriter:
                  and n >= st.retrain_growth * (info.trained_at or n))
         if not (flat or grown):
             return index
-        ids = index.ids()  # in the order the index holds them
-        if self._vectors is not None:
-            ids = np.sort(ids)
-            vecs = open_vectors(self._vectors.path, m.next_id, self.dim)[ids]
+        live = np.zeros(m.next_id, dtype=bool)
+        live[index.ids()] = True
+        if self._vectors is not None:  # the float16 copies, row = id
+            f16 = open_rows(self._vectors.path, m.next_id, self.dim)
+
+            def vectors(ids: np.ndarray) -> np.ndarray:
+                return np.asarray(f16[ids], dtype=np.float32)
         else:  # Flat without float16 copies: the Flat index holds the exact vectors
-            vecs = index.exact_vectors()
+            exact = np.zeros((m.next_id, self.dim), dtype=np.float32)
+            exact[index.ids()] = index.exact_vectors()
+
+            def vectors(ids: np.ndarray) -> np.ndarray:
+                return exact[ids]
+        rng = np.random.default_rng(1234)
+        live_ids = np.flatnonzero(live)
+        size = VectorIndex.training_size(n, self.dim, st)
+        sample = np.sort(rng.choice(live_ids, size, replace=False)) if size < n else live_ids
         with native_stderr_to_log():  # FAISS's k-means warnings: debug log, counted
-            trained, params = VectorIndex.train_ivfpq(np.asarray(vecs, dtype=np.float32), ids,
-                                                      st)
+            empty, params = VectorIndex.train_ivfpq(vectors(sample), n, st)
         for k, v in params.items():
             setattr(info, k, v)
         why = (f"store.ivf_min_vectors = {st.ivf_min_vectors}" if flat else
                f"re-trained: grew {st.retrain_growth:g}x past the last training")
         info.chosen = f"auto: IVF-PQ trained at {n} vectors ({why})"
-        return trained
+        return self._ann.rewrite(m, empty, lambda lo, hi: (
+            empty.encode(vectors(np.arange(lo, hi))), live[lo:hi]))
 
     def close(self) -> None:
         if self._vectors is not None:
             self._vectors.close()
+        self._ann.close()
         if self._created and self.m.generation == 0:
             directory.uncreate(self.dir, self.m)
         self._lock.release()

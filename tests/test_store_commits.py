@@ -1,0 +1,234 @@
+"""A commit writes only what it adds (appended codes, tombstones, new parts), readers pick up
+a commit by reading only what it added, and indexes of the first format keep working."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from indexer.config import StoreSettings
+from indexer.store import ann, parts
+from indexer.store.manifest import read_manifest
+from indexer.store.snapshot import IndexSnapshot
+from indexer.store.tiles import Filters, TileTable
+from indexer.store.vector_index import VectorIndex
+from indexer.store.writer import IndexWriter
+from tests.test_store import IDENT, _add, _vecs
+
+IVF = StoreSettings(ivf_min_vectors=1000, nlist=8, pq_m=4, retrain_growth=0)
+
+
+def _files(d):
+    return {f.name: f.stat().st_size for f in d.iterdir() if f.is_file()}
+
+
+def _count_calls(monkeypatch, obj, name):
+    calls = []
+    real = getattr(obj, name)
+
+    def counting(*a, **k):
+        calls.append((a, k))
+        return real(*a, **k)
+
+    monkeypatch.setattr(obj, name, counting)
+    return calls
+
+
+def test_a_commit_appends_codes_and_rewrites_no_index_file(tmp_path, monkeypatch):
+    with IndexWriter(tmp_path, IDENT, IVF) as w:
+        _add(w, 1200, "a", 0)
+        w.commit()  # trains the IVF: template + codes written whole
+        m = w.m
+        assert m.index.file.startswith("ann-") and m.index.codes.startswith("codes-")
+        before = _files(tmp_path)
+        template_stat = (tmp_path / m.index.file).stat()
+        serialized = _count_calls(monkeypatch, VectorIndex, "to_bytes")
+        _add(w, 50, "b", 1)
+        w.commit()
+        assert serialized == []  # no FAISS file written
+        after = _files(tmp_path)
+    assert (tmp_path / m.index.file).stat().st_mtime_ns == template_stat.st_mtime_ns
+    grown = after[m.index.codes] - before[m.index.codes]
+    assert grown == 50 * m.index.code_size
+    snap = IndexSnapshot.open(tmp_path)
+    assert snap.ntotal == 1250
+    _, found = snap.search(snap.get_vectors(np.arange(1200, 1250)), 5, nprobe=8)
+    assert (found == np.arange(1200, 1250)[:, None]).any(axis=1).mean() > 0.9
+
+
+def test_removals_are_tombstones_and_survive_reopening(tmp_path):
+    with IndexWriter(tmp_path, IDENT, IVF) as w:
+        _add(w, 600, "a", 0)
+        _add(w, 600, "b", 1)
+        w.commit()
+        w.remove("a")
+        w.commit()
+        assert w.m.deleted == 600
+    snap = IndexSnapshot.open(tmp_path)
+    assert snap.ntotal == 600
+    _, found = snap.search(_vecs(600, 0), 10, nprobe=8)
+    assert not np.isin(found, np.arange(600)).any()
+    with IndexWriter(tmp_path, IDENT, IVF) as w:  # the writer loads the same index
+        assert w.index.ntotal == 600
+        _add(w, 10, "c", 2)
+        w.commit()
+    assert IndexSnapshot.open(tmp_path).ntotal == 610
+
+
+def test_finding_a_sources_tiles_reads_only_its_parts(tmp_path, monkeypatch):
+    with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
+        for i, key in enumerate("abcde"):
+            _add(w, 5, key, i)
+            w.commit()
+        reads = _count_calls(monkeypatch, parts, "read_part")
+        assert len(w.committed_tiles("c")) == 5
+        assert len(reads) == 1
+        reads.clear()
+        w.remove("d")
+        assert len(reads) == 1  # only the part that holds "d"
+        w.commit()
+    assert IndexSnapshot.open(tmp_path).ntotal == 20
+
+
+@pytest.mark.parametrize("step", ["indexer.store.ann.atomic_write_bytes",
+                                  "indexer.store.ann.AnnFiles.rewrite",
+                                  "indexer.store.ann.AnnFiles.delete",
+                                  "indexer.store.vector_index.VectorIndex.train_ivfpq"])
+def test_a_training_or_removing_commit_that_fails_can_be_retried(tmp_path, monkeypatch, step):
+    from tests.test_data_safety import _resolve
+
+    with IndexWriter(tmp_path, IDENT, IVF) as w:
+        _add(w, 900, "a", 0)
+        w.commit()
+        w.remove("a")
+        _add(w, 1100, "b", 1)  # 1100 live: this commit trains the IVF and records removals
+        real = _resolve(step)
+        calls = []
+
+        def failing(*a, **k):
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("injected")
+            return real(*a, **k)
+
+        monkeypatch.setattr(step, failing)
+        with pytest.raises(OSError):
+            w.commit()
+        assert IndexSnapshot.open(tmp_path).ntotal == 900
+        w.commit()
+        assert w.m.index.factory.startswith("IVF")
+    snap = IndexSnapshot.open(tmp_path)
+    assert snap.ntotal == 1100
+    assert sorted(snap.tiles(["id"])["id"].to_pylist()) == list(range(900, 2000))
+    _, found = snap.search(snap.get_vectors(np.arange(900, 1000)), 10, nprobe=8)
+    assert found.min() >= 900
+    assert (found == np.arange(900, 1000)[:, None]).any(axis=1).mean() > 0.9
+
+
+def test_a_reader_picks_up_a_commit_reading_only_what_it_added(tmp_path, monkeypatch):
+    with IndexWriter(tmp_path, IDENT, IVF) as w:
+        _add(w, 1200, "a", 0)
+        w.commit()
+        snap = IndexSnapshot.open(tmp_path)
+        table = TileTable(snap.tiles(), snap.next_id)
+        _add(w, 40, "b", 1)
+        w.commit()
+        reads = _count_calls(monkeypatch, parts, "read_part")
+        loads = _count_calls(monkeypatch, ann, "load")
+        monkeypatch.setattr("indexer.store.snapshot.read_part", parts.read_part)
+        assert snap.newer_commit()
+        fresh = snap.refreshed()
+        added = fresh.added_since(snap)
+        assert len(loads) == 1 and loads[0][1]["start"] == 1200  # the new ids' codes only
+        assert len(reads) == 1 and added.num_rows == 40  # the one new part
+        table2 = table.extended(added, fresh.next_id)
+        assert len(fresh.segments) == 2 and fresh.ntotal == 1240
+        whole = IndexSnapshot.open(tmp_path)
+        q = whole.get_vectors(np.arange(0, 1240, 31))
+        np.testing.assert_array_equal(fresh.search(q, 10, nprobe=8)[1],
+                                      whole.search(q, 10, nprobe=8)[1])
+        ref = TileTable(whole.tiles(), whole.next_id)
+        f = Filters(bbox=(-180, -10, 180, 10), sensors=("s1",))
+        np.testing.assert_array_equal(table2.mask(f), ref.mask(f))
+        assert table2.source_names == ref.source_names or \
+            sorted(table2.source_names) == sorted(ref.source_names)
+        assert table2.rows(np.array([1239]), ["id", "source_key"]) == \
+            ref.rows(np.array([1239]), ["id", "source_key"])
+        # A removal is not an append: the next refresh opens whole.
+        w.remove("b")
+        w.commit()
+        assert fresh.refreshed().added_since(fresh) is None
+        assert len(fresh.refreshed().segments) == 1
+    assert fresh.refreshed() is not fresh
+
+
+def test_the_second_segment_is_folded_in_once_it_grows(tmp_path):
+    with IndexWriter(tmp_path, IDENT, IVF) as w:
+        _add(w, 1200, "a", 0)
+        w.commit()
+        snap = IndexSnapshot.open(tmp_path)
+        for i in range(4):
+            _add(w, 50, f"b{i}", i + 1)
+            w.commit()
+            snap = snap.refreshed()
+        assert len(snap.segments) == 1  # 200 > 1200 / 8: loaded whole again
+        assert snap.ntotal == 1400
+
+
+def _as_format_1(d):
+    """Rewrite a format-2 index the way satfind's first format stored it."""
+    m = read_manifest(d)
+    index = ann.load(d, m)
+    name = f"vectors-{m.generation:06d}.faiss"
+    (d / name).write_bytes(index.to_bytes())
+    for f in (m.index.file, m.index.codes, "deleted.npy"):
+        if f:
+            (d / f).unlink(missing_ok=True)
+    data = json.loads((d / "manifest.json").read_text())
+    data["format_version"] = 1
+    data["index"]["file"] = name
+    for k in ("codes", "code_size"):
+        data["index"].pop(k, None)
+    data.pop("deleted")
+    for p in data["parts"]:
+        p.pop("sources")
+    (d / "manifest.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("settings", [StoreSettings(), IVF], ids=["flat", "ivfpq"])
+def test_an_index_of_the_first_format_opens_and_is_converted(tmp_path, settings):
+    with IndexWriter(tmp_path, IDENT, settings) as w:
+        _add(w, 700, "a", 0)
+        _add(w, 600, "b", 1)
+        w.commit()
+        w.remove("a")  # ids 0..699 are gone: format 1 simply does not hold them
+        w.commit()
+    _as_format_1(tmp_path)
+    old = IndexSnapshot.open(tmp_path)
+    q = old.get_vectors(np.arange(700, 1300, 7))
+    expect = old.search(q, 10, nprobe=8)
+    with IndexWriter(tmp_path, IDENT, settings) as w:
+        w.commit()  # nothing added: the conversion alone
+        assert w.m.version == 2 and w.m.deleted == 700
+    new = IndexSnapshot.open(tmp_path)
+    assert new.manifest.version == 2 and new.ntotal == 600
+    np.testing.assert_array_equal(new.search(q, 10, nprobe=8)[1], expect[1])
+    np.testing.assert_allclose(new.search(q, 10, nprobe=8)[0], expect[0], rtol=1e-5)
+    with IndexWriter(tmp_path, IDENT, settings) as w:  # the old file outlives one commit
+        _add(w, 5, "c", 2)
+        w.commit()
+    assert not [f for f in _files(tmp_path) if f.startswith("vectors-")]
+
+
+def test_a_damaged_template_or_code_file_is_one_line(tmp_path):
+    from indexer.errors import IndexError_
+
+    with IndexWriter(tmp_path, IDENT, IVF) as w:
+        _add(w, 1200, "a", 0)
+        w.commit()
+        m = w.m
+    (tmp_path / m.index.file).write_bytes(b"\0" * 500)
+    with pytest.raises(IndexError_, match="damaged FAISS template"):
+        IndexSnapshot.open(tmp_path)
