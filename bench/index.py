@@ -38,7 +38,29 @@ from tests.helpers import OFFLINE_CONFIG, make_raster  # noqa: E402
 MODELS = {
     "tiny": EncoderSpec(model="satfind-tiny", random_weights=True),
     "vit-b-16": EncoderSpec(model="ViT-B-16", random_weights=True),
+    "null": None,
 }
+
+
+class NullEncoder:
+    """Stands in for the model at no cost (unit vectors from a fixed random bank): the job's
+    tiles/s with it is the pipeline's ceiling (read, transfer, write, commit)."""
+
+    def __init__(self, image_size: int = 224, dim: int = 512):
+        from encoder.identity import EncoderIdentity
+
+        self.image_size, self.dim = image_size, dim
+        self.identity = EncoderIdentity("null", "0" * 64, "0" * 64, dim, image_size)
+        self.device = torch.device("cpu")
+        bank = np.random.default_rng(0).normal(size=(4096, dim)).astype(np.float32)
+        self._bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+        self._next = 0
+
+    def encode_images(self, images) -> np.ndarray:
+        n = len(images)
+        rows = (np.arange(self._next, self._next + n)) % len(self._bank)
+        self._next += n
+        return self._bank[rows]
 
 
 def main() -> int:
@@ -47,6 +69,7 @@ def main() -> int:
     p.add_argument("--tiles", type=int, default=2000, help="about this many tiles")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=0, help="0 = the config's")
+    p.add_argument("--commit-every", type=int, default=2048, help="as index_config.toml")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
     args = p.parse_args()
     work = Path(args.out)
@@ -54,14 +77,17 @@ def main() -> int:
     work.mkdir(parents=True)
 
     base = load_settings(OFFLINE_CONFIG)
-    spec = dataclasses.replace(MODELS[args.model], device="auto")
+    spec = dataclasses.replace(MODELS[args.model] or base.encoder, device="auto")
     t0 = time.perf_counter()
-    enc = SatelliteEncoder(spec)
-    print(f"model {spec.model}: {enc.image_size} px input, {enc.dim}-d, device {enc.device}, "
+    enc = NullEncoder() if args.model == "null" else SatelliteEncoder(spec)
+    print(f"model {args.model}: {enc.image_size} px input, {enc.dim}-d, device {enc.device}, "
           f"built in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}")
-    job = dataclasses.replace(base.job, workers=args.workers,
+    job = dataclasses.replace(base.job, workers=args.workers, commit_every=args.commit_every,
                               batch_size=args.batch_size or base.job.batch_size)
     settings = dataclasses.replace(base, encoder=spec, job=job)
+    if args.model == "null":
+        settings = dataclasses.replace(settings, store=dataclasses.replace(
+            settings.store, ivf_min_vectors=10**9))  # random vectors: keep it Flat
 
     # A raster that yields about --tiles tiles at this model's tile size (5 m target).
     tile_m = 6.9 * enc.image_size  # tile width at zoom 16, 43.5 N
@@ -71,14 +97,14 @@ def main() -> int:
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, enc.image_size, settings.tiling)
     plans = [RasterPlan(info, block, 0) for block in raster_blocks(info, zoom)]
     ds = TileDataset(plans, enc.image_size, settings.tiling, settings.job)
-    tiles = range(len(ds))
     t0 = time.perf_counter()
-    items = [ds[i] for i in range(len(ds))]
+    strips = [ds[i] for i in range(len(ds))]
     read_s = time.perf_counter() - t0
-    batch = np.stack([it["rgb"] for it in items if it["rgb"] is not None])
-    n = len(batch)
-    print(f"{len(tiles)} tiles at zoom {zoom}, {n} with data; reading + warping + JPEG in "
-          f"one process: {len(tiles) / read_s:.1f} tiles/s")
+    batch = np.concatenate([s["rgb"] for s in strips if s["rgb"] is not None])
+    n, tiles = len(batch), sum(len(s["x"]) for s in strips)
+    per_worker = tiles / read_s
+    print(f"{tiles} tiles at zoom {zoom}, {n} with data; reading + warping + JPEG in "
+          f"one process: {per_worker:.1f} tiles/s")
 
     enc.encode_images(batch[: min(8, n)])  # warm-up
     bs = settings.job.batch_size
@@ -99,6 +125,26 @@ def main() -> int:
     print(f"{'full job (read, warp, tile, encode, store)':<44} {job_rate:>9.1f}")
     print(f"full job / encoder only = {job_rate / enc_rate:.2f} "
           f"(workers={args.workers}, batch={bs}, {os.cpu_count()} CPUs)")
+    st = dict(report.stages)
+    print("\nwhere the time went (s): " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()))
+    print(f"job wall time {job_s:.2f} s")
+    # What one process of each kind costs per tile, and the ceiling with more cores: W
+    # reader processes at the measured per-process rate, one main thread and one writer
+    # thread at their measured costs per tile (each a limit of its own).
+    tiles_done = report.tiles_written + report.tiles_nodata
+    worker_per_tile = st.get("read (worker seconds)", 0.0) / tiles_done
+    writer_per_tile = st.get("write + commit (writer thread)", 0.0) / tiles_done
+    main_busy = job_s - st.get("wait for tiles", 0.0) - st.get("wait for the writer", 0.0)
+    main_per_tile = main_busy / tiles_done
+    print(f"per tile: reader process {worker_per_tile * 1e3:.2f} ms, main thread (incl. "
+          f"plan, encode, setup) {main_per_tile * 1e3:.3f} ms, writer thread "
+          f"{writer_per_tile * 1e3:.3f} ms")
+    for cores in (16,):
+        w = cores - 1
+        ceiling = min(w / worker_per_tile, 1 / main_per_tile, 1 / writer_per_tile)
+        print(f"extrapolated ceiling on {cores} cores ({w} readers): {ceiling:,.0f} tiles/s "
+              f"(readers {w / worker_per_tile:,.0f}, main {1 / main_per_tile:,.0f}, writer "
+              f"{1 / writer_per_tile:,.0f})")
     return 0
 
 

@@ -1,5 +1,6 @@
 """Commit: each batch's tiles go to the store with their rows, and each raster is finished
-(or dropped, with its reason) once every one of its tiles went through."""
+(or dropped, with its reason) once every one of its tiles went through. Runs on the job's
+writer thread (see background.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from indexer.errors import InputError
 from indexer.job.plan import Pending
+from indexer.job.read import TileBatch
 from indexer.job.report import JobReport
 from indexer.store.writer import IndexWriter
 
@@ -20,42 +22,45 @@ class Committer:
         self.writer, self.pendings, self.report = writer, pendings, report
         self.max_nodata_fraction, self.problem = max_nodata_fraction, problem
 
-    def to_embed(self, batch: list[dict]) -> list[dict]:
-        """The items of a batch whose tiles go into the index (a raster that failed, in this
-        batch or before, keeps none)."""
-        keep = []
-        for item in batch:
-            p = self.pendings[item["raster"]]
-            if p.finished:  # failed earlier: the rest of its tiles are ignored
-                continue
-            if item["error"]:
-                p.error = p.error or item["error"]
-            elif item["rgb"] is not None and not item["done"]:
-                keep.append(item)
-        return [it for it in keep if self.pendings[it["raster"]].error is None]
+    def take(self, batch: TileBatch, vectors: np.ndarray) -> None:
+        """Everything about one read batch, once its pixels are embedded (`vectors`: one per
+        row of batch.rgb): its tiles go to the store (a raster that failed, in this batch or
+        before, keeps none), every tile is accounted for, complete rasters are finished."""
+        for r, err in batch.errors.items():
+            p = self.pendings[r]
+            if not p.finished:
+                p.error = p.error or err
+        failed = np.array([p.finished or p.error is not None for p in self.pendings])
+        keep = np.flatnonzero((batch.pixel_row >= 0) & ~batch.done & ~failed[batch.raster])
+        if len(keep):
+            self._add(batch, keep, vectors[batch.pixel_row[keep]])
+        self._account(batch)
 
-    def add(self, items: list[dict], vectors: np.ndarray) -> None:
+    def _add(self, batch: TileBatch, keep: np.ndarray, vectors: np.ndarray) -> None:
         rows = []
-        for it in items:
-            p = self.pendings[it["raster"]]
+        for i in keep.tolist():
+            p = self.pendings[int(batch.raster[i])]
             if p.key not in self.writer.sources:  # first tile: the source becomes "partial"
                 self.writer.begin(p.key, p.entry)
             p.written += 1
-            rows.append(_row(it, p))
-        self.writer.add(rows, vectors, [it["thumb"] for it in items])
-        self.report.tiles_written += len(items)
+            rows.append(_row(p, int(batch.z[i]), int(batch.x[i]), int(batch.y[i]),
+                             float(batch.nodata[i])))
+        self.writer.add(rows, vectors, [batch.thumbs[batch.pixel_row[i]] for i in keep])
+        self.report.tiles_written += len(keep)
 
-    def account(self, batch: list[dict]) -> None:
+    def _account(self, batch: TileBatch) -> None:
         """Every tile of the batch went through: count nodata, finish complete rasters.
-        (Called only after the batch's tiles were added, so an interrupt in the encoder
-        leaves `remaining` untouched and nothing is finished early.)"""
-        for item in batch:
-            p = self.pendings[item["raster"]]
+        (Only after the batch's tiles were added, so an interrupt before leaves `remaining`
+        untouched and nothing is finished early.)"""
+        for i in range(len(batch)):
+            r = int(batch.raster[i])
+            p = self.pendings[r]
             p.remaining -= 1
-            if item["rgb"] is None and not (item["error"] or item["done"] or p.finished):
+            if (batch.pixel_row[i] < 0 and not batch.done[i] and r not in batch.errors
+                    and not p.finished):
                 p.nodata += 1
                 self.report.tiles_nodata += 1
-        for r in dict.fromkeys(item["raster"] for item in batch):
+        for r in dict.fromkeys(batch.raster.tolist()):
             p = self.pendings[r]
             if not p.finished and (p.error is not None or p.remaining == 0):
                 self.finish(p)
@@ -79,13 +84,13 @@ class Committer:
         self.report.rasters_indexed += 1
 
 
-def _row(item: dict, p: Pending) -> dict:
-    b = mercantile.bounds(item["x"], item["y"], item["z"])
+def _row(p: Pending, z: int, x: int, y: int, nodata_fraction: float) -> dict:
+    b = mercantile.bounds(x, y, z)
     return {
-        "z": item["z"], "x": item["x"], "y": item["y"],
+        "z": z, "x": x, "y": y,
         "west": b.west, "south": b.south, "east": b.east, "north": b.north,
         "source": p.entry.path, "source_key": p.key,
         "acquired": p.info.acquired, "sensor": p.info.sensor,
         "gsd_m": p.entry.gsd_m, "native_gsd_m": p.entry.native_gsd_m,
-        "nodata_fraction": item["nodata_fraction"],
+        "nodata_fraction": nodata_fraction,
     }

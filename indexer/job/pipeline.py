@@ -1,5 +1,6 @@
-"""The indexing job: plan -> read (runner) -> embed -> commit, with progress, a stop
-between batches on Ctrl-C / SIGTERM, and a report."""
+"""The indexing job: plan -> read (runner's worker processes) -> embed (this thread) ->
+commit (the writer thread), the three overlapping; with progress, a stop between batches on
+Ctrl-C / SIGTERM, and a report with the time each stage took."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from indexer import logs
 from indexer.config import Settings, TileRecipe
 from indexer.critical import stop_between_steps
 from indexer.errors import InputError, JobError
+from indexer.job.background import BackgroundWriter
 from indexer.job.commit import Committer
-from indexer.job.embed import embed_tiles
 from indexer.job.plan import Pending, plan_line, plan_sources
-from indexer.job.read import RasterPlan
+from indexer.job.read import RasterPlan, TileBatch
 from indexer.job.report import JobReport
 from indexer.job.runner import LocalRunner, worker_death
 from indexer.rasters.discovery import discover
@@ -36,7 +37,8 @@ class IndexJob:
         self.progress = progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.recipe = TileRecipe.from_tiling(settings.tiling, encoder.image_size)
-        self.runner = LocalRunner(settings.tiling, settings.job, encoder.image_size)
+        self.runner = LocalRunner(settings.tiling, settings.job, encoder.image_size,
+                                  pin_memory=getattr(encoder.device, "type", "cpu") == "cuda")
 
     def run(self, archives: list[str]) -> JobReport:
         report = JobReport()
@@ -93,21 +95,46 @@ class IndexJob:
             return
         bar = tqdm(total=total, desc="indexing", unit="tile", disable=not self.progress,
                    smoothing=0.1)
+        every = self.s.job.commit_every
+
+        def commit() -> None:
+            t = time.perf_counter()
+            writer.commit()
+            report.stages["commit"] += time.perf_counter() - t
+
+        def write(batch: TileBatch, vectors) -> None:
+            commits.take(batch, vectors)
+            # A commit that trains the ANN is left to the main thread, where FAISS's
+            # C-level warnings can be caught (see logs.native_stderr_to_log).
+            if writer.pending >= every and not writer.training_due():
+                commit()
+
+        out = BackgroundWriter(write)
+        stages = report.stages
         try:
             with stop_between_steps() as stop:
+                t = time.perf_counter()
                 for batch in self.runner.batches(plans):
-                    for item in batch:
-                        for w in item["warnings"]:
-                            logs.note(w)
-                    keep = commits.to_embed(batch)
-                    if keep:
-                        commits.add(keep, embed_tiles(self.encoder, keep))
-                    commits.account(batch)
-                    if writer.pending >= self.s.job.commit_every:
-                        writer.commit()
+                    stages["wait for tiles"] += time.perf_counter() - t
+                    stages["read (worker seconds)"] += batch.read_s
+                    for w in batch.warnings:
+                        logs.note(w)
+                    t = time.perf_counter()
+                    vectors = self.encoder.encode_images(batch.rgb)
+                    stages["encode"] += time.perf_counter() - t
+                    out.put(batch, vectors)
+                    if writer.pending >= every and writer.training_due():
+                        out.drain()  # the writer is idle until the next put
+                        commit()
                     bar.update(len(batch))
                     if self.strict and report.problems:
                         break
                     stop.check()  # Ctrl-C / SIGTERM: stop here, between two batches
+                    t = time.perf_counter()
         finally:
-            bar.close()
+            try:
+                out.close()  # everything encoded is written before the job's last commit
+            finally:
+                stages["write + commit (writer thread)"] += out.busy_s
+                stages["wait for the writer"] += out.wait_s
+                bar.close()

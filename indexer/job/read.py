@@ -1,5 +1,6 @@
 """Tile reading as a torch Dataset, so DataLoader worker processes read, warp, scale and
-JPEG-encode tiles while the main process encodes the previous batch."""
+JPEG-encode tiles while the main process encodes the previous batch: a strip of tiles per
+read, a batch of strips per worker call, the pixels handed over in shared memory."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ import io
 import os
 import signal
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 from rasterio.errors import RasterioError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from indexer.config import JobSettings, TilingSettings
 from indexer.logs import captured
-from indexer.rasters.grid import TileBlock, block_window, tile_window
+from indexer.rasters.grid import TileBlock, block_window, strip_window
 from indexer.rasters.inspect import RasterInfo
 from indexer.rasters.reader import RasterReader
 
@@ -38,60 +40,174 @@ class RasterPlan:
 
 
 def jpeg_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
-    """uint8 [3, H, W] -> JPEG bytes, `size` pixels wide."""
-    img = Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)))
-    if img.width != size:
-        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    """uint8 [3, H, W] -> JPEG bytes, `size` x `size` pixels. An area (box) mean, which is
+    what a thumbnail needs and costs a fraction of a LANCZOS resize: PIL's `reduce` (the
+    rounded mean of whole blocks of pixels) when the tile is a whole multiple of `size`,
+    else a BOX resize; PIL's JPEG encoder (libjpeg-turbo in PIL's wheels)."""
+    # One image per band merged: a [3, H, W] -> [H, W, 3] numpy copy costs more than all
+    # the rest.
+    img = Image.merge("RGB", [Image.fromarray(np.ascontiguousarray(b)) for b in rgb])
+    w, h = img.size
+    if (w, h) != (size, size):
+        if w % size == 0 and h % size == 0:
+            img = img.reduce((w // size, h // size))
+        else:
+            img = img.resize((size, size), Image.Resampling.BOX)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
+STRIP_TILES = 16  # tiles of one row read as one window and cut in numpy
+
+
+@dataclass
+class TileBatch:
+    """Tiles read by a worker process, as arrays. The pixels are one uint8 tensor (rows =
+    tiles with pixels), which reaches the main process through shared memory, not pickled;
+    the rest is a few bytes per tile."""
+
+    raster: np.ndarray  # int64 [T]: the raster's index in the job
+    z: np.ndarray  # int64 [T]
+    x: np.ndarray  # int64 [T]
+    y: np.ndarray  # int64 [T]
+    nodata: np.ndarray  # float32 [T]: nodata fraction (1 for tiles not read)
+    done: np.ndarray  # bool [T]: committed by an earlier run, not read again
+    pixel_row: np.ndarray  # int64 [T]: the tile's row in `rgb` and `thumbs`, -1 for none
+    rgb: torch.Tensor  # uint8 [K, 3, px, px]
+    thumbs: list[bytes]  # [K] JPEG thumbnails
+    errors: dict[int, str] = field(default_factory=dict)  # raster -> why it cannot be read
+    warnings: list[str] = field(default_factory=list)
+    read_s: float = 0.0  # worker seconds spent on this batch
+
+    def __len__(self) -> int:
+        return len(self.raster)
+
+    def pin_memory(self) -> TileBatch:
+        """DataLoader(pin_memory=True) calls this: page-locked pixels copy to a GPU
+        asynchronously."""
+        self.rgb = self.rgb.pin_memory()
+        return self
+
+
 class TileDataset(Dataset):
-    """Item i: the i-th tile of the plans, in order, computed (never listed): memory does not
-    grow with the number of tiles."""
+    """Item i: the i-th strip of up to STRIP_TILES tiles (one tile row of one plan's block),
+    in plan order, computed (never listed): memory does not grow with the number of tiles.
+    A strip is read as one window; `collate` makes a TileBatch of several."""
 
     def __init__(self, plans: list[RasterPlan], tile_px: int, tiling: TilingSettings,
                  job: JobSettings):
         self.plans, self.px = plans, tile_px
         self.tiling, self.job = tiling, job
-        self._starts = np.cumsum([0] + [p.block.count for p in plans]).tolist()
+        self.strip = max(1, min(STRIP_TILES, job.batch_size))
+        self._per_row = [-(-p.block.width // self.strip) for p in plans]
+        counts = [n * (p.block.y1 - p.block.y0 + 1) for n, p in zip(self._per_row, plans,
+                                                                    strict=True)]
+        self._starts = np.cumsum([0] + counts).tolist()
         self._reader: RasterReader | None = None  # made in the process that reads
 
     def __len__(self) -> int:
         return self._starts[-1]
 
-    def __getitem__(self, i: int) -> dict:
+    def tiles(self, i: int) -> int:
+        """How many tiles strip i holds (without reading it)."""
+        r, x0, _, n = self._where(i)
+        return n
+
+    def _where(self, i: int) -> tuple[int, int, int, int]:
         r = bisect.bisect_right(self._starts, i) - 1
+        block = self.plans[r].block
+        row, part = divmod(i - self._starts[r], self._per_row[r])
+        x0 = block.x0 + part * self.strip
+        return r, x0, block.y0 + row, min(self.strip, block.x1 - x0 + 1)
+
+    def __getitem__(self, i: int) -> dict:
+        t0 = time.perf_counter()
+        r, x0, y, n = self._where(i)
         plan = self.plans[r]
-        x, y = plan.block.tile(i - self._starts[r])
-        z = plan.block.zoom
-        item = {"raster": plan.source, "x": x, "y": y, "z": z, "rgb": None,
-                "nodata_fraction": 1.0, "thumb": None, "error": None, "warnings": [],
-                "done": (x, y) in plan.done}
-        if item["done"]:
-            return item
+        xs = np.arange(x0, x0 + n)
+        done = np.array([(x, y) in plan.done for x in xs.tolist()], dtype=bool)
+        out = {"raster": plan.source, "z": plan.block.zoom, "x": xs, "y": y, "done": done,
+               "nodata": np.ones(n, dtype=np.float32), "rgb": None, "has": np.zeros(n, bool),
+               "thumbs": [], "error": None, "warnings": []}
+        if done.all():
+            out["read_s"] = time.perf_counter() - t0
+            return out
         try:
-            with captured() as item["warnings"]:
+            with captured() as out["warnings"]:
                 if self._reader is None:
                     self._reader = RasterReader(self.tiling)
-                read = self._reader.read(plan.info, tile_window(z, x, y, self.px,
-                                                                plan.block.src_shift),
-                                         grid=block_window(plan.block, self.px))
+                rgb, valid = self._reader.read_masked(
+                    plan.info, strip_window(plan.block, self.px, x0, y, n),
+                    grid=block_window(plan.block, self.px))
         except (RasterioError, OSError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            item["error"] = f"cannot read tile {z}/{x}/{y} (truncated or corrupt file?): {msg}"
-            return item
-        item["nodata_fraction"] = read.nodata_fraction
-        if read.nodata_fraction <= self.tiling.max_nodata_fraction:
-            item["rgb"] = read.rgb
-            item["thumb"] = jpeg_thumbnail(read.rgb, self.job.thumbnail_size,
-                                           self.job.thumbnail_quality)
-        return item
+            z = plan.block.zoom
+            out["error"] = (f"cannot read tile {z}/{x0}/{y} (truncated or corrupt file?): "
+                            f"{msg}")
+            out["read_s"] = time.perf_counter() - t0
+            return out
+        px = self.px
+        out["nodata"] = 1.0 - valid.reshape(px, n, px).mean(axis=(0, 2), dtype=np.float32)
+        out["has"] = ~done & (out["nodata"] <= self.tiling.max_nodata_fraction)
+        keep = np.flatnonzero(out["has"])
+        tiles = rgb.reshape(3, px, n, px).transpose(2, 0, 1, 3)[keep]  # [k, 3, px, px]
+        out["rgb"] = tiles
+        out["thumbs"] = [jpeg_thumbnail(t, self.job.thumbnail_size, self.job.thumbnail_quality)
+                         for t in tiles]
+        out["read_s"] = time.perf_counter() - t0
+        return out
 
 
-def collate(items: list[dict]) -> list[dict]:
-    return items
+def collate(strips: list[dict]) -> TileBatch:
+    """Strips -> one TileBatch (in the worker process: its pixels are copied once, into the
+    tensor that travels through shared memory)."""
+    t0 = time.perf_counter()
+    counts = [len(s["x"]) for s in strips]
+    has = np.concatenate([s["has"] for s in strips])
+    pixel_row = np.full(len(has), -1, dtype=np.int64)
+    pixel_row[has] = np.arange(int(has.sum()))
+    arrays = [s["rgb"] for s in strips if s["rgb"] is not None and len(s["rgb"])]
+    if arrays:
+        rgb = torch.from_numpy(np.concatenate(arrays))
+    else:
+        rgb = torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
+    errors: dict[int, str] = {}
+    for s in strips:
+        if s["error"] and s["raster"] not in errors:
+            errors[s["raster"]] = s["error"]
+    return TileBatch(
+        raster=np.repeat([s["raster"] for s in strips], counts).astype(np.int64),
+        z=np.repeat([s["z"] for s in strips], counts).astype(np.int64),
+        x=np.concatenate([s["x"] for s in strips]).astype(np.int64),
+        y=np.repeat([s["y"] for s in strips], counts).astype(np.int64),
+        nodata=np.concatenate([s["nodata"] for s in strips]).astype(np.float32),
+        done=np.concatenate([s["done"] for s in strips]),
+        pixel_row=pixel_row, rgb=rgb,
+        thumbs=[t for s in strips for t in s["thumbs"]],
+        errors=errors, warnings=[w for s in strips for w in s["warnings"]],
+        read_s=sum(s["read_s"] for s in strips) + time.perf_counter() - t0,
+    )
+
+
+class StripBatches(Sampler):
+    """Strips grouped so that a batch holds at most job.batch_size tiles (at least one
+    strip), yielded lazily."""
+
+    def __init__(self, dataset: TileDataset, batch_size: int):
+        self.dataset, self.batch_size = dataset, batch_size
+
+    def __iter__(self):
+        group, tiles = [], 0
+        for i in range(len(self.dataset)):
+            n = self.dataset.tiles(i)
+            if group and tiles + n > self.batch_size:
+                yield group
+                group, tiles = [], 0
+            group.append(i)
+            tiles += n
+        if group:
+            yield group
 
 
 def _die_with_parent() -> None:
@@ -113,9 +229,11 @@ def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def tile_loader(dataset: TileDataset, job: JobSettings) -> DataLoader:
+def tile_loader(dataset: TileDataset, job: JobSettings, pin_memory: bool = False
+                ) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers,
+        dataset, batch_sampler=StripBatches(dataset, job.batch_size), num_workers=job.workers,
         collate_fn=collate, worker_init_fn=worker_init if job.workers else None,
         prefetch_factor=4 if job.workers else None, persistent_workers=False,
+        pin_memory=pin_memory,
     )

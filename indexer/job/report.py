@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from indexer.errors import InputError
@@ -17,6 +18,9 @@ class JobReport:
     tiles_nodata: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    # Seconds per stage (main thread: waiting for tiles, encoding, waiting for the writer;
+    # the writer thread; the reader processes together), for benchmarks and the debug log.
+    stages: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property
     def tiles_per_s(self) -> float:
@@ -35,3 +39,7 @@ class JobReport:
             parts.insert(1, f"{self.rasters_replaced} replaced")
         head = "interrupted, committed so far: " if self.interrupted else ""
         return head + " | ".join(parts)
+
+    def stage_line(self) -> str:
+        """Where the time went, e.g. for the debug log."""
+        return "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items())

@@ -9,19 +9,24 @@ from collections.abc import Iterator
 from indexer.config import JobSettings, TilingSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import JobError
-from indexer.job.read import RasterPlan, TileDataset, tile_loader
+from indexer.job.read import RasterPlan, TileBatch, TileDataset, tile_loader
 
 
 class LocalRunner:
-    def __init__(self, tiling: TilingSettings, job: JobSettings, tile_px: int):
+    def __init__(self, tiling: TilingSettings, job: JobSettings, tile_px: int,
+                 pin_memory: bool = False):
+        """`pin_memory`: batches arrive in page-locked memory (for non-blocking copies to a
+        GPU)."""
         self.tiling, self.job, self.tile_px = tiling, job, tile_px
+        self.pin_memory = pin_memory
 
     def count(self, plans: list[RasterPlan]) -> int:
         return sum(p.block.count for p in plans)
 
-    def batches(self, plans: list[RasterPlan]) -> Iterator[list[dict]]:
-        """Tile items (see TileDataset) in plan order, job.batch_size at a time. A reader
-        process that dies surfaces as torch's RuntimeError: see `worker_death`."""
+    def batches(self, plans: list[RasterPlan]) -> Iterator[TileBatch]:
+        """Every tile of the plans, in plan order, in batches of at most job.batch_size
+        tiles. A reader process that dies surfaces as torch's RuntimeError: see
+        `worker_death`."""
         dataset = TileDataset(plans, self.tile_px, self.tiling, self.job)
         if len(dataset) == 0:
             return
@@ -29,7 +34,7 @@ class LocalRunner:
         # raising inside the fork handlers would be printed and lost ("Exception ignored in
         # _releaseLock"), so it waits until the workers are up.
         with deferred_interrupts():
-            it = iter(tile_loader(dataset, self.job))
+            it = iter(tile_loader(dataset, self.job, self.pin_memory))
         yield from it
 
 

@@ -135,6 +135,18 @@ def tile_window(zoom: int, x: int, y: int, tile_px: int, shift: float | None = N
                          shift)
 
 
+def strip_window(block: TileBlock, tile_px: int, x0: int, y: int, count: int) -> Window:
+    """The EPSG:3857 window of `count` tiles x0.. of tile row `y` of `block`, side by side:
+    an integer window of block_window(block, tile_px), read in one call and cut into tiles
+    (tile i is columns i * tile_px .. (i + 1) * tile_px of it)."""
+    if not (block.x0 <= x0 and x0 + count - 1 <= block.x1 and block.y0 <= y <= block.y1
+            and count >= 1):
+        raise ValueError(f"tiles {x0}..{x0 + count - 1} of row {y} are not in {block}")
+    tile_m = WORLD_M / 2**block.zoom
+    return Window(-ORIGIN + x0 * tile_m, ORIGIN - y * tile_m, tile_m / tile_px,
+                  count * tile_px, tile_px, block.src_shift)
+
+
 @dataclass(frozen=True)
 class Window:
     """A window in EPSG:3857: top-left corner (metres), metres per pixel, size in pixels.

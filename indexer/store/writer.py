@@ -219,6 +219,16 @@ class IndexWriter:
         new.version = FORMAT_VERSION
         return index
 
+    def training_due(self) -> bool:
+        """Would the next commit train (or re-train) the ANN? (An estimate from the sizes:
+        the commit itself decides.)"""
+        info, st = self.m.index, self.settings
+        n = self.index.ntotal + self.pending
+        if info.factory == "Flat":
+            return n >= st.ivf_min_vectors
+        return bool(st.retrain_growth and self._vectors is not None
+                    and n >= st.retrain_growth * (info.trained_at or n))
+
     def _maybe_train_ivf(self, index: VectorIndex, m: Manifest) -> VectorIndex:
         """The index to commit: `index`, or an IVF-PQ trained from it (recorded in m, with
         its template and codes written)."""

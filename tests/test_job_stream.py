@@ -1,0 +1,118 @@
+"""The job's data path: strips of tiles read in worker processes and handed over as one
+uint8 tensor in shared memory, encoded on the main thread while a writer thread stores the
+previous batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.config import DiscoverySettings
+from indexer.job.background import BackgroundWriter
+from indexer.job.pipeline import IndexJob
+from indexer.job.read import RasterPlan, TileDataset, collate, tile_loader
+from indexer.rasters.grid import block_window, choose_zoom, raster_blocks, tile_window
+from indexer.rasters.inspect import inspect_raster
+from indexer.rasters.reader import RasterReader
+from indexer.rasters.sources import RasterSource
+from tests.helpers import make_raster
+
+
+def _plans(path, settings, px):
+    info = inspect_raster(RasterSource(str(path)), DiscoverySettings(), settings.tiling)
+    zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, settings.tiling)
+    return [RasterPlan(info, b, 0) for b in raster_blocks(info, zoom)]
+
+
+def test_a_batch_holds_each_tiles_own_pixels(tmp_path, settings, encoder):
+    px = encoder.image_size
+    path = make_raster(tmp_path / "a.tif", size=700, seed=4, nodata=0)
+    plans = _plans(path, settings, px)
+    job = dataclasses.replace(settings.job, batch_size=40)
+    ds = TileDataset(plans, px, settings.tiling, job)
+    batch = collate([ds[i] for i in range(len(ds))])
+    reader = RasterReader(settings.tiling)
+    block = plans[0].block
+    assert len(batch) == block.count and len(batch.thumbs) == len(batch.rgb)
+    assert batch.rgb.dtype == torch.uint8 and batch.rgb.shape[1:] == (3, px, px)
+    for i in range(len(batch)):
+        x, y = int(batch.x[i]), int(batch.y[i])
+        one = reader.read(plans[0].info, tile_window(block.zoom, x, y, px, block.src_shift),
+                          grid=block_window(block, px))
+        assert batch.nodata[i] == pytest.approx(one.nodata_fraction, abs=1e-6)
+        row = int(batch.pixel_row[i])
+        assert (row >= 0) == (one.nodata_fraction <= settings.tiling.max_nodata_fraction)
+        if row >= 0:
+            np.testing.assert_array_equal(batch.rgb[row].numpy(), one.rgb)
+    # The encoder gives the same vectors for the batch tensor as for the same tiles stacked.
+    stacked = np.stack([batch.rgb[r].numpy() for r in range(len(batch.rgb))])
+    np.testing.assert_allclose(encoder.encode_images(batch.rgb),
+                               encoder.encode_images(stacked), atol=1e-6)
+
+
+def test_batches_cross_from_a_worker_in_shared_memory(tmp_path, settings, encoder):
+    px = encoder.image_size
+    path = make_raster(tmp_path / "a.tif", size=500, seed=5)
+    job = dataclasses.replace(settings.job, workers=1, batch_size=32)
+    ds = TileDataset(_plans(path, settings, px), px, settings.tiling, job)
+    batches = list(tile_loader(ds, job))
+    assert sum(len(b) for b in batches) == sum(ds.tiles(i) for i in range(len(ds)))
+    assert all(len(b) <= 32 for b in batches)
+    with_pixels = [b for b in batches if len(b.rgb)]
+    assert with_pixels and all(b.rgb.is_shared() for b in with_pixels)  # not pickled bytes
+    assert all(b.read_s > 0 for b in batches)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_preprocessing_matches_the_cpu(encoder, settings):
+    import dataclasses as dc
+
+    from encoder.model import SatelliteEncoder
+
+    gpu = SatelliteEncoder(dc.replace(settings.encoder, device="cuda"))
+    cpu = SatelliteEncoder(dc.replace(settings.encoder, device="cpu"))
+    tiles = torch.randint(0, 256, (8, 3, 80, 80), dtype=torch.uint8).pin_memory()
+    np.testing.assert_allclose(gpu.prepare(tiles).cpu().numpy(),
+                               cpu.prepare(tiles).numpy(), atol=1e-5)
+
+
+def test_the_writer_thread_overlaps_and_hands_back_its_error():
+    seen, started = [], threading.Event()
+
+    def write(i):
+        started.set()
+        time.sleep(0.05)
+        seen.append(i)
+        if i == 3:
+            raise OSError("disk full")
+
+    out = BackgroundWriter(write, depth=2)
+    t = time.perf_counter()
+    out.put(0)
+    assert started.wait(5) and time.perf_counter() - t < 0.05  # put() did not wait for it
+    out.put(1)
+    out.drain()
+    assert seen == [0, 1]
+    out.put(2)
+    out.put(3)
+    with pytest.raises(OSError, match="disk full"):
+        for i in range(4, 50):  # bounded: the error arrives within a few puts
+            out.put(i)
+    out.close()
+    assert seen[:4] == [0, 1, 2, 3] and len(seen) == 4  # nothing written after the error
+
+
+def test_the_report_says_where_the_time_went(tmp_path, settings, encoder):
+    make_raster(tmp_path / "a" / "one.tif", size=300, seed=6)
+    report = IndexJob(tmp_path / "idx", settings, encoder, progress=False).run(
+        [str(tmp_path / "a")])
+    assert report.tiles_written > 0
+    for stage in ("wait for tiles", "read (worker seconds)", "encode",
+                  "write + commit (writer thread)"):
+        assert report.stages[stage] > 0, report.stages
+    assert report.stage_line().startswith("stages: ")
