@@ -4,6 +4,10 @@ whether reading or the model is the limit.
 
     python bench/index.py --model tiny             # small test model: read-bound
     python bench/index.py --model vit-b-16 --tiles 96   # ViT-B-16, random weights: compute-bound
+    python bench/index.py --model null --tiles 3000     # no model: the pipeline's ceiling
+
+The same file runs against an older checkout too (copy it there), for side-by-side
+numbers of the code before a change (see BENCHMARKS.md).
 
 Tiles come from a synthetic 5 m GeoTIFF in UTM (generated, --tiles of them), read exactly
 as the job reads them.
@@ -100,8 +104,13 @@ def main() -> int:
     t0 = time.perf_counter()
     strips = [ds[i] for i in range(len(ds))]
     read_s = time.perf_counter() - t0
-    batch = np.concatenate([s["rgb"] for s in strips if s["rgb"] is not None])
-    n, tiles = len(batch), sum(len(s["x"]) for s in strips)
+    if isinstance(strips[0]["x"], int):  # the code before strips (--baseline runs)
+        batch = np.stack([s["rgb"] for s in strips if s["rgb"] is not None])
+        tiles = len(strips)
+    else:
+        batch = np.concatenate([s["rgb"] for s in strips if s["rgb"] is not None])
+        tiles = sum(len(s["x"]) for s in strips)
+    n = len(batch)
     per_worker = tiles / read_s
     print(f"{tiles} tiles at zoom {zoom}, {n} with data; reading + warping + JPEG in "
           f"one process: {per_worker:.1f} tiles/s")
@@ -125,9 +134,17 @@ def main() -> int:
     print(f"{'full job (read, warp, tile, encode, store)':<44} {job_rate:>9.1f}")
     print(f"full job / encoder only = {job_rate / enc_rate:.2f} "
           f"(workers={args.workers}, batch={bs}, {os.cpu_count()} CPUs)")
-    st = dict(report.stages)
+    st = dict(getattr(report, "stages", {}))
+    if not st:  # the code before per-stage times (--baseline runs)
+        return 0
     print("\nwhere the time went (s): " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()))
-    print(f"job wall time {job_s:.2f} s")
+    print(f"job wall time {job_s:.2f} s; the encoder was busy {st.get('encode', 0) / job_s:.0%} "
+          "of it (on CUDA: the GPU's busy share, encode_images waits for its results)")
+    if enc.device.type == "cuda":
+        try:
+            print(f"GPU utilisation at the end (nvml): {torch.cuda.utilization()} %")
+        except Exception as e:  # pynvml missing
+            print(f"GPU utilisation: not available ({type(e).__name__})")
     # What one process of each kind costs per tile, and the ceiling with more cores: W
     # reader processes at the measured per-process rate, one main thread and one writer
     # thread at their measured costs per tile (each a limit of its own).

@@ -161,7 +161,7 @@ def main() -> int:
     engine_rss = rss_anon() - before
     snap = eng.snapshot
     factory = snap.manifest.index.factory
-    index_bytes = len(snap.index.to_bytes())
+    index_bytes = sum(len(seg.to_bytes()) for seg in snap.segments)
     res["store"] = {"factory": factory, "build_s": build_s, "rows_s": t_rows,
                     "index_bytes_per_vector": index_bytes / args.n,
                     "engine_rss_bytes_per_vector": engine_rss / args.n}

@@ -141,6 +141,8 @@ def _main(argv: list[str] | None) -> int:
     if warnings_seen.count:
         print(f"{PROG}: {warnings_seen.summary()}", file=sys.stderr)
     print(report.summary())
+    if args.verbose and report.stages:
+        print(f"{PROG}: {report.stage_line()}", file=sys.stderr)
     if report.interrupted:
         return 130
     if args.strict and report.problems:

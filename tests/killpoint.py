@@ -42,11 +42,11 @@ def _install(scenario: str) -> None:
     elif scenario == "part":
         real_part = parts.write_parquet
 
-        def write_parquet(table, path):
+        def write_parquet(table, path, *a, **k):
             if nth(5):
                 path.write_bytes(b"PAR1 half")
                 _die()
-            return real_part(table, path)
+            return real_part(table, path, *a, **k)
 
         parts.write_parquet = write_parquet
     elif scenario == "manifest":
