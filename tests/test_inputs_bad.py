@@ -178,3 +178,17 @@ def test_cli_exit_codes_and_no_traceback(tmp_path):
     assert "does not exist" in only_bad.stderr and "not a raster" in only_bad.stderr
     for r in (mixed, strict, only_bad):
         assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_strict_stops_at_the_batch_that_fails_while_streaming(tmp_path, settings, encoder):
+    """A raster that fails mid-stream (its last row is cut off) stops a --strict run at that
+    batch: the writer thread's report is waited for, so the raster after it gets no tile."""
+    _truncated(tmp_path / "archive" / "a_cut.tif", 3000)  # 625 tiles: one batch of them
+    make_raster(tmp_path / "archive" / "b_after.tif", size=1500, seed=7)
+    s = dataclasses.replace(settings, job=dataclasses.replace(settings.job, batch_size=625))
+    report = _job(tmp_path, s, encoder, [tmp_path / "archive"], strict=True)
+    assert "cannot read tile" in _only_problem(report, "a_cut.tif")
+    assert report.rasters_indexed == 0
+    snap = IndexSnapshot.open(tmp_path / "idx")
+    assert all("b_after.tif" not in e.path for e in snap.sources.values())
+    assert snap.ntotal == 0

@@ -127,8 +127,10 @@ class IndexJob:
                         out.drain()  # the writer is idle until the next put
                         commit()
                     bar.update(len(batch))
-                    if self.strict and report.problems:
-                        break
+                    if self.strict:
+                        out.drain()  # --strict stops at the first bad input, not 2 later
+                        if report.problems:
+                            break
                     stop.check()  # Ctrl-C / SIGTERM: stop here, between two batches
                     t = time.perf_counter()
         finally:
