@@ -246,16 +246,7 @@ def test_a_commit_failing_at_any_step_can_be_retried_without_duplicates(tmp_path
         v1 = _add(w, 6, "a", 0)
         w.commit()
         v2 = _add(w, 4, "b", 1)
-        real = _resolve(step)
-        calls = []
-
-        def failing(*a, **k):
-            calls.append(1)
-            if len(calls) == 1:
-                raise exc("injected")
-            return real(*a, **k)
-
-        monkeypatch.setattr(step, failing)
+        real = fail_once(monkeypatch, step, exc)
         with pytest.raises(exc):
             w.commit()
         assert IndexSnapshot.open(tmp_path).ntotal == 6  # on disk: the previous commit
@@ -268,6 +259,22 @@ def test_a_commit_failing_at_any_step_can_be_retried_without_duplicates(tmp_path
     assert np.allclose(snap.get_vectors(np.arange(10)), np.vstack([v1, v2]), atol=2e-3)
     _, found = snap.search(np.vstack([v1, v2]), 1)
     assert (found[:, 0] == np.arange(10)).all()
+
+
+def fail_once(monkeypatch, step: str, exc: type[BaseException]):
+    """Make the function at dotted path `step` raise `exc` on its first call (and work
+    after); returns the real function."""
+    real = _resolve(step)
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc("injected")
+        return real(*a, **k)
+
+    monkeypatch.setattr(step, failing)
+    return real
 
 
 def _resolve(dotted: str):

@@ -97,23 +97,14 @@ def test_finding_a_sources_tiles_reads_only_its_parts(tmp_path, monkeypatch):
                                   "indexer.store.ann.AnnFiles.delete",
                                   "indexer.store.vector_index.VectorIndex.train_ivfpq"])
 def test_a_training_or_removing_commit_that_fails_can_be_retried(tmp_path, monkeypatch, step):
-    from tests.test_data_safety import _resolve
+    from tests.test_data_safety import fail_once
 
     with IndexWriter(tmp_path, IDENT, IVF) as w:
         _add(w, 900, "a", 0)
         w.commit()
         w.remove("a")
         _add(w, 1100, "b", 1)  # 1100 live: this commit trains the IVF and records removals
-        real = _resolve(step)
-        calls = []
-
-        def failing(*a, **k):
-            calls.append(1)
-            if len(calls) == 1:
-                raise OSError("injected")
-            return real(*a, **k)
-
-        monkeypatch.setattr(step, failing)
+        fail_once(monkeypatch, step, OSError)
         with pytest.raises(OSError):
             w.commit()
         assert IndexSnapshot.open(tmp_path).ntotal == 900

@@ -111,8 +111,7 @@ class TileDataset(Dataset):
 
     def tiles(self, i: int) -> int:
         """How many tiles strip i holds (without reading it)."""
-        r, x0, _, n = self._where(i)
-        return n
+        return self._where(i)[3]
 
     def _where(self, i: int) -> tuple[int, int, int, int]:
         r = bisect.bisect_right(self._starts, i) - 1

@@ -37,12 +37,11 @@ def template(d: Path, m: Manifest) -> VectorIndex:
     return VectorIndex.from_template(path.read_bytes(), m.dim, path.name)
 
 
-def load(d: Path, m: Manifest, start: int = 0, dead: np.ndarray | None = None
-         ) -> VectorIndex:
+def load(d: Path, m: Manifest, start: int = 0) -> VectorIndex:
     """The committed index holding the tiles with ids start..next_id-1 (all of them by
-    default; a later start gives the delta a reader adds to what it holds). `dead`: the
-    tombstones, when the caller has them. A missing file raises FileNotFoundError (a writer
-    may have cleaned it up after a newer commit), damage IndexError_."""
+    default; a later start gives the delta a reader adds to what it holds). A missing file
+    raises FileNotFoundError (a writer may have cleaned it up after a newer commit), damage
+    IndexError_."""
     if m.version == 1:
         return VectorIndex.read(d / m.index.file, m.dim, m.index.ntotal) if m.index.file \
             else VectorIndex.flat(m.dim)
@@ -54,16 +53,15 @@ def load(d: Path, m: Manifest, start: int = 0, dead: np.ndarray | None = None
         raise FileNotFoundError(str(path))
     check_rows(path, m.next_id, m.index.code_size, CODE)
     codes = open_rows(path, m.next_id, m.index.code_size, CODE)
-    dead = deleted_ids(d, m) if dead is None else dead
+    dead = deleted_ids(d, m)
     for lo in range(start, m.next_id, CHUNK):
         hi = min(lo + CHUNK, m.next_id)
         ids = np.arange(lo, hi, dtype=np.int64)
         live = ~np.isin(ids, dead)
         index.add_codes(np.asarray(codes[lo:hi])[live], ids[live])
-    want = m.index.ntotal if start == 0 else None
-    if want is not None and index.ntotal != want:
+    if start == 0 and index.ntotal != m.index.ntotal:
         raise IndexError_(f"{path.name}: holds {index.ntotal} live codes, the manifest says "
-                          f"{want}")
+                          f"{m.index.ntotal}")
     return index
 
 

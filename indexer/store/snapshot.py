@@ -75,7 +75,10 @@ class IndexSnapshot:
         self._part_cache = {k: v for k, v in (part_cache or {}).items() if k in names}
 
     @classmethod
-    def open(cls, index_dir: str | Path, retries: int = 5) -> IndexSnapshot:
+    def open(cls, index_dir: str | Path, retries: int = 5,
+             part_cache: dict[str, pa.Table] | None = None) -> IndexSnapshot:
+        """The committed index. `part_cache`: tile metadata already read, by part name (an
+        older snapshot's; only the parts this commit names are kept)."""
         d = Path(index_dir)
         if not d.is_dir():
             raise IndexError_(f"{d}: no such index directory")
@@ -93,7 +96,7 @@ class IndexSnapshot:
                     raise IndexError_(f"{d}: {Path(str(e)).name}, named by the manifest, is "
                                       "missing") from None
                 continue
-            return cls(d, m, [index], m.next_id, stamp)
+            return cls(d, m, [index], m.next_id, stamp, part_cache)
         raise AssertionError("unreachable")
 
     def refreshed(self) -> IndexSnapshot:
@@ -120,10 +123,7 @@ class IndexSnapshot:
                     return snap
             except FileNotFoundError:
                 pass  # cleaned up under us by yet another commit: open whole
-        snap = IndexSnapshot.open(self.dir)
-        names = {p.name for p in snap.manifest.parts}
-        snap._part_cache = {k: v for k, v in self._part_cache.items() if k in names}
-        return snap
+        return IndexSnapshot.open(self.dir, part_cache=self._part_cache)
 
     def newer_commit(self) -> bool:
         """Has a writer committed since this snapshot was opened?"""

@@ -222,8 +222,13 @@ class IndexWriter:
     def training_due(self) -> bool:
         """Would the next commit train (or re-train) the ANN? (An estimate from the sizes:
         the commit itself decides.)"""
-        info, st = self.m.index, self.settings
-        n = self.index.ntotal + self.pending
+        return self._trains(self.m.index, self.index.ntotal + self.pending)
+
+    def _trains(self, info, n: int) -> bool:
+        """The rule: a Flat index of `n` vectors becomes IVF-PQ at store.ivf_min_vectors; an
+        IVF-PQ one is re-trained (from the float16 copies) at store.retrain_growth times
+        the size it was trained at."""
+        st = self.settings
         if info.factory == "Flat":
             return n >= st.ivf_min_vectors
         return bool(st.retrain_growth and self._vectors is not None
@@ -235,16 +240,14 @@ class IndexWriter:
         info, st = m.index, self.settings
         n = index.ntotal
         flat = info.factory == "Flat"
-        if flat and n < st.ivf_min_vectors:
-            info.chosen = (f"auto: Flat (exact) while below store.ivf_min_vectors = "
-                           f"{st.ivf_min_vectors}")
+        if not self._trains(info, n):
+            if flat:
+                info.chosen = (f"auto: Flat (exact) while below store.ivf_min_vectors = "
+                               f"{st.ivf_min_vectors}")
             return index
-        grown = (not flat and st.retrain_growth and self._vectors is not None
-                 and n >= st.retrain_growth * (info.trained_at or n))
-        if not (flat or grown):
-            return index
+        held = index.ids()
         live = np.zeros(m.next_id, dtype=bool)
-        live[index.ids()] = True
+        live[held] = True
         if self._vectors is not None:  # the float16 copies, row = id
             f16 = open_rows(self._vectors.path, m.next_id, self.dim)
 
@@ -252,7 +255,7 @@ class IndexWriter:
                 return np.asarray(f16[ids], dtype=np.float32)
         else:  # Flat without float16 copies: the Flat index holds the exact vectors
             exact = np.zeros((m.next_id, self.dim), dtype=np.float32)
-            exact[index.ids()] = index.exact_vectors()
+            exact[held] = index.exact_vectors()  # in the order of ids()
 
             def vectors(ids: np.ndarray) -> np.ndarray:
                 return exact[ids]
