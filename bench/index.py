@@ -74,6 +74,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=0, help="0 = the config's")
     p.add_argument("--commit-every", type=int, default=2048, help="as index_config.toml")
+    p.add_argument("--read-batch", type=int, default=0, help="tiles per reader call; "
+                   "0 = the config's")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
     args = p.parse_args()
     work = Path(args.out)
@@ -88,6 +90,8 @@ def main() -> int:
           f"built in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}")
     job = dataclasses.replace(base.job, workers=args.workers, commit_every=args.commit_every,
                               batch_size=args.batch_size or base.job.batch_size)
+    if args.read_batch and hasattr(job, "read_batch"):  # older checkouts have none
+        job = dataclasses.replace(job, read_batch=args.read_batch)
     settings = dataclasses.replace(base, encoder=spec, job=job)
     if args.model == "null":
         settings = dataclasses.replace(settings, store=dataclasses.replace(

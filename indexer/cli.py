@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("archives", nargs="*", metavar="ARCHIVE",
                    help="a folder (searched recursively), a raster, a .txt list of rasters, "
-                   "or a STAC item JSON")
+                   "a STAC item or ItemCollection JSON, or a URL (https://, s3://, gs://, "
+                   "az://) of a COG or of STAC JSON")
     p.add_argument("--index", required=True, metavar="DIR", help="index directory")
     p.add_argument("--config", metavar="FILE", help="index_config.toml (default: built-in "
                    "defaults, or ./index_config.toml when present)")
@@ -37,6 +39,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="any bad input is fatal (default: report it and index the rest)")
     p.add_argument("--remove", action="append", default=[], metavar="SOURCE",
                    help="remove a source's tiles (a raster path or a source key); repeatable")
+    stac = p.add_argument_group("STAC API search (pystac-client)")
+    stac.add_argument("--stac-api", metavar="URL", help="index the items a STAC API search "
+                      "returns (the API's landing page URL)")
+    stac.add_argument("--collection", action="append", default=[], metavar="ID",
+                      help="search these collections; repeatable")
+    stac.add_argument("--bbox", metavar="W,S,E,N", help="items intersecting this box (degrees)")
+    stac.add_argument("--datetime", metavar="RANGE",
+                      help="an RFC 3339 instant or interval, e.g. 2023-06-01/2023-08-31")
+    stac.add_argument("--query", action="append", default=[], metavar="EXPR",
+                      help="query-extension filter, e.g. 'eo:cloud_cover<20'; repeatable")
+    stac.add_argument("--filter", metavar="CQL2", help="a CQL2 filter (text, or JSON)")
+    stac.add_argument("--max-items", type=_positive, metavar="N",
+                      help="index at most N items")
+    stac.add_argument("--page-size", type=_positive, metavar="N",
+                      help="items per page of the search (default: the API's)")
+    p.add_argument("--asset", metavar="KEY", help="the STAC asset to index (default: "
+                   "discovery.stac_asset, else the first GeoTIFF asset with role visual, "
+                   "then data)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print GDAL/FAISS warnings (default: counted in one summary line)")
@@ -44,14 +64,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _search(args: argparse.Namespace):
+    """The STAC API search the arguments ask for (None without --stac-api)."""
+    from indexer.rasters.stac_api import StacSearch, parse_bbox
+
+    asked = [n for n in ("collection", "bbox", "datetime", "query", "filter", "max_items",
+                         "page_size") if getattr(args, n)]
+    if not args.stac_api:
+        if asked:
+            _parser().error(f"--{asked[0].replace('_', '-')} needs --stac-api URL")
+        return None
+    try:
+        bbox = parse_bbox(args.bbox) if args.bbox else None
+    except ValueError as e:
+        _parser().error(str(e))
+    return StacSearch(args.stac_api, tuple(args.collection), bbox, args.datetime,
+                      tuple(args.query), args.filter, args.max_items, args.page_size)
+
+
 def _remove(index_dir: str, targets: list[str], identity, store) -> int:
+    from indexer.rasters.remote import public
     from indexer.store.writer import IndexWriter
 
     status = 0
     with IndexWriter(index_dir, identity, store, create=False) as w:
         print(f"removing {len(targets)} source(s) from {index_dir}", file=sys.stderr)
         for t in targets:
-            keys = w.find_sources(t)
+            keys = w.find_sources(public(t))
             if not keys:
                 print(f"{PROG}: {t}: not a source of {index_dir}", file=sys.stderr)
                 status = 1
@@ -99,10 +148,25 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _glued(argv: list[str]) -> list[str]:
+    """`--bbox -99.2,46.9,-99.0,47.1` as `--bbox=-99.2,...`: argparse would take a value
+    starting with '-' for an option."""
+    out = []
+    it = iter(argv)
+    for a in it:
+        if a == "--bbox":
+            value = next(it, None)
+            out.append(a if value is None else f"--bbox={value}")
+        else:
+            out.append(a)
+    return out
+
+
 def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)
-    if not args.archives and not args.remove:
-        _parser().error("give at least one ARCHIVE (or --remove SOURCE)")
+    args = _parser().parse_args(_glued(sys.argv[1:] if argv is None else list(argv)))
+    search = _search(args)
+    if not args.archives and not args.remove and not args.stac_api:
+        _parser().error("give at least one ARCHIVE (or --stac-api URL, or --remove SOURCE)")
     if not args.index.strip():
         _parser().error("--index: give a directory path (an empty path is refused)")
     from encoder.identity import EncoderError
@@ -118,16 +182,19 @@ def _main(argv: list[str] | None) -> int:
         config = "index_config.toml"
     try:
         settings = load_settings(config)
+        if args.asset:
+            settings = dataclasses.replace(settings, discovery=dataclasses.replace(
+                settings.discovery, stac_asset=args.asset))
         encoder = SatelliteEncoder(settings.encoder)
         settings.check_encoder(encoder.identity.embed_dim)
         with quiet_native_warnings(args.verbose) as warnings_seen:
             if args.remove:
                 status = _remove(args.index, args.remove, encoder.identity, settings.store)
-                if not args.archives:
+                if not args.archives and search is None:
                     return status
             job = IndexJob(args.index, settings, encoder, strict=args.strict,
                            progress=not args.quiet)
-            report = job.run(args.archives)
+            report = job.run(args.archives, search)
     except (ConfigError, EncoderError, IndexError_) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -15,8 +15,9 @@ import torch
 from indexer.config import DiscoverySettings
 from indexer.job.background import BackgroundWriter
 from indexer.job.pipeline import IndexJob
+from indexer.job.plan import first_tiles
 from indexer.job.read import RasterPlan, TileDataset, collate, tile_loader
-from indexer.rasters.grid import block_window, choose_zoom, raster_blocks, tile_window
+from indexer.rasters.grid import TileBlock, block_window, choose_zoom, raster_blocks, tile_window
 from indexer.rasters.inspect import inspect_raster
 from indexer.rasters.reader import RasterReader
 from indexer.rasters.sources import RasterSource
@@ -58,7 +59,7 @@ def test_a_batch_holds_each_tiles_own_pixels(tmp_path, settings, encoder):
 def test_batches_cross_from_a_worker_in_shared_memory(tmp_path, settings, encoder):
     px = encoder.image_size
     path = make_raster(tmp_path / "a.tif", size=500, seed=5)
-    job = dataclasses.replace(settings.job, workers=1, batch_size=32)
+    job = dataclasses.replace(settings.job, workers=1, batch_size=32, read_batch=32)
     ds = TileDataset(_plans(path, settings, px), px, settings.tiling, job)
     batches = list(tile_loader(ds, job))
     assert sum(len(b) for b in batches) == sum(ds.tiles(i) for i in range(len(ds)))
@@ -116,3 +117,48 @@ def test_the_report_says_where_the_time_went(tmp_path, settings, encoder):
                   "write + commit (writer thread)"):
         assert report.stages[stage] > 0, report.stages
     assert report.stage_line().startswith("stages: ")
+
+
+def test_resume_watermark_names_the_tiles_in_read_order(tmp_path, settings):
+    """plan.first_tiles(blocks, n) is exactly the first n tiles the job reads (block by
+    block, row by row, strip by strip), for blocks wider than a strip; a resumed run trusts
+    it to skip tiles that went through without being stored (nodata)."""
+    path = make_raster(tmp_path / "a.tif", size=64)
+    info = inspect_raster(RasterSource(str(path)), DiscoverySettings(), settings.tiling)
+    blocks = [TileBlock(15, 100, 200, 136, 202), TileBlock(15, 5, 7, 9, 9)]  # 37 wide, 5 wide
+    every = [frozenset((x, y) for y in range(b.y0, b.y1 + 1) for x in range(b.x0, b.x1 + 1))
+             for b in blocks]
+    # Every tile "done": the dataset yields each strip's tiles in order without reading.
+    ds = TileDataset([RasterPlan(info, b, 0, d) for b, d in zip(blocks, every, strict=True)],
+                     64, settings.tiling, dataclasses.replace(settings.job, batch_size=64))
+    order = [(int(x), int(s["y"])) for i in range(len(ds)) for s in [ds[i]] for x in s["x"]]
+    assert len(order) == sum(len(d) for d in every) == len(set(order))
+    for n in (0, 1, 15, 16, 17, 36, 37, 38, 110, 111, 112, 120, len(order)):
+        assert first_tiles(blocks, n) == set(order[:n]), n
+
+
+def test_a_read_batch_splits_into_encoder_batches_tile_for_tile(tmp_path, settings):
+    """Readers read job.read_batch tiles per call; the job encodes them job.batch_size at a
+    time: every part holds its own tiles' pixels, thumbnails and rows, nothing twice."""
+    path = make_raster(tmp_path / "a.tif", size=700, seed=4, nodata=0)
+    px = 32
+    plans = _plans(path, settings, px)
+    ds = TileDataset(plans, px, settings.tiling, settings.job)
+    whole = collate([ds[i] for i in range(len(ds))])
+    whole.errors = {0: "a raster error"}
+    assert (whole.pixel_row < 0).any() and len(whole) > 40  # some nodata tiles, several parts
+    parts = whole.split(7)
+    assert [len(p) for p in parts[:-1]] == [7] * (len(parts) - 1)
+    assert sum(len(p) for p in parts) == len(whole)
+    assert [p.errors for p in parts].count({0: "a raster error"}) == 1 and parts[0].errors
+    i = 0
+    for p in parts:
+        for j in range(len(p)):
+            assert (p.x[j], p.y[j], p.nodata[j]) == (whole.x[i], whole.y[i], whole.nodata[i])
+            if whole.pixel_row[i] < 0:
+                assert p.pixel_row[j] < 0
+            else:
+                assert torch.equal(p.rgb[p.pixel_row[j]], whole.rgb[whole.pixel_row[i]])
+                assert p.thumbs[p.pixel_row[j]] == whole.thumbs[whole.pixel_row[i]]
+            i += 1
+    assert whole.split(len(whole)) == [whole]

@@ -24,13 +24,15 @@ import pyarrow.parquet as pq
 from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.config import Settings
+from indexer.config import RemoteSettings, Settings
 from indexer.errors import InputError
 from indexer.job.read import worker_init
+from indexer.rasters import vsi
 from indexer.rasters.discovery import discover
 from indexer.rasters.grid import Window
 from indexer.rasters.inspect import RasterInfo, inspect_raster
 from indexer.rasters.reader import RasterReader
+from indexer.rasters.remote import describe, identities, is_remote, public
 from training.photos import PairError, Photo
 from training.samples import Sample, build_samples
 
@@ -64,7 +66,8 @@ def raster_catalogue(archives: list[str], settings: Settings) -> tuple[list[Rast
     infos, notes = [], [str(p) for p in problems]
     for src in sources:
         try:
-            infos.append(inspect_raster(src, settings.discovery, settings.tiling))
+            infos.append(inspect_raster(src, settings.discovery, settings.tiling,
+                                        settings.remote))
         except InputError as e:
             notes.append(str(e))
     return infos, notes
@@ -106,9 +109,17 @@ def _run_key(photos: list[Photo], rasters: list[RasterInfo], settings: Settings,
                         ).encode())
     for p in photos:
         h.update(f"{p.path}|{p.lat}|{p.lon}|{p.time}".encode())
+    far = [r.path for r in rasters if is_remote(r.path)]
+    versions = dict(zip(far, identities([(p, None, None) for p in far], settings.remote),
+                        strict=True))
     for r in rasters:
-        st = os.stat(r.path)
-        h.update(f"{r.path}|{st.st_size}|{st.st_mtime_ns}".encode())
+        if r.path in versions:  # remote: its ETag / Last-Modified, asked again (one HEAD)
+            v = versions[r.path]
+            seen = str(v) if isinstance(v, InputError) else f"{v.size}|{v.version}"
+            h.update(f"{public(r.path)}|{seen}".encode())
+        else:
+            st = os.stat(r.path)
+            h.update(f"{r.path}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -117,9 +128,11 @@ class PatchDataset(Dataset):
     pixels, or why there is none. Each worker reads through its own RasterReader."""
 
     def __init__(self, samples: list[Sample], photos: list[Photo], rasters: list[RasterInfo],
-                 tiling, window_days: float, start: int = 0):
+                 tiling, window_days: float, start: int = 0,
+                 remote: RemoteSettings | None = None):
         self.samples, self.photos, self.rasters = samples, photos, rasters
         self.tiling, self.window_days, self.start = tiling, window_days, start
+        self.remote = remote
         self.bounds = [_mercator_bounds(r) for r in rasters]
         self._reader: RasterReader | None = None  # made in the process that reads
 
@@ -138,11 +151,11 @@ class PatchDataset(Dataset):
         for i in cands:
             try:
                 if self._reader is None:
-                    self._reader = RasterReader(self.tiling)
+                    self._reader = RasterReader(self.tiling, remote=self.remote)
                 read = self._reader.read(self.rasters[i],
                                          Window.square(s.left, s.top, s.res, s.size))
             except (RasterioError, OSError) as e:
-                error = f"{self.rasters[i].path}: {str(e).splitlines()[0] if str(e) else e!r}"
+                error = f"{public(self.rasters[i].path)}: {describe(e)}"
                 continue
             if read.nodata_fraction <= self.tiling.max_nodata_fraction:
                 return {"k": k, "raster": i, "rgb": read.rgb}
@@ -186,7 +199,9 @@ def build_pairs(photos: list[Photo], rasters: list[RasterInfo], settings: Settin
         patches = np.lib.format.open_memmap(tmp_patches, mode="w+", dtype=np.uint8, shape=shape)
     counts, kept = state["counts"], state["kept"]
     dataset = PatchDataset(samples, photos, rasters, settings.tiling, train.time_window_days,
-                           start=state["next"])
+                           start=state["next"], remote=settings.remote)
+    if workers and any(is_remote(r.path) for r in rasters):
+        vsi.before_fork()  # no HTTP connection shared with the reader processes
     loader = DataLoader(dataset, batch_size=64, shuffle=False, num_workers=workers,
                         collate_fn=list, worker_init_fn=worker_init if workers else None)
     from tqdm import tqdm

@@ -64,6 +64,8 @@ class Committer:
             p = self.pendings[r]
             if not p.finished and (p.error is not None or p.remaining == 0):
                 self.finish(p)
+            elif not p.finished and p.key in self.writer.sources:
+                self.writer.progress(p.key, p.total - p.remaining)
 
     def finish(self, p: Pending) -> None:
         p.finished = True

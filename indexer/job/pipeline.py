@@ -23,6 +23,7 @@ from indexer.job.read import RasterPlan, TileBatch
 from indexer.job.report import JobReport
 from indexer.job.runner import LocalRunner, worker_death
 from indexer.rasters.discovery import discover
+from indexer.rasters.stac_api import StacSearch
 from indexer.store.writer import IndexWriter
 
 
@@ -38,9 +39,12 @@ class IndexJob:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.recipe = TileRecipe.from_tiling(settings.tiling, encoder.image_size)
         self.runner = LocalRunner(settings.tiling, settings.job, encoder.image_size,
-                                  pin_memory=getattr(encoder.device, "type", "cpu") == "cuda")
+                                  pin_memory=getattr(encoder.device, "type", "cpu") == "cuda",
+                                  remote=settings.remote)
 
-    def run(self, archives: list[str]) -> JobReport:
+    def run(self, archives: list[str], search: StacSearch | None = None) -> JobReport:
+        """Index the ARCHIVE arguments (paths, URLs, STAC files) and the items of a STAC API
+        `search`."""
         report = JobReport()
         t0 = time.perf_counter()
 
@@ -48,7 +52,7 @@ class IndexJob:
             report.problems.append(err)
             self.log(f"skipped {err}")
 
-        sources, problems = discover(archives, self.s.discovery)
+        sources, problems = discover(archives, self.s.discovery, search)
         for p in problems:
             problem(p)
         if self.strict and report.problems:
@@ -58,7 +62,8 @@ class IndexJob:
             plans, pendings = plan_sources(
                 writer, sources, self.s, self.encoder.image_size, report, problem,
                 progress=lambda xs: tqdm(xs, desc="checking rasters", unit="raster",
-                                         leave=False, disable=not self.progress))
+                                         leave=False, disable=not self.progress),
+                warn=self.log)
             if line := plan_line(pendings):
                 self.log(line)
             if self.strict and report.problems:

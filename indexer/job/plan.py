@@ -8,19 +8,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.config import Settings
+from indexer.config import RemoteSettings, Settings
 from indexer.errors import InputError
 from indexer.job.read import RasterPlan
 from indexer.job.report import JobReport
-from indexer.rasters.grid import choose_zoom, raster_blocks, tile_gsd_m
+from indexer.rasters.grid import TileBlock, choose_zoom, raster_blocks, tile_gsd_m
 from indexer.rasters.hashing import file_stat, known_or_file_sha256
 from indexer.rasters.inspect import RasterInfo, inspect_raster
+from indexer.rasters.remote import identities, is_remote, public
 from indexer.rasters.sources import RasterSource
 from indexer.store.writer import IndexWriter, SourceEntry
 
 
 def source_key(path: str, sha256: str) -> str:
-    """Sources are keyed by absolute path + content hash."""
+    """Sources are keyed by absolute path + content hash (remote: public URL + item id and
+    remote version)."""
     return hashlib.sha256(f"{path}\n{sha256}".encode()).hexdigest()[:20]
 
 
@@ -32,6 +34,7 @@ class Pending:
     entry: SourceEntry
     info: RasterInfo
     remaining: int  # tiles not yet through the job (those committed earlier included)
+    total: int = 0  # tiles of the raster at its zoom
     written: int = 0
     nodata: int = 0
     error: str | None = None
@@ -39,35 +42,75 @@ class Pending:
     resumed: int = 0  # tiles committed by an earlier, interrupted run
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Which version of a raster a source is. Local: path, size, mtime and content hash;
+    remote: the URL without its query, the STAC item id and the remote version (file:checksum,
+    ETag, or Last-Modified), from one HEAD request at most, never a download."""
+
+    key: str
+    name: str  # the path or public URL stored with the tiles
+    sha256: str = ""  # local content hash
+    size: int = 0
+    mtime_ns: int = 0
+    version: str = ""  # remote version
+
+
+def identify(writer: IndexWriter, sources: list[RasterSource], remote: RemoteSettings,
+             problem: Callable[[InputError], None]) -> list[tuple[RasterSource, Identity]]:
+    """Each source's identity (remote ones asked for concurrently); unreadable ones go to
+    `problem`."""
+    known = {(e.path, e.size, e.mtime_ns): e.content_sha256 for e in writer.sources.values()}
+    far = [s for s in sources if is_remote(s.path)]
+    answers = dict(zip([s.path for s in far],
+                       identities([(s.path, s.checksum, s.size) for s in far], remote),
+                       strict=True))
+    out = []
+    for src in sources:
+        if is_remote(src.path):
+            got = answers[src.path]
+            if isinstance(got, InputError):
+                problem(got)
+                continue
+            name = public(src.path)
+            ident = Identity(source_key(name, f"{src.item_id or ''}\n{got.version}"), name,
+                             size=got.size, version=got.version)
+        else:
+            try:
+                sha = known_or_file_sha256(src.path, known)
+                size, mtime = file_stat(src.path)
+            except OSError as e:
+                problem(InputError(src.path, f"cannot read file ({e.strerror})"))
+                continue
+            ident = Identity(source_key(src.path, sha), src.path, sha, size, mtime)
+        out.append((src, ident))
+    return out
+
+
 def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Settings,
                  tile_px: int, report: JobReport, problem: Callable[[InputError], None],
-                 progress: Callable = iter) -> tuple[list[RasterPlan], list[Pending]]:
+                 progress: Callable = iter, warn: Callable[[str], None] = lambda _: None
+                 ) -> tuple[list[RasterPlan], list[Pending]]:
     """Read plans (blocks of tiles) and per-raster bookkeeping for the sources that are new,
     changed or partly indexed; unchanged ones are counted, changed ones replace their old
     tiles, bad ones go to `problem`."""
     by_path: dict[str, list[str]] = {}
     for key, e in writer.sources.items():
         by_path.setdefault(e.path, []).append(key)
-    known = {(e.path, e.size, e.mtime_ns): e.content_sha256 for e in writer.sources.values()}
     plans: list[RasterPlan] = []
     pendings: list[Pending] = []
-    for src in progress(sources):
-        try:
-            sha = known_or_file_sha256(src.path, known)
-        except OSError as e:
-            problem(InputError(src.path, f"cannot read file ({e.strerror})"))
-            continue
-        key = source_key(src.path, sha)
+    for src, ident in progress(identify(writer, sources, settings.remote, problem)):
+        key = ident.key
         old = writer.sources.get(key)
         if old and old.complete:
             report.rasters_unchanged += 1
             continue
         try:
-            info = inspect_raster(src, settings.discovery, settings.tiling)
+            info = inspect_raster(src, settings.discovery, settings.tiling, settings.remote)
         except InputError as e:
             problem(e)
             continue
-        for stale in by_path.get(src.path, []):
+        for stale in by_path.get(ident.name, []):
             if stale != key:  # same path, new content: the old tiles go
                 writer.remove(stale)
                 report.rasters_replaced += 1
@@ -76,28 +119,63 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
         count = sum(b.count for b in blocks)
         limit = settings.job.max_tiles_per_raster
         if count > limit:
-            problem(InputError(src.path, f"would give {count:,} tiles at zoom {zoom} (more "
+            problem(InputError(ident.name, f"would give {count:,} tiles at zoom {zoom} (more "
                                f"than job.max_tiles_per_raster = {limit:,}): a runaway size, "
                                "or raise the limit"))
             continue
-        done = set()
+        gsd = tile_gsd_m(zoom, info.centre_lat, tile_px)
+        if line := _overview_warning(src, ident, info, gsd, zoom):
+            warn(line)
+        committed: set[tuple[int, int]] = set()
+        done: set[tuple[int, int]] = set()
         if old:
-            done = {(x, y) for z, x, y in writer.committed_tiles(key) if z == zoom}
-        size, mtime = file_stat(src.path)
+            committed = {(x, y) for z, x, y in writer.committed_tiles(key) if z == zoom}
+            done = committed | (first_tiles(blocks, old.through) if old.zoom == zoom else set())
         entry = SourceEntry(
-            path=src.path, content_sha256=sha, size=size, mtime_ns=mtime,
-            stac_item=src.stac_item, zoom=zoom, gsd_m=tile_gsd_m(zoom, info.centre_lat, tile_px),
+            path=ident.name, content_sha256=ident.sha256, size=ident.size,
+            mtime_ns=ident.mtime_ns, stac_item=src.stac_item, zoom=zoom, gsd_m=gsd,
             native_gsd_m=info.native_gsd_m,
             acquired=info.acquired.isoformat() if info.acquired else None, sensor=info.sensor,
-            crs=info.crs, tiles=len(done))
+            crs=info.crs, tiles=len(committed), item_id=src.item_id,
+            remote_version=ident.version, through=old.through if old and done else 0)
         r = len(pendings)
         for block in blocks:
             mine = frozenset(t for t in done if block.x0 <= t[0] <= block.x1
                              and block.y0 <= t[1] <= block.y1)
             plans.append(RasterPlan(info, block, r, mine))
-        pendings.append(Pending(key, entry, info, remaining=count, written=len(done),
-                                resumed=len(done)))
+        pendings.append(Pending(key, entry, info, remaining=count, total=count,
+                                written=len(committed), nodata=len(done - committed),
+                                resumed=len(committed)))
     return plans, pendings
+
+
+def first_tiles(blocks: list[TileBlock], n: int) -> set[tuple[int, int]]:
+    """The first n tiles (x, y) in the order the job reads them: block by block, row by row,
+    left to right."""
+    out: set[tuple[int, int]] = set()
+    for b in blocks:
+        if n <= 0:
+            break
+        for y in range(b.y0, b.y1 + 1):
+            row = min(n, b.x1 - b.x0 + 1)
+            out.update((x, y) for x in range(b.x0, b.x0 + row))
+            n -= row
+            if n <= 0:
+                break
+    return out
+
+
+def _overview_warning(src: RasterSource, ident: Identity, info: RasterInfo, tile_gsd_m: float,
+                      zoom: int) -> str | None:
+    """A remote raster without internal overviews whose tiles are at least 2x coarser than
+    its pixels: every full-resolution pixel crosses the network."""
+    coarser = tile_gsd_m / info.native_gsd_m
+    if not is_remote(src.path) or info.overviews or coarser < 2:
+        return None
+    size = f"about {ident.size / 1e6:,.1f} MB" if ident.size else "the whole file"
+    return (f"warning: {ident.name}: no internal overviews, and its tiles (zoom {zoom}) are "
+            f"{coarser:.1f}x coarser than its pixels: every pixel is read, {size} over the "
+            "network (a COG with overviews reads a fraction: gdal_translate -of COG)")
 
 
 def plan_line(pendings: list[Pending]) -> str | None:

@@ -19,11 +19,13 @@ from PIL import Image
 from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from indexer.config import JobSettings, TilingSettings
+from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.logs import captured
+from indexer.rasters import vsi
 from indexer.rasters.grid import TileBlock, block_window, strip_window
 from indexer.rasters.inspect import RasterInfo
 from indexer.rasters.reader import RasterReader
+from indexer.rasters.remote import describe, is_remote
 
 PR_SET_PDEATHSIG = 1
 
@@ -83,6 +85,31 @@ class TileBatch:
     def __len__(self) -> int:
         return len(self.raster)
 
+    def split(self, n: int) -> list[TileBatch]:
+        """Consecutive batches of at most n tiles (their pixels are views of this batch's);
+        a raster's error, the warnings and the read time go with the first part."""
+        if len(self) <= n:
+            return [self]
+        out = []
+        for a in range(0, len(self), n):
+            b = min(a + n, len(self))
+            rows = self.pixel_row[a:b]
+            held = rows[rows >= 0]
+            p0 = int(held[0]) if len(held) else 0
+            p1 = int(held[-1]) + 1 if len(held) else 0
+            first = a == 0
+            out.append(TileBatch(
+                raster=self.raster[a:b], z=self.z[a:b], x=self.x[a:b], y=self.y[a:b],
+                nodata=self.nodata[a:b], done=self.done[a:b],
+                pixel_row=np.where(rows >= 0, rows - p0, -1), rgb=self.rgb[p0:p1],
+                thumbs=self.thumbs[p0:p1],
+                errors={r: e for r, e in self.errors.items()
+                        if r in set(self.raster[a:b].tolist()) and not any(
+                            r in set(o.raster.tolist()) for o in out)},
+                warnings=self.warnings if first else [],
+                read_s=self.read_s if first else 0.0))
+        return out
+
     def pin_memory(self) -> TileBatch:
         """DataLoader(pin_memory=True) calls this: page-locked pixels copy to a GPU
         asynchronously."""
@@ -96,9 +123,9 @@ class TileDataset(Dataset):
     A strip is read as one window; `collate` makes a TileBatch of several."""
 
     def __init__(self, plans: list[RasterPlan], tile_px: int, tiling: TilingSettings,
-                 job: JobSettings):
+                 job: JobSettings, remote: RemoteSettings | None = None):
         self.plans, self.px = plans, tile_px
-        self.tiling, self.job = tiling, job
+        self.tiling, self.job, self.remote = tiling, job, remote
         self.strip = max(1, min(STRIP_TILES, job.batch_size))
         self._per_row = [-(-p.block.width // self.strip) for p in plans]
         counts = [n * (p.block.y1 - p.block.y0 + 1) for n, p in zip(self._per_row, plans,
@@ -135,15 +162,18 @@ class TileDataset(Dataset):
         try:
             with captured() as out["warnings"]:
                 if self._reader is None:
-                    self._reader = RasterReader(self.tiling)
+                    self._reader = RasterReader(self.tiling, remote=self.remote)
                 rgb, valid = self._reader.read_masked(
                     plan.info, strip_window(plan.block, self.px, x0, y, n),
                     grid=block_window(plan.block, self.px))
         except (RasterioError, OSError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             z = plan.block.zoom
-            out["error"] = (f"cannot read tile {z}/{x0}/{y} (truncated or corrupt file?): "
-                            f"{msg}")
+            if is_remote(plan.info.path):
+                out["error"] = f"cannot read tile {z}/{x0}/{y}: {describe(e)}"
+            else:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                out["error"] = (f"cannot read tile {z}/{x0}/{y} (truncated or corrupt file?): "
+                                f"{msg}")
             out["read_s"] = time.perf_counter() - t0
             return out
         px = self.px
@@ -230,9 +260,12 @@ def worker_init(_: int) -> None:
 
 def tile_loader(dataset: TileDataset, job: JobSettings, pin_memory: bool = False
                 ) -> DataLoader:
+    if job.workers and any(is_remote(p.info.path) for p in dataset.plans):
+        vsi.before_fork()
     return DataLoader(
-        dataset, batch_sampler=StripBatches(dataset, job.batch_size), num_workers=job.workers,
+        dataset, batch_sampler=StripBatches(dataset, max(job.batch_size, job.read_batch)),
+        num_workers=job.workers,
         collate_fn=collate, worker_init_fn=worker_init if job.workers else None,
-        prefetch_factor=4 if job.workers else None, persistent_workers=False,
+        prefetch_factor=2 if job.workers else None, persistent_workers=False,
         pin_memory=pin_memory,
     )

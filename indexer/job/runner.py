@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from indexer.config import JobSettings, TilingSettings
+from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import JobError
 from indexer.job.read import RasterPlan, TileBatch, TileDataset, tile_loader
@@ -14,20 +14,20 @@ from indexer.job.read import RasterPlan, TileBatch, TileDataset, tile_loader
 
 class LocalRunner:
     def __init__(self, tiling: TilingSettings, job: JobSettings, tile_px: int,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, remote: RemoteSettings | None = None):
         """`pin_memory`: batches arrive in page-locked memory (for non-blocking copies to a
-        GPU)."""
+        GPU); `remote`: GDAL settings and retries for remote rasters."""
         self.tiling, self.job, self.tile_px = tiling, job, tile_px
-        self.pin_memory = pin_memory
+        self.pin_memory, self.remote = pin_memory, remote
 
     def count(self, plans: list[RasterPlan]) -> int:
         return sum(p.block.count for p in plans)
 
     def batches(self, plans: list[RasterPlan]) -> Iterator[TileBatch]:
         """Every tile of the plans, in plan order, in batches of at most job.batch_size
-        tiles. A reader process that dies surfaces as torch's RuntimeError: see
-        `worker_death`."""
-        dataset = TileDataset(plans, self.tile_px, self.tiling, self.job)
+        tiles (each reader call reads job.read_batch of them, split here). A reader process
+        that dies surfaces as torch's RuntimeError: see `worker_death`."""
+        dataset = TileDataset(plans, self.tile_px, self.tiling, self.job, self.remote)
         if len(dataset) == 0:
             return
         # Starting the reader processes forks: a second Ctrl-C (or torch's SIGCHLD handler)
@@ -35,7 +35,8 @@ class LocalRunner:
         # _releaseLock"), so it waits until the workers are up.
         with deferred_interrupts():
             it = iter(tile_loader(dataset, self.job, self.pin_memory))
-        yield from it
+        for read in it:
+            yield from read.split(self.job.batch_size)
 
 
 def worker_death(e: RuntimeError) -> JobError | None:

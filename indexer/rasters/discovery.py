@@ -1,22 +1,21 @@
-"""Archive discovery: folders, single rasters, list files and STAC items -> raster sources."""
+"""Archive discovery: folders, single rasters, list files, URLs, STAC items and a STAC API
+search -> raster sources."""
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import UTC
 from pathlib import Path
 
 from indexer.config import DiscoverySettings
 from indexer.errors import InputError
+from indexer.rasters.remote import check_url, is_url, public, redact, url_scheme
 from indexer.rasters.sources import RasterSource
+from indexer.rasters.stac import collection_sources
+from indexer.rasters.stac_api import StacSearch, search_sources
 
 LIST_SUFFIXES = {".txt", ".lst"}
 STAC_SUFFIXES = {".json", ".geojson"}
-
-
-def _is_stac_item(data: object) -> bool:
-    return isinstance(data, dict) and data.get("type") == "Feature" and "stac_version" in data
 
 
 def _read_json(path: Path):
@@ -30,70 +29,35 @@ def _read_json(path: Path):
 
 def _stac_sources(path: Path, settings: DiscoverySettings
                   ) -> tuple[list[RasterSource], list[InputError]]:
-    """Sources of a STAC item or ItemCollection file; a bad item of a collection is one
-    problem, the other items still count."""
+    """Sources of a STAC item or ItemCollection file (assets: files next to it or URLs)."""
+    return collection_sources(_read_json(path), path.parent, str(path), settings)
+
+
+def _url_sources(url: str, settings: DiscoverySettings
+                 ) -> tuple[list[RasterSource], list[InputError]]:
+    """A URL argument: a remote raster, or a STAC item / ItemCollection (.json) fetched
+    from it (relative asset hrefs resolve against it)."""
+    try:
+        check_url(url)
+    except InputError as e:
+        return [], [e]
+    if not public(url).lower().endswith(tuple(STAC_SUFFIXES)):
+        return [RasterSource(url)], []
     import pystac
 
-    data = _read_json(path)
-    collection = isinstance(data, dict) and data.get("type") == "FeatureCollection"
-    features = data.get("features", []) if collection else [data]
-    if collection and not isinstance(features, list):
-        raise InputError(str(path), "FeatureCollection 'features' is not a list")
-    out, problems = [], []
-    for n, feat in enumerate(features):
-        where = f"{path} (feature {n})" if collection else str(path)
-        try:
-            if not _is_stac_item(feat):
-                raise InputError(where,
-                                 "not a STAC item (expected type 'Feature' with stac_version)")
-            try:
-                item = pystac.Item.from_dict(feat)
-            except Exception as e:  # pystac raises several types for malformed items
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise InputError(where, f"invalid STAC item: {msg}") from None
-            out.append(_stac_item_source(item, path, where, settings))
-        except InputError as e:
-            if not collection:
-                raise
-            problems.append(e)
-    return out, problems
-
-
-def _stac_item_source(item, path: Path, where: str, settings: DiscoverySettings
-                      ) -> RasterSource:
-    assets = item.assets
-    if settings.stac_asset:
-        if settings.stac_asset not in assets:
-            raise InputError(
-                where, f"STAC item {item.id!r} has no asset {settings.stac_asset!r} "
-                f"(has: {', '.join(assets) or 'none'})"
-            )
-        asset = assets[settings.stac_asset]
-    else:
-        tiffs = [a for a in assets.values() if "tiff" in (a.media_type or "").lower()
-                 or a.href.lower().endswith((".tif", ".tiff"))]
-        preferred = [a for a in tiffs if {"data", "visual"} & set(a.roles or [])]
-        if not (preferred or tiffs):
-            raise InputError(where, f"STAC item {item.id!r} has no GeoTIFF asset")
-        asset = (preferred or tiffs)[0]
-    href = asset.href
-    if "://" in href and not href.startswith("file://"):
-        raise InputError(where, f"STAC item {item.id!r}: remote asset {href} is not supported")
-    href = href.removeprefix("file://")
-    raster = (path.parent / href).resolve()  # an absolute href stays absolute
-    roots = [path.parent.resolve(), *(Path(r) for r in settings.allowed_roots)]
-    if not any(raster.is_relative_to(r) for r in roots):
-        raise InputError(where, f"STAC item {item.id!r}: asset {href!r} lies outside the item's "
-                         "folder (allow other folders with discovery.allowed_roots)")
-    if not raster.exists():
-        raise InputError(where, f"STAC item {item.id!r}: asset file {raster} is missing")
-    if not raster.is_file():
-        raise InputError(where, f"STAC item {item.id!r}: asset {raster} is not a regular file")
-    when = item.datetime or item.common_metadata.start_datetime
-    if when is not None and when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    sensor = item.common_metadata.platform or item.common_metadata.constellation
-    return RasterSource(str(raster), stac_item=str(path), acquired=when, sensor=sensor)
+    try:
+        text = pystac.StacIO.default().read_text(url)
+        data = json.loads(text)
+    except (OSError, ValueError, RecursionError) as e:
+        msg = redact(str(e).splitlines()[0]) if str(e) else type(e).__name__
+        return [], [InputError(public(url), f"cannot read the STAC JSON: {msg}")]
+    except Exception as e:  # pystac's HTTP errors come as several types
+        msg = redact(str(e).splitlines()[0]) if str(e) else type(e).__name__
+        return [], [InputError(public(url), f"cannot fetch the STAC JSON: {msg}")]
+    try:
+        return collection_sources(data, url, public(url), settings)
+    except InputError as e:
+        return [], [e]
 
 
 def _list_file_sources(path: Path, settings: DiscoverySettings):
@@ -106,16 +70,19 @@ def _list_file_sources(path: Path, settings: DiscoverySettings):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        entry = Path(line)
-        if not entry.is_absolute():
-            entry = path.parent / entry
+        entry = line
+        if not is_url(line) and not Path(line).is_absolute():
+            entry = str(path.parent / line)
         s, p = _discover_one(entry, settings, from_list=True)
         sources += s
         problems += p
     return sources, problems
 
 
-def _discover_one(path: Path, settings: DiscoverySettings, from_list: bool = False):
+def _discover_one(arg: str, settings: DiscoverySettings, from_list: bool = False):
+    if is_url(arg) and url_scheme(arg) != "file":
+        return _url_sources(arg, settings)
+    path = Path(arg.removeprefix("file://"))
     if not path.exists():
         return [], [InputError(str(path), "does not exist")]
     if path.is_dir():
@@ -177,14 +144,22 @@ def _folder_sources(folder: Path, settings: DiscoverySettings):
     return sources, problems
 
 
-def discover(archives: list[str], settings: DiscoverySettings):
-    """ARCHIVE arguments -> (unique raster sources in a stable order, input problems)."""
+def discover(archives: list[str], settings: DiscoverySettings, search: StacSearch | None = None):
+    """ARCHIVE arguments (paths, URLs) and a STAC API search -> (unique raster sources in a
+    stable order, input problems)."""
     sources: list[RasterSource] = []
     problems: list[InputError] = []
     for a in archives:
-        s, p = _discover_one(Path(a), settings)
+        s, p = _discover_one(a, settings)
         sources += s
         problems += p
+    if search is not None:
+        try:
+            sources_found, bad = search_sources(search, settings)
+            sources += sources_found
+            problems += bad
+        except InputError as e:
+            problems.append(e)
     seen: dict[str, RasterSource] = {}
     for s in sources:
         # A raster reached both directly and through a STAC item keeps the STAC metadata.

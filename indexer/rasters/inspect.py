@@ -8,15 +8,15 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import rasterio
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
-from indexer.config import DiscoverySettings, TilingSettings
+from indexer.config import DiscoverySettings, RemoteSettings, TilingSettings
 from indexer.errors import InputError
 from indexer.rasters.grid import MAX_LAT, METRES_PER_DEGREE, WEB_MERCATOR_EPSG, lon_spans
+from indexer.rasters.remote import describe, file_name, gdal_path, is_remote, public, with_retries
 from indexer.rasters.scaling import finite_mask, scaling_range, valid_mask
 from indexer.rasters.sources import RasterSource, parse_tiff_datetime
 
@@ -45,6 +45,7 @@ class RasterInfo:
     # antimeridian), each with the x shift (source CRS units) that brings the source's own
     # coordinates into it: a lon/lat raster written as 180.5..181.5 is read at -179.5..-178.5.
     spans: tuple[tuple[float, float, float], ...] = ()
+    overviews: tuple[int, ...] = ()  # internal overview factors (band 1)
 
     @property
     def centre_lat(self) -> float:
@@ -91,7 +92,7 @@ def _acquired(source: RasterSource, tags: dict, settings: DiscoverySettings) -> 
         when = parse_tiff_datetime(tags["TIFFTAG_DATETIME"])
         if when is not None:
             return when
-    m = re.search(settings.filename_time_pattern, Path(source.path).name)
+    m = re.search(settings.filename_time_pattern, file_name(source.path))
     if m:
         try:
             return datetime.strptime(m.group(1), settings.filename_time_format).replace(tzinfo=UTC)
@@ -103,7 +104,7 @@ def _acquired(source: RasterSource, tags: dict, settings: DiscoverySettings) -> 
 def _sensor(source: RasterSource, tags: dict, settings: DiscoverySettings) -> str:
     if source.sensor:
         return source.sensor
-    name = Path(source.path).name
+    name = file_name(source.path)
     for pattern, sensor in settings.sensor_patterns.items():
         if fnmatch.fnmatch(name, pattern):
             return sensor
@@ -113,30 +114,48 @@ def _sensor(source: RasterSource, tags: dict, settings: DiscoverySettings) -> st
     return "unknown"
 
 
+class _PixelsUnreadable(RasterioError):
+    """The raster opened but its pixels did not decode."""
+
+
 def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
-                   tiling: TilingSettings) -> RasterInfo:
-    """Open and check one raster; raises InputError with a one-line reason."""
-    path = source.path
+                   tiling: TilingSettings, remote: RemoteSettings | None = None) -> RasterInfo:
+    """Open and check one raster (local, or remote with satfind's GDAL settings and
+    retries); raises InputError with a one-line reason."""
+    path, name = source.path, public(source.path)
     try:
-        src = rasterio.open(path)
-    except RasterioError:
+        return with_retries(path, remote or RemoteSettings(),
+                            lambda: _inspect(source, discovery, tiling))
+    except _PixelsUnreadable as exc:
+        msg = describe(exc) if is_remote(path) else (
+            str(exc).splitlines()[0] if str(exc) else "read error")
+        raise InputError(name, f"cannot read pixels (truncated or corrupt file?): {msg}") from None
+    except RasterioError as exc:
+        if is_remote(path):
+            raise InputError(name, describe(exc)) from None
         raise InputError(path, "not a raster GDAL can read (or a corrupt GeoTIFF)") from None
+
+
+def _inspect(source: RasterSource, discovery: DiscoverySettings, tiling: TilingSettings
+             ) -> RasterInfo:
+    path, name = source.path, public(source.path)
+    src = rasterio.open(gdal_path(path))
     with src:
         if src.crs is None:
-            raise InputError(path, "raster has no CRS (georeference it, e.g. gdal_edit.py -a_srs)")
+            raise InputError(name, "raster has no CRS (georeference it, e.g. gdal_edit.py -a_srs)")
         if src.width == 0 or src.height == 0:
-            raise InputError(path, "raster has no pixels")
+            raise InputError(name, "raster has no pixels")
         bad = [b for b in tiling.bands if b > src.count]
         if bad:
-            raise InputError(path, f"band {bad[0]} requested by tiling.bands but the raster "
+            raise InputError(name, f"band {bad[0]} requested by tiling.bands but the raster "
                              f"has {src.count} band(s)")
         try:
             spans, s, n = _footprint(src)
         except Exception as exc:  # PROJ errors come in several types
-            raise InputError(path, f"cannot transform bounds to lon/lat: {exc}") from None
+            raise InputError(name, f"cannot transform bounds to lon/lat: {exc}") from None
         n, s = min(n, MAX_LAT), max(s, -MAX_LAT)
         if not spans or not s < n:
-            raise InputError(path, "raster footprint is outside the web-mercator world "
+            raise InputError(name, "raster footprint is outside the web-mercator world "
                              "(latitudes beyond +-85.05 or an empty extent)")
         w, e = spans[0][0], spans[-1][1]
         lat = (s + n) / 2
@@ -147,15 +166,13 @@ def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
             data = src.read(list(tiling.bands), out_shape=(3, *shape))
             mask = src.dataset_mask(out_shape=shape)
         except RasterioError as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else "read error"
-            raise InputError(path,
-                             f"cannot read pixels (truncated or corrupt file?): {msg}") from None
+            raise _PixelsUnreadable(str(exc)) from None
         valid = valid_mask(data, mask, tiling)
         if not valid.any():
             inside = mask > 0
             if inside.any() and not finite_mask(data)[inside].any():
-                raise InputError(path, "raster has no finite pixel value (all NaN or inf)")
-            raise InputError(path, "raster is entirely nodata (no valid pixel)")
+                raise InputError(name, "raster has no finite pixel value (all NaN or inf)")
+            raise InputError(name, "raster is entirely nodata (no valid pixel)")
         dtype = src.dtypes[0]
         lo, hi = scaling_range(dtype, data, valid, tiling)
         tags = src.tags()
@@ -167,5 +184,5 @@ def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
             acquired=_acquired(source, tags, discovery),
             sensor=_sensor(source, tags, discovery),
             add_alpha=src.nodata is None and not has_alpha,
-            scale_lo=lo, scale_hi=hi, spans=spans,
+            scale_lo=lo, scale_hi=hi, spans=spans, overviews=tuple(src.overviews(1)),
         )

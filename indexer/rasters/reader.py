@@ -28,9 +28,10 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window as PixelWindow
 
-from indexer.config import TilingSettings
+from indexer.config import RemoteSettings, TilingSettings
 from indexer.rasters.grid import METRES_PER_DEGREE, Window
 from indexer.rasters.inspect import RasterInfo
+from indexer.rasters.remote import gdal_path, with_retries
 from indexer.rasters.scaling import to_uint8, valid_mask
 
 OPEN_DATASETS = 8  # per reading process
@@ -183,8 +184,10 @@ class _View:
 
 class RasterReader:
     def __init__(self, tiling: TilingSettings, max_open: int = OPEN_DATASETS,
-                 use_overviews: bool = True):
+                 use_overviews: bool = True, remote: RemoteSettings | None = None):
+        """`remote`: GDAL settings and retries for remote rasters (defaults if None)."""
         self.tiling, self.max_open, self.use_overviews = tiling, max_open, use_overviews
+        self.remote = remote or RemoteSettings()
         self._datasets: OrderedDict[tuple[str, int], rasterio.DatasetReader] = OrderedDict()
         self._views: OrderedDict[tuple[str, Window], _View] = OrderedDict()
         # path -> (overview factors, CRS, full-resolution transform)
@@ -201,7 +204,15 @@ class RasterReader:
                     ) -> tuple[np.ndarray, np.ndarray]:
         """(rgb uint8 [3, H, W] with invalid pixels 0, valid bool [H, W]) of the window, from
         one warp. `grid` as in `read`; `window` may be any integer window of it, e.g. a strip
-        of tiles to cut in numpy (each tile then equals its own read through `grid`)."""
+        of tiles to cut in numpy (each tile then equals its own read through `grid`).
+        A remote raster is read with satfind's GDAL settings; a read that fails half-way is
+        retried on freshly opened datasets (remote.read_retries), never returned partial."""
+        return with_retries(info.path, self.remote,
+                            lambda: self._read_masked(info, window, grid),
+                            reset=lambda: self.forget(info.path))
+
+    def _read_masked(self, info: RasterInfo, window: Window, grid: Window | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
         if grid is not None and (offset := window.offset_in(grid)) is not None:
             view = self._view(info, grid)
             col, row = offset
@@ -284,9 +295,9 @@ class RasterReader:
                 self._views.pop(k).vrt.close()
             src.close()
         if level == FULL:
-            src = rasterio.open(path)
+            src = rasterio.open(gdal_path(path))
         else:
-            src = rasterio.open(path, overview_level=level)
+            src = rasterio.open(gdal_path(path), overview_level=level)
         self._datasets[key] = src
         return src
 
@@ -312,6 +323,14 @@ class RasterReader:
             self._views.popitem(last=False)[1].vrt.close()
         self._views[key] = view = _View(vrt, _MaskRule.of(vrt), dataset)
         return view
+
+    def forget(self, path: str) -> None:
+        """Close every view and dataset of one raster (opened again on the next read)."""
+        for k in [k for k, v in self._views.items() if v.dataset[0] == path]:
+            self._views.pop(k).vrt.close()
+        for k in [k for k in self._datasets if k[0] == path]:
+            self._datasets.pop(k).close()
+        self._grids.pop(path, None)
 
     def close(self) -> None:
         for view in self._views.values():

@@ -48,7 +48,10 @@ class Part:
 
 @dataclass
 class SourceEntry:
-    """One indexed raster. `status` is "partial" until every tile went through the job."""
+    """One indexed raster. `status` is "partial" until every tile went through the job.
+    A local raster is known by path, size, mtime and content hash; a remote one by its URL
+    (no query string), STAC item id and `remote_version` (file:checksum, ETag or
+    Last-Modified), with content_sha256 empty and mtime_ns 0."""
 
     path: str
     content_sha256: str
@@ -64,6 +67,11 @@ class SourceEntry:
     crs: str = ""
     tiles: int = 0
     skipped_nodata: int = 0
+    item_id: str | None = None
+    remote_version: str = ""
+    # A partial source: how many of its tiles, in the job's read order (block, row, column),
+    # went through (added or skipped as nodata) by this commit; a resumed run skips them.
+    through: int = 0
 
     @property
     def complete(self) -> bool:

@@ -82,8 +82,9 @@ class IndexWriter:
         return MappingProxyType(self.m.sources)
 
     def find_sources(self, target: str) -> list[str]:
-        """Keys of the sources named by `target`: a source key or a raster path."""
-        path = str(Path(target).resolve())
+        """Keys of the sources named by `target`: a source key, a raster path or a URL (as
+        stored: without its query string)."""
+        path = target if "://" in target else str(Path(target).resolve())
         return [k for k, e in self.m.sources.items() if k == target or e.path == path]
 
     def committed_tiles(self, key: str) -> set[tuple[int, int, int]]:
@@ -102,6 +103,13 @@ class IndexWriter:
     def begin(self, key: str, entry: SourceEntry) -> None:
         """Record a source whose tiles are being added ("partial" until `finish`)."""
         self.m.sources[key] = dataclasses.replace(entry, status="partial")
+        self._dirty = True
+
+    def progress(self, key: str, through: int) -> None:
+        """The first `through` tiles of source `key`, in the job's read order, went through
+        (added, or skipped as nodata): recorded with the next commit, so a resumed run
+        reads none of them again."""
+        self.m.sources[key] = dataclasses.replace(self.m.sources[key], through=through)
         self._dirty = True
 
     def finish(self, key: str, tiles: int, skipped_nodata: int) -> None:
