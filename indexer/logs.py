@@ -11,14 +11,42 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("satfind.native")
 GDAL_LOGGER = "rasterio"
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def public_url(path: str) -> str:
+    """A URL without its query string, fragment and user name / password (where signatures
+    and tokens live): what may be stored and printed. Anything else as is."""
+    if not _URL.match(path):
+        return path
+    p = urlsplit(path)
+    host = p.hostname or ""
+    if p.port:
+        host = f"{host}:{p.port}"
+    return urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+def printable(text: str) -> str:
+    """Free text (a GDAL message) with every URL in it reduced to `public_url` form."""
+    text = text.replace("/vsicurl/", "")
+
+    def one(m: re.Match) -> str:
+        url = m.group(0)
+        tail = url[len(url.rstrip(":,;.)")):]  # punctuation after the URL stays
+        return public_url(url[: len(url) - len(tail)]) + tail
+
+    return _URL_IN_TEXT.sub(one, text)
 
 
 @dataclass
@@ -27,7 +55,7 @@ class NativeWarnings:
     first: str | None = None
 
     def note(self, message: str) -> None:
-        message = " ".join(message.split())
+        message = printable(" ".join(message.split()))  # no URL query strings (signatures)
         if not message:
             return
         self.count += 1

@@ -156,11 +156,13 @@ def test_bad_remote_inputs_each_one_line(tmp_path, served, settings, encoder):
                      arg == str(item)), None)
         assert line is not None and why in line and "\n" not in line, (arg, got)
     # An item whose asset key is asked for and missing; on the command line, one line each.
-    r = run_cli(str(item), f"{server.url}/missing.tif", "--asset", "visual",
-                "--index", str(tmp_path / "cli"), "--config", str(OFFLINE_CONFIG), "-q")
+    r = run_cli(str(item), f"{server.url}/missing.tif", f"{server.url}/forbidden/x.tif?sig=S9",
+                "--asset", "visual", "--index", str(tmp_path / "cli"),
+                "--config", str(OFFLINE_CONFIG), "-q", "-v")
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("skipped")]
-    assert len(lines) == 2 and "Traceback" not in r.stderr
+    assert len(lines) == 3 and "Traceback" not in r.stderr
+    assert "S9" not in r.stderr + r.stdout  # not even in GDAL's own warnings (-v)
     assert any("has no asset 'visual' (has: thumbnail)" in ln for ln in lines)
     assert any("HTTP 404" in ln for ln in lines)
 

@@ -12,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from indexer.config import RemoteSettings
 from indexer.errors import InputError
+from indexer.logs import printable, public_url
 
 # URL scheme -> GDAL virtual file system prefix.
 NETWORK_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/",
@@ -23,7 +24,6 @@ NETWORK_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/",
 _VSI_NETWORK = ("/vsicurl/", "/vsicurl?", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/",
                 "/vsioss/", "/vsiswift/")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 T = TypeVar("T")
 
@@ -64,28 +64,11 @@ def gdal_path(path: str) -> str:
     return prefix + path[len(scheme) + 3:]
 
 
-def public(path: str) -> str:
-    """The URL without its query string, fragment and user name/password (where signatures
-    and tokens live): what the index stores and what messages print. Local paths as is."""
-    if not is_url(path):
-        return path
-    p = urlsplit(path)
-    host = p.hostname or ""
-    if p.port:
-        host = f"{host}:{p.port}"
-    return urlunsplit((p.scheme, host, p.path, "", ""))
-
-
-def redact(text: str) -> str:
-    """Free text (a GDAL message) with every URL in it reduced to `public` form."""
-    text = text.replace("/vsicurl/", "")
-
-    def one(m: re.Match) -> str:
-        url = m.group(0)
-        tail = url[len(url.rstrip(":,;.)")):]  # punctuation after the URL stays
-        return public(url[: len(url) - len(tail)]) + tail
-
-    return _URL_IN_TEXT.sub(one, text)
+# What may be stored and printed of a URL (no query string, fragment or user name /
+# password: where signatures and tokens live), one URL or every URL in a text. In
+# indexer.logs, which prints every native warning through them.
+public = public_url
+redact = printable
 
 
 def file_name(path: str) -> str:
@@ -229,7 +212,10 @@ def identities(requests: list[tuple[str, str | None, int | None]], remote: Remot
 
 
 def _from_headers(head: dict[str, str], size: int | None) -> RemoteIdentity:
-    length = head.get("content-length", "")
+    # A HEAD's Content-Length, or the total of a range GET's Content-Range ("bytes 0-9/N":
+    # GDAL asks /vsis3/ and others with a range request).
+    total = head.get("content-range", "").rpartition("/")[2]
+    length = total if total.isdigit() else head.get("content-length", "")
     n = int(length) if length.isdigit() else (size or 0)
     if head.get("etag"):
         return RemoteIdentity(n, f"etag:{head['etag']}")

@@ -48,6 +48,10 @@ def _gdal() -> ctypes.CDLL:
         lib.VSICurlClearCache.argtypes = []
         lib.VSICurlClearCache.restype = None
         lib.CPLErrorReset.restype = None
+        lib.CPLPushErrorHandler.argtypes = [ctypes.c_void_p]
+        lib.CPLPushErrorHandler.restype = None
+        lib.CPLPopErrorHandler.argtypes = []
+        lib.CPLPopErrorHandler.restype = None
         lib.CPLGetLastErrorMsg.restype = ctypes.c_char_p
         _lib = lib
         return lib
@@ -58,7 +62,13 @@ def headers(vsi_path: str) -> dict[str, str] | None:
     lower-cased), or None when GDAL could not get them (missing, forbidden, unreachable)."""
     lib = _gdal()
     lib.CPLErrorReset()
-    raw = lib.VSIGetFileMetadata(vsi_path.encode(), b"HEADERS", None)
+    # GDAL would print "Warning 1: HTTP response code on <URL>: 403" to stderr (URL query
+    # string included): the caller says why in its own words.
+    lib.CPLPushErrorHandler(ctypes.cast(lib.CPLQuietErrorHandler, ctypes.c_void_p))
+    try:
+        raw = lib.VSIGetFileMetadata(vsi_path.encode(), b"HEADERS", None)
+    finally:
+        lib.CPLPopErrorHandler()
     if not raw:
         return None
     out: dict[str, str] = {}
