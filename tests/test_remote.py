@@ -309,3 +309,32 @@ def _corner(block) -> tuple[float, float, float]:
 
     b = mercantile.xy_bounds(block.x0, block.y0, block.zoom)
     return b.left, b.top, (b.right - b.left) / 64
+
+
+def test_a_stac_checksum_is_the_identity_without_a_request(tmp_path, served, settings,
+                                                           encoder):
+    """An asset with `file:checksum` is known by it: a re-run sends not one request; a new
+    checksum for the same URL replaces the tiles; an ItemCollection file of URL assets."""
+    root, server = served
+
+    def items(checksum: str):
+        (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": [{
+            "type": "Feature", "stac_version": "1.0.0", "id": "korea-1",
+            "stac_extensions": ["https://stac-extensions.github.io/file/v2.1.0/schema.json"],
+            "geometry": None, "properties": {"datetime": "2021-05-01T02:00:00Z"}, "links": [],
+            "assets": {"image": {"href": f"{server.url}/korea_cog.tif",
+                                 "type": "image/tiff; application=geotiff",
+                                 "roles": ["data"], "file:checksum": checksum,
+                                 "file:size": (root / "korea_cog.tif").stat().st_size}}}]}))
+        return tmp_path / "items.json"
+
+    first = _index(tmp_path / "idx", settings, encoder, [items("1220" + "ab" * 32)])
+    assert first.rasters_indexed == 1
+    entry = next(iter(IndexSnapshot.open(tmp_path / "idx").sources.values()))
+    assert entry.remote_version == "checksum:1220" + "ab" * 32 and entry.item_id == "korea-1"
+    assert entry.acquired.startswith("2021-05-01")
+    server.clear_log()
+    same = _index(tmp_path / "idx", settings, encoder, [items("1220" + "ab" * 32)])
+    assert same.rasters_unchanged == 1 and server.log() == []  # not one request
+    changed = _index(tmp_path / "idx", settings, encoder, [items("1220" + "cd" * 32)])
+    assert changed.rasters_replaced == 1 and changed.rasters_indexed == 1

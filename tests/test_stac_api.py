@@ -80,6 +80,11 @@ def test_search_selects_exactly_the_expected_items_across_pages(api, settings):
     assert problems == []
     # Three items over three pages of one; not the 2022 one, not Bahamas, not landsat.
     assert sorted(s.item_id for s in sources) == ["nd-2023-06", "nd-2023-07", "nd-2023-08"]
+    from pystac_client import Client
+
+    pages = Client.open(stac.url).search(collections=["naip"], bbox=list(search.bbox),
+                                         datetime=search.datetime, limit=1).pages_as_dicts()
+    assert [len(p["features"]) for p in pages] == [1, 1, 1]  # the server does page
     by_id = {s.item_id: s for s in sources}
     assert by_id["nd-2023-07"].path == f"{web.url}/korea_cog.tif"  # the visual asset
     assert by_id["nd-2023-06"].acquired.isoformat() == "2023-06-15T17:00:00+00:00"

@@ -11,6 +11,10 @@ that view, so GDAL warps only what is read.
 One warp per read: the pixels and the validity mask come from the same `vrt.read` (see
 `_MaskRule`). Windows at least 2x coarser than the raster are warped from its internal
 overview (as gdalwarp's `-ovr AUTO`), not from the full-resolution pixels.
+
+Remote rasters (URLs) are opened through GDAL's network file systems with satfind's GDAL
+settings around each read; a read that fails half-way is retried on reopened datasets
+(`remote.with_retries`), so a result is always a whole read.
 """
 
 from __future__ import annotations
