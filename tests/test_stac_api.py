@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from indexer.rasters import remote
-from indexer.rasters.stac_api import StacSearch, parse_bbox, search_sources
+from indexer.rasters.stac_api import StacSearch, parse_bbox, search_arguments, search_sources
 from indexer.store.snapshot import IndexSnapshot
 from tests.conftest import run_cli
 from tests.helpers import OFFLINE_CONFIG, SHARED_GEOTIFF
@@ -152,3 +152,33 @@ def test_bad_searches_each_one_line(tmp_path, api, settings):
     assert bad.returncode == 2 and "--collection needs --stac-api URL" in bad.stderr
     bad = run_cli("--stac-api", stac.url, "--bbox", "1,2,3", "--index", str(tmp_path / "j"))
     assert bad.returncode == 2 and "expected four numbers W,S,E,N" in bad.stderr
+
+
+def test_query_and_filter_reach_the_request_in_stac_api_form(api):
+    """What pystac-client would send for --query / --filter (rustac's memory backend
+    declares neither extension, so the request itself is checked, not an answer)."""
+    import warnings
+
+    from pystac_client import Client
+
+    stac, _ = api
+    client = Client.open(stac.url)
+    cases = [
+        (StacSearch(stac.url, query=("eo:cloud_cover<20", "eo:cloud_cover >= 2.5",
+                                     "platform=test-naip")),
+         {"query": {"eo:cloud_cover": {"lt": 20, "gte": 2.5}, "platform": {"eq": "test-naip"}}}),
+        (StacSearch(stac.url, filter="eo:cloud_cover < 20"),
+         {"filter": "eo:cloud_cover < 20", "filter-lang": "cql2-text"}),
+        (StacSearch(stac.url, filter='{"op": "<", "args": [{"property": "eo:cloud_cover"}, 20]}'),
+         {"filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 20]},
+          "filter-lang": "cql2-json"}),
+    ]
+    for search, expected in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DoesNotConformTo: known, see above
+            params = client.search(**search_arguments(search)).get_parameters()
+        assert {k: params[k] for k in expected} == expected
+    with pytest.raises(remote.InputError, match="--filter is not CQL2 JSON"):
+        search_arguments(StacSearch(stac.url, filter="{not json"))
+    with pytest.raises(remote.InputError, match="expected PROPERTY OP VALUE"):
+        search_arguments(StacSearch(stac.url, query=("cloud cover less than 20",)))

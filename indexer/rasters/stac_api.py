@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 
 from indexer.config import DiscoverySettings
@@ -54,6 +55,56 @@ def _why(e: BaseException) -> str:
     return redact(msg)[:300]
 
 
+_QUERY = re.compile(r"^\s*([^<>=!\s]+)\s*(<=|>=|!=|<>|=|<|>)\s*(.+?)\s*$")
+_QUERY_OPS = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte", "=": "eq", "!=": "neq",
+              "<>": "neq"}
+
+
+def query_object(expressions: tuple[str, ...], where: str) -> dict:
+    """'eo:cloud_cover<20' ... -> the query extension's object, numbers as numbers
+    ({"eo:cloud_cover": {"lt": 20}}; pystac-client would send "20", a string, which an API
+    compares as text or refuses)."""
+    out: dict[str, dict] = {}
+    for text in expressions:
+        m = _QUERY.match(text)
+        if m is None:
+            raise InputError(where, f"--query {text!r}: expected PROPERTY OP VALUE with OP one "
+                             "of < <= > >= = !=, e.g. 'eo:cloud_cover<20'")
+        prop, op, raw = m.groups()
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw.strip("'\"")
+        out.setdefault(prop, {})[_QUERY_OPS[op]] = value
+    return out
+
+
+def search_arguments(search: StacSearch) -> dict:
+    """pystac-client's `Client.search` arguments for a StacSearch (InputError for a filter
+    that is not CQL2 JSON though it starts with '{')."""
+    kwargs: dict = {}
+    if search.collections:
+        kwargs["collections"] = list(search.collections)
+    if search.bbox:
+        kwargs["bbox"] = list(search.bbox)
+    if search.datetime:
+        kwargs["datetime"] = search.datetime
+    if search.query:
+        kwargs["query"] = query_object(search.query, public(search.url))
+    if search.filter:
+        text = search.filter.strip()
+        try:
+            kwargs["filter"] = json.loads(text) if text.startswith("{") else text
+        except ValueError as e:
+            raise InputError(public(search.url), f"--filter is not CQL2 JSON: {e}") from None
+        kwargs["filter_lang"] = "cql2-json" if text.startswith("{") else "cql2-text"
+    if search.max_items:
+        kwargs["max_items"] = search.max_items
+    if search.page_size:
+        kwargs["limit"] = search.page_size
+    return kwargs
+
+
 def search_sources(search: StacSearch, settings: DiscoverySettings
                    ) -> tuple[list[RasterSource], list[InputError]]:
     """The sources of every item the search returns (paged by pystac-client), each item's
@@ -76,26 +127,7 @@ def search_sources(search: StacSearch, settings: DiscoverySettings
         if asked and not client.conforms_to(cls):
             raise InputError(where, f"{what}: this STAC API does not declare the "
                              f"{cls.name.lower()} extension (its items would be unfiltered)")
-    kwargs: dict = {}
-    if search.collections:
-        kwargs["collections"] = list(search.collections)
-    if search.bbox:
-        kwargs["bbox"] = list(search.bbox)
-    if search.datetime:
-        kwargs["datetime"] = search.datetime
-    if search.query:
-        kwargs["query"] = list(search.query)
-    if search.filter:
-        text = search.filter.strip()
-        try:
-            kwargs["filter"] = json.loads(text) if text.startswith("{") else text
-        except ValueError as e:
-            raise InputError(where, f"--filter is not CQL2 JSON: {e}") from None
-        kwargs["filter_lang"] = "cql2-json" if text.startswith("{") else "cql2-text"
-    if search.max_items:
-        kwargs["max_items"] = search.max_items
-    if search.page_size:
-        kwargs["limit"] = search.page_size
+    kwargs = search_arguments(search)
     items_url = f"{where.rstrip('/')}/search"
     try:
         found = client.search(**kwargs)
