@@ -338,3 +338,21 @@ def test_a_stac_checksum_is_the_identity_without_a_request(tmp_path, served, set
     assert same.rasters_unchanged == 1 and server.log() == []  # not one request
     changed = _index(tmp_path / "idx", settings, encoder, [items("1220" + "cd" * 32)])
     assert changed.rasters_replaced == 1 and changed.rasters_indexed == 1
+
+
+def test_a_stac_item_collection_by_url_resolves_relative_hrefs(tmp_path, served, settings):
+    root, server = served
+    (root / "catalog").mkdir(exist_ok=True)
+    (root / "catalog" / "items.json").write_text(json.dumps({
+        "type": "FeatureCollection", "features": [{
+            "type": "Feature", "stac_version": "1.0.0", "id": "naip-1", "geometry": None,
+            "properties": {"datetime": "2009-08-18T17:00:00Z", "platform": "naip"},
+            "links": [], "assets": {"image": {"href": "../naip_2009_cog.tif",
+                                              "type": "image/tiff; application=geotiff",
+                                              "roles": ["data"]}}}]}))
+    sources, problems = discover([f"{server.url}/catalog/items.json",
+                                  f"{server.url}/catalog/none.json"], settings.discovery)
+    assert [s.path for s in sources] == [f"{server.url}/naip_2009_cog.tif"]
+    assert sources[0].item_id == "naip-1" and sources[0].sensor == "naip"
+    assert len(problems) == 1 and "cannot" in str(problems[0]) and "none.json" in str(
+        problems[0])

@@ -90,24 +90,23 @@ class TileBatch:
         a raster's error, the warnings and the read time go with the first part."""
         if len(self) <= n:
             return [self]
-        out = []
+        out, told = [], set()
         for a in range(0, len(self), n):
             b = min(a + n, len(self))
             rows = self.pixel_row[a:b]
             held = rows[rows >= 0]
             p0 = int(held[0]) if len(held) else 0
             p1 = int(held[-1]) + 1 if len(held) else 0
-            first = a == 0
+            here = set(self.raster[a:b].tolist())
+            errors = {r: e for r, e in self.errors.items() if r in here and r not in told}
+            told |= errors.keys()
             out.append(TileBatch(
                 raster=self.raster[a:b], z=self.z[a:b], x=self.x[a:b], y=self.y[a:b],
                 nodata=self.nodata[a:b], done=self.done[a:b],
                 pixel_row=np.where(rows >= 0, rows - p0, -1), rgb=self.rgb[p0:p1],
-                thumbs=self.thumbs[p0:p1],
-                errors={r: e for r, e in self.errors.items()
-                        if r in set(self.raster[a:b].tolist()) and not any(
-                            r in set(o.raster.tolist()) for o in out)},
-                warnings=self.warnings if first else [],
-                read_s=self.read_s if first else 0.0))
+                thumbs=self.thumbs[p0:p1], errors=errors,
+                warnings=self.warnings if a == 0 else [],
+                read_s=self.read_s if a == 0 else 0.0))
         return out
 
     def pin_memory(self) -> TileBatch:
