@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -82,8 +82,7 @@ def file_name(path: str) -> str:
 def gdal_env(path: str, remote: RemoteSettings) -> Iterator[None]:
     """satfind's GDAL settings around a read of `path` when it is remote (nothing local)."""
     if not is_remote(path):
-        with nullcontext():
-            yield
+        yield
         return
     import rasterio
 
@@ -127,8 +126,8 @@ def describe(error: BaseException) -> str:
 
 
 def permanent(error: BaseException) -> bool:
-    """A failure that retrying cannot cure: a 4xx status (but 408 and 429), a file that is
-    not a raster."""
+    """A failure that retrying cannot cure: a 3xx (a redirect GDAL gave up on) or 4xx status
+    (but 408 and 429), a file that is not a raster."""
     msg = str(error)
     code = http_status(msg)
     if code is not None:
