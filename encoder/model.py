@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from encoder.checkpoints import check_sidecar, state_dict_sha256  # noqa: E402
 from encoder.identity import EncoderError, EncoderIdentity, EncoderSpec  # noqa: E402
 from encoder.tokens import image_tokens  # noqa: E402
+from encoder.weightfile import check_weights_file, load_error  # noqa: E402
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -84,6 +85,7 @@ class SatelliteEncoder:
         if spec.checkpoint:
             if not Path(spec.checkpoint).is_file():
                 raise EncoderError(f"encoder.checkpoint: {spec.checkpoint} does not exist")
+            check_weights_file(spec.checkpoint)  # TorchScript, HTML, truncated: one line
             pretrained = spec.checkpoint
         elif spec.pretrained:
             pretrained = spec.pretrained
@@ -92,7 +94,9 @@ class SatelliteEncoder:
             with _quiet_open_clip():
                 model = open_clip.create_model(name, pretrained=pretrained)
         except Exception as e:  # open_clip raises many types for bad/missing weights
-            what = spec.checkpoint or f"pretrained={spec.pretrained!r}"
+            if spec.checkpoint:
+                raise EncoderError(f"encoder: {load_error(spec.checkpoint, name, e)}") from None
+            what = f"pretrained={spec.pretrained!r}"
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if spec.pretrained and not spec.checkpoint:
                 msg = ("download failed (this machine is offline, or the weights are not in "

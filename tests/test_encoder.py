@@ -65,7 +65,7 @@ def test_bad_specs_are_one_line_errors(spec, needle):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(EncoderError, match="cannot load weights"):
+    with pytest.raises(EncoderError, match="not a PyTorch or safetensors weights file"):
         SatelliteEncoder(EncoderSpec(model="satfind-tiny", checkpoint=str(bad)))
 
 
