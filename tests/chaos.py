@@ -492,14 +492,15 @@ def start_server(index: Path, config: Path | None, port: int, preexec=None,
     raise RuntimeError("satfind-serve did not become healthy within 120 s")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `grace_s` seconds."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=grace_s)
 
 
 def bomb_run(url: str, corpus: dict[str, bytes], rounds: int, concurrency: int = 4,

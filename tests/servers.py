@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.chaos import free_port, stop
 
 # name served -> (shared raster, how it is written)
 SERVED = {
@@ -51,12 +52,6 @@ NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 START_TIMEOUT_S = 20.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def nginx_binary() -> str | None:
     for c in NGINX_CANDIDATES:
         found = shutil.which(c)
@@ -84,16 +79,6 @@ def _wait_until_up(url: str, proc: subprocess.Popen, what: str) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{what} did not answer {url} within {START_TIMEOUT_S:.0f} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 _NGINX_CONF = """daemon off;
@@ -135,7 +120,7 @@ class _Server:
 
     def __exit__(self, *exc) -> None:
         if self._proc is not None:
-            _stop(self._proc)
+            stop(self._proc, grace_s=10)
 
     @property
     def url(self) -> str:

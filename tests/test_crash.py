@@ -113,14 +113,9 @@ def test_sigkill_then_resume(tmp_path, settings, encoder):
     assert not _orphans(idx), "DataLoader workers outlived the killed job"
 
     # The killed index opens at its last commit and searches.
-    snap = IndexSnapshot.open(idx)
-    at_kill = snap.ntotal
-    assert 0 < at_kill < len(expected)
+    snap = _opens_and_searches(idx, len(expected), last=5)
     (src,) = snap.sources.values()
     assert src.status == "partial"
-    ids = snap.tiles(["id"])["id"].to_numpy()
-    _, found = snap.search(snap.get_vectors(ids[-5:]), 1)
-    assert (found[:, 0] == ids[-5:]).all()
 
     # Re-running completes the job: same tiles as the uninterrupted run, no duplicates.
     proc = _start(archive, idx, cfg)
@@ -170,6 +165,17 @@ def test_ctrl_c_commits_what_was_read(tmp_path):
     assert snap.ntotal == int(out.split("tiles: ")[1].split(" written")[0])
 
 
+def _opens_and_searches(idx, total: int, last: int) -> IndexSnapshot:
+    """A killed run's index opens at its last commit (some but not all of `total` tiles)
+    and finds its `last` newest tiles by their own vectors."""
+    snap = IndexSnapshot.open(idx)
+    assert 0 < snap.ntotal < total
+    ids = snap.tiles(["id"])["id"].to_numpy()
+    _, found = snap.search(snap.get_vectors(ids[-last:]), 1)
+    assert (found[:, 0] == ids[-last:]).all()
+    return snap
+
+
 @pytest.mark.parametrize("scenario", ["append", "part", "manifest", "retrain"])
 def test_sigkill_inside_the_store_then_resume(tmp_path, settings, encoder, scenario):
     """SIGKILL at chosen points of a commit (mid-append of the row files, before a part, with
@@ -189,13 +195,7 @@ def test_sigkill_inside_the_store_then_resume(tmp_path, settings, encoder, scena
     killed = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    snap = IndexSnapshot.open(idx)  # opens at its last commit
-    at_kill = snap.ntotal
-    assert 0 < at_kill < len(expected)
-    if at_kill:
-        ids = snap.tiles(["id"])["id"].to_numpy()
-        _, found = snap.search(snap.get_vectors(ids[-3:]), 1)
-        assert (found[:, 0] == ids[-3:]).all()
+    _opens_and_searches(idx, len(expected), last=3)
 
     proc = _start(archive, idx, cfg)
     _, err = proc.communicate(timeout=300)

@@ -219,8 +219,8 @@ def collate(strips: list[dict]) -> TileBatch:
 
 
 class StripBatches(Sampler):
-    """Strips grouped so that a batch holds at most job.batch_size tiles (at least one
-    strip), yielded lazily."""
+    """Strips grouped so that a batch holds at most `batch_size` tiles (at least one strip),
+    yielded lazily."""
 
     def __init__(self, dataset: TileDataset, batch_size: int):
         self.dataset, self.batch_size = dataset, batch_size

@@ -46,14 +46,10 @@ def _url_sources(url: str, settings: DiscoverySettings
     import pystac
 
     try:
-        text = pystac.StacIO.default().read_text(url)
-        data = json.loads(text)
-    except (OSError, ValueError, RecursionError) as e:
+        data = json.loads(pystac.StacIO.default().read_text(url))
+    except Exception as e:  # HTTP, connection and JSON errors come as several types
         msg = redact(str(e).splitlines()[0]) if str(e) else type(e).__name__
         return [], [InputError(public(url), f"cannot read the STAC JSON: {msg}")]
-    except Exception as e:  # pystac's HTTP errors come as several types
-        msg = redact(str(e).splitlines()[0]) if str(e) else type(e).__name__
-        return [], [InputError(public(url), f"cannot fetch the STAC JSON: {msg}")]
     try:
         return collection_sources(data, url, public(url), settings)
     except InputError as e:

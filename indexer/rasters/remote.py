@@ -187,26 +187,27 @@ def identities(requests: list[tuple[str, str | None, int | None]], remote: Remot
     a time (GDAL's calls release the GIL), a failure explained afterwards, one at a time."""
     from indexer.rasters import vsi
 
-    asks = [(gdal_path(p), p) for p, checksum, _ in requests if not checksum]
-    if not asks:
-        return [RemoteIdentity(size or 0, f"checksum:{c}") for _, c, size in requests]
-    try:
-        for vpath, _ in asks:
-            vsi.forget(vpath)  # a file that changed since this process last looked
-    except vsi.GdalLibraryNotFound as e:
-        return [InputError(public(p), f"cannot ask for the file's headers ({e})")
-                for p, _, _ in requests]
-    with gdal_env(asks[0][1], remote):  # GDAL's options are process-wide: set here, once
-        with ThreadPoolExecutor(max_workers=min(len(asks), remote.stat_workers)) as pool:
-            heads = dict(zip([v for v, _ in asks], pool.map(vsi.headers, [v for v, _ in asks]),
-                             strict=True))
-        out: list[RemoteIdentity | InputError] = []
-        for path, checksum, size in requests:
-            if checksum:
-                out.append(RemoteIdentity(size or 0, f"checksum:{checksum}"))
-                continue
-            head = heads[gdal_path(path)]
-            out.append(_from_headers(head, size) if head is not None else _why(path))
+    asks = [gdal_path(p) for p, checksum, _ in requests if not checksum]
+    heads: dict[str, dict[str, str] | None] = {}
+    if asks:
+        try:
+            for vpath in asks:
+                vsi.forget(vpath)  # a file that changed since this process last looked
+        except vsi.GdalLibraryNotFound as e:
+            return [InputError(public(p), f"cannot ask for the file's headers ({e})")
+                    for p, _, _ in requests]
+        # GDAL's options are process-wide: set here, once, for all the pool's requests.
+        with gdal_env(requests[0][0], remote), ThreadPoolExecutor(
+                max_workers=min(len(asks), remote.stat_workers)) as pool:
+            heads = dict(zip(asks, pool.map(vsi.headers, asks), strict=True))
+    out: list[RemoteIdentity | InputError] = []
+    for path, checksum, size in requests:
+        if checksum:
+            out.append(RemoteIdentity(size or 0, f"checksum:{checksum}"))
+        elif (head := heads[gdal_path(path)]) is not None:
+            out.append(_from_headers(head, size))
+        else:
+            out.append(_why(path, remote))
     return out
 
 
@@ -223,7 +224,7 @@ def _from_headers(head: dict[str, str], size: int | None) -> RemoteIdentity:
     return RemoteIdentity(n, "size")
 
 
-def _why(path: str) -> InputError:
+def _why(path: str, remote: RemoteSettings) -> InputError:
     """Why GDAL got no headers: its own open says it in words (status code, redirects,
     connection)."""
     import rasterio
@@ -233,7 +234,7 @@ def _why(path: str) -> InputError:
 
     vsi.forget(gdal_path(path))  # else GDAL answers from its cache of the failed request
     try:
-        with rasterio.open(gdal_path(path)):
+        with gdal_env(path, remote), rasterio.open(gdal_path(path)):
             pass
     except RasterioError as e:
         return InputError(public(path), describe(e))
