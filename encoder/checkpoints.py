@@ -36,6 +36,15 @@ def text_tower_sha256(model: torch.nn.Module) -> str:
     return state_dict_sha256(model, skip_prefix="visual.")
 
 
+def sidecar_quick_gelu(checkpoint: Path) -> bool:
+    """Whether a satfind checkpoint's sidecar says its towers use QuickGELU (a GRAFT encoder
+    trained against an OpenAI CLIP does, like its teacher)."""
+    try:
+        return bool(json.loads(sidecar_path(checkpoint).read_text()).get("quick_gelu", False))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_sidecar(checkpoint: Path, model: torch.nn.Module) -> dict | None:
     side = sidecar_path(checkpoint)
     if not side.is_file():

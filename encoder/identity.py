@@ -4,10 +4,13 @@ encoder without loading a deep-learning stack."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 
-# The weights when a spec names none: what index_config.toml and the README document.
+# The weights of an open_clip model that names none (`model = "ViT-L-14"` alone).
 DEFAULT_PRETRAINED = "openai"
+# The encoder of a spec that names neither a preset nor a model: what index_config.toml and
+# the README document (encoder.presets has it).
+DEFAULT_PRESET = "openai-vit-b-16"
 
 
 class EncoderError(ValueError):
@@ -16,22 +19,38 @@ class EncoderError(ValueError):
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """How to build an encoder: an open_clip model name (or model-config JSON path) + weights."""
+    """How to build an encoder: a named preset (encoder.presets), or an open_clip model name
+    (or model-config JSON path) + weights."""
 
-    model: str = "ViT-B-16"
+    # A published encoder by name; its weights come from its file (downloaded into the
+    # weights folder, or `checkpoint`) or are random (`random_weights`).
+    preset: str = ""
+    model: str = ""
     pretrained: str = ""
     checkpoint: str = ""
     random_weights: bool = False
     seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})
     # "auto" (CUDA when visible, else CPU), "cpu", "cuda" or "cuda:N".
     device: str = "auto"
+    # Text prompt templates (encoder.prompts): "" = the preset's set.
+    prompt_set: str = ""
+    # The sensor named by resolution/sensor-aware prompt sets ("" = "satellite").
+    prompt_sensor: str = ""
 
     def resolved(self) -> EncoderSpec:
-        """This spec with the documented default weights (open_clip's `openai` tag) when it
-        names none: ViT-B-16 with OpenAI's weights, as index_config.toml says."""
-        if self.checkpoint or self.pretrained or self.random_weights:
-            return self
-        return dataclasses.replace(self, pretrained=DEFAULT_PRETRAINED)
+        """This spec with the documented defaults filled in: no preset and no model = the
+        `openai-vit-b-16` preset; an open_clip model with no weights = OpenAI's (`openai`)."""
+        if self.preset and self.model:
+            raise EncoderError("encoder: set preset or model, not both (a preset names its "
+                               "own architecture)")
+        if self.preset and self.pretrained:
+            raise EncoderError("encoder: pretrained is an open_clip tag for `model`; a preset "
+                               "names its own weights (or give encoder.checkpoint)")
+        if not self.preset and not self.model:
+            return dataclasses.replace(self, preset=DEFAULT_PRESET)
+        if self.model and not (self.checkpoint or self.pretrained or self.random_weights):
+            return dataclasses.replace(self, pretrained=DEFAULT_PRETRAINED)
+        return self
 
 
 @dataclass(frozen=True)
@@ -43,13 +62,18 @@ class EncoderIdentity:
     weights_sha256: str
     embed_dim: int
     image_size: int
+    # The named preset it was built as ("" = none): two presets never share a space, even
+    # with equal random weights in tests.
+    preset: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderIdentity:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        return cls(**{k: d[k] for k in fields if k in d or fields[k].default is MISSING})
 
     def short(self) -> str:
-        return f"{self.architecture}@{self.weights_sha256[:12]}"
+        name = f"{self.preset} ({self.architecture})" if self.preset else self.architecture
+        return f"{name}@{self.weights_sha256[:12]}"

@@ -20,10 +20,14 @@ def token_grid(visual: torch.nn.Module, image_size: int) -> int:
 
 
 def image_tokens(visual: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ViT image tower's pooled embedding [B, D] and its patch tokens, layer-normed and
-    projected like the pooled one, [B, grid, grid, D] (unnormalised); x is square."""
+    """A ViT image tower's pooled embedding [B, D] and its patch tokens projected into the
+    joint space, [B, grid, grid, D] (unnormalised); x is square. The tokens go through the
+    tower's `patch_head` (LayerNorm + Linear, GRAFT's patch projector) when it has one, else
+    through the pooled embedding's own final LayerNorm and projection."""
     grid = token_grid(visual, x.shape[-1])
-    out = visual.forward_intermediates(x, indices=1, normalize_intermediates=True,
+    head = getattr(visual, "patch_head", None)
+    out = visual.forward_intermediates(x, indices=1, normalize_intermediates=head is None,
                                        output_fmt="NLC")
-    tokens = out["image_intermediates"][-1] @ visual.proj
+    last = out["image_intermediates"][-1]
+    tokens = head(last) if head is not None else last @ visual.proj
     return out["image_features"], tokens.reshape(len(x), grid, grid, -1)

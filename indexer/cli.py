@@ -22,6 +22,18 @@ def add_version(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=text)
 
 
+def add_encoder_option(p: argparse.ArgumentParser, repeat: bool = False) -> None:
+    """`--encoder NAME` (or NAME=FILE): a named encoder preset instead of the config's
+    [encoder] model; `repeat` for commands that compare several."""
+    from encoder.presets import PRESETS
+
+    p.add_argument("--encoder", metavar="NAME[=FILE]", action="append" if repeat else "store",
+                   default=[] if repeat else None,
+                   help="a published encoder by name" + ("; repeat to compare" if repeat else "")
+                   + f" ({', '.join(PRESETS)}); =FILE gives its weights file (default: the "
+                   "weights folder, downloaded when online)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -35,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, metavar="DIR", help="index directory")
     p.add_argument("--config", metavar="FILE", help="index_config.toml (default: built-in "
                    "defaults, or ./index_config.toml when present)")
+    add_encoder_option(p)
     p.add_argument("--strict", action="store_true",
                    help="any bad input is fatal (default: report it and index the rest)")
     p.add_argument("--remove", action="append", default=[], metavar="SOURCE",
@@ -181,7 +194,7 @@ def _main(argv: list[str] | None) -> int:
     if config is None and Path("index_config.toml").is_file():
         config = "index_config.toml"
     try:
-        settings = load_settings(config)
+        settings = load_settings(config, encoder=args.encoder)
         if args.asset:
             settings = dataclasses.replace(settings, discovery=dataclasses.replace(
                 settings.discovery, stac_asset=args.asset))

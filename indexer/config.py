@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from encoder.identity import EncoderSpec
+from encoder.identity import EncoderError, EncoderSpec
+from encoder.presets import PRESETS, get_preset
+from encoder.prompts import get_prompt_set
 from indexer.configfile import ConfigError, build_section, ranged, read_toml
 
 
@@ -39,8 +41,9 @@ class DiscoverySettings:
 @dataclass(frozen=True)
 class TilingSettings:
     # Ground pixel size (metres) the encoder was trained at; tiles are cut at the web-mercator
-    # zoom whose pixel size is nearest to it...
-    target_gsd_m: float = ranged(10.0, "(0, 100000]")
+    # zoom whose pixel size is nearest to it (0 = the encoder preset's training GSD, 10 m for
+    # an encoder without a preset)...
+    target_gsd_m: float = ranged(0.0, "[0, 100000]")
     # ...but never finer than native/max_upsample nor coarser than native*max_downsample, so
     # a 300 m raster is not blown up into thousands of blurry tiles, nor a 15 cm aerial
     # shrunk into a fraction of one tile.
@@ -154,6 +157,13 @@ class Settings:
     remote: RemoteSettings = field(default_factory=RemoteSettings)
     source: str = "<defaults>"
 
+    def __post_init__(self) -> None:
+        # target_gsd_m = 0: the preset's training resolution (resolved once, here, so every
+        # reader of tiling.target_gsd_m sees a number).
+        if self.tiling.target_gsd_m == 0:
+            object.__setattr__(self, "tiling", dataclasses.replace(
+                self.tiling, target_gsd_m=encoder_gsd_m(self.encoder)))
+
     def check_encoder(self, embed_dim: int) -> None:
         """Settings that depend on the encoder, checked as soon as it is built."""
         m = self.store.pq_m
@@ -161,6 +171,14 @@ class Settings:
             raise ConfigError(f"{self.source}: store.pq_m = {m} does not divide the encoder's "
                               f"embedding dimension {embed_dim} (try {embed_dim // 8} or 0)")
 
+
+def encoder_gsd_m(spec: EncoderSpec) -> float:
+    """The ground pixel size an encoder was trained at: its preset's, else 10 m."""
+    spec = spec.resolved()
+    return get_preset(spec.preset).gsd_m if spec.preset else NO_PRESET_GSD_M
+
+
+NO_PRESET_GSD_M = 10.0
 
 _SECTIONS = {
     "encoder": EncoderSpec,
@@ -177,6 +195,13 @@ _FOREIGN_SECTIONS = {"search", "api", "ui", "train"}
 def _validate(s: Settings) -> None:
     """What single-key ranges (checked while building each section) cannot say."""
     where = s.source
+    try:
+        spec = s.encoder.resolved()
+        if spec.preset:
+            get_preset(spec.preset)
+        get_prompt_set(spec.prompt_set)
+    except EncoderError as e:
+        raise ConfigError(f"{where}: {e}") from None
     t = s.tiling
     if len(t.bands) != 3:
         raise ConfigError(f"{where}: tiling.bands must be three 1-based band indexes, got "
@@ -207,10 +232,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"{where}: discovery.filename_time_pattern is not a regex: {e}") from None
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
-    """Read a TOML config (or defaults when `path` is None)."""
+def load_settings(path: str | Path | None = None, encoder: str | None = None) -> Settings:
+    """Read a TOML config (or defaults when `path` is None). `encoder`: a preset name that
+    replaces the config's [encoder] choice of model (a command's --encoder NAME)."""
     if path is None:
-        return Settings()
+        return _settings({"encoder": with_preset(EncoderSpec(), encoder)} if encoder else {},
+                         "<defaults>")
     p, data = read_toml(path)
     parts: dict[str, Any] = {}
     for section, table in data.items():
@@ -237,9 +264,32 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if disc is not None and disc.allowed_roots:
         roots = tuple(str((p.parent / r).resolve()) for r in disc.allowed_roots)
         parts["discovery"] = dataclasses.replace(disc, allowed_roots=roots)
-    s = Settings(**parts, source=str(p))
+    if encoder:
+        parts["encoder"] = with_preset(parts.get("encoder", EncoderSpec()), encoder)
+    s = _settings(parts, str(p))
     _validate(s)
     return s
+
+
+def with_preset(spec: EncoderSpec, choice: str) -> EncoderSpec:
+    """`spec` building the preset `choice` ("NAME", or "NAME=FILE" for its weights file in the
+    preset's layout) instead of its model; device, seed, prompts and random_weights kept, a
+    checkpoint of the old model dropped."""
+    name, _, file = choice.partition("=")
+    if name.strip() not in PRESETS:
+        raise ConfigError(f"--encoder: unknown preset {name.strip()!r} (known: "
+                          f"{', '.join(PRESETS)})")
+    checkpoint = str(Path(file).expanduser().resolve()) if file else ""
+    return dataclasses.replace(spec, preset=name.strip(), model="", pretrained="",
+                               checkpoint=checkpoint,
+                               random_weights=spec.random_weights and not checkpoint)
+
+
+def _settings(parts: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings(**parts, source=source)
+    except EncoderError as e:  # the encoder names an unknown preset, or clashing keys
+        raise ConfigError(f"{source}: {e}") from None
 
 
 @dataclass(frozen=True)

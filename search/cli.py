@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from indexer.cli import add_version
+from indexer.cli import add_encoder_option, add_version
 
 PROG = "satfind-serve"
 # uvicorn's log levels; anything else is a usage error here, not a traceback from uvicorn.
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", required=True, metavar="DIR", help="index directory")
     p.add_argument("--config", metavar="FILE", help="index_config.toml (default: built-in "
                    "defaults, or ./index_config.toml when present)")
+    add_encoder_option(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS,
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if config is None and Path("index_config.toml").is_file():
         config = "index_config.toml"
     try:
-        engine = SearchEngine(args.index, load_serve_config(config))
+        engine = SearchEngine(args.index, load_serve_config(config, encoder=args.encoder))
     except (ConfigError, EncoderError, IndexError_) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

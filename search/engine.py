@@ -52,6 +52,8 @@ class SearchEngine:
         self.search_settings: SearchSettings = config.search
         self.api_settings: ApiSettings = config.api
         self.encoder = encoder or SatelliteEncoder(config.settings.encoder)
+        if config.search.text_int8:
+            self.encoder.quantize_text()
         self._lock = threading.Lock()
         # One model forward at a time: torch already spreads one over every core, and
         # concurrent forwards only oversubscribe them and starve the cheap queries.
@@ -95,12 +97,16 @@ class SearchEngine:
             self._recipe_notice = True
             log.warning("%s records no tile recipe (written before satfind recorded it): query "
                         "images are prepared with this server's [tiling] settings", self.dir)
-        return TileRecipe.from_tiling(self.config.settings.tiling, self.encoder.image_size)
+        return TileRecipe.from_tiling(self.config.settings.tiling, self.encoder.image_size,
+                                     self.encoder.spec.preset)
 
     # --- query vectors ------------------------------------------------------------------
     def _embed_text(self, key: str) -> np.ndarray:
+        # An aware prompt set names the index's tile GSD (and the configured sensor).
+        templates = self.encoder.prompts.for_imagery(self.recipe(self.snapshot).target_gsd_m,
+                                                     self.encoder.spec.prompt_sensor)
         with self._model_lock:
-            return ensemble_text_embedding(self.encoder, key)
+            return ensemble_text_embedding(self.encoder, key, templates)
 
     def text_vector(self, text: str) -> np.ndarray:
         """Prompt-ensembled embedding, cached; concurrent misses of one query embed it once."""

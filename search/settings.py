@@ -22,6 +22,9 @@ class SearchSettings:
     # Relevance feedback: query = base + mean(positives) - negative_weight * mean(negatives).
     negative_weight: float = ranged(0.5, "[0, 10]")
     text_cache_size: int = ranged(4096, "[0, 1000000]")
+    # On a CPU server, the text tower with dynamic int8 Linear layers: 1.7x faster text
+    # queries (bench/text.py), cosine >= 0.999 to fp32 measured on random weights only.
+    text_int8: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,9 @@ class ServeConfig:
     api: ApiSettings = field(default_factory=ApiSettings)
 
 
-def load_serve_config(path: str | Path | None) -> ServeConfig:
-    settings = load_settings(path)
+def load_serve_config(path: str | Path | None, encoder: str | None = None) -> ServeConfig:
+    """`encoder`: a preset name replacing the config's [encoder] model (--encoder)."""
+    settings = load_settings(path, encoder=encoder)
     sec = read_sections(path, {"search": SearchSettings, "api": ApiSettings})
     s, a = sec["search"], sec["api"]
     where = settings.source

@@ -24,12 +24,13 @@ def test_built_in_defaults_are_the_documented_ones():
     for key, value in GDAL_REMOTE_DEFAULTS.items():  # the built-in GDAL options, documented
         assert f"#   {key} = \"{value}\"" in text, key
     doc_encoder = tomllib.loads((ROOT / "index_config.toml").read_text())["encoder"]
-    assert EncoderSpec().resolved() == dataclasses.replace(
-        built_in.encoder, **{k: v for k, v in doc_encoder.items() if k != "checkpoint"})
-    assert EncoderSpec().resolved().model == "ViT-B-16"
-    assert EncoderSpec().resolved().pretrained == "openai"
+    assert EncoderSpec().resolved() == dataclasses.replace(built_in.encoder, **doc_encoder)
+    assert EncoderSpec().resolved().preset == "openai-vit-b-16"
+    assert documented.tiling.target_gsd_m == built_in.tiling.target_gsd_m == 10.0
+    # an open_clip model without weights named: OpenAI's, as before presets
+    assert EncoderSpec(model="ViT-L-14").resolved().pretrained == "openai"
     # naming weights replaces the default ones (no "set exactly one" clash)
-    assert EncoderSpec(checkpoint="x.pt").resolved().pretrained == ""
+    assert EncoderSpec(model="ViT-B-16", checkpoint="x.pt").resolved().pretrained == ""
 
 
 def test_no_config_offline_is_one_line_naming_what_to_set(tmp_path, monkeypatch, capsys):
@@ -38,8 +39,8 @@ def test_no_config_offline_is_one_line_naming_what_to_set(tmp_path, monkeypatch,
     assert cli.main([str(tmp_path / "a"), "--index", str(tmp_path / "idx"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert "pretrained='openai'" in err[0] and "ViT-B-16" in err[0]
-    assert "set encoder.checkpoint" in err[0]
+    assert "openai-vit-b-16" in err[0] and "HF_HUB_OFFLINE=1" in err[0]
+    assert "open_clip_pytorch_model.bin" in err[0] and "set encoder.checkpoint" in err[0]
     assert not (tmp_path / "idx").exists()
 
 

@@ -369,7 +369,7 @@ def test_every_numeric_setting_declares_a_range():
     ("tiling", "target_gsd_m", "inf", "finite"),
     ("tiling", "target_gsd_m", "nan", "finite"),
     ("tiling", "reflectance_divisor", "nan", "finite"),
-    ("tiling", "target_gsd_m", "0", "out of range"),
+    ("tiling", "target_gsd_m", "-1", "out of range"),
     ("job", "workers", "100000", "job.workers = 100000 is out of range"),
     ("job", "batch_size", "0", "out of range"),
     ("store", "nlist", "-1", "out of range"),

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from encoder.images import square_tile
-from encoder.prompts import PROMPT_SET_VERSION, ensemble_text_embedding
+from encoder.prompts import PromptSet, ensemble_text_embedding, get_prompt_set
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 
@@ -55,6 +55,8 @@ class ZeroShotResult:
     classes: list[str]
     prompts: list[str]
     confusion: np.ndarray  # [true, predicted]
+    prompt_set: str = ""
+    templates: tuple[str, ...] = ()
 
     @property
     def accuracy(self) -> float:
@@ -73,7 +75,8 @@ class ZeroShotResult:
         out.mkdir(parents=True, exist_ok=True)
         (out / "zeroshot.json").write_text(json.dumps({
             "accuracy": self.accuracy, "chance": self.chance, "n": int(self.confusion.sum()),
-            "prompt_set": PROMPT_SET_VERSION, "classes": self.classes,
+            "prompt_set": self.prompt_set, "templates": list(self.templates),
+            "classes": self.classes,
             "class_prompts": self.prompts, "per_class_accuracy": self.per_class(),
             "confusion": self.confusion.tolist()}, indent=1))
         lines = ["true\\predicted," + ",".join(self.classes)]
@@ -83,10 +86,16 @@ class ZeroShotResult:
 
 
 def zero_shot(encoder, root: Path, limit_per_class: int = 0, batch_size: int = 64,
-              progress: bool = False) -> ZeroShotResult:
+              progress: bool = False, prompts: PromptSet | None = None, gsd_m: float | None = None,
+              sensor: str = "") -> ZeroShotResult:
+    """Accuracy of the class (prompt-ensembled folder name) whose text embedding is nearest.
+    `prompts`: the template set (default: the encoder's); `gsd_m` / `sensor` fill an aware
+    set's {gsd} / {sensor}."""
     classes, paths, labels = image_folder(root, limit_per_class)
-    prompts = [class_prompt_name(c) for c in classes]
-    text = np.stack([ensemble_text_embedding(encoder, p) for p in prompts])
+    names = [class_prompt_name(c) for c in classes]
+    pset = prompts or getattr(encoder, "prompts", None) or get_prompt_set()
+    templates = pset.for_imagery(gsd_m, sensor)
+    text = np.stack([ensemble_text_embedding(encoder, n, templates) for n in names])
     preds = []
     from tqdm import tqdm
 
@@ -97,7 +106,7 @@ def zero_shot(encoder, root: Path, limit_per_class: int = 0, batch_size: int = 6
     pred = np.concatenate(preds)
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (labels, pred), 1)
-    return ZeroShotResult(classes, prompts, confusion)
+    return ZeroShotResult(classes, names, confusion, pset.name, templates)
 
 
 RECALL_AT = (1, 5, 10)

@@ -62,10 +62,12 @@ class TrainSettings:
     seed: int = ranged(0, "[0, 4294967295]")
 
 
-def load_train_config(path: str | Path) -> tuple[Settings, TrainSettings]:
+def load_train_config(path: str | Path, encoder: str | None = None
+                      ) -> tuple[Settings, TrainSettings]:
     """The whole config: indexer settings (teacher, discovery, tiling) and [train], with
-    relative paths resolved against the config file's folder."""
-    settings = load_settings(path)
+    relative paths resolved against the config file's folder. `encoder`: a preset name for
+    the teacher CLIP (--encoder)."""
+    settings = load_settings(path, encoder=encoder)
     train = read_sections(path, {"train": TrainSettings})["train"]
     base = Path(path).parent
     where = f"{path}: train"

@@ -305,7 +305,8 @@ class Trainer:
         _fsync_replace(tmp, path)
         spec = self.settings.encoder
         meta = {
-            "format": EXPORT_FORMAT, "model": spec.model, "steps": step,
+            "format": EXPORT_FORMAT, "model": spec.model or teacher.model_name, "steps": step,
+            "quick_gelu": teacher.quick_gelu,
             "teacher": teacher.identity.to_dict(),
             "text_tower_sha256": text_tower_sha256(teacher.model),
             "image_tower_sha256": state_dict_sha256(student),
@@ -319,7 +320,7 @@ class Trainer:
         (self.out / "index_config.toml").write_text(
             "# Index with the GRAFT-trained encoder: satfind-index ARCHIVE --config this file\n"
             "[encoder]\n"
-            f"model = {json.dumps(spec.model)}\n"
+            f"model = {json.dumps(spec.model or teacher.model_name)}\n"
             f"checkpoint = {json.dumps(EXPORT_NAME)}\n"
             f"device = {json.dumps(spec.device)}\n\n"
             "[tiling]  # the resolution and bands the encoder was trained on\n"

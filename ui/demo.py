@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="satfind-demo", description=__doc__)
     p.add_argument("--index", required=True, metavar="DIR")
     p.add_argument("--config", metavar="FILE")
+    p.add_argument("--encoder", metavar="NAME[=FILE]",
+                   help="a published encoder preset for the API (see satfind-serve --help)")
     p.add_argument("--port", type=int, default=8501, help="explorer port (API: a free one)")
     add_version(p)
     args = p.parse_args(argv)
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
              "--log-level", "warning"]
     if args.config:
         serve += ["--config", args.config]
+    if args.encoder:
+        serve += ["--encoder", args.encoder]
     procs = [subprocess.Popen(serve, env=os.environ.copy())]
     try:
         if not _wait_healthy(api, procs[0]):

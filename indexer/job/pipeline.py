@@ -37,7 +37,8 @@ class IndexJob:
         self.strict = strict
         self.progress = progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
-        self.recipe = TileRecipe.from_tiling(settings.tiling, encoder.image_size)
+        self.recipe = TileRecipe.from_tiling(settings.tiling, encoder.image_size,
+                                            encoder.spec.preset)
         self.runner = LocalRunner(settings.tiling, settings.job, encoder.image_size,
                                   pin_memory=getattr(encoder.device, "type", "cpu") == "cuda",
                                   remote=settings.remote)
