@@ -99,7 +99,16 @@ def test_the_index_records_the_preset_and_refuses_another(tmp_path, monkeypatch,
     assert index_cli.main([*args, "--encoder", "georsclip-vit-b-32"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "remoteclip-vit-b-32" in err[0] and "georsclip" in err[0]
+    assert "(--encoder remoteclip-vit-b-32)" in err[0]
     assert IndexSnapshot.open(idx).ntotal == snap.ntotal
+    # the server refuses it too, and says which preset to start with
+    from indexer.errors import IndexError_
+    from search.engine import SearchEngine
+
+    with pytest.raises(IndexError_, match=r"start with --encoder remoteclip-vit-b-32"):
+        SearchEngine(idx, load_serve_config(cfg, encoder="georsclip-vit-b-32"))
+    assert SearchEngine(idx, load_serve_config(cfg, encoder="remoteclip-vit-b-32")
+                        ).snapshot.ntotal == snap.ntotal
 
 
 @pytest.mark.skipif(not EUROSAT.is_dir(), reason="../shared/data/eurosat is not here")

@@ -165,6 +165,8 @@ class IndexSnapshot:
             raise IndexError_(
                 f"{self.dir}: index was built with encoder {self.identity.short()}, "
                 f"but the query encoder is {identity.short()}"
+                + (f" (start with --encoder {self.identity.preset})" if self.identity.preset
+                   else "")
             )
 
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,

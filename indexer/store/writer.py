@@ -302,7 +302,9 @@ def _check_same_space(d: Path, m: Manifest, identity: EncoderIdentity,
     if m.encoder != identity:
         raise IndexError_(
             f"{d}: index was built with encoder {m.encoder.short()}, this config gives "
-            f"{identity.short()}; use the same encoder or a new --index directory")
+            f"{identity.short()}; use the same encoder"
+            f"{f' (--encoder {m.encoder.preset})' if m.encoder.preset else ''} or a new "
+            "--index directory")
     if recipe is not None and m.recipe is not None and m.recipe != recipe:
         diff = "; ".join(m.recipe.differences(recipe))
         raise IndexError_(f"{d}: index tiles were cut with another tile recipe ({diff}); "
