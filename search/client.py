@@ -98,3 +98,89 @@ class SatfindClient:
 
     def thumbnail(self, tile_id: int) -> bytes:
         return self._call("GET", f"/tiles/{int(tile_id)}/thumbnail.jpg").content
+
+    # --- beyond top-k -------------------------------------------------------------------
+    @staticmethod
+    def _query(q: str | None = None, tile: int | None = None, labels: str | None = None
+               ) -> dict[str, Any]:
+        p: dict[str, Any] = {}
+        if q is not None:
+            p["q"] = q
+        if tile is not None:
+            p["tile"] = int(tile)
+        if labels is not None:
+            p["labels"] = labels
+        return p
+
+    def region_scores(self, q: str | None = None, tile: int | None = None,
+                      labels: str | None = None, format: str = "json", **filters
+                      ) -> dict | bytes:
+        """The score of every tile passing the filters: columnar JSON (a dict of arrays),
+        or the bytes of geojson / csv / arrow / parquet."""
+        filters.pop("source", None)
+        params = {**self._query(q, tile, labels), "format": format, **self._filters(**filters)}
+        r = self._call("GET", "/search/scores", params=params)
+        return r.json() if format in ("json", "geojson") else r.content
+
+    def change(self, before: tuple[str, str], after: tuple[str, str], q: str | None = None,
+               tile: int | None = None, k: int | None = None, direction: str = "rose",
+               bbox=None, format: str = "json") -> dict | bytes:
+        """Places whose match rose (fell) the most between the two (start, end) periods."""
+        params = {**self._query(q, tile), "before_start": before[0], "before_end": before[1],
+                  "after_start": after[0], "after_end": after[1], "direction": direction,
+                  "format": format, **self._filters(bbox=bbox)}
+        if k is not None:
+            params["k"] = k
+        r = self._call("GET", "/search/change", params=params)
+        return r.json() if format in ("json", "geojson") else r.content
+
+    def history(self, tile_id: int, q: str | None = None) -> dict:
+        """Every acquisition of the tile's place, with scores and change distances."""
+        return self._call("GET", f"/tiles/{int(tile_id)}/changes",
+                          params=self._query(q)).json()
+
+    def where(self, tile_id: int, q: str | None = None, tile: int | None = None,
+              format: str = "json") -> dict | bytes:
+        """Where in the tile the query matches: JSON (grid, peak lon/lat) or a PNG overlay."""
+        r = self._call("GET", f"/tiles/{int(tile_id)}/where.{format}",
+                       params=self._query(q, tile))
+        return r.json() if format == "json" else r.content
+
+    def map_tile(self, z: int, x: int, y: int, format: str = "png", **filters) -> bytes:
+        """A 256 px XYZ tile of the archive's own imagery (png or jpg)."""
+        params = self._filters(start=filters.get("start"), end=filters.get("end"),
+                               sensor=filters.get("sensor"))
+        return self._call("GET", f"/map/{z}/{x}/{y}.{format}", params=params).content
+
+    def score_tile(self, z: int, x: int, y: int, q: str | None = None, tile: int | None = None,
+                   labels: str | None = None, vmin: float | None = None,
+                   vmax: float | None = None) -> bytes:
+        params = self._query(q, tile, labels)
+        params.update({k: v for k, v in (("vmin", vmin), ("vmax", vmax)) if v is not None})
+        return self._call("GET", f"/map/scores/{z}/{x}/{y}.png", params=params).content
+
+    def label_sets(self) -> list[dict]:
+        return self._call("GET", "/labels").json()["label_sets"]
+
+    def put_labels(self, name: str, positives=(), negatives=(), points=(),
+                   replace: bool = False) -> dict:
+        """Add tiles (ids, or {lon, lat, positive} points) to a label set, or replace it."""
+        return self._call("POST", "/labels", json={
+            "name": name, "positives": [int(i) for i in positives],
+            "negatives": [int(i) for i in negatives], "points": list(points),
+            "replace": replace}).json()
+
+    def labels(self, name: str, format: str = "json") -> dict | bytes:
+        r = self._call("GET", f"/labels/{name}", params={"format": format})
+        return r.json() if format in ("json", "geojson") else r.content
+
+    def delete_labels(self, name: str) -> None:
+        self._call("DELETE", f"/labels/{name}")
+
+    def classify(self, labels: str, k: int | None = None, **filters) -> dict:
+        """Rank the archive with a logistic regression trained on the label set."""
+        filters.pop("sensor", None), filters.pop("source", None)
+        params = {"labels": labels, **self._filters(**filters)}
+        if k is not None:
+            params["k"] = k
+        return self._call("GET", "/search/classifier", params=params).json()

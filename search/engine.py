@@ -5,6 +5,7 @@ index is the only ANN it sees."""
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from encoder.prompts import ensemble_text_embedding
 from indexer.config import TileRecipe
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.tiles import Filters, TileTable
+from search import regions
 from search.query import RESULT_COLUMNS, NotFound, Query, QueryError
 from search.query_image import decode_query_image
 from search.settings import ApiSettings, SearchSettings, ServeConfig
@@ -222,6 +224,42 @@ class SearchEngine:
         for r, sc in zip(rows, scores, strict=True):
             r["score"] = float(sc)
         return rows
+
+    # --- beyond top-k (search.regions) ------------------------------------------------------
+    def region_scores(self, q: Query, max_tiles: int):
+        """(loaded, Scored): the score of every tile passing q.filters (q.k is ignored)."""
+        loaded = self.loaded
+        v = self.query_vector(q, loaded)
+        return loaded, regions.region_scores(self, loaded, v, q.filters, max_tiles)
+
+    def change(self, q: Query, before, after, fell: bool = False):
+        """(loaded, [Change]): cells whose match rose (fell) most between two periods."""
+        loaded = self.loaded
+        v = self.query_vector(q, loaded)
+        return loaded, regions.change_search(loaded, v, q.filters, before, after, q.k, fell)
+
+    def history(self, tile_id: int, q: Query | None):
+        """Every acquisition of a tile's place, with scores when a query is given."""
+        loaded = self.loaded
+        self._stored(loaded, [tile_id])
+        v = self.query_vector(q, loaded) if q is not None else None
+        return loaded, regions.place_history(loaded, int(tile_id), v)
+
+    def where(self, tile_id: int, q: Query):
+        """WhereMap: the query's patch-token similarity over one tile's pixels."""
+        from PIL import Image
+
+        from search.where import WhereMap, tile_pixels
+
+        loaded = self.loaded
+        row = self.tile(tile_id)
+        v = self.query_vector(q, loaded)
+        thumb = loaded.snap.thumbnail(int(tile_id))
+        pixels, how = tile_pixels(row, self.recipe(loaded.snap), thumb)
+        with self._model_lock:
+            grid = self.encoder.similarity_map(pixels, v)
+        size = Image.open(io.BytesIO(thumb)).width if thumb else self.encoder.image_size
+        return WhereMap(int(tile_id), grid, row["z"], row["x"], row["y"], how, size)
 
     # --- lookups ------------------------------------------------------------------------
     def tile(self, tile_id: int) -> dict:

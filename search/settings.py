@@ -42,6 +42,11 @@ class ApiSettings:
     # Sniffed from the bytes, never trusted from the Content-Type header.
     allowed_image_types: tuple[str, ...] = ("png", "jpeg", "tiff")
     min_image_px: int = ranged(16, "[1, 4096]")
+    # Most tiles one region-score, change or classifier request may score (each is an exact
+    # inner product over the float16 copies; 1M tiles ~ 1 GB read).
+    max_score_tiles: int = ranged(1_000_000, "[1, 100000000]")
+    # Rendered 256 px map tiles kept in memory (256 KB each).
+    map_cache_tiles: int = ranged(512, "[0, 100000]")
     # Non-empty: every request except /health must send it as X-API-Key.
     api_key: str = ""
     cors_origins: tuple[str, ...] = ()

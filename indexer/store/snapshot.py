@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from encoder.identity import EncoderIdentity
 from indexer.config import TileRecipe
@@ -228,10 +230,45 @@ class IndexSnapshot:
         t = self._part_cache[part.name]
         return t.select(columns) if columns else t
 
+    def thumbnails(self, ids) -> dict[int, bytes]:
+        """JPEG thumbnails of many tiles: per part, only the row groups whose id range holds
+        some of them (the footer is parsed once per snapshot, the file opened per read)."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        out: dict[int, bytes] = {}
+        for i, part in enumerate(self.manifest.parts):
+            mine = ids[(ids >= part.id_min) & (ids <= part.id_max)]
+            if not len(mine):
+                continue
+            path = self.thumb_parts[i]
+            try:
+                meta, ranges = self._thumb_meta(i)
+                groups = [g for g, (lo, hi) in enumerate(ranges)
+                          if lo is None or bool(np.any((mine >= lo) & (mine <= hi)))]
+                if not groups:
+                    continue
+                t = pq.ParquetFile(path, metadata=meta).read_row_groups(groups,
+                                                                        columns=["id", "jpeg"])
+            except (OSError, pa.ArrowException) as e:
+                raise IndexError_(f"{THUMBS_DIR}/{path.name}: damaged Parquet part "
+                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                                  ) from None
+            t = t.filter(pc.is_in(t["id"], value_set=pa.array(mine)))
+            out.update(zip(t["id"].to_pylist(), t["jpeg"].to_pylist(), strict=True))
+        return out
+
+    def _thumb_meta(self, i: int):
+        """(Parquet footer, [(min id, max id) per row group]) of thumbnail part i."""
+        cache = self.__dict__.setdefault("_thumb_meta_cache", {})
+        if i not in cache:
+            meta = pq.read_metadata(self.thumb_parts[i])
+            col = meta.schema.names.index("id")
+            ranges = []
+            for g in range(meta.num_row_groups):
+                st = meta.row_group(g).column(col).statistics
+                ranges.append((st.min, st.max) if st is not None and st.has_min_max
+                              else (None, None))
+            cache[i] = (meta, ranges)
+        return cache[i]
+
     def thumbnail(self, tile_id: int) -> bytes | None:
-        for part, path in zip(self.manifest.parts, self.thumb_parts, strict=True):
-            if part.id_min <= tile_id <= part.id_max:
-                t = read_part(path, None, filters=[("id", "=", int(tile_id))])
-                if t.num_rows:
-                    return t["jpeg"][0].as_py()
-        return None
+        return self.thumbnails([int(tile_id)]).get(int(tile_id))

@@ -149,6 +149,14 @@ class TileTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """z, x, y per tile (in id order), read from the table once."""
+        cached = getattr(self, "_cells", None)
+        if cached is None or len(cached[0]) != len(self.ids):
+            cached = tuple(self.table[c].to_numpy().astype(np.int64) for c in ("z", "x", "y"))
+            self._cells = cached
+        return cached
+
     def has(self, ids: np.ndarray) -> np.ndarray:
         if not len(self.ids):
             return np.zeros(len(ids), dtype=bool)

@@ -17,11 +17,15 @@ from starlette.routing import Match
 from indexer.errors import FilterError, IndexError_
 from search.engine import SearchEngine
 from search.http.bodylimit import BodyLimit
+from search.http.docs import ASSETS, add_docs
 from search.http.models import (
     ErrorBody,
 )
 from search.http.params import query_params
 from search.http.routes import add_routes
+from search.http.routes_labels import add_label_routes
+from search.http.routes_map import add_map_routes
+from search.http.routes_region import add_region_routes
 from search.query import NotFound, QueryError, TooLarge
 from search.query_image import ImageError, UnsupportedImageType
 
@@ -64,7 +68,9 @@ def create_app(engine: SearchEngine) -> FastAPI:
         title="satfind",
         version="0.1.0",
         description="Text-to-image and image-to-image retrieval over satellite tile archives.",
+        docs_url=None, redoc_url=None,  # search.http.docs serves both without a CDN
     )
+    add_docs(app)
     app.state.engine = engine
     body_limit = body_limit_bytes(api.max_upload_bytes)
     app.add_middleware(BodyLimit, limit=body_limit, detail=(
@@ -114,7 +120,8 @@ def create_app(engine: SearchEngine) -> FastAPI:
 
     def check_key(request: Request,
                   x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if api.api_key and request.url.path not in OPEN_PATHS:
+        if api.api_key and request.url.path not in OPEN_PATHS and not request.url.path.startswith(
+                ASSETS + "/"):
             if not x_api_key or not secrets.compare_digest(x_api_key.encode(),
                                                            api.api_key.encode()):
                 raise Unauthorized("missing or wrong X-API-Key")
@@ -138,6 +145,9 @@ def create_app(engine: SearchEngine) -> FastAPI:
 
     deps = [Depends(check_key), Depends(check_query)]
     add_routes(app, engine, deps, ERRORS)
+    add_label_routes(app, engine, deps, ERRORS)
+    add_region_routes(app, engine, deps, ERRORS, lambda name: engine.labelled(name))
+    add_map_routes(app, engine, deps, ERRORS)
     return app
 
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Format = Literal["json", "geojson"]
 # Fixed-length arrays (not tuples: those become `prefixItems`, which OpenAPI 3.0 tools reject).
 Bounds = Annotated[list[float], Field(min_length=4, max_length=4,
                                       description="west, south, east, north (degrees)")]
 LonLat = Annotated[list[float], Field(min_length=2, max_length=2, description="lon, lat")]
+
+
+def _integral(v):
+    """JSON has one number type: 5.0 is the integer 5 (JSON Schema agrees); booleans and
+    strings stay refused (strict models)."""
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) <= 2**53 else v
+
+
+# A tile id in a JSON body (ids are below 2^53: exact in a JSON number).
+TileIdIn = Annotated[int, Field(ge=0, le=2**53), BeforeValidator(_integral)]
 
 
 class TileResult(BaseModel):

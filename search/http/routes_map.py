@@ -1,0 +1,124 @@
+"""Map routes: the archive's own imagery as XYZ tiles, query scores as an XYZ overlay, and
+where in one tile a query matches (patch-token similarity)."""
+
+import threading
+from collections import OrderedDict
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi import Path as PathParam
+from fastapi import Query as Q
+from fastapi.responses import Response
+
+from search import mosaic
+from search.engine import SearchEngine
+from search.http.params import TIME_PATTERN, make_filters
+from search.http.routes_region import QueryText, TileParam, base_query
+from search.query import NotFound, QueryError
+
+MAX_ID = 2**53  # exact in a JSON number (a float): larger ids are never issued
+Z = Annotated[int, PathParam(ge=0, le=24)]
+XY = Annotated[int, PathParam(ge=0, le=2**24)]
+Time = Annotated[str | None, Q(json_schema_extra={"pattern": TIME_PATTERN})]
+PNG = {200: {"content": {"image/png": {}}}}
+
+
+def _check_xyz(z: int, x: int, y: int) -> None:
+    if x >= 2**z or y >= 2**z:
+        raise NotFound(f"no map tile {z}/{x}/{y} (x and y must be below {2**z})")
+
+
+def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> None:
+    api = engine.api_settings
+    tiles_cache = mosaic.Mosaic(lambda snap, ids: snap.thumbnails(ids), api.map_cache_tiles)
+    scores_cache: OrderedDict = OrderedDict()
+    lock = threading.Lock()
+    scope = "private" if api.api_key else "public"
+
+    def filtered(loaded, start, end, sensor) -> tuple[np.ndarray, tuple]:
+        f = make_filters(None, start, end, sensor, [])
+        pos = np.flatnonzero(loaded.tiles.mask(f)) if f.active else np.arange(
+            len(loaded.tiles))
+        return pos, (loaded.snap.generation, start, end, tuple(sensor))
+
+    def image(img, fmt: str) -> Response:
+        if img is None:
+            if fmt == "png":  # transparent where nothing is indexed
+                img = np.zeros((mosaic.PX, mosaic.PX, 4), np.uint8)
+            else:
+                raise NotFound("nothing indexed in this map tile")
+        media = "image/png" if fmt == "png" else "image/jpeg"
+        return Response(mosaic.encode(img, fmt), media_type=media,
+                        headers={"Cache-Control": f"{scope}, max-age=300"})
+
+    @app.get("/map/{z}/{x}/{y}.{fmt}", dependencies=deps, response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **errors})
+    def map_tile(z: Z, x: XY, y: XY, fmt: Literal["jpg", "png"], start: Time = None,
+                 end: Time = None, sensor: Annotated[list[str], Q()] = []):  # noqa: B006
+        """The archive's own imagery as a 256 px XYZ tile (web mercator): stored thumbnails,
+        newest acquisition on top (or only those in start/end/sensor); lower zooms are
+        the 2x box-downsampled mosaic, higher zooms upsampled. PNG is transparent where
+        nothing is indexed; JPEG is 404 there."""
+        _check_xyz(z, x, y)
+        loaded = engine.loaded
+        pos, key = filtered(loaded, start, end, sensor)
+        return image(tiles_cache.render(loaded, pos, key, z, x, y), fmt)
+
+    def archive_scores(loaded, q, tile, labels, start, end, sensor):
+        key = (loaded.snap.generation, q, tile, labels, start, end, tuple(sensor))
+        with lock:
+            if key in scores_cache:
+                scores_cache.move_to_end(key)
+                return scores_cache[key]
+        pos, neg = engine.labelled(labels) if labels else ((), ())
+        f = make_filters(None, start, end, sensor, [])
+        _, sc = engine.region_scores(base_query(q, tile, pos, neg, filters=f),
+                                     api.max_score_tiles)
+        lo, hi = (np.percentile(sc.scores, [50, 100]) if len(sc.scores) else (0.0, 1.0))
+        value = (sc, float(lo), float(hi))
+        with lock:
+            scores_cache[key] = value
+            while len(scores_cache) > 8:
+                scores_cache.popitem(last=False)
+        return value
+
+    @app.get("/map/scores/{z}/{x}/{y}.png", dependencies=deps, response_class=Response,
+             responses={**PNG, **errors})
+    def score_tile(z: Z, x: XY, y: XY, q: QueryText = None, tile: TileParam = None,
+                   labels: Annotated[str | None, Q(description="a label set")] = None,
+                   start: Time = None, end: Time = None,
+                   sensor: Annotated[list[str], Q()] = [],  # noqa: B006
+                   vmin: Annotated[float | None, Q(ge=-1, le=1)] = None,
+                   vmax: Annotated[float | None, Q(ge=-1, le=1)] = None):
+        """The query's score of every tile as a colour-mapped transparent overlay (dark
+        blue = vmin, yellow = vmax; default: the archive's median and best score for this
+        query, so colours agree across map tiles). Headers X-Satfind-Vmin/Vmax say the
+        range used."""
+        _check_xyz(z, x, y)
+        loaded = engine.loaded
+        sc, lo, hi = archive_scores(loaded, q, tile, labels, start, end, sensor)
+        lo = lo if vmin is None else vmin
+        hi = hi if vmax is None else vmax
+        if hi <= lo:
+            raise QueryError("vmax must be above vmin")
+        img = mosaic.score_overlay(loaded.tiles, sc.positions, sc.scores, z, x, y, lo, hi)
+        resp = image(img, "png")
+        resp.headers["X-Satfind-Vmin"], resp.headers["X-Satfind-Vmax"] = f"{lo:.6f}", f"{hi:.6f}"
+        return resp
+
+    @app.get("/tiles/{tile_id}/where.{fmt}", dependencies=deps, response_class=Response,
+             responses={200: {"content": {"image/png": {}, "application/json": {}}}, **errors})
+    def where(tile_id: Annotated[int, PathParam(ge=0, le=MAX_ID)], fmt: Literal["png", "json"],
+              q: QueryText = None, tile: TileParam = None):
+        """Where in the tile the query matches: the cosine similarity of each ViT patch token
+        (projected into the joint space) with the query, as a transparent overlay aligned
+        with the tile (PNG, the thumbnail's size), or as JSON with the grid and the peak's
+        lon/lat. Pixels come from the source raster when it is readable, else from the
+        stored thumbnail (header X-Satfind-Pixels says which)."""
+        result = engine.where(tile_id, base_query(q, tile))
+        if fmt == "json":
+            return Response(result.to_json(), media_type="application/json")
+        return Response(result.png(), media_type="image/png",
+                        headers={"X-Satfind-Pixels": result.pixels})
+

@@ -1,0 +1,133 @@
+"""Beyond top-k: the score of every tile in an area (for heat maps and overlays), and change
+over time (the same web-mercator cell at two periods). Exact inner products over the
+stored float16 vectors, in chunks, so memory stays bounded whatever the area holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import numpy as np
+
+from indexer.store.snapshot import IndexSnapshot
+from indexer.store.tiles import NO_TIME, Filters
+from search.query import QueryError
+
+CHUNK = 32768  # vectors converted to float32 at a time (64 MB at 512-d)
+
+
+def score_ids(snap: IndexSnapshot, v: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """float32 inner products of tiles `ids` with unit vector `v`, chunk by chunk."""
+    if snap.vectors is None:
+        raise QueryError("this index was built without float16 vector copies "
+                         "(store.keep_float16 = false): scores of every tile need them")
+    out = np.empty(len(ids), dtype=np.float32)
+    v = np.asarray(v, dtype=np.float32)
+    for s in range(0, len(ids), CHUNK):
+        part = ids[s:s + CHUNK]
+        if len(part) > 1 and part[-1] - part[0] == len(part) - 1 and bool(
+                np.all(np.diff(part) == 1)):  # a run of consecutive ids: a slice
+            block = np.asarray(snap.vectors[part[0]:part[-1] + 1], dtype=np.float32)
+        else:
+            block = snap.get_vectors(part)
+        out[s:s + len(part)] = block @ v
+    return out
+
+
+@dataclass
+class Scored:
+    """Every tile passing the filters, in id order, with its score."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    positions: np.ndarray  # rows of the tile table
+
+
+def region_scores(engine, loaded, v: np.ndarray, filters: Filters, max_tiles: int) -> Scored:
+    tiles = loaded.tiles
+    if filters.active:
+        pos = np.flatnonzero(tiles.mask(filters))
+    else:
+        pos = np.arange(len(tiles))
+    if len(pos) > max_tiles:
+        raise QueryError(f"the area holds {len(pos)} tiles, more than {max_tiles} "
+                         "(api.max_score_tiles): narrow the bbox or the time range")
+    ids = tiles.ids[pos]
+    return Scored(ids, score_ids(loaded.snap, v, ids), pos)
+
+
+def _cell_keys(tiles) -> np.ndarray:
+    z, x, y = tiles.cells()
+    return (z << 52) | (x << 26) | y
+
+
+def _latest_per_cell(keys: np.ndarray, acquired: np.ndarray, pos: np.ndarray) -> dict:
+    """cell key -> table position of its latest acquisition among `pos`."""
+    if not len(pos):
+        return {}
+    order = np.lexsort((acquired[pos], keys[pos]))
+    k = keys[pos][order]
+    last = np.r_[k[1:] != k[:-1], True]
+    return dict(zip(k[last].tolist(), pos[order][last].tolist(), strict=True))
+
+
+@dataclass
+class Change:
+    before_id: int
+    after_id: int
+    before_score: float
+    after_score: float
+
+    @property
+    def delta(self) -> float:
+        return self.after_score - self.before_score
+
+
+def change_search(loaded, v: np.ndarray, base: Filters, before: tuple[datetime, datetime],
+                  after: tuple[datetime, datetime], k: int, fell: bool = False) -> list[Change]:
+    """Cells indexed in both periods, ranked by how much their match to `v` rose (or fell)
+    from the latest acquisition in `before` to the latest in `after`."""
+    tiles = loaded.tiles
+    if before[1] > after[0]:
+        raise QueryError("the 'before' period must end before the 'after' period starts")
+    keys = _cell_keys(tiles)
+    periods = []
+    for start, end in (before, after):
+        m = tiles.mask(replace(base, start=start, end=end))
+        periods.append(_latest_per_cell(keys, tiles.acquired, np.flatnonzero(m)))
+    both = sorted(set(periods[0]) & set(periods[1]))
+    if not both:
+        return []
+    pa = np.asarray([periods[0][c] for c in both])
+    pb = np.asarray([periods[1][c] for c in both])
+    sa = score_ids(loaded.snap, v, tiles.ids[pa])
+    sb = score_ids(loaded.snap, v, tiles.ids[pb])
+    delta = sb - sa
+    order = np.lexsort((tiles.ids[pb], delta if fell else -delta))[:k]
+    return [Change(int(tiles.ids[pa[i]]), int(tiles.ids[pb[i]]), float(sa[i]), float(sb[i]))
+            for i in order]
+
+
+def place_history(loaded, tile_id: int, v: np.ndarray | None) -> list[dict]:
+    """Every acquisition of `tile_id`'s cell, oldest first: id, acquired, score with `v`
+    (when given), and the embedding distance (1 - cosine) to the previous acquisition."""
+    tiles = loaded.tiles
+    keys = _cell_keys(tiles)
+    pos = int(np.searchsorted(tiles.ids, tile_id))
+    same = np.flatnonzero(keys == keys[pos])
+    acq = tiles.acquired[same]
+    same = same[np.lexsort((tiles.ids[same], acq))]
+    ids = tiles.ids[same]
+    vecs = loaded.snap.get_vectors(ids)
+    vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    out = []
+    for i, tid in enumerate(ids):
+        t = int(tiles.acquired[same[i]])
+        out.append({
+            "id": int(tid),
+            "acquired": None if t == NO_TIME else datetime.fromtimestamp(
+                t / 1e6, UTC).isoformat(),
+            "score": None if v is None else float(vecs[i] @ v),
+            "distance_to_previous": None if i == 0 else float(1.0 - vecs[i] @ vecs[i - 1]),
+        })
+    return out

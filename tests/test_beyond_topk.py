@@ -1,0 +1,381 @@
+"""Search beyond top-k, through the real ASGI app: the archive as XYZ map tiles, the score of
+every tile in an area, score overlays, label sets (persisted, stable ids), the linear
+classifier, change between two dates, a place's history, and where in a tile a query
+matches. On the real shared rasters where the test is about them; on synthetic rasters
+where a known answer has to be planted."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from indexer.job.pipeline import IndexJob
+from search import classifier
+from search.engine import SearchEngine
+from search.http.app import create_app
+from search.mosaic import downsample, rgba_thumbnail
+from search.settings import ServeConfig
+from tests.helpers import make_raster
+
+NAIP_BBOX = "-99.186,47.004,-99.124,47.037"
+
+
+def _png(r) -> np.ndarray:
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))
+
+
+def _newest_per_cell(engine):
+    t = engine.snapshot.tiles(["id", "z", "x", "y", "acquired"]).to_pylist()
+    newest = {}
+    for r in sorted(t, key=lambda r: (r["acquired"] is not None, r["acquired"] or 0, r["id"])):
+        newest[(r["z"], r["x"], r["y"])] = r["id"]
+    return newest
+
+
+def test_map_tiles_are_the_stored_thumbnails_and_lower_zooms_their_mosaic(client, engine):
+    """At one zoom above the index tiles a 256 px map tile holds 2x2 index tiles at their
+    128 px thumbnails: the newest one of each cell, pixel for pixel. One zoom further up
+    is the 2x box-downsampled mosaic of its four children."""
+    newest = _newest_per_cell(engine)
+    checked = 0
+    for (z, x, y), tid in list(newest.items())[::7][:6]:
+        img = _png(client.get(f"/map/{z - 1}/{x // 2}/{y // 2}.png"))
+        thumb = np.asarray(rgba_thumbnail(engine.thumbnail(tid)))
+        assert thumb.shape == (128, 128, 4)
+        qy, qx = (y % 2) * 128, (x % 2) * 128
+        quad = img[qy:qy + 128, qx:qx + 128]
+        shown = thumb[..., 3] == 255
+        np.testing.assert_array_equal(quad[shown], thumb[shown])
+        checked += 1
+        # one zoom up: the children, downsampled
+        zz, xx, yy = z - 2, x // 4, y // 4
+        parent = _png(client.get(f"/map/{zz}/{xx}/{yy}.png"))
+        canvas = np.zeros((512, 512, 4), np.uint8)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                r = client.get(f"/map/{zz + 1}/{2 * xx + dx}/{2 * yy + dy}.png")
+                canvas[dy * 256:(dy + 1) * 256, dx * 256:(dx + 1) * 256] = _png(r)
+        diff = np.abs(parent.astype(int) - downsample(canvas).astype(int))
+        assert diff.max() <= 1, diff.max()
+    assert checked == 6
+    # JPEG: the same imagery; nothing indexed -> PNG transparent, JPEG 404
+    z, x, y = next(iter(newest))
+    r = client.get(f"/map/{z - 1}/{x // 2}/{y // 2}.jpg")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert _png(client.get("/map/3/0/0.png"))[..., 3].max() == 0
+    assert client.get("/map/3/0/0.jpg").status_code == 404
+    assert client.get("/map/3/9/0.png").status_code == 404  # x beyond the zoom's range
+
+
+def test_map_tiles_filtered_by_time_show_the_older_date(client, engine):
+    newest = _newest_per_cell(engine)
+    rows = engine.snapshot.tiles(["id", "z", "x", "y", "acquired"]).to_pylist()
+    old = [r for r in rows if r["acquired"] is not None and r["acquired"].year == 2009]
+    r = old[len(old) // 2]
+    assert newest[(r["z"], r["x"], r["y"])] != r["id"]  # 2014 is on top by default
+    url = f"/map/{r['z'] - 1}/{r['x'] // 2}/{r['y'] // 2}.png"
+    img = _png(client.get(url, params={"end": "2010-01-01"}))
+    thumb = np.asarray(rgba_thumbnail(engine.thumbnail(r["id"])))
+    quad = img[(r["y"] % 2) * 128:][:128, (r["x"] % 2) * 128:][:, :128]
+    shown = thumb[..., 3] == 255
+    np.testing.assert_array_equal(quad[shown], thumb[shown])
+
+
+def _brute_scores(engine, v, bbox):
+    w, s, e, n = bbox
+    t = engine.snapshot.tiles(["id", "west", "south", "east", "north"]).to_pylist()
+    f32 = np.float32
+    ids = [r["id"] for r in t if f32(r["east"]) > f32(w) and f32(r["west"]) < f32(e)
+           and f32(r["north"]) > f32(s) and f32(r["south"]) < f32(n)]
+    return dict(zip(ids, (engine.snapshot.get_vectors(ids) @ v).tolist(), strict=True))
+
+
+def test_region_scores_equal_brute_force_in_every_format(client, engine):
+    r = client.get("/search/scores", params={"q": "center pivot irrigation",
+                                             "bbox": NAIP_BBOX})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = _brute_scores(engine, engine.text_vector("center pivot irrigation"),
+                         tuple(float(v) for v in NAIP_BBOX.split(",")))
+    assert body["count"] == len(want) > 50
+    got = dict(zip(body["id"], body["score"], strict=True))
+    assert set(got) == set(want)
+    np.testing.assert_allclose([got[i] for i in want], list(want.values()), atol=1e-5)
+    assert body["satfind"]["query"]["q"] == "center pivot irrigation"
+    assert body["satfind"]["generation"] == engine.snapshot.generation
+    assert set(body) == {"count", "satfind", "id", "score", "z", "x", "y", "acquired"}
+    full = client.get("/search/scores", params={"q": "center pivot irrigation",
+                                                "bbox": NAIP_BBOX, "columns": "full"}).json()
+    assert full["id"] == body["id"] and {"west", "source", "sensor", "gsd_m"} <= set(full)
+    # GeoParquet: geometry + "geo" metadata; Arrow, CSV and GeoJSON carry the same rows
+    r = client.get("/search/scores", params={"q": "center pivot irrigation", "bbox": NAIP_BBOX,
+                                             "format": "parquet"})
+    t = pq.read_table(io.BytesIO(r.content))
+    geo = json.loads(t.schema.metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and t.num_rows == len(want)
+    assert json.loads(t.schema.metadata[b"satfind"])["query"]["bbox"] == NAIP_BBOX
+    arrow = pa.ipc.open_stream(client.get("/search/scores", params={
+        "tile": body["id"][0], "bbox": NAIP_BBOX, "format": "arrow"}).content).read_all()
+    assert arrow.num_rows == len(want) and max(arrow["score"].to_pylist()) == pytest.approx(
+        1.0, abs=2e-3)
+    csv = client.get("/search/scores", params={"q": "river", "bbox": NAIP_BBOX,
+                                               "format": "csv"}).text
+    assert csv.startswith("# query:") and len(csv.strip().splitlines()) > len(want)
+    gj = client.get("/search/scores", params={"q": "river", "bbox": NAIP_BBOX,
+                                              "format": "geojson"}).json()
+    assert len(gj["features"]) == len(want) and "score" in gj["features"][0]["properties"]
+
+
+@pytest.mark.parametrize("params, status", [
+    ({}, 400), ({"q": "x", "tile": 1}, 400), ({"q": "x", "bbox": "1,2,3"}, 400),
+    ({"q": "x", "format": "xml"}, 422), ({"tile": 10**9}, 404), ({"q": "x", "bboxx": "1"}, 400),
+])
+def test_region_score_errors_are_4xx_with_a_detail(client, params, status):
+    r = client.get("/search/scores", params=params)
+    assert r.status_code == status and r.json()["detail"]
+
+
+def test_score_overlay_colours_the_tiles(client, engine):
+    newest = _newest_per_cell(engine)
+    z, x, y = next(iter(newest))
+    r = client.get(f"/map/scores/{z - 1}/{x // 2}/{y // 2}.png", params={"q": "a quarry"})
+    img = _png(r)
+    assert img[..., 3].max() > 0
+    lo, hi = float(r.headers["X-Satfind-Vmin"]), float(r.headers["X-Satfind-Vmax"])
+    assert lo < hi
+    assert _png(client.get("/map/scores/3/0/0.png", params={"q": "x"}))[..., 3].max() == 0
+    r = client.get(f"/map/scores/{z}/{x}/{y}.png", params={"q": "x", "vmin": 0.5, "vmax": 0.1})
+    assert r.status_code == 400
+
+
+def test_label_sets_survive_restarts_and_unrelated_indexing(tmp_path, shared_geotiff,
+                                                            settings, encoder):
+    idx = tmp_path / "idx"
+    IndexJob(idx, settings, encoder, progress=False, log=lambda m: None).run(
+        [str(shared_geotiff / "naip_nd_20090818.tif")])
+    eng = SearchEngine(idx, ServeConfig(settings), encoder=encoder)
+    ids = eng.snapshot.tiles(["id"])["id"].to_pylist()
+    with TestClient(create_app(eng)) as c:
+        r = c.post("/labels", json={"name": "fields", "positives": ids[:3],
+                                    "negatives": ids[10:12],
+                                    "points": [{"lon": -99.15, "lat": 47.02}]})
+        assert r.status_code == 200, r.text
+        first = r.json()
+        assert first["positives"][:3] == sorted(ids[:3]) or set(ids[:3]) <= set(
+            first["positives"])
+        assert c.get("/labels").json()["label_sets"][0]["name"] == "fields"
+        assert c.post("/labels", json={"name": "../x", "positives": [ids[0]]}).status_code == 422
+        assert c.post("/labels", json={"name": "a", "positives": [10**9]}).status_code == 404
+        assert c.get("/labels/nope").status_code == 404
+    # another raster indexed into the same index: existing ids keep their tiles
+    before = eng.snapshot.tiles(["id", "z", "x", "y", "source"]).to_pylist()
+    IndexJob(idx, settings, encoder, progress=False, log=lambda m: None).run(
+        [str(shared_geotiff / "haiti_rgbn_5m.tif")])
+    eng2 = SearchEngine(idx, ServeConfig(settings), encoder=encoder)  # a restarted server
+    after = {r["id"]: r for r in eng2.snapshot.tiles(["id", "z", "x", "y", "source"])
+             .to_pylist()}
+    assert all(after[r["id"]] == r for r in before)
+    with TestClient(create_app(eng2)) as c:
+        again = c.get("/labels/fields").json()
+        assert again == {**first, "missing": []}
+        gj = c.get("/labels/fields", params={"format": "geojson"}).json()
+        labels = {f["id"]: f["properties"]["label"] for f in gj["features"]}
+        assert {i for i, v in labels.items() if v == 1} == set(first["positives"])
+        pqt = pq.read_table(io.BytesIO(c.get("/labels/fields",
+                                             params={"format": "parquet"}).content))
+        assert pqt.num_rows == len(labels)
+        # a query refined by the label set
+        r = c.get("/search/scores", params={"labels": "fields", "bbox": NAIP_BBOX})
+        assert r.status_code == 200 and r.json()["count"] > 0
+        assert c.delete("/labels/fields").status_code == 200
+        assert c.get("/labels/fields").status_code == 404
+
+
+def test_the_classifier_separates_held_out_blocks_of_a_separable_set():
+    """Synthetic vectors: positives and negatives apart along one direction, spread over
+    many spatial blocks. Held-out folds are ranked right and the report says so."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 32
+    y = (np.arange(n) % 2).astype(float)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:, 0] += np.where(y > 0, 2.5, -2.5)
+    z = np.full(n, 16)
+    cx, cy = rng.integers(0, 4000, n), rng.integers(0, 4000, n)
+    report = classifier.cross_validate(x, y, classifier.blocks(z, cx, cy))
+    assert report.folds == classifier.FOLDS
+    assert report.auc > 0.99 and report.precision > 0.95 and report.recall > 0.95
+    # no signal: the report says so (near 0.5), it does not invent one
+    noise = classifier.cross_validate(rng.normal(size=(n, d)), y,
+                                      classifier.blocks(z, cx, cy))
+    assert abs(noise.auc - 0.5) < 0.15
+
+
+def test_low_zooms_built_from_children_equal_direct_drawing(real_index, settings, encoder,
+                                                           monkeypatch):
+    """The pyramid path (a map tile composed of its four children) and direct drawing of
+    the thumbnails give the same picture: equal within rounding except where a newer
+    tile's nodata edge meets an older tile (compositing before or after downsampling: a
+    few % of pixels on the shared NAIP pair, whose 2014 footprint has diagonal edges)."""
+    from search import mosaic
+
+    direct = SearchEngine(real_index[0], ServeConfig(settings), encoder=encoder)
+    newest = _newest_per_cell(direct)
+    (z, x, y) = next(iter(newest))
+    urls = [f"/map/{z - k}/{x >> k}/{y >> k}.png" for k in (2, 3, 4)]
+    with TestClient(create_app(direct)) as c:
+        want = [_png(c.get(u)) for u in urls]
+    monkeypatch.setattr(mosaic, "DIRECT_MAX", 0)  # always from the children
+    with TestClient(create_app(direct)) as c:
+        got = [_png(c.get(u)) for u in urls]
+    for a, b in zip(want, got, strict=True):
+        assert a[..., 3].max() > 0
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.mean() < 1.0 and (diff.max(axis=2) > 2).mean() < 0.05
+
+
+def test_the_classifier_route_ranks_the_archive(tmp_path, real_index, settings, encoder):
+    shutil.copytree(real_index[0], tmp_path / "idx")  # it writes a label set
+    engine = SearchEngine(tmp_path / "idx", ServeConfig(settings), encoder=encoder)
+    client = TestClient(create_app(engine))
+    rows = engine.snapshot.tiles(["id", "source"]).to_pylist()
+    naip = [r["id"] for r in rows if "naip" in r["source"]]
+    other = [r["id"] for r in rows if "landsat" in r["source"] or "korea" in r["source"]]
+    assert client.post("/labels", json={"name": "naip", "positives": naip[::9],
+                                        "negatives": other[::3], "replace": True}
+                       ).status_code == 200
+    r = client.get("/search/classifier", params={"labels": "naip", "k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["cv"]["labels"] == len(naip[::9]) + len(other[::3])
+    assert len(body["results"]) == 10
+    probs = [x["probability"] for x in body["results"]]
+    assert probs == sorted(probs, reverse=True)
+    assert client.get("/search/classifier", params={"labels": "nope"}).status_code == 404
+
+
+def test_change_search_ranks_the_new_bright_field_first(tmp_path, settings, encoder):
+    """Two dates of one synthetic scene; in the second a bright field appears inside one
+    tile (planted at the centre of an indexed tile of the first date)."""
+    import rasterio
+    from rasterio.warp import transform as warp_transform
+
+    rng = np.random.default_rng(5)
+    base = rng.integers(20, 120, (3, 256, 256)).astype(np.uint8)
+    kw = dict(lon=11.88, lat=43.46, size=256, res=5.0)
+    first = make_raster(tmp_path / "arch" / "scene_20200601.tif", data=base, **kw)
+    job = IndexJob(tmp_path / "idx", settings, encoder, progress=False, log=lambda m: None)
+    job.run([str(first)])
+    eng = SearchEngine(tmp_path / "idx", ServeConfig(settings), encoder=encoder)
+    t = eng.snapshot.tiles(["west", "south", "east", "north"]).to_pylist()
+    mid = t[len(t) // 2]
+    lon, lat = (mid["west"] + mid["east"]) / 2, (mid["south"] + mid["north"]) / 2
+    with rasterio.open(first) as src:
+        (x,), (y,) = warp_transform("EPSG:4326", src.crs, [lon], [lat])
+        row, col = src.index(x, y)
+    later = base.copy()
+    later[:, row - 8:row + 8, col - 8:col + 8] = 250  # 80 m: well inside a tile
+    make_raster(tmp_path / "arch" / "scene_20210601.tif", data=later, **kw)
+    IndexJob(tmp_path / "idx", settings, encoder, progress=False, log=lambda m: None).run(
+        [str(tmp_path / "arch")])
+    eng = SearchEngine(tmp_path / "idx", ServeConfig(settings), encoder=encoder)
+    t = eng.snapshot.tiles(["id", "acquired"]).to_pylist()
+    later = [r["id"] for r in t if r["acquired"].year == 2021]
+    # the bright tile: the 2021 tile least like its 2020 self
+    with TestClient(create_app(eng)) as c:
+        dist = {i: c.get(f"/tiles/{i}/changes").json()["acquisitions"][-1]
+                ["distance_to_previous"] for i in later}
+        bright = max(dist, key=dist.get)
+        unchanged = {i for i, d in dist.items() if d < 1e-4}
+        assert dist[bright] > 5e-4 and len(unchanged) == len(dist) - 1  # only that tile
+        r = c.get("/search/change", params={
+            "tile": bright, "before_start": "2020-01-01", "before_end": "2020-12-31",
+            "after_start": "2021-01-01", "after_end": "2021-12-31", "k": 5})
+        assert r.status_code == 200, r.text
+        rows = r.json()
+        assert rows["id"][0] == bright and rows["delta"][0] > 0
+        assert rows["score"][0] == pytest.approx(1.0, abs=2e-3)
+        r = c.get("/search/change", params={
+            "tile": bright, "before_start": "2020-01-01", "before_end": "2020-12-31",
+            "after_start": "2021-01-01", "after_end": "2021-12-31", "k": 200})
+        deltas = dict(zip(r.json()["id"], r.json()["delta"], strict=True))
+        assert set(deltas) == set(dist)  # every place indexed at both dates
+        assert all(abs(deltas[i]) < 1e-4 for i in unchanged)
+        hist = c.get(f"/tiles/{bright}/changes", params={"q": "a bright field"}).json()
+        assert [a["acquired"][:4] for a in hist["acquisitions"]] == ["2020", "2021"]
+        assert all(a["score"] is not None for a in hist["acquisitions"])
+        bad = c.get("/search/change", params={
+            "q": "x", "before_start": "2021-01-01", "before_end": "2021-12-31",
+            "after_start": "2020-01-01", "after_end": "2020-12-31"})
+        assert bad.status_code == 400 and "before" in bad.json()["detail"]
+
+
+def test_where_map_is_aligned_with_the_tile(client, engine):
+    tid = next(iter(_newest_per_cell(engine).values()))
+    tile = client.get(f"/tiles/{tid}").json()
+    body = client.get(f"/tiles/{tid}/where.json", params={"q": "a river"}).json()
+    g = np.asarray(body["grid"])
+    assert g.shape == (4, 4)  # satfind-tiny: 64 px / 16 px patches
+    w, s, e, n = tile["bounds"]
+    assert w <= body["peak"]["lon"] <= e and s <= body["peak"]["lat"] <= n
+    assert body["peak"]["score"] == pytest.approx(g.max(), abs=1e-5)
+    assert body["pixels"] == "source"
+    r = client.get(f"/tiles/{tid}/where.png", params={"q": "a river"})
+    assert _png(r).shape == (128, 128, 4) and r.headers["X-Satfind-Pixels"] == "source"
+
+
+def test_where_map_falls_back_to_the_thumbnail(tmp_path, settings, encoder):
+    make_raster(tmp_path / "a" / "s.tif", size=128)
+    IndexJob(tmp_path / "idx", settings, encoder, progress=False, log=lambda m: None).run(
+        [str(tmp_path / "a")])
+    shutil.rmtree(tmp_path / "a")  # the source is gone: the thumbnail is all there is
+    eng = SearchEngine(tmp_path / "idx", ServeConfig(settings), encoder=encoder)
+    tid = eng.snapshot.tiles(["id"])["id"][0].as_py()
+    with TestClient(create_app(eng)) as c:
+        r = c.get(f"/tiles/{tid}/where.png", params={"tile": tid})
+        assert r.status_code == 200 and r.headers["X-Satfind-Pixels"] == "thumbnail"
+
+
+def test_region_scores_for_an_uploaded_image(client, engine):
+    import base64
+
+    ids = engine.snapshot.tiles(["id"])["id"].to_pylist()
+    tid = ids[len(ids) // 3]
+    tile = client.get(f"/tiles/{tid}").json()
+    jpeg = client.get(f"/tiles/{tid}/thumbnail.jpg").content
+    w, s, e, n = tile["bounds"]
+    pad = 0.01
+    r = client.post("/search/scores", json={
+        "image_base64": base64.b64encode(jpeg).decode(), "bbox": [w - pad, s - pad, e + pad,
+                                                                  n + pad]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"][int(np.argmax(body["score"]))] == tid
+    assert body["satfind"]["query"]["image"] is True
+    for bad, status in (({"text": "x", "tile_id": 1}, 400), ({}, 400),
+                        ({"image_base64": "!!"}, 400), ({"tile_id": "5"}, 422)):
+        r = client.post("/search/scores", json=bad)
+        assert r.status_code == status and r.json()["detail"], (bad, r.text)
+
+
+def test_scores_of_any_id_order_equal_the_stored_vectors(engine):
+    """score_ids reads runs of consecutive ids as one slice: ids in any order (a run's ends
+    one length apart but shuffled inside) get their own vectors."""
+    from search.regions import score_ids
+
+    snap = engine.snapshot
+    v = snap.get_vectors([5])[0]
+    for ids in ([0, 2, 1, 3], [4, 6, 5, 7], [0, 1, 2, 3], [7, 5, 6, 4, 8], [9],
+                list(range(40, 0, -1))):
+        ids = np.asarray(ids, dtype=np.int64)
+        np.testing.assert_allclose(score_ids(snap, v, ids), snap.get_vectors(ids) @ v,
+                                   atol=1e-6)
