@@ -8,6 +8,7 @@
 
     python bench/regions.py                  # 1M tiles (about 1 GB of float16 copies)
     python bench/regions.py --side 400       # 160k tiles, quicker
+    python bench/regions.py --work /tmp/rb --reuse   # keep / reuse the built index
 
 Queries are by tile id (the query vector is a stored one), so no model runs; the index is
 stamped with the random-weight ViT-B-16 identity so the engine opens it.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import mercantile
 import numpy as np
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 X0, Y0, Z = 14000, 23000, 16
 
 
-def build(idx: Path, side: int, dim: int, ident) -> np.ndarray:
+def build(idx: Path, side: int, dim: int, ident) -> None:
     world = EmbeddingWorld(dim=dim, seed=0)
     n = side * side
     vecs = world.sample(n, seed=1)
@@ -66,7 +68,6 @@ def build(idx: Path, side: int, dim: int, ident) -> np.ndarray:
                              "gsd_m": 2.4, "native_gsd_m": 2.4, "nodata_fraction": 0.0})
             w.add(rows, vecs[s:s + len(rows)], [thumb] * len(rows))
         w.commit()
-    return vecs
 
 
 def bbox_for(side_tiles: int) -> str:
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=1000, help="tiles per side (N = side^2)")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--work", default="", help="folder for the index (default: a temp dir)")
+    ap.add_argument("--reuse", action="store_true", help="use the index already in --work")
     args = ap.parse_args()
     from fastapi.testclient import TestClient
 
@@ -100,12 +102,14 @@ def main() -> None:
     enc = SatelliteEncoder(load_settings(ROOT / "bench" / "vit-b-16.toml").encoder)
     work = Path(args.work or tempfile.mkdtemp(prefix="satfind-regions-"))
     idx = work / "idx"
-    shutil.rmtree(idx, ignore_errors=True)
     n = args.side ** 2
-    t0 = time.perf_counter()
-    vecs = build(idx, args.side, enc.dim, enc.identity)
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs; built {n} tiles in "
-          f"{time.perf_counter() - t0:.0f} s at {idx}", flush=True)
+    if not (args.reuse and (idx / "manifest.json").is_file()):
+        shutil.rmtree(idx, ignore_errors=True)
+        t0 = time.perf_counter()
+        build(idx, args.side, enc.dim, enc.identity)
+        print(f"built {n} tiles in {time.perf_counter() - t0:.0f} s at {idx}", flush=True)
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} "
+          f"threads; {n} tiles", flush=True)
     cfg = ServeConfig(load_settings(ROOT / "bench" / "vit-b-16.toml"),
                       api=ApiSettings(max_score_tiles=max(n, 1)))
     eng = SearchEngine(idx, cfg, encoder=enc)
@@ -136,18 +140,19 @@ def main() -> None:
         print(f"  GET /map/{zoom}/x/y.png: cold p50 {statistics.median(cold):.1f} ms, cached "
               f"p50 {statistics.median(warm):.1f} ms ({f * f} index tiles each)", flush=True)
     # classifier: 1,000 labels (positives near one vector), then rank all tiles
+    from search.regions import score_ids
+
     rng = np.random.default_rng(3)
-    anchor = vecs[0]
-    sim = vecs @ anchor
+    snap = eng.loaded.snap
+    sim = score_ids(snap, snap.get_vectors([0])[0], eng.loaded.tiles.ids)
     order = np.argsort(-sim)
     pos, neg = order[:500], rng.choice(order[n // 2:], 500, replace=False)
     ids = np.r_[pos, neg]
     y = np.r_[np.ones(500), np.zeros(500)]
     z, xs, ys = (np.full(len(ids), Z), X0 + ids % args.side, Y0 + ids // args.side)
     t0 = time.perf_counter()
-    w, b, report = classifier.train(vecs[ids], y, classifier.blocks(z, xs, ys))
+    w, b, report = classifier.train(snap.get_vectors(ids), y, classifier.blocks(z, xs, ys))
     t_train = time.perf_counter() - t0
-    from search.regions import score_ids
 
     t0 = time.perf_counter()
     score_ids(eng.loaded.snap, w, eng.loaded.tiles.ids)

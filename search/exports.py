@@ -28,9 +28,12 @@ FORMATS = tuple(MEDIA)
 COMPACT = ["id", "score", "z", "x", "y", "acquired"]
 
 
-def scored_table(tiles_table: pa.Table, positions: np.ndarray, columns: dict) -> pa.Table:
-    """The tile rows at `positions` plus extra columns (name -> array), e.g. score."""
-    t = tiles_table.select(EXPORT_COLUMNS).take(pa.array(np.asarray(positions, np.int64)))
+def scored_table(tiles_table: pa.Table, positions: np.ndarray, columns: dict,
+                 compact: bool = False) -> pa.Table:
+    """The tile rows at `positions` plus extra columns (name -> array), e.g. score;
+    `compact`: only the COMPACT columns are gathered."""
+    keep = [c for c in EXPORT_COLUMNS if not compact or c in COMPACT]
+    t = tiles_table.select(keep).take(pa.array(np.asarray(positions, np.int64)))
     for name, values in columns.items():
         t = t.append_column(name, pa.array(values))
     return t
@@ -56,6 +59,20 @@ def geojson(t: pa.Table) -> dict:
     return {"type": "FeatureCollection", "features": feats}
 
 
+def iso_times(col: pa.Array) -> list[str | None]:
+    """ISO 8601 strings of a UTC timestamp column; each distinct time (tiles of one
+    acquisition share it) formatted once."""
+    micros = pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+    valid = ~np.asarray(col.is_null())
+    if not len(micros):
+        return []
+    uniq, inverse = np.unique(np.where(valid, micros, 0), return_inverse=True)
+    text = np.datetime_as_string(uniq.astype("datetime64[us]"), unit="s")
+    labels = np.array([f"{t}+00:00" for t in text], dtype=object)[inverse]
+    labels[~valid] = None
+    return labels.tolist()
+
+
 def columnar(t: pa.Table) -> dict:
     """One array per column: numbers as numpy arrays (orjson writes them natively), times
     as ISO 8601 strings (formatted by Arrow, not row by row in Python)."""
@@ -63,7 +80,7 @@ def columnar(t: pa.Table) -> dict:
     for name in t.column_names:
         col = t[name].combine_chunks() if t[name].num_chunks != 1 else t[name].chunk(0)
         if pa.types.is_timestamp(col.type):
-            out[name] = pc.strftime(col, "%Y-%m-%dT%H:%M:%S+00:00").to_pylist()
+            out[name] = iso_times(col)
         elif (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) and \
                 col.null_count == 0:
             out[name] = col.to_numpy(zero_copy_only=False)

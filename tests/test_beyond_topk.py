@@ -379,3 +379,56 @@ def test_scores_of_any_id_order_equal_the_stored_vectors(engine):
         ids = np.asarray(ids, dtype=np.int64)
         np.testing.assert_allclose(score_ids(snap, v, ids), snap.get_vectors(ids) @ v,
                                    atol=1e-6)
+
+
+def test_results_export_as_files_with_absolute_thumbnail_urls(real_index, settings, encoder):
+    from search.settings import ApiSettings
+
+    cfg = ServeConfig(settings, api=ApiSettings(public_url="https://maps.example.org/api/"))
+    eng = SearchEngine(real_index[0], cfg, encoder=encoder)
+    with TestClient(create_app(eng)) as c:
+        want = c.get("/search", params={"q": "farmland", "k": 9}).json()["results"]
+        r = c.get("/search", params={"q": "farmland", "k": 9, "format": "parquet"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith(
+            "application/vnd.apache.parquet")
+        t = pq.read_table(io.BytesIO(r.content))
+        assert t["id"].to_pylist() == [x["id"] for x in want]
+        np.testing.assert_allclose(t["score"].to_pylist(), [x["score"] for x in want],
+                                   atol=1e-6)
+        assert t["thumbnail_url"][0].as_py() == (
+            f"https://maps.example.org/api/tiles/{want[0]['id']}/thumbnail.jpg")
+        meta = json.loads(t.schema.metadata[b"satfind"])
+        assert meta["query"]["text"] == "farmland" and meta["query"]["k"] == 9
+        assert "geometry" in t.column_names
+        csv = c.get("/search", params={"q": "farmland", "k": 3, "format": "csv"}).text
+        assert csv.startswith("# query:") and "https://maps.example.org/api/tiles/" in csv
+        arrow = pa.ipc.open_stream(c.post("/search", json={
+            "text": "farmland", "k": 4, "format": "arrow"}).content).read_all()
+        assert arrow.num_rows == 4
+
+
+def test_a_polygon_labels_the_newest_tile_of_every_place_inside(tmp_path, real_index, settings,
+                                                               encoder):
+    from search.http.routes_labels import inside
+
+    square = np.array([[0, 0], [2, 0], [2, 2], [0, 2]], float)
+    pts = np.array([[1, 1], [3, 1], [0.5, 1.9], [-0.1, 1], [1.99, 0.01]])
+    assert inside(pts[:, 0], pts[:, 1], square).tolist() == [True, False, True, False, True]
+    shutil.copytree(real_index[0], tmp_path / "idx")
+    shutil.rmtree(tmp_path / "idx" / "labels", ignore_errors=True)
+    eng = SearchEngine(tmp_path / "idx", ServeConfig(settings), encoder=encoder)
+    w, s, e, n = (float(v) for v in NAIP_BBOX.split(","))
+    ring = [[w, s], [e, s], [e, n], [w, n]]
+    t = eng.snapshot.tiles(["id", "west", "south", "east", "north", "acquired"]).to_pylist()
+    inner = [r for r in t if w < (r["west"] + r["east"]) / 2 < e
+             and s < (r["south"] + r["north"]) / 2 < n]
+    newest = {}
+    for r in sorted(inner, key=lambda r: (r["acquired"], r["id"])):
+        newest[((r["west"] + r["east"]) / 2, (r["south"] + r["north"]) / 2)] = r["id"]
+    with TestClient(create_app(eng)) as c:
+        r = c.post("/labels", json={"name": "naip", "polygons": [{"coordinates": ring}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["positives"] == sorted(newest.values()) and len(newest) > 20
+        r = c.post("/labels", json={"name": "x", "polygons": [{"coordinates": [
+            [0, 0], [0.001, 0], [0.001, 0.001]]}]})
+        assert r.status_code == 404 and "polygon" in r.json()["detail"]

@@ -372,3 +372,68 @@ def test_patch_reading_resumes_and_workers_agree(world, teacher, tmp_path, monke
     np.testing.assert_array_equal(resumed.patches, straight.patches)
     assert resumed.counts == straight.counts
     assert not (tmp_path / "cut" / ".pairs-progress.json").exists()
+
+
+def test_where_map_peaks_at_the_planted_patch(world, trained, tmp_path):
+    """The API's where-map with the GRAFT-trained toy encoder: a tile of class-1 texture with
+    a class-0 patch planted in its top-left quarter, queried by a tile that is all class 0,
+    peaks in that quarter."""
+    import rasterio
+    from fastapi.testclient import TestClient
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform as warp_transform
+
+    from indexer.job.pipeline import IndexJob
+    from search.engine import SearchEngine
+    from search.http.app import create_app
+    from search.settings import ServeConfig
+
+    settings = load_settings(trained / "index_config.toml")
+    settings = dataclasses.replace(settings, job=dataclasses.replace(settings.job, workers=0))
+    student = SatelliteEncoder(settings.encoder)
+    rng = np.random.default_rng(3)
+
+    def texture(cls: int, n: int) -> np.ndarray:
+        reps = -(-n // 60)
+        return np.tile(_satellite_scene(cls, rng, 60), (1, reps, reps))[:, :n, :n]
+
+    def write(path: Path, data: np.ndarray, x0: float, y0: float) -> Path:
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
+                           count=3, dtype="uint8", crs="EPSG:32632",
+                           transform=from_origin(x0, y0, 10.0, 10.0)) as dst:
+            dst.write(data)
+        return path
+
+    x0, y0 = 600_000.0, 5_100_000.0
+    background = texture(1, 192)
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    first = write(arch / "mixed.tif", background, x0, y0)
+    IndexJob(tmp_path / "probe", settings, student, progress=False, log=lambda m: None).run(
+        [str(first)])
+    probe = SearchEngine(tmp_path / "probe", ServeConfig(settings), encoder=student)
+    t = probe.snapshot.tiles(["west", "south", "east", "north"]).to_pylist()
+    mid = t[len(t) // 2]
+    (xa, xb), (ya, yb) = warp_transform("EPSG:4326", "EPSG:32632", [mid["west"], mid["east"]],
+                                        [mid["north"], mid["south"]])
+    c0, c1 = int((xa - x0) // 10) + 1, int((xa + xb) / 2 - x0) // 10  # top-left quarter
+    r0, r1 = int((y0 - ya) // 10) + 1, int(y0 - (ya + yb) / 2) // 10
+    planted = background.copy()
+    planted[:, r0:r1, c0:c1] = texture(0, 192)[:, r0:r1, c0:c1]
+    write(arch / "mixed.tif", planted, x0, y0)
+    write(arch / "pure0.tif", texture(0, 96), x0 + 5000, y0)
+    IndexJob(tmp_path / "idx", settings, student, progress=False, log=lambda m: None).run(
+        [str(arch)])
+    eng = SearchEngine(tmp_path / "idx", ServeConfig(settings), encoder=student)
+    rows = eng.snapshot.tiles(["id", "source", "west", "east", "north", "south"]).to_pylist()
+    target = next(r["id"] for r in rows if r["source"].endswith("mixed.tif")
+                  and abs(r["west"] - mid["west"]) < 1e-9 and abs(r["north"] - mid["north"])
+                  < 1e-9)
+    query = next(r["id"] for r in rows if r["source"].endswith("pure0.tif"))
+    with TestClient(create_app(eng)) as c:
+        body = c.get(f"/tiles/{target}/where.json", params={"tile": query}).json()
+    grid = np.asarray(body["grid"])
+    assert body["pixels"] == "source"
+    assert (body["peak"]["row"], body["peak"]["col"]) in {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert grid[:2, :2].mean() > grid[2:, 2:].mean()
+    assert mid["west"] <= body["peak"]["lon"] <= (mid["west"] + mid["east"]) / 2

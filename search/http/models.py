@@ -7,7 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-Format = Literal["json", "geojson"]
+# json / geojson: the response models below; csv / arrow / parquet: files (search.exports)
+# with the query, encoder and index commit in their metadata.
+Format = Literal["json", "geojson", "csv", "arrow", "parquet"]
 # Fixed-length arrays (not tuples: those become `prefixItems`, which OpenAPI 3.0 tools reject).
 Bounds = Annotated[list[float], Field(min_length=4, max_length=4,
                                       description="west, south, east, north (degrees)")]

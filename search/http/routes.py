@@ -6,11 +6,13 @@ import binascii
 import time
 from typing import Annotated
 
+import numpy as np
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi import Path as PathParam
 from fastapi import Query as Q
 from fastapi.responses import Response
 
+from search import exports
 from search.engine import SearchEngine
 from search.http.models import (
     Feature,
@@ -55,6 +57,8 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
         gen = engine.snapshot.generation
         timings: dict = {}
         rows = engine.search(query, timings)
+        if fmt in ("csv", "arrow", "parquet"):
+            return export_rows(rows, query, fmt, gen)
         results = [to_result(r) for r in rows]
         if fmt == "geojson":
             return FeatureCollection(features=[
@@ -66,6 +70,22 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
                 for r in results])
         return SearchResponse(count=len(results), took_ms=(time.perf_counter() - t0) * 1000,
                               generation=gen, results=results, **timings)
+
+    def export_rows(rows: list[dict], query: Query, fmt: str, gen: int) -> Response:
+        loaded = engine.loaded
+        ids = np.asarray([r["id"] for r in rows], dtype=np.int64)
+        t = exports.scored_table(loaded.tiles.table, np.searchsorted(loaded.tiles.ids, ids), {
+            "score": [r["score"] for r in rows],
+            "thumbnail_url": [thumb_url(int(i)) for i in ids]})
+        f = query.filters
+        meta = {"query": {"text": query.text, "image": query.image is not None,
+                          "tile": query.tile_id, "positives": list(query.positives),
+                          "negatives": list(query.negatives), "k": query.k,
+                          "bbox": f.bbox, "start": f.start and f.start.isoformat(),
+                          "end": f.end and f.end.isoformat(), "sensor": list(f.sensors),
+                          "source": list(f.sources)},
+                "encoder": loaded.snap.identity.short(), "generation": gen}
+        return Response(exports.encode(t, fmt, meta), media_type=exports.MEDIA[fmt])
 
     def k_or_default(k: int | None) -> int:
         if k is None:
@@ -101,7 +121,10 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
     def stats():
         return Stats(**engine.stats())
 
-    @app.get("/search", response_model=SearchOut, dependencies=deps, responses=errors)
+    files = {200: {"content": {exports.MEDIA[f]: {} for f in ("csv", "arrow", "parquet")}}}
+
+    @app.get("/search", response_model=SearchOut, dependencies=deps,
+             responses={**errors, **files})
     def search_text(q: Annotated[str, Q(min_length=1, max_length=1000, description="text query",
                                         json_schema_extra={"pattern": TEXT_PATTERN})],
                     k: K = None, bbox: Bbox = None, start: Start = None, end: End = None,
@@ -112,7 +135,8 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
         f = make_filters(parse_bbox(bbox), start, end, sensor, source)
         return run(Query(text=q, k=k_or_default(k), filters=f, collapse=collapse), format)
 
-    @app.post("/search/image", response_model=SearchOut, dependencies=deps, responses=errors)
+    @app.post("/search/image", response_model=SearchOut, dependencies=deps,
+              responses={**errors, **files})
     def search_image(file: Annotated[UploadFile, File(description="PNG, JPEG or GeoTIFF")],
                      k: Annotated[int, Form(ge=1, le=api.max_k)] = api.default_k,
                      bbox: Annotated[str, Form(json_schema_extra={"pattern": BBOX_PATTERN})] = "",
@@ -127,7 +151,8 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
         f = make_filters(parse_bbox(bbox), start, end, sensor, source)
         return run(Query(image=data, k=k_or_default(k), filters=f, collapse=collapse), format)
 
-    @app.post("/search", response_model=SearchOut, dependencies=deps, responses=errors)
+    @app.post("/search", response_model=SearchOut, dependencies=deps,
+              responses={**errors, **files})
     def search_json(body: SearchRequest):
         image = None
         if body.image_base64 is not None:
@@ -156,7 +181,7 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
                         **place(r))
 
     @app.get("/tiles/{tile_id}/similar", response_model=SearchOut, dependencies=deps,
-             responses=errors)
+             responses={**errors, **files})
     def similar(tile_id: TileId, k: K = None, bbox: Bbox = None, start: Start = None,
                 end: End = None, sensor: Sensors = [], source: Sources = [],  # noqa: B006
                 collapse: bool = False, format: Format = "json"):

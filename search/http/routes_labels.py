@@ -19,6 +19,21 @@ from search.query import NotFound, QueryError
 
 MAX_ID = 2**53  # exact in a JSON number (a float): larger ids are never issued
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+LonLatIn = Annotated[list[Annotated[float, Field(ge=-180, le=180)]],
+                     Field(min_length=2, max_length=2, description="lon, lat")]
+
+
+def inside(px: np.ndarray, py: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Even-odd rule: which points (px, py) lie inside the polygon `ring` [n, 2]."""
+    out = np.zeros(len(px), dtype=bool)
+    xs, ys = ring[:, 0], ring[:, 1]
+    for i in range(len(ring)):
+        x0, y0, x1, y1 = xs[i - 1], ys[i - 1], xs[i], ys[i]
+        crosses = (y0 > py) != (y1 > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+        out ^= crosses & (px < at)
+    return out
 Name = Annotated[str, PathParam(min_length=1, max_length=64, pattern=NAME_PATTERN,
                                 examples=["quarries"])]
 
@@ -30,6 +45,15 @@ class LabelPoint(BaseModel):
     positive: bool = True
 
 
+class LabelPolygon(BaseModel):
+    """A ring of lon/lat vertices (closed or not): every place whose tile centre is inside
+    is labelled (its newest acquisition)."""
+
+    model_config = ConfigDict(extra="forbid")
+    coordinates: list[LonLatIn] = Field(min_length=3, max_length=1000)
+    positive: bool = True
+
+
 class LabelsIn(BaseModel):
     """Tiles to label: ids, and/or points (each resolved to the newest tile under it)."""
 
@@ -38,6 +62,7 @@ class LabelsIn(BaseModel):
     positives: list[TileIdIn] = Field(default_factory=list, max_length=5000)
     negatives: list[TileIdIn] = Field(default_factory=list, max_length=5000)
     points: list[LabelPoint] = Field(default_factory=list, max_length=1000)
+    polygons: list[LabelPolygon] = Field(default_factory=list, max_length=100)
     replace: bool = Field(False, description="replace the set (default: add to it; a tile "
                                              "labelled again takes its new label)")
 
@@ -59,6 +84,23 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
             raise NotFound(f"no indexed tile under the point {lon}, {lat}")
         best = hit[np.lexsort((loaded.tiles.ids[hit], loaded.tiles.acquired[hit]))[-1]]
         return int(loaded.tiles.ids[best])
+
+    def polygon_tiles(loaded, ring: np.ndarray) -> list[int]:
+        """The newest tile of every place whose centre lies inside the ring."""
+        b = loaded.tiles.bounds
+        cx, cy = (b["west"] + b["east"]) / 2, (b["south"] + b["north"]) / 2
+        box = ((cx >= ring[:, 0].min()) & (cx <= ring[:, 0].max()) & (cy >= ring[:, 1].min())
+               & (cy <= ring[:, 1].max()))
+        cand = np.flatnonzero(box)
+        hit = cand[inside(cx[cand], cy[cand], ring)]
+        if not len(hit):
+            raise NotFound("no indexed tile centre inside the polygon")
+        z, x, y = (c[hit] for c in loaded.tiles.cells())
+        keys = (z << 52) | (x << 26) | y
+        order = np.lexsort((loaded.tiles.ids[hit], loaded.tiles.acquired[hit], keys))
+        k = keys[order]
+        last = np.r_[k[1:] != k[:-1], True]
+        return loaded.tiles.ids[hit[order][last]].tolist()
 
     def summary(ls: LabelSet, loaded) -> dict:
         """The set's ids, and those no longer in the index (their source was removed)."""
@@ -95,6 +137,9 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         pos, neg = list(body.positives), list(body.negatives)
         for p in body.points:
             (pos if p.positive else neg).append(point_tile(loaded, p.lon, p.lat))
+        for poly in body.polygons:
+            found = polygon_tiles(loaded, np.asarray(poly.coordinates, dtype=np.float64))
+            (pos if poly.positive else neg).extend(found)
         ids = np.asarray(pos + neg or [-1], dtype=np.int64)
         known = loaded.tiles.has(ids)
         if (pos or neg) and not known.all():
@@ -124,8 +169,10 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         ids = [i for i in [*ls.positives, *ls.negatives]
                if loaded.tiles.has(np.asarray([i]))[0]]
         pos = np.searchsorted(loaded.tiles.ids, ids)
-        t = exports.scored_table(loaded.tiles.table, pos,
-                                 {"label": [int(i in ls.positives) for i in ids]})
+        base = api.public_url.rstrip("/")
+        t = exports.scored_table(loaded.tiles.table, pos, {
+            "label": [int(i in ls.positives) for i in ids],
+            "thumbnail_url": [f"{base}/tiles/{i}/thumbnail.jpg" for i in ids]})
         meta = {"label_set": name, "encoder": loaded.snap.identity.short(),
                 "generation": loaded.snap.generation}
         return Response(exports.encode(t, format, meta), media_type=exports.MEDIA[format])

@@ -101,7 +101,9 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
         f = make_filters(parse_bbox(bbox), start, end, sensor, [])
         query = base_query(q, tile, pos, neg, filters=f)
         loaded, sc = engine.region_scores(query, api.max_score_tiles)
-        t = exports.scored_table(loaded.tiles.table, sc.positions, {"score": sc.scores})
+        compact = format == "json" and columns == "compact"
+        t = exports.scored_table(loaded.tiles.table, sc.positions, {"score": sc.scores},
+                                 compact)
         m = meta({"q": q, "tile": tile, "labels": labels, "bbox": bbox, "start": start,
                   "end": end, "sensor": sensor}, loaded)
         m["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
@@ -137,7 +139,9 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
         query = Query(text=body.text, image=image, tile_id=body.tile_id, positives=tuple(pos),
                       negatives=tuple(neg), filters=f)
         loaded, sc = engine.region_scores(query, api.max_score_tiles)
-        t = exports.scored_table(loaded.tiles.table, sc.positions, {"score": sc.scores})
+        compact = body.format == "json" and body.columns == "compact"
+        t = exports.scored_table(loaded.tiles.table, sc.positions, {"score": sc.scores},
+                                 compact)
         m = meta({"text": body.text, "image": image is not None, "tile": body.tile_id,
                   "labels": body.labels, "bbox": body.bbox, "start": body.start,
                   "end": body.end, "sensor": body.sensor}, loaded)
