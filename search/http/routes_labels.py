@@ -112,8 +112,12 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
     def labelled(name: str) -> tuple[list[int], list[int]]:
         ls = store.get(name)
         loaded = engine.loaded
-        keep = lambda ids: [i for i in ids if loaded.tiles.has(np.asarray([i]))[0]]  # noqa: E731
-        pos, neg = keep(sorted(ls.positives)), keep(sorted(ls.negatives))
+
+        def keep(ids: dict) -> list[int]:  # tiles still in the index
+            arr = np.asarray(sorted(ids), dtype=np.int64)
+            return arr[loaded.tiles.has(arr)].tolist() if len(arr) else []
+
+        pos, neg = keep(ls.positives), keep(ls.negatives)
         if not pos and not neg:
             raise QueryError(f"label set {name!r} holds no tile of this index")
         return pos, neg
@@ -166,8 +170,8 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         ls, loaded = store.get(name), engine.loaded
         if format == "json":
             return summary(ls, loaded)
-        ids = [i for i in [*ls.positives, *ls.negatives]
-               if loaded.tiles.has(np.asarray([i]))[0]]
+        every = np.asarray([*ls.positives, *ls.negatives], dtype=np.int64)
+        ids = every[loaded.tiles.has(every)].tolist() if len(every) else []
         pos = np.searchsorted(loaded.tiles.ids, ids)
         base = api.public_url.rstrip("/")
         t = exports.scored_table(loaded.tiles.table, pos, {

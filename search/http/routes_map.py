@@ -18,8 +18,9 @@ from search.http.routes_region import QueryText, TileParam, base_query
 from search.query import NotFound, QueryError
 
 MAX_ID = 2**53  # exact in a JSON number (a float): larger ids are never issued
-Z = Annotated[int, PathParam(ge=0, le=24)]
-XY = Annotated[int, PathParam(ge=0, le=2**24)]
+Z = Annotated[int, PathParam(ge=0, le=24, description="web-mercator zoom", examples=[14])]
+XY = Annotated[int, PathParam(ge=0, le=2**24, description="XYZ tile column / row (below 2^z)",
+                              examples=[3677])]
 Time = Annotated[str | None, Q(json_schema_extra={"pattern": TIME_PATTERN})]
 PNG = {200: {"content": {"image/png": {}}}}
 
@@ -86,7 +87,8 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
     @app.get("/map/scores/{z}/{x}/{y}.png", dependencies=deps, response_class=Response,
              responses={**PNG, **errors})
     def score_tile(z: Z, x: XY, y: XY, q: QueryText = None, tile: TileParam = None,
-                   labels: Annotated[str | None, Q(description="a label set")] = None,
+                   labels: Annotated[str | None, Q(description="a label set",
+                                                   examples=["quarries"])] = None,
                    start: Time = None, end: Time = None,
                    sensor: Annotated[list[str], Q()] = [],  # noqa: B006
                    vmin: Annotated[float | None, Q(ge=-1, le=1)] = None,

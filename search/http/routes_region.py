@@ -6,6 +6,7 @@ import binascii
 import time
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import FastAPI
 from fastapi import Path as PathParam
 from fastapi import Query as Q
@@ -32,12 +33,14 @@ Columns = Annotated[Literal["compact", "full"], Q(description="columnar JSON: co
 
 QueryText = Annotated[str | None, Q(min_length=1, max_length=1000, description="text query",
                                     examples=["center pivot irrigation"])]
-TileParam = Annotated[int | None, Q(ge=0, le=MAX_ID, description="query by a tile's vector")]
+TileParam = Annotated[int | None, Q(ge=0, le=MAX_ID, description="query by a tile's vector",
+                                    examples=[42])]
 Bbox = Annotated[str | None, Q(description="west,south,east,north in degrees",
                                json_schema_extra={"pattern": BBOX_PATTERN},
                                examples=["-99.19,47.0,-99.12,47.04"])]
 LabelsParam = Annotated[str | None, Q(description="a label set: its positives and negatives "
-                                                 "refine the query (or are the query)")]
+                                                 "refine the query (or are the query)",
+                                      examples=["quarries"])]
 Time = Annotated[str | None, Q(description="ISO date or datetime",
                                json_schema_extra={"pattern": TIME_PATTERN})]
 Period = Annotated[str, Q(description="ISO date (a bare end date includes that day) or datetime",
@@ -173,8 +176,6 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
         f = make_filters(parse_bbox(bbox), None, None, sensor, [])
         query = base_query(q, tile, filters=f, k=k)
         loaded, found = engine.change(query, periods[0], periods[1], fell=direction == "fell")
-        import numpy as np
-
         after_pos = np.searchsorted(loaded.tiles.ids, [c.after_id for c in found])
         t = exports.scored_table(loaded.tiles.table, after_pos, {
             "score": [c.after_score for c in found],
