@@ -1,4 +1,5 @@
-"""`satfind-demo` starts the API and the explorer on loopback and stops both on Ctrl-C."""
+"""`satfind-demo` starts the API and the explorer on loopback and stops both on Ctrl-C or
+SIGTERM (a service manager's stop)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def _get(url: str) -> str | None:
         return None
 
 
-def test_demo_starts_both_and_stops_both(real_index):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_demo_starts_both_and_stops_both(real_index, stop):
     port = chaos.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ui.demo", "--index", str(real_index[0]), "--config",
@@ -46,9 +48,10 @@ def test_demo_starts_both_and_stops_both(real_index):
             ui_ok = _get(f"http://127.0.0.1:{port}/_stcore/health")
             time.sleep(0.3)
         assert ui_ok == "ok"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         proc.wait(timeout=60)
         assert _get(f"{api}/health") is None  # the API is gone too
+        assert _get(f"http://127.0.0.1:{port}/_stcore/health") is None  # and the explorer
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> b
     return False
 
 
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="satfind-demo", description=__doc__)
     p.add_argument("--index", required=True, metavar="DIR")
@@ -40,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8501, help="explorer port (API: a free one)")
     add_version(p)
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # a polite kill stops the children too
     api_port = _free_port()
     api = f"http://127.0.0.1:{api_port}"
     serve = [sys.executable, "-m", "search.cli", "--index", args.index, "--port", str(api_port),
