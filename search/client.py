@@ -46,8 +46,11 @@ class SatfindClient:
         return r
 
     @staticmethod
-    def _filters(bbox=None, start=None, end=None, sensor=None, source=None) -> dict[str, Any]:
+    def _filters(bbox=None, start=None, end=None, sensor=None, source=None,
+                 undated: bool = False) -> dict[str, Any]:
         p: dict[str, Any] = {}
+        if undated:
+            p["undated"] = True
         if bbox is not None:
             p["bbox"] = ",".join(str(float(v)) for v in bbox)
         if start is not None:

@@ -17,7 +17,7 @@ from encoder.model import SatelliteEncoder
 from encoder.prompts import ensemble_text_embedding
 from indexer.config import TileRecipe
 from indexer.store.snapshot import IndexSnapshot
-from indexer.store.tiles import Filters, TileTable
+from indexer.store.tiles import NO_TIME, Filters, TileTable
 from search import regions
 from search.query import RESULT_COLUMNS, NotFound, Query, QueryError
 from search.query_image import decode_query_image
@@ -288,4 +288,5 @@ class SearchEngine:
                        "rerank_depth": self.search_settings.rerank_depth,
                        "exact_max_candidates": self.search_settings.exact_max_candidates},
             "sensors": sensors, "acquired_min": first, "acquired_max": last,
+            "undated": int(np.count_nonzero(loaded.tiles.acquired == NO_TIME)),
         }

@@ -432,3 +432,34 @@ def test_a_polygon_labels_the_newest_tile_of_every_place_inside(tmp_path, real_i
         r = c.post("/labels", json={"name": "x", "polygons": [{"coordinates": [
             [0, 0], [0.001, 0], [0.001, 0.001]]}]})
         assert r.status_code == 404 and "polygon" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("start, end", [("2014-01-01", None), (None, "2010-01-01"),
+                                        ("2009-01-01", "2014-12-31")])
+def test_undated_tiles_join_a_time_filter_when_asked(client, engine, start, end):
+    """`undated=true`: tiles without a date pass a start/end filter too; the engine's mask
+    and the SQL statement of the filter (DuckDB over the Parquet parts) agree."""
+    from indexer.store.tiles import Filters
+    from search.http.params import make_filters
+    from tests.helpers import snapshot_sql
+
+    snap = engine.snapshot
+    stats = client.get("/stats").json()
+    for undated in (False, True):
+        f = make_filters(None, start, end, [], [], undated)
+        where, params = f.sql()
+        want = set(snapshot_sql(snap, f"SELECT id FROM tiles WHERE {where}", params)["id"]
+                   .to_pylist())
+        got = set(engine.loaded.tiles.ids[engine.loaded.tiles.mask(f)].tolist())
+        assert got == want
+        if undated:
+            dated = set(engine.loaded.tiles.ids[engine.loaded.tiles.mask(
+                make_filters(None, start, end, [], []))].tolist())
+            assert len(got - dated) == stats["undated"] > 0
+    params = {"q": "farmland", "k": 200, "start": start or "", "end": end or ""}
+    plain = client.get("/search", params=params).json()["results"]
+    more = client.get("/search", params={**params, "undated": True}).json()["results"]
+    assert all(r["acquired"] for r in plain)
+    assert any(r["acquired"] is None for r in more)
+    assert {r["id"] for r in more if r["acquired"]} <= {r["id"] for r in plain}
+    assert Filters(undated=True).active is False  # on its own it filters nothing

@@ -86,6 +86,28 @@ def test_date_filter_narrows(monkeypatch, api):
     assert dates == {"2014-07-20"} and len(_cards(at)) == 30
 
 
+def test_the_date_filter_counts_undated_tiles_and_can_include_them(monkeypatch, api):
+    from search.client import SatfindClient
+
+    undated = SatfindClient(api).stats()["undated"]
+    assert undated > 0  # the shared rasters without a date in their name or tags
+    at = _text_search(_app(monkeypatch, api), "farmland", 100)
+    at.checkbox(key="use_dates").check()
+    at.run()
+    at.date_input(key="start").set_value(date(2014, 1, 1))
+    at.date_input(key="end").set_value(date(2014, 12, 31))
+    at.run()
+    assert any(f"{undated:,} of" in c.value and "no acquisition date" in c.value
+               for c in at.caption)
+    dates = {m.value.split(" · ")[1] for m in at.markdown if " · " in m.value}
+    assert dates == {"2014-07-20"}
+    at.checkbox(key="undated").check()
+    at.run()
+    assert not at.exception
+    dates = {m.value.split(" · ")[1] for m in at.markdown if " · " in m.value}
+    assert dates == {"2014-07-20", "no date"}
+
+
 def test_api_down_shows_the_error_state(monkeypatch):
     at = _app(monkeypatch, f"http://127.0.0.1:{chaos.free_port()}")
     assert len(at.error) == 1 and "not reachable" in at.error[0].value

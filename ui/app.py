@@ -88,7 +88,7 @@ def main() -> None:
     if q is None:
         st.info("Type a query (e.g. *farmland*) or drop an image, then search.")
         return
-    start, end, sensors, area = filters_in
+    start, end, sensors, area, undated = filters_in
     try:
         bbox = parse_bbox(area)
     except ValueError as e:
@@ -97,7 +97,7 @@ def main() -> None:
     st.subheader(describe(q))
     try:
         with st.spinner("Searching…"):
-            res = run_query(c, q, k, request_filters(bbox, start, end, sensors))
+            res = run_query(c, q, k, request_filters(bbox, start, end, sensors, undated))
     except SatfindError as e:
         st.error(f"Query failed: {e}")
         return
@@ -113,14 +113,21 @@ def main() -> None:
 
 
 def sidebar(stats: dict):
-    """k, (start, end, sensors, area) and the basemap URL from the sidebar."""
+    """k, (start, end, sensors, area, undated) and the basemap URL from the sidebar."""
     with st.sidebar:
         st.caption(f"{stats['tiles']:,} tiles from {stats['sources']} rasters · "
                    f"encoder {stats['encoder']['architecture']} · {stats['index']['factory']}")
         k = st.slider("results (k)", 1, 100, 12, key="k")
         use_dates = st.checkbox("filter by acquisition date", key="use_dates")
         start = end = None
+        undated = False
         if use_dates:
+            n_undated = int(stats.get("undated", 0))
+            if n_undated:
+                st.caption(f"{n_undated:,} of {stats['tiles']:,} tiles have no acquisition "
+                           "date; a date filter leaves them out unless included here.")
+                undated = st.checkbox(f"include the {n_undated:,} undated tiles",
+                                      key="undated")
             # Explicit bounds: Streamlit's default allows only +-10 years around the value.
             lo, hi = date(1960, 1, 1), date(date.today().year + 1, 12, 31)
             start = st.date_input("from", value=date(2000, 1, 1), min_value=lo, max_value=hi,
@@ -131,7 +138,7 @@ def sidebar(stats: dict):
         area = st.text_input("area: west,south,east,north (degrees)", key="area")
         tile_url = st.text_input("basemap tile URL (blank = offline: footprints only)",
                                  value=os.environ.get("SATFIND_TILE_URL", ""), key="tile_url")
-    return k, (start, end, sensors, area), tile_url
+    return k, (start, end, sensors, area, undated), tile_url
 
 
 def query_input(state) -> dict | None:

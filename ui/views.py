@@ -102,8 +102,9 @@ def describe(q: dict) -> str:
     return f"Results for {what}{fb}"
 
 
-def request_filters(bbox, start, end, sensors: list[str]) -> dict:
+def request_filters(bbox, start, end, sensors: list[str], undated: bool = False) -> dict:
     """The API filter fields that are set."""
     f = {"bbox": list(bbox) if bbox else None, "start": start.isoformat() if start else None,
-         "end": end.isoformat() if end else None, "sensor": sensors}
+         "end": end.isoformat() if end else None, "sensor": sensors,
+         "undated": bool(undated and (start or end))}
     return {k: v for k, v in f.items() if v}

@@ -29,6 +29,8 @@ class Filters:
     end: datetime | None = None
     sensors: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()  # exact path or folder prefix
+    # Tiles without an acquisition time pass a start/end filter too (default: they do not).
+    undated: bool = False
 
     def __post_init__(self):
         if self.bbox is not None:
@@ -54,12 +56,16 @@ class Filters:
             lon = "east > ? AND west < ?" if w < e else "(east > ? OR west < ?)"
             where.append(f"{lon} AND north > ? AND south < ?")
             params += [w, e, s, n]
+        times = []
         if self.start:
-            where.append("acquired >= ?")
+            times.append("acquired >= ?")
             params.append(self.start)
         if self.end:
-            where.append("acquired <= ?")
+            times.append("acquired <= ?")
             params.append(self.end)
+        if times:
+            clause = " AND ".join(times)
+            where.append(f"(acquired IS NULL OR ({clause}))" if self.undated else clause)
         if self.sensors:
             where.append(f"sensor IN ({', '.join('?' * len(self.sensors))})")
             params += list(self.sensors)
@@ -189,12 +195,14 @@ class TileTable:
                 m &= (b["east"] > w) | (b["west"] < e)
             m &= b["north"] > s
             m &= b["south"] < n
-        if f.start is not None:  # tiles without a time (NO_TIME) never pass a time filter
-            m &= self.acquired >= _micros(f.start)
-        elif f.end is not None:
-            m &= self.acquired != NO_TIME
-        if f.end is not None:
-            m &= self.acquired <= _micros(f.end)
+        if f.start is not None or f.end is not None:
+            # tiles without a time (NO_TIME) pass a time filter only when asked (undated)
+            t = self.acquired != NO_TIME
+            if f.start is not None:
+                t &= self.acquired >= _micros(f.start)
+            if f.end is not None:
+                t &= self.acquired <= _micros(f.end)
+            m &= (t | (self.acquired == NO_TIME)) if f.undated else t
         if f.sensors:
             wanted = [i for i, name in enumerate(self.sensor_names) if name in f.sensors]
             m &= np.isin(self.sensor_codes, wanted)

@@ -87,6 +87,7 @@ class SearchRequest(BaseModel):
     sensor: list[str] = Field(default_factory=list, max_length=50)
     source: list[str] = Field(default_factory=list, max_length=50)
     collapse: bool = Field(False, description="keep only the best date per z/x/y tile")
+    undated: bool = Field(False, description="with start/end: keep tiles without a date too")
     format: Format = "json"
 
 
@@ -122,6 +123,8 @@ class Stats(BaseModel):
     sensors: dict[str, int]
     acquired_min: datetime | None
     acquired_max: datetime | None
+    undated: int = Field(0, description="tiles without an acquisition time (a start/end "
+                                        "filter drops them unless undated=true)")
 
 
 class ErrorBody(BaseModel):

@@ -57,10 +57,11 @@ def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
     return nums  # type: ignore[return-value]
 
 
-def make_filters(bbox, start, end, sensor, source) -> Filters:
+def make_filters(bbox, start, end, sensor, source, undated: bool = False) -> Filters:
     return Filters(bbox=bbox, start=parse_time(start, "start"),
                    end=parse_time(end, "end", end=True),
-                   sensors=tuple(s for s in sensor if s), sources=tuple(s for s in source if s))
+                   sensors=tuple(s for s in sensor if s), sources=tuple(s for s in source if s),
+                   undated=bool(undated))
 
 
 def query_params(dependant) -> list:

@@ -111,6 +111,7 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
                                   json_schema_extra={"pattern": TIME_PATTERN})]
     Sensors = Annotated[list[str], Q(description="sensor name(s)")]
     Sources = Annotated[list[str], Q(description="source raster path(s) or folder prefix(es)")]
+    Undated = Annotated[bool, Q(description="with start/end: keep tiles without a date too")]
 
     @app.get("/health", response_model=Health)
     def health():
@@ -129,10 +130,10 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
                                         json_schema_extra={"pattern": TEXT_PATTERN})],
                     k: K = None, bbox: Bbox = None, start: Start = None, end: End = None,
                     sensor: Sensors = [], source: Sources = [],  # noqa: B006
-                    collapse: bool = False, format: Format = "json"):
+                    collapse: bool = False, undated: Undated = False, format: Format = "json"):
         if not q.strip():
             raise QueryError("empty query: q must contain words")
-        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
+        f = make_filters(parse_bbox(bbox), start, end, sensor, source, undated)
         return run(Query(text=q, k=k_or_default(k), filters=f, collapse=collapse), format)
 
     @app.post("/search/image", response_model=SearchOut, dependencies=deps,
@@ -145,10 +146,11 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
                      sensor: Annotated[list[str], Form()] = [],  # noqa: B006
                      source: Annotated[list[str], Form()] = [],  # noqa: B006
                      collapse: Annotated[bool, Form()] = False,
+                     undated: Annotated[bool, Form()] = False,
                      format: Annotated[Format, Form()] = "json"):
         # Form fields are never null (a multipart form cannot say null): absent = default.
         data = read_upload(file.file.read(api.max_upload_bytes + 1))
-        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
+        f = make_filters(parse_bbox(bbox), start, end, sensor, source, undated)
         return run(Query(image=data, k=k_or_default(k), filters=f, collapse=collapse), format)
 
     @app.post("/search", response_model=SearchOut, dependencies=deps,
@@ -168,7 +170,7 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
             if i is not None and not 0 <= i <= MAX_ID:
                 raise NotFound(f"unknown tile id {i}")
         bbox = tuple(body.bbox) if body.bbox is not None else None
-        f = make_filters(bbox, body.start, body.end, body.sensor, body.source)
+        f = make_filters(bbox, body.start, body.end, body.sensor, body.source, body.undated)
         q = Query(text=body.text, image=image, tile_id=body.tile_id,
                   positives=tuple(body.positives), negatives=tuple(body.negatives),
                   k=k_or_default(body.k), filters=f, collapse=body.collapse)
@@ -184,8 +186,8 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
              responses={**errors, **files})
     def similar(tile_id: TileId, k: K = None, bbox: Bbox = None, start: Start = None,
                 end: End = None, sensor: Sensors = [], source: Sources = [],  # noqa: B006
-                collapse: bool = False, format: Format = "json"):
-        f = make_filters(parse_bbox(bbox), start, end, sensor, source)
+                collapse: bool = False, undated: Undated = False, format: Format = "json"):
+        f = make_filters(parse_bbox(bbox), start, end, sensor, source, undated)
         return run(Query(tile_id=tile_id, k=k_or_default(k), filters=f, collapse=collapse),
                    format)
 

@@ -58,6 +58,7 @@ class ScoresRequest(BaseModel):
     start: str | None = Field(None, pattern=TIME_PATTERN)
     end: str | None = Field(None, pattern=TIME_PATTERN)
     sensor: list[str] = Field(default_factory=list, max_length=50)
+    undated: bool = False
     format: ExportFormat = "json"
     columns: Literal["compact", "full"] = "compact"
 
@@ -93,6 +94,8 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
                labels: LabelsParam = None,
                bbox: Bbox = None, start: Time = None, end: Time = None,
                sensor: Annotated[list[str], Q()] = [],  # noqa: B006
+               undated: Annotated[bool, Q(description="with start/end: keep tiles without "
+                                                      "a date too")] = False,
                format: ExportFormat = "json", columns: Columns = "compact"):
         """The score of every tile passing the filters (not only the best k), for heat maps
         and exports: columnar JSON (one array per column; `columns=compact`, the default:
@@ -101,7 +104,7 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
         commit in the file's metadata."""
         t0 = time.perf_counter()
         pos, neg = labelled(labels) if labels else ((), ())
-        f = make_filters(parse_bbox(bbox), start, end, sensor, [])
+        f = make_filters(parse_bbox(bbox), start, end, sensor, [], undated)
         query = base_query(q, tile, pos, neg, filters=f)
         loaded, sc = engine.region_scores(query, api.max_score_tiles)
         compact = format == "json" and columns == "compact"
@@ -138,7 +141,7 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
         if not any(given) and not pos:
             raise QueryError("give text, image_base64, tile_id or labels")
         bbox = tuple(body.bbox) if body.bbox is not None else None
-        f = make_filters(bbox, body.start, body.end, body.sensor, [])
+        f = make_filters(bbox, body.start, body.end, body.sensor, [], body.undated)
         query = Query(text=body.text, image=image, tile_id=body.tile_id, positives=tuple(pos),
                       negatives=tuple(neg), filters=f)
         loaded, sc = engine.region_scores(query, api.max_score_tiles)
