@@ -289,4 +289,7 @@ class SearchEngine:
                        "exact_max_candidates": self.search_settings.exact_max_candidates},
             "sensors": sensors, "acquired_min": first, "acquired_max": last,
             "undated": int(np.count_nonzero(loaded.tiles.acquired == NO_TIME)),
+            "limits": {"max_upload_bytes": self.api_settings.max_upload_bytes,
+                       "max_k": self.api_settings.max_k,
+                       "max_score_tiles": self.api_settings.max_score_tiles},
         }

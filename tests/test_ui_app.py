@@ -139,3 +139,16 @@ def test_empty_index_state(monkeypatch, tmp_path, encoder):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_upload_limit_is_the_apis(monkeypatch, api):
+    from search.client import SatfindClient
+    from ui.cli import streamlit_command, upload_limit_mb
+
+    limit = SatfindClient(api).stats()["limits"]["max_upload_bytes"]
+    assert upload_limit_mb(api) == -(-limit // 2**20) == 10  # the default 10 MiB
+    cmd = streamlit_command(api, "127.0.0.1", 8501, upload_limit_mb(api))
+    assert cmd[cmd.index("--server.maxUploadSize") + 1] == "10"
+    assert upload_limit_mb(f"http://127.0.0.1:{chaos.free_port()}") is None  # API down
+    at = _app(monkeypatch, api)
+    assert at.session_state["max_upload_bytes"] == limit

@@ -79,6 +79,7 @@ def main() -> None:
         st.error(f"The satfind API is not reachable at {url}: {e}. Start it with "
                  "`satfind-serve --index DIR` (or `satfind-demo --index DIR`).", icon="🚫")
         return
+    state["max_upload_bytes"] = stats.get("limits", {}).get("max_upload_bytes")
     if stats["tiles"] == 0:
         st.info("The index is empty: add imagery with `satfind-index ARCHIVE --index DIR`.")
         return
@@ -145,8 +146,15 @@ def query_input(state) -> dict | None:
     """The text box, the image drop and their buttons; the current query."""
     text = st.text_input("Describe what you are looking for", key="text",
                          placeholder="solar farm next to a river")
+    limit = int(st.session_state.get("max_upload_bytes") or 0)
     upload = st.file_uploader("…or drop an image", type=["png", "jpg", "jpeg", "tif", "tiff"],
-                              key="upload")
+                              key="upload", help=(f"PNG, JPEG or GeoTIFF, at most "
+                                                  f"{limit / 2**20:g} MB (the API's limit)"
+                                                  if limit else None))
+    if upload is not None and limit and upload.size > limit:
+        st.error(f"{upload.name} is {upload.size / 2**20:.1f} MB; the API takes query images "
+                 f"up to {limit / 2**20:g} MB.")
+        upload = None
     go_text, go_image = st.columns(2)
     if go_text.button("Search text", key="search_text", type="primary") and text.strip():
         state.query = {"kind": "text", "text": text.strip(), "positives": [], "negatives": []}

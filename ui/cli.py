@@ -10,10 +10,28 @@ from pathlib import Path
 APP = Path(__file__).with_name("app.py")
 
 
-def streamlit_command(api: str, host: str, port: int) -> list[str]:
+def upload_limit_mb(api: str, timeout_s: float = 3.0) -> int | None:
+    """The API's query-image limit in whole MiB (rounded up), or None when it cannot be
+    asked (then Streamlit keeps its own limit and the app checks the size itself)."""
+    import json
+    import math
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{api.rstrip('/')}/stats", timeout=timeout_s) as r:
+            limit = json.load(r).get("limits", {}).get("max_upload_bytes")
+    except (OSError, ValueError):
+        return None
+    return max(1, math.ceil(limit / 2**20)) if isinstance(limit, int) else None
+
+
+def streamlit_command(api: str, host: str, port: int, upload_mb: int | None = None
+                      ) -> list[str]:
+    """`upload_mb`: Streamlit's upload limit, so its uploader says the API's (not 200 MB)."""
+    limit = ["--server.maxUploadSize", str(upload_mb)] if upload_mb else []
     return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", host,
             "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--", "--api", api]
+            "--browser.gatherUsageStats", "false", *limit, "--", "--api", api]
 
 
 def add_version(p: argparse.ArgumentParser) -> None:
@@ -37,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     print(f"satfind explorer: http://{args.host}:{args.port} (API {args.api})", flush=True)
     try:
-        return subprocess.call(streamlit_command(args.api, args.host, args.port))
+        return subprocess.call(streamlit_command(args.api, args.host, args.port,
+                                                 upload_limit_mb(args.api)))
     except KeyboardInterrupt:
         return 130
 

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 
-from ui.cli import add_version, streamlit_command
+from ui.cli import add_version, streamlit_command, upload_limit_mb
 
 
 def _free_port() -> int:
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         if not _wait_healthy(api, procs[0]):
             print("satfind-demo: the API did not start (see its error above)", file=sys.stderr)
             return 1
-        procs.append(subprocess.Popen(streamlit_command(api, "127.0.0.1", args.port)))
+        procs.append(subprocess.Popen(streamlit_command(api, "127.0.0.1", args.port,
+                                                        upload_limit_mb(api))))
         print(f"satfind explorer: http://127.0.0.1:{args.port}  (API {api}; Ctrl-C stops both)",
               flush=True)
         while all(pr.poll() is None for pr in procs):

@@ -125,6 +125,9 @@ class Stats(BaseModel):
     acquired_max: datetime | None
     undated: int = Field(0, description="tiles without an acquisition time (a start/end "
                                         "filter drops them unless undated=true)")
+    limits: dict[str, int] = Field(default_factory=dict, description=(
+        "what a client must respect: max_upload_bytes (query images), max_k, "
+        "max_score_tiles"))
 
 
 class ErrorBody(BaseModel):
