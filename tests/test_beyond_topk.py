@@ -117,6 +117,7 @@ def test_region_scores_equal_brute_force_in_every_format(client, engine):
     full = client.get("/search/scores", params={"q": "center pivot irrigation",
                                                 "bbox": NAIP_BBOX, "columns": "full"}).json()
     assert full["id"] == body["id"] and {"west", "source", "sensor", "gsd_m"} <= set(full)
+    assert full["thumbnail_url"][0] == f"/tiles/{full['id'][0]}/thumbnail.jpg"
     # GeoParquet: geometry + "geo" metadata; Arrow, CSV and GeoJSON carry the same rows
     r = client.get("/search/scores", params={"q": "center pivot irrigation", "bbox": NAIP_BBOX,
                                              "format": "parquet"})

@@ -7,6 +7,7 @@ import time
 from typing import Annotated, Literal
 
 import numpy as np
+import pyarrow as pa
 from fastapi import FastAPI
 from fastapi import Path as PathParam
 from fastapi import Query as Q
@@ -85,6 +86,10 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
                 "generation": loaded.snap.generation, "index_tiles": loaded.snap.ntotal}
 
     def export(t, fmt: str, m: dict, compact: bool = False) -> Response:
+        if not (compact and fmt == "json"):  # files carry links to the thumbnails
+            base = api.public_url.rstrip("/")
+            t = t.append_column("thumbnail_url", pa.array(
+                [f"{base}/tiles/{i}/thumbnail.jpg" for i in t["id"].to_pylist()]))
         return Response(exports.encode(t, fmt, m, compact), media_type=exports.MEDIA[fmt])
 
     @app.get("/search/scores", dependencies=deps, responses={
