@@ -152,3 +152,42 @@ def test_the_upload_limit_is_the_apis(monkeypatch, api):
     assert upload_limit_mb(f"http://127.0.0.1:{chaos.free_port()}") is None  # API down
     at = _app(monkeypatch, api)
     assert at.session_state["max_upload_bytes"] == limit
+
+
+def test_the_url_carries_the_query_and_a_shared_link_shows_the_same(monkeypatch, api):
+    at = _app(monkeypatch, api)
+    at.text_input(key="area").input("-99.19,47.0,-99.12,47.04")
+    at = _text_search(at, "farmland", 7)
+    first = _cards(at)
+    assert len(first) == 7
+    at.button(key=f"up_{first[2]}").click()  # relevance feedback travels too
+    at.run()
+    fed = _cards(at)
+    link = dict(at.query_params)
+    assert link["q"] == "farmland" and link["k"] == "7" and link["pos"] == str(first[2])
+    assert link["area"] == "-99.19,47.0,-99.12,47.04"
+    # a fresh session opening that link shows the same results
+    monkeypatch.setenv("SATFIND_API", api)
+    fresh = AppTest.from_file(APP, default_timeout=60)
+    fresh.query_params = {k: v for k, v in link.items()}
+    fresh.run()
+    assert not fresh.exception, fresh.exception
+    assert _cards(fresh) == fed
+    assert fresh.text_input(key="text").value == "farmland"
+    assert fresh.slider(key="k").value == 7
+    assert not fresh.warning  # no widget-value clash warnings
+
+
+def test_an_edited_link_never_breaks_the_page():
+    from ui.views import query_to_params, state_from_params
+
+    q, w = state_from_params({"q": "  ", "k": "x", "start": "2014-13-40", "tile": "-3",
+                              "pos": "1,a,2", "sensor": "NAIP"})
+    assert q is None and w == {"sensors": ["NAIP"]}
+    q, w = state_from_params({"tile": "42", "pos": "1,a,2", "k": "500", "end": "2014-12-31"})
+    assert q == {"kind": "similar", "tile_id": 42, "positives": [1, 2], "negatives": []}
+    assert w["k"] == 100 and w["use_dates"] is True
+    back = query_to_params(q, 100, None, date(2014, 12, 31), [], "", False)
+    assert state_from_params(back)[0] == q
+    assert "q" not in query_to_params({"kind": "image", "image": b"x"}, 5, None, None, [], "",
+                                      False)

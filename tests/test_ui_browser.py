@@ -23,7 +23,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-from ui.cli import streamlit_command  # noqa: E402
+from ui.cli import streamlit_command, upload_limit_mb  # noqa: E402
 
 ARTIFACTS = ROOT / "test-artifacts"
 K = 12  # the explorer's default k
@@ -43,8 +43,10 @@ def _wait(predicate, timeout_s: float, what: str):
 def servers(real_index):
     api_port, ui_port = chaos.free_port(), chaos.free_port()
     api = chaos.start_server(real_index[0], OFFLINE_CONFIG, api_port)
-    ui = subprocess.Popen(streamlit_command(f"http://127.0.0.1:{api_port}", "127.0.0.1",
-                                            ui_port), cwd=ROOT, stdout=subprocess.DEVNULL,
+    api_url = f"http://127.0.0.1:{api_port}"
+    ui = subprocess.Popen(streamlit_command(api_url, "127.0.0.1", ui_port,
+                                            upload_limit_mb(api_url)), cwd=ROOT,
+                          stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
     try:
         yield f"http://127.0.0.1:{ui_port}"
@@ -76,6 +78,8 @@ def test_type_a_query_and_see_k_results(servers, tmp_path):
         button.click()
         imgs = _wait(lambda: _result_images(driver, K), 90, f"{K} result images")
         assert len(imgs) == K
+        page = driver.find_element(By.TAG_NAME, "body").text
+        assert "10MB per file" in page and "200MB" not in page  # the API's upload limit
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "explorer.png"))
         assert (ARTIFACTS / "explorer.png").stat().st_size > 10_000

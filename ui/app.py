@@ -21,8 +21,10 @@ from ui.views import (
     footprints,
     map_view,
     parse_bbox,
+    query_to_params,
     request_filters,
     run_query,
+    state_from_params,
     to_csv,
     to_geojson,
     with_feedback,
@@ -84,6 +86,14 @@ def main() -> None:
         st.info("The index is empty: add imagery with `satfind-index ARCHIVE --index DIR`.")
         return
 
+    if not state.get("restored"):  # a shared link: its query and filters, once per session
+        state["restored"] = True
+        linked, widgets = state_from_params(st.query_params.to_dict() | {
+            "sensor": st.query_params.get_all("sensor")})
+        for key, value in widgets.items():
+            state[key] = value
+        if linked is not None:
+            state.query = linked
     k, filters_in, tile_url = sidebar(stats)
     q = query_input(state)
     if q is None:
@@ -95,6 +105,7 @@ def main() -> None:
     except ValueError as e:
         st.error(str(e))
         return
+    st.query_params.from_dict(query_to_params(q, k, start, end, sensors, area, undated))
     st.subheader(describe(q))
     try:
         with st.spinner("Searching…"):
@@ -113,12 +124,18 @@ def main() -> None:
     result_grid(url, state, q, results)
 
 
+def _default(key: str, value) -> dict:
+    """`value=` for a widget unless a shared link already put its value in the session
+    (Streamlit refuses both)."""
+    return {} if key in st.session_state else {"value": value}
+
+
 def sidebar(stats: dict):
     """k, (start, end, sensors, area, undated) and the basemap URL from the sidebar."""
     with st.sidebar:
         st.caption(f"{stats['tiles']:,} tiles from {stats['sources']} rasters · "
                    f"encoder {stats['encoder']['architecture']} · {stats['index']['factory']}")
-        k = st.slider("results (k)", 1, 100, 12, key="k")
+        k = st.slider("results (k)", 1, 100, key="k", **_default("k", 12))
         use_dates = st.checkbox("filter by acquisition date", key="use_dates")
         start = end = None
         undated = False
@@ -131,10 +148,10 @@ def sidebar(stats: dict):
                                       key="undated")
             # Explicit bounds: Streamlit's default allows only +-10 years around the value.
             lo, hi = date(1960, 1, 1), date(date.today().year + 1, 12, 31)
-            start = st.date_input("from", value=date(2000, 1, 1), min_value=lo, max_value=hi,
-                                  key="start")
-            end = st.date_input("to", value=date.today(), min_value=lo, max_value=hi,
-                                key="end")
+            start = st.date_input("from", min_value=lo, max_value=hi, key="start",
+                                  **_default("start", date(2000, 1, 1)))
+            end = st.date_input("to", min_value=lo, max_value=hi, key="end",
+                                **_default("end", date.today()))
         sensors = st.multiselect("sensor", sorted(stats.get("sensors", {})), key="sensors")
         area = st.text_input("area: west,south,east,north (degrees)", key="area")
         tile_url = st.text_input("basemap tile URL (blank = offline: footprints only)",

@@ -108,3 +108,65 @@ def request_filters(bbox, start, end, sensors: list[str], undated: bool = False)
          "end": end.isoformat() if end else None, "sensor": sensors,
          "undated": bool(undated and (start or end))}
     return {k: v for k, v in f.items() if v}
+
+
+# --- the query in the URL ---------------------------------------------------------------
+def query_to_params(q: dict, k: int, start, end, sensors: list[str], area: str,
+                    undated: bool) -> dict[str, str | list[str]]:
+    """The URL query string of the current search (image queries cannot travel in a link:
+    only their filters do)."""
+    p: dict[str, str | list[str]] = {"k": str(k)}
+    if q.get("kind") == "text":
+        p["q"] = q["text"]
+    elif q.get("kind") == "similar":
+        p["tile"] = str(q["tile_id"])
+    if q.get("kind") in ("text", "similar"):
+        if q.get("positives"):
+            p["pos"] = ",".join(str(i) for i in q["positives"])
+        if q.get("negatives"):
+            p["neg"] = ",".join(str(i) for i in q["negatives"])
+    if start or end:
+        p["start"], p["end"] = start.isoformat() if start else "", end.isoformat() if end else ""
+    if undated:
+        p["undated"] = "1"
+    if sensors:
+        p["sensor"] = list(sensors)
+    if area.strip():
+        p["area"] = area.strip()
+    return p
+
+
+def _ids(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip().isdigit()]
+
+
+def state_from_params(params) -> tuple[dict | None, dict]:
+    """(query or None, widget values by key) from a URL's query string; values that do not
+    parse are ignored, so an edited link never breaks the page."""
+    from datetime import date
+
+    widgets: dict = {}
+    if str(params.get("k", "")).isdigit():
+        widgets["k"] = max(1, min(100, int(params["k"])))
+    for key in ("start", "end"):
+        try:
+            widgets[key] = date.fromisoformat(str(params.get(key, "")))
+            widgets["use_dates"] = True
+        except ValueError:
+            pass
+    if params.get("undated") == "1":
+        widgets["undated"] = True
+    sensors = params.get("sensor")
+    if sensors:
+        widgets["sensors"] = [sensors] if isinstance(sensors, str) else list(sensors)
+    if params.get("area"):
+        widgets["area"] = str(params["area"])
+    fb = {"positives": _ids(str(params.get("pos", ""))),
+          "negatives": _ids(str(params.get("neg", "")))}
+    q = None
+    if str(params.get("q", "")).strip():
+        widgets["text"] = str(params["q"])
+        q = {"kind": "text", "text": str(params["q"]).strip(), **fb}
+    elif str(params.get("tile", "")).isdigit():
+        q = {"kind": "similar", "tile_id": int(params["tile"]), **fb}
+    return q, widgets
