@@ -191,3 +191,12 @@ def test_an_edited_link_never_breaks_the_page():
     assert state_from_params(back)[0] == q
     assert "q" not in query_to_params({"kind": "image", "image": b"x"}, 5, None, None, [], "",
                                       False)
+
+
+def test_enter_in_the_query_box_searches(monkeypatch, api):
+    at = _app(monkeypatch, api)
+    at.slider(key="k").set_value(5)
+    at.text_input(key="text").input("farmland")  # typed, then Enter: no button click
+    at.run()
+    assert not at.exception and len(_cards(at)) == 5
+    assert "Results for “farmland”" in at.subheader[0].value

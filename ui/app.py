@@ -159,10 +159,18 @@ def sidebar(stats: dict):
     return k, (start, end, sensors, area, undated), tile_url
 
 
+def _text_entered() -> None:
+    """Enter in the query box searches (Streamlit calls this when the text changed)."""
+    text = str(st.session_state.get("text", "")).strip()
+    if text:
+        st.session_state.query = {"kind": "text", "text": text, "positives": [],
+                                  "negatives": []}
+
+
 def query_input(state) -> dict | None:
-    """The text box, the image drop and their buttons; the current query."""
+    """The text box (Enter searches), the image drop and their buttons; the current query."""
     text = st.text_input("Describe what you are looking for", key="text",
-                         placeholder="solar farm next to a river")
+                         placeholder="solar farm next to a river", on_change=_text_entered)
     limit = int(st.session_state.get("max_upload_bytes") or 0)
     upload = st.file_uploader("…or drop an image", type=["png", "jpg", "jpeg", "tif", "tiff"],
                               key="upload", help=(f"PNG, JPEG or GeoTIFF, at most "
