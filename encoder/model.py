@@ -18,7 +18,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from encoder.build import build, resolve_model_name  # noqa: F401 (re-exported)
+from encoder.build import build
 from encoder.checkpoints import check_sidecar, state_dict_sha256
 from encoder.identity import EncoderError, EncoderIdentity, EncoderSpec
 from encoder.prompts import PromptSet, get_prompt_set

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _glued(argv: list[str]) -> list[str]:
+def glue_bbox(argv: list[str]) -> list[str]:
     """`--bbox -99.2,46.9,-99.0,47.1` as `--bbox=-99.2,...`: argparse would take a value
     starting with '-' for an option."""
     out = []
@@ -176,7 +176,7 @@ def _glued(argv: list[str]) -> list[str]:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(_glued(sys.argv[1:] if argv is None else list(argv)))
+    args = _parser().parse_args(glue_bbox(sys.argv[1:] if argv is None else list(argv)))
     search = _search(args)
     if not args.archives and not args.remove and not args.stac_api:
         _parser().error("give at least one ARCHIVE (or --stac-api URL, or --remove SOURCE)")

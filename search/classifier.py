@@ -15,6 +15,10 @@ BLOCK_ZOOM_DROP = 3  # CV blocks: cells 2^3 = 8 tiles on a side
 FOLDS = 5
 
 
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 30) -> np.ndarray:
     """Weights [d + 1] (last = bias) of a logistic regression of y (0/1) on x."""
     n, d = x.shape
@@ -25,7 +29,7 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 30) -> np.nd
     reg[-1] = 0.0
     w = np.zeros(d + 1)
     for _ in range(steps):
-        p = 1 / (1 + np.exp(-(xb @ w)))
+        p = sigmoid(xb @ w)
         g = xb.T @ (weight * (p - y)) + reg * w
         h = (xb * (weight * p * (1 - p))[:, None]).T @ xb + np.diag(reg + 1e-9)
         step = np.linalg.solve(h, g)
@@ -75,7 +79,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, block: np.ndarray) -> Report:
         if len(set(y[train])) < 2 or not test.any():
             continue
         w = fit(x[train], y[train])
-        held_p.append(1 / (1 + np.exp(-(np.hstack([x[test], np.ones((test.sum(), 1))]) @ w))))
+        held_p.append(sigmoid(x[test] @ w[:-1] + w[-1]))
         held_y.append(y[test])
         used += 1
     if not used:

@@ -230,7 +230,7 @@ class SearchEngine:
         """(loaded, Scored): the score of every tile passing q.filters (q.k is ignored)."""
         loaded = self.loaded
         v = self.query_vector(q, loaded)
-        return loaded, regions.region_scores(self, loaded, v, q.filters, max_tiles)
+        return loaded, regions.region_scores(loaded, v, q.filters, max_tiles)
 
     def change(self, q: Query, before, after, fell: bool = False):
         """(loaded, [Change]): cells whose match rose (fell) most between two periods."""

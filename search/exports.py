@@ -28,6 +28,11 @@ FORMATS = tuple(MEDIA)
 COMPACT = ["id", "score", "z", "x", "y", "acquired"]
 
 
+def thumbnail_url(public_url: str, tile_id: int) -> str:
+    """A tile's thumbnail URL: relative, or absolute under `api.public_url`."""
+    return f"{public_url.rstrip('/')}/tiles/{int(tile_id)}/thumbnail.jpg"
+
+
 def scored_table(tiles_table: pa.Table, positions: np.ndarray, columns: dict,
                  compact: bool = False) -> pa.Table:
     """The tile rows at `positions` plus extra columns (name -> array), e.g. score;

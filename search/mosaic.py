@@ -9,15 +9,16 @@ Placement is exact integer tile arithmetic: index tile (zt, xt, yt) spans
 from __future__ import annotations
 
 import io
-import threading
-from collections import OrderedDict
 
 import numpy as np
 from PIL import Image
 
+from search.lru import LRU
+
 PX = 256
 DIRECT_MAX = 64  # index tiles drawn directly; more -> four children, downsampled
 BLACK_IS_EMPTY = True  # thumbnails carry nodata as black (tiling.zero_is_nodata)
+_UNSEEN = object()
 
 
 def covering(tiles, positions: np.ndarray, z: int, x: int, y: int) -> np.ndarray:
@@ -39,30 +40,15 @@ class Mosaic:
     def __init__(self, snapshot_thumbnails, cache_tiles: int = 256):
         """`snapshot_thumbnails(snap, ids) -> {id: jpeg}`."""
         self._thumbs = snapshot_thumbnails
-        self._cache: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
-        self._size = cache_tiles
-        self._lock = threading.Lock()
-
-    def _cached(self, key):
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return True, self._cache[key]
-        return False, None
-
-    def _keep(self, key, value) -> None:
-        with self._lock:
-            self._cache[key] = value
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
+        self._cache = LRU(cache_tiles)  # key -> RGBA array, or None (nothing there)
 
     def render(self, loaded, positions: np.ndarray, key: tuple, z: int, x: int, y: int
                ) -> np.ndarray | None:
         """RGBA uint8 [256, 256, 4] of map tile z/x/y from the index tiles at `positions`
         (already filtered; `key` names that filter and the snapshot), None if none."""
         full = (*key, z, x, y)
-        hit, img = self._cached(full)
-        if hit:
+        img = self._cache.get(full, _UNSEEN)
+        if img is not _UNSEEN:
             return img
         pos = covering(loaded.tiles, positions, z, x, y)
         if not len(pos):
@@ -71,7 +57,7 @@ class Mosaic:
             img = self._from_children(loaded, pos, key, z, x, y)
         else:
             img = self._draw(loaded, pos, z, x, y)
-        self._keep(full, img)
+        self._cache.put(full, img)
         return img
 
     def _from_children(self, loaded, pos, key, z, x, y) -> np.ndarray | None:

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from indexer.cli import glue_bbox
 from search.client import SatfindClient, SatfindError
 
 PROG = "satfind-search"
@@ -66,17 +67,8 @@ def _csv(results: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _glued(argv: list[str]) -> list[str]:
-    """`--bbox -99.2,...` as `--bbox=-99.2,...` (argparse takes '-9...' for an option)."""
-    out, it = [], iter(argv)
-    for a in it:
-        value = next(it, None) if a == "--bbox" else None
-        out.append(f"--bbox={value}" if value is not None else a)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_glued(sys.argv[1:] if argv is None else list(argv)))
+    args = _parser().parse_args(glue_bbox(sys.argv[1:] if argv is None else list(argv)))
     given = [x is not None for x in (args.text, args.tile, args.image)]
     if sum(given) != 1 and not (args.all and args.labels and sum(given) == 0):
         _parser().error("give one of TEXT, --tile or --image")

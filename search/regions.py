@@ -49,7 +49,7 @@ class Scored:
     positions: np.ndarray  # rows of the tile table
 
 
-def region_scores(engine, loaded, v: np.ndarray, filters: Filters, max_tiles: int) -> Scored:
+def region_scores(loaded, v: np.ndarray, filters: Filters, max_tiles: int) -> Scored:
     tiles = loaded.tiles
     if filters.active:
         pos = np.flatnonzero(tiles.mask(filters))
@@ -62,13 +62,9 @@ def region_scores(engine, loaded, v: np.ndarray, filters: Filters, max_tiles: in
     return Scored(ids, score_ids(loaded.snap, v, ids), pos)
 
 
-def _cell_keys(tiles) -> np.ndarray:
-    z, x, y = tiles.cells()
-    return (z << 52) | (x << 26) | y
-
-
-def _latest_per_cell(keys: np.ndarray, acquired: np.ndarray, pos: np.ndarray) -> dict:
-    """cell key -> table position of its latest acquisition among `pos`."""
+def latest_per_cell(keys: np.ndarray, acquired: np.ndarray, pos: np.ndarray) -> dict:
+    """cell key -> table position of its latest acquisition among `pos` (the highest id
+    among equal times)."""
     if not len(pos):
         return {}
     order = np.lexsort((acquired[pos], keys[pos]))
@@ -96,11 +92,11 @@ def change_search(loaded, v: np.ndarray, base: Filters, before: tuple[datetime, 
     tiles = loaded.tiles
     if before[1] > after[0]:
         raise QueryError("the 'before' period must end before the 'after' period starts")
-    keys = _cell_keys(tiles)
+    keys = tiles.cell_keys()
     periods = []
     for start, end in (before, after):
         m = tiles.mask(replace(base, start=start, end=end))
-        periods.append(_latest_per_cell(keys, tiles.acquired, np.flatnonzero(m)))
+        periods.append(latest_per_cell(keys, tiles.acquired, np.flatnonzero(m)))
     both = sorted(set(periods[0]) & set(periods[1]))
     if not both:
         return []
@@ -118,7 +114,7 @@ def place_history(loaded, tile_id: int, v: np.ndarray | None) -> list[dict]:
     """Every acquisition of `tile_id`'s cell, oldest first: id, acquired, score with `v`
     (when given), and the embedding distance (1 - cosine) to the previous acquisition."""
     tiles = loaded.tiles
-    keys = _cell_keys(tiles)
+    keys = tiles.cell_keys()
     pos = int(np.searchsorted(tiles.ids, tile_id))
     same = np.flatnonzero(keys == keys[pos])
     acq = tiles.acquired[same]

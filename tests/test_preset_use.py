@@ -5,9 +5,7 @@ and shown as such)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import zipfile
 
 import open_clip
 import pytest
@@ -23,6 +21,7 @@ from indexer.configfile import ConfigError
 from indexer.store.snapshot import IndexSnapshot
 from search.settings import load_serve_config
 from tests.helpers import OFFLINE_CONFIG, SHARED_DATA, make_raster
+from tests.preset_files import tiny, write_layout
 from training.cli import eval_main
 
 EUROSAT = SHARED_DATA / "eurosat"
@@ -71,17 +70,11 @@ def test_every_command_takes_encoder(capsys):
         assert "--encoder" in capsys.readouterr().out
 
 
-def _tiny(monkeypatch, name):
-    p = dataclasses.replace(P.PRESETS[name], architecture="satfind-tiny", image_size=64)
-    monkeypatch.setitem(P.PRESETS, name, p)
-    return p
-
-
 def test_the_index_records_the_preset_and_refuses_another(tmp_path, monkeypatch, capsys):
     """Two presets with equal random weights (same architecture, same seed) still are two
     embedding spaces: the index records the preset and refuses the other one."""
-    _tiny(monkeypatch, "remoteclip-vit-b-32")
-    _tiny(monkeypatch, "georsclip-vit-b-32")
+    tiny(monkeypatch, "remoteclip-vit-b-32")
+    tiny(monkeypatch, "georsclip-vit-b-32")
     make_raster(tmp_path / "a" / "scene.tif", size=128)
     cfg = tmp_path / "c.toml"
     cfg.write_text(OFFLINE_CONFIG.read_text().replace('model = "satfind-tiny"', "")
@@ -136,19 +129,9 @@ def _published_size_files(weights_dir):
         torch.manual_seed(seed)
         model = open_clip.create_model(preset.architecture,
                                        force_quick_gelu=preset.activation == "quick_gelu")
-        state = {k: v.half() for k, v in model.state_dict().items()}
-        path = local_path(preset)
-        path.parent.mkdir(parents=True)
-        if preset.layout == P.OPEN_CLIP:
-            torch.save(state, path)
-        else:
-            member = path.parent / "epoch_20.pt"
-            torch.save({"epoch": 20, "state_dict": {f"module.{k}": v for k, v in state.items()}},
-                       member)
-            with zipfile.ZipFile(path, "w") as z:
-                z.write(member, f"{path.stem}/epoch_20.pt")
-            member.unlink()
-        del model, state
+        write_layout(preset, {k: v.half() for k, v in model.state_dict().items()},
+                     local_path(preset))
+        del model
 
 
 @pytest.mark.skipif(not EUROSAT.is_dir(), reason="../shared/data/eurosat is not here")
@@ -179,6 +162,6 @@ def test_eval_compares_two_presets_end_to_end(tmp_path, monkeypatch, capsys):
 
 
 def test_a_spec_with_a_preset_and_random_weights_needs_no_file(monkeypatch):
-    _tiny(monkeypatch, "skyclip-vit-l-14")
+    tiny(monkeypatch, "skyclip-vit-l-14")
     enc = SatelliteEncoder(EncoderSpec(preset="skyclip-vit-l-14", random_weights=True))
     assert enc.identity.preset == "skyclip-vit-l-14" and enc.quick_gelu

@@ -35,9 +35,7 @@ from encoder.identity import EncoderError, EncoderSpec
 from encoder.layouts import graft_keys
 from encoder.model import SatelliteEncoder
 from encoder.tokens import image_tokens
-
-TINY = "satfind-tiny"
-TINY_PX = 64
+from tests.preset_files import TINY, TINY_PX, tiny, write_layout
 
 
 @pytest.fixture
@@ -46,14 +44,6 @@ def weights_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SATFIND_WEIGHTS_DIR", str(d))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return d
-
-
-def tiny(monkeypatch, name: str) -> P.Preset:
-    """The preset `name` with the small test architecture in place of the published one
-    (layout, activation, source and everything else kept)."""
-    preset = dataclasses.replace(P.PRESETS[name], architecture=TINY, image_size=TINY_PX)
-    monkeypatch.setitem(P.PRESETS, name, preset)
-    return preset
 
 
 def reference(quick_gelu: bool, seed: int) -> torch.nn.Module:
@@ -80,27 +70,6 @@ def same_embeddings(enc: SatelliteEncoder, ref: torch.nn.Module) -> None:
         want_txt = F.normalize(ref.encode_text(enc.tokenizer(TEXTS)), dim=-1).numpy()
     np.testing.assert_allclose(enc.encode_images(x), want_img, atol=1e-5)
     np.testing.assert_allclose(enc.encode_text(TEXTS), want_txt, atol=1e-5)
-
-
-def write_layout(preset: P.Preset, state: dict, path: Path) -> None:
-    """`state` (open_clip keys) written as the preset's authors publish it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if preset.layout == P.OPEN_CLIP:
-        torch.save(state, path)
-    elif preset.layout == P.GEORSCLIP:  # the raw RS5M training layout, renamed on load
-        raw = {(f"image_backbone.{k[7:]}" if k.startswith("visual.") else
-                f"text_backbone.{k}"): v for k, v in state.items()}
-        torch.save({"state_dict": raw, "epoch": 3}, path)
-    elif preset.layout == P.TRAINING_ZIP:
-        member = path.parent / "epoch_20.pt"
-        torch.save({"epoch": 20, "name": "SkyCLIP", "state_dict": {
-            f"module.{k}": v for k, v in state.items()},
-            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5, "params": [0]}]}}, member)
-        with zipfile.ZipFile(path, "w") as z:  # stored, like the published zips' members
-            z.write(member, f"{path.stem}/epoch_20.pt")
-        member.unlink()
-    else:
-        raise AssertionError(preset.layout)
 
 
 OPEN_CLIP_LIKE = [n for n, p in P.PRESETS.items() if p.layout != P.GRAFT_LIGHTNING]

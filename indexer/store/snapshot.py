@@ -75,6 +75,8 @@ class IndexSnapshot:
         # Tile metadata read so far, by part name (parts are never changed once written).
         names = {p.name for p in manifest.parts}
         self._part_cache = {k: v for k, v in (part_cache or {}).items() if k in names}
+        # Thumbnail parts' footers and row-group id ranges, by part index (see thumbnails()).
+        self._thumb_meta_cache: dict[int, tuple] = {}
 
     @classmethod
     def open(cls, index_dir: str | Path, retries: int = 5,
@@ -258,7 +260,7 @@ class IndexSnapshot:
 
     def _thumb_meta(self, i: int):
         """(Parquet footer, [(min id, max id) per row group]) of thumbnail part i."""
-        cache = self.__dict__.setdefault("_thumb_meta_cache", {})
+        cache = self._thumb_meta_cache
         if i not in cache:
             meta = pq.read_metadata(self.thumb_parts[i])
             col = meta.schema.names.index("id")

@@ -163,6 +163,15 @@ class TileTable:
             self._cells = cached
         return cached
 
+    def cell_keys(self) -> np.ndarray:
+        """One int64 per tile naming its web-mercator cell (z/x/y): the tiles of one place
+        at every acquisition share it. Computed once."""
+        keys = getattr(self, "_cell_keys", None)
+        if keys is None or len(keys) != len(self.ids):
+            z, x, y = self.cells()
+            keys = self._cell_keys = (z << 52) | (x << 26) | y
+        return keys
+
     def has(self, ids: np.ndarray) -> np.ndarray:
         if not len(self.ids):
             return np.zeros(len(ids), dtype=bool)

@@ -16,14 +16,18 @@ Bounds = Annotated[list[float], Field(min_length=4, max_length=4,
 LonLat = Annotated[list[float], Field(min_length=2, max_length=2, description="lon, lat")]
 
 
+# Tile ids the new routes accept: exact in a JSON number (a float); larger are never issued.
+JSON_MAX_ID = 2**53
+
+
 def _integral(v):
     """JSON has one number type: 5.0 is the integer 5 (JSON Schema agrees); booleans and
     strings stay refused (strict models)."""
-    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) <= 2**53 else v
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) <= JSON_MAX_ID else v
 
 
-# A tile id in a JSON body (ids are below 2^53: exact in a JSON number).
-TileIdIn = Annotated[int, Field(ge=0, le=2**53), BeforeValidator(_integral)]
+# A tile id in a JSON body.
+TileIdIn = Annotated[int, Field(ge=0, le=JSON_MAX_ID), BeforeValidator(_integral)]
 
 
 class TileResult(BaseModel):

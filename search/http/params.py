@@ -1,11 +1,13 @@
 """Query parameters shared by routes: bbox, time and text patterns (documented in the
 OpenAPI spec), their parsing into the store's Filters, and the unknown-parameter check."""
 
+import base64
+import binascii
 import re
 from datetime import UTC, date, datetime
 
 from indexer.store.tiles import Filters
-from search.query import QueryError
+from search.query import QueryError, TooLarge
 
 # Documented in the spec (not enforced by FastAPI: the handlers give clearer messages).
 _LON = r"-?(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
@@ -55,6 +57,21 @@ def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
     if len(nums) != 4:
         raise QueryError(f"bbox: expected 'west,south,east,north' in degrees, got {value!r}")
     return nums  # type: ignore[return-value]
+
+
+def image_from_base64(text: str, max_bytes: int) -> bytes:
+    """A query image sent as base64 in a JSON body. Too large is refused on the text's
+    length, before decoding (413); text that is not base64, decodes to nothing, or decodes to
+    the up to 3 bytes over the limit that length check lets through is a 400."""
+    if len(text) > max_bytes * 4 // 3 + 4:
+        raise TooLarge(f"image is larger than {max_bytes} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        data = b""
+    if not data or len(data) > max_bytes:
+        raise QueryError("image_base64 is not valid base64")
+    return data
 
 
 def make_filters(bbox, start, end, sensor, source, undated: bool = False) -> Filters:

@@ -1,8 +1,6 @@
 """The API's routes over one SearchEngine: search by text, image, JSON body or tile id;
 tile metadata and thumbnails; health and stats."""
 
-import base64
-import binascii
 import time
 from typing import Annotated
 
@@ -26,7 +24,14 @@ from search.http.models import (
     TileInfo,
     TileResult,
 )
-from search.http.params import BBOX_PATTERN, TEXT_PATTERN, TIME_PATTERN, make_filters, parse_bbox
+from search.http.params import (
+    BBOX_PATTERN,
+    TEXT_PATTERN,
+    TIME_PATTERN,
+    image_from_base64,
+    make_filters,
+    parse_bbox,
+)
 from search.query import NotFound, Query, QueryError, TooLarge
 
 MAX_ID = 2**62
@@ -38,7 +43,7 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
     TileId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
 
     def thumb_url(i: int) -> str:
-        return f"{api.public_url.rstrip('/')}/tiles/{i}/thumbnail.jpg"
+        return exports.thumbnail_url(api.public_url, i)
 
     def place(r: dict) -> dict:
         """Fields every tile answer shares, from an engine row."""
@@ -158,12 +163,7 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
     def search_json(body: SearchRequest):
         image = None
         if body.image_base64 is not None:
-            if len(body.image_base64) > api.max_upload_bytes * 4 // 3 + 4:
-                raise TooLarge(f"image is larger than {api.max_upload_bytes} bytes")
-            try:
-                image = read_upload(base64.b64decode(body.image_base64, validate=True))
-            except (binascii.Error, ValueError):
-                raise QueryError("image_base64 is not valid base64") from None
+            image = image_from_base64(body.image_base64, api.max_upload_bytes)
         if body.text is not None and not body.text.strip():
             raise QueryError("empty query: text must contain words")
         for i in [body.tile_id, *body.positives, *body.negatives]:

@@ -17,7 +17,6 @@ from search.http.params import BBOX_PATTERN, TIME_PATTERN, make_filters, parse_b
 from search.labels import LabelSet, LabelStore
 from search.query import NotFound, QueryError
 
-MAX_ID = 2**53  # exact in a JSON number (a float): larger ids are never issued
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 LonLatIn = Annotated[list[Annotated[float, Field(ge=-180, le=180)]],
                      Field(min_length=2, max_length=2, description="lon, lat")]
@@ -95,12 +94,8 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         hit = cand[inside(cx[cand], cy[cand], ring)]
         if not len(hit):
             raise NotFound("no indexed tile centre inside the polygon")
-        z, x, y = (c[hit] for c in loaded.tiles.cells())
-        keys = (z << 52) | (x << 26) | y
-        order = np.lexsort((loaded.tiles.ids[hit], loaded.tiles.acquired[hit], keys))
-        k = keys[order]
-        last = np.r_[k[1:] != k[:-1], True]
-        return loaded.tiles.ids[hit[order][last]].tolist()
+        newest = regions.latest_per_cell(loaded.tiles.cell_keys(), loaded.tiles.acquired, hit)
+        return loaded.tiles.ids[sorted(newest.values())].tolist()
 
     def summary(ls: LabelSet, loaded) -> dict:
         """The set's ids, and those no longer in the index (their source was removed)."""
@@ -173,10 +168,9 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         every = np.asarray([*ls.positives, *ls.negatives], dtype=np.int64)
         ids = every[loaded.tiles.has(every)].tolist() if len(every) else []
         pos = np.searchsorted(loaded.tiles.ids, ids)
-        base = api.public_url.rstrip("/")
         t = exports.scored_table(loaded.tiles.table, pos, {
             "label": [int(i in ls.positives) for i in ids],
-            "thumbnail_url": [f"{base}/tiles/{i}/thumbnail.jpg" for i in ids]})
+            "thumbnail_url": [exports.thumbnail_url(api.public_url, i) for i in ids]})
         meta = {"label_set": name, "encoder": loaded.snap.identity.short(),
                 "generation": loaded.snap.generation}
         return Response(exports.encode(t, format, meta), media_type=exports.MEDIA[format])
@@ -207,19 +201,13 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         w, b, report = classifier.train(loaded.snap.get_vectors(ids), y,
                                         classifier.blocks(z, x, yy))
         f = make_filters(parse_bbox(bbox), start, end, [], [])
-        sel = np.flatnonzero(loaded.tiles.mask(f)) if f.active else np.arange(
-            len(loaded.tiles))
-        if len(sel) > api.max_score_tiles:
-            raise QueryError(f"the area holds {len(sel)} tiles, more than "
-                             f"{api.max_score_tiles} (api.max_score_tiles)")
-        logit = regions.score_ids(loaded.snap, w, loaded.tiles.ids[sel]) + b
-        top = sel[np.lexsort((loaded.tiles.ids[sel], -logit))[:k]]
-        rows = loaded.tiles.rows(loaded.tiles.ids[top], ["id", "z", "x", "y", "west", "south",
-                                                         "east", "north", "acquired"])
+        sc = regions.region_scores(loaded, w, f, api.max_score_tiles)  # w . x, every tile
+        top = np.lexsort((sc.ids, -sc.scores))[:k]
+        rows = loaded.tiles.rows(sc.ids[top], ["id", "z", "x", "y", "west", "south", "east",
+                                               "north", "acquired"])
         labelled_ids = {int(i): int(v) for i, v in zip(ids, y, strict=True)}
-        best = logit[np.lexsort((loaded.tiles.ids[sel], -logit))[:k]]
-        for r, lg in zip(rows, best, strict=True):
-            r["probability"] = float(1 / (1 + np.exp(-lg)))
+        for r, logit in zip(rows, sc.scores[top] + b, strict=True):
+            r["probability"] = float(classifier.sigmoid(logit))
             r["label"] = labelled_ids.get(r["id"])
         return {"label_set": labels, "cv": report.to_dict(), "results": rows,
                 "generation": loaded.snap.generation}

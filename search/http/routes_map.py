@@ -1,8 +1,6 @@
 """Map routes: the archive's own imagery as XYZ tiles, query scores as an XYZ overlay, and
 where in one tile a query matches (patch-token similarity)."""
 
-import threading
-from collections import OrderedDict
 from typing import Annotated, Literal
 
 import numpy as np
@@ -13,11 +11,12 @@ from fastapi.responses import Response
 
 from search import mosaic
 from search.engine import SearchEngine
+from search.http.models import JSON_MAX_ID
 from search.http.params import TIME_PATTERN, make_filters
 from search.http.routes_region import QueryText, TileParam, base_query
+from search.lru import LRU
 from search.query import NotFound, QueryError
 
-MAX_ID = 2**53  # exact in a JSON number (a float): larger ids are never issued
 Z = Annotated[int, PathParam(ge=0, le=24, description="web-mercator zoom", examples=[14])]
 XY = Annotated[int, PathParam(ge=0, le=2**24, description="XYZ tile column / row (below 2^z)",
                               examples=[3677])]
@@ -33,8 +32,7 @@ def _check_xyz(z: int, x: int, y: int) -> None:
 def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> None:
     api = engine.api_settings
     tiles_cache = mosaic.Mosaic(lambda snap, ids: snap.thumbnails(ids), api.map_cache_tiles)
-    scores_cache: OrderedDict = OrderedDict()
-    lock = threading.Lock()
+    scores_cache = LRU(8)  # the archive's scores of the last queries, for their overlays
     scope = "private" if api.api_key else "public"
 
     def filtered(loaded, start, end, sensor) -> tuple[np.ndarray, tuple]:
@@ -68,20 +66,16 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
 
     def archive_scores(loaded, q, tile, labels, start, end, sensor):
         key = (loaded.snap.generation, q, tile, labels, start, end, tuple(sensor))
-        with lock:
-            if key in scores_cache:
-                scores_cache.move_to_end(key)
-                return scores_cache[key]
+        cached = scores_cache.get(key, None)
+        if cached is not None:
+            return cached
         pos, neg = engine.labelled(labels) if labels else ((), ())
         f = make_filters(None, start, end, sensor, [])
         _, sc = engine.region_scores(base_query(q, tile, pos, neg, filters=f),
                                      api.max_score_tiles)
         lo, hi = (np.percentile(sc.scores, [50, 100]) if len(sc.scores) else (0.0, 1.0))
         value = (sc, float(lo), float(hi))
-        with lock:
-            scores_cache[key] = value
-            while len(scores_cache) > 8:
-                scores_cache.popitem(last=False)
+        scores_cache.put(key, value)
         return value
 
     @app.get("/map/scores/{z}/{x}/{y}.png", dependencies=deps, response_class=Response,
@@ -111,7 +105,7 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
 
     @app.get("/tiles/{tile_id}/where.{fmt}", dependencies=deps, response_class=Response,
              responses={200: {"content": {"image/png": {}, "application/json": {}}}, **errors})
-    def where(tile_id: Annotated[int, PathParam(ge=0, le=MAX_ID)], fmt: Literal["png", "json"],
+    def where(tile_id: Annotated[int, PathParam(ge=0, le=JSON_MAX_ID)], fmt: Literal["png", "json"],
               q: QueryText = None, tile: TileParam = None):
         """Where in the tile the query matches: the cosine similarity of each ViT patch token
         (projected into the joint space) with the query, as a transparent overlay aligned

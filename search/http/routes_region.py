@@ -1,8 +1,6 @@
 """Routes beyond top-k: the score of every tile in an area (columnar JSON, GeoJSON, CSV,
 Arrow, GeoParquet), change search between two periods, and a place's history."""
 
-import base64
-import binascii
 import time
 from typing import Annotated, Literal
 
@@ -16,25 +14,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from search import exports
 from search.engine import SearchEngine
-from search.http.models import Bounds, TileIdIn
+from search.http.models import JSON_MAX_ID, Bounds, TileIdIn
 from search.http.params import (
     BBOX_PATTERN,
     TIME_PATTERN,
     TIME_REQUIRED,
+    image_from_base64,
     make_filters,
     parse_bbox,
     parse_time,
 )
-from search.query import Query, QueryError, TooLarge
+from search.query import Query, QueryError
 
-MAX_ID = 2**53  # exact in a JSON number (a float): larger ids are never issued
 ExportFormat = Literal["json", "geojson", "csv", "arrow", "parquet"]
 Columns = Annotated[Literal["compact", "full"], Q(description="columnar JSON: compact (id, "
                                                             "score, z, x, y, acquired) or full")]
 
 QueryText = Annotated[str | None, Q(min_length=1, max_length=1000, description="text query",
                                     examples=["center pivot irrigation"])]
-TileParam = Annotated[int | None, Q(ge=0, le=MAX_ID, description="query by a tile's vector",
+TileParam = Annotated[int | None, Q(ge=0, le=JSON_MAX_ID, description="query by a tile's vector",
                                     examples=[42])]
 Bbox = Annotated[str | None, Q(description="west,south,east,north in degrees",
                                json_schema_extra={"pattern": BBOX_PATTERN},
@@ -87,9 +85,8 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
 
     def export(t, fmt: str, m: dict, compact: bool = False) -> Response:
         if not (compact and fmt == "json"):  # files carry links to the thumbnails
-            base = api.public_url.rstrip("/")
             t = t.append_column("thumbnail_url", pa.array(
-                [f"{base}/tiles/{i}/thumbnail.jpg" for i in t["id"].to_pylist()]))
+                [exports.thumbnail_url(api.public_url, i) for i in t["id"].to_pylist()]))
         return Response(exports.encode(t, fmt, m, compact), media_type=exports.MEDIA[fmt])
 
     @app.get("/search/scores", dependencies=deps, responses={
@@ -129,14 +126,7 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
         t0 = time.perf_counter()
         image = None
         if body.image_base64 is not None:
-            if len(body.image_base64) > api.max_upload_bytes * 4 // 3 + 4:
-                raise TooLarge(f"image is larger than {api.max_upload_bytes} bytes")
-            try:
-                image = base64.b64decode(body.image_base64, validate=True)
-            except (binascii.Error, ValueError):
-                raise QueryError("image_base64 is not valid base64") from None
-            if not image:
-                raise QueryError("empty image")
+            image = image_from_base64(body.image_base64, api.max_upload_bytes)
         given = [body.text is not None, image is not None, body.tile_id is not None]
         if sum(given) > 1:
             raise QueryError("give one of text, image_base64 or tile_id")
@@ -195,7 +185,7 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
                                        "after": [after_start, after_end]}, loaded))
 
     @app.get("/tiles/{tile_id}/changes", dependencies=deps, responses=errors)
-    def changes(tile_id: Annotated[int, PathParam(ge=0, le=MAX_ID)], q: QueryText = None):
+    def changes(tile_id: Annotated[int, PathParam(ge=0, le=JSON_MAX_ID)], q: QueryText = None):
         """The tile's place at every acquisition, oldest first: its score with `q` (when
         given) and the embedding distance (1 - cosine) to the previous acquisition."""
         query = base_query(q, None) if q is not None else None
