@@ -102,6 +102,15 @@ class SatfindClient:
     def thumbnail(self, tile_id: int) -> bytes:
         return self._call("GET", f"/tiles/{int(tile_id)}/thumbnail.jpg").content
 
+    def tiles_at(self, lon: float, lat: float, limit: int | None = None, **filters) -> dict:
+        """The tiles whose footprint contains lon/lat, newest acquisition first (undated
+        last): {"count", "total", "generation", "results": [what `tile` returns, ...]}.
+        Filters: start, end, sensor, undated."""
+        params = {"lon": float(lon), "lat": float(lat), **self._filters(**filters)}
+        if limit is not None:
+            params["limit"] = int(limit)
+        return self._call("GET", "/tiles/at", params=params).json()
+
     # --- beyond top-k -------------------------------------------------------------------
     @staticmethod
     def _query(q: str | None = None, tile: int | None = None, labels: str | None = None
@@ -157,10 +166,22 @@ class SatfindClient:
 
     def score_tile(self, z: int, x: int, y: int, q: str | None = None, tile: int | None = None,
                    labels: str | None = None, vmin: float | None = None,
-                   vmax: float | None = None) -> bytes:
-        params = self._query(q, tile, labels)
-        params.update({k: v for k, v in (("vmin", vmin), ("vmax", vmax)) if v is not None})
+                   vmax: float | None = None, threshold: float | None = None,
+                   **filters) -> bytes:
+        """The query's scores as a 256 px PNG overlay; tiles scoring below `threshold` are
+        not drawn. Filters: start, end, sensor."""
+        params = {**self._query(q, tile, labels), **self._filters(**filters)}
+        params.update({k: v for k, v in (("vmin", vmin), ("vmax", vmax),
+                                         ("threshold", threshold)) if v is not None})
         return self._call("GET", f"/map/scores/{z}/{x}/{y}.png", params=params).content
+
+    def score_legend(self, q: str | None = None, tile: int | None = None,
+                     labels: str | None = None, **filters) -> dict:
+        """The score overlay's legend: {"vmin", "vmax" (the score tiles' default range),
+        "ramp" (#rrggbb colours from vmin to vmax), "histogram": {"edges", "counts"},
+        "count"}. Filters: start, end, sensor."""
+        params = {**self._query(q, tile, labels), **self._filters(**filters)}
+        return self._call("GET", "/map/scores/legend", params=params).json()
 
     def label_sets(self) -> list[dict]:
         return self._call("GET", "/labels").json()["label_sets"]

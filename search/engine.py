@@ -25,6 +25,7 @@ from search.settings import ApiSettings, SearchSettings, ServeConfig
 from search.text_cache import TextEmbeddingCache
 
 log = logging.getLogger("satfind.search")
+TILE_COLUMNS = [*RESULT_COLUMNS, "native_gsd_m", "nodata_fraction"]  # a tile's metadata
 
 
 class Loaded:
@@ -267,7 +268,20 @@ class SearchEngine:
         tid = np.asarray([int(tile_id)], dtype=np.int64)
         if not loaded.tiles.has(tid)[0]:
             raise NotFound(f"unknown tile id {tile_id}")
-        return loaded.tiles.rows(tid, [*RESULT_COLUMNS, "native_gsd_m", "nodata_fraction"])[0]
+        return loaded.tiles.rows(tid, TILE_COLUMNS)[0]
+
+    def tiles_at(self, lon: float, lat: float, filters: Filters, limit: int
+                 ) -> tuple[Loaded, list[dict], int]:
+        """(loaded, rows, total): the tiles whose footprint contains lon/lat and that pass
+        the filters, newest acquisition first (undated last), at most `limit` of the
+        `total`; rows as `tile` gives them."""
+        if limit < 1:
+            raise QueryError("limit must be at least 1")
+        loaded = self.loaded
+        pos = regions.tiles_at(loaded.tiles, float(lon), float(lat), filters)
+        rows = loaded.tiles.rows(loaded.tiles.ids[pos[:limit]], TILE_COLUMNS) if len(
+            pos) else []
+        return loaded, rows, len(pos)
 
     def thumbnail(self, tile_id: int) -> bytes:
         self.tile(tile_id)

@@ -133,11 +133,23 @@ RAMP = np.stack([np.interp(np.linspace(0, 3, 256), np.arange(4), _ANCHORS[:, c])
                  for c in range(3)], axis=1).round().astype(np.uint8)
 
 
+def ramp_hex(stops: int = 9) -> list[str]:
+    """`stops` evenly spaced colours of RAMP, low to high, as #rrggbb (the entries
+    score_overlay paints at levels 0, 1/(stops-1), ..., 1)."""
+    at = (np.linspace(0, 1, stops) * 255).round().astype(np.int64)
+    return ["#{:02x}{:02x}{:02x}".format(*(int(c) for c in RAMP[i])) for i in at]
+
+
 def score_overlay(tiles, positions: np.ndarray, scores: np.ndarray, z: int, x: int, y: int,
-                  lo: float, hi: float, alpha: int = 190) -> np.ndarray | None:
+                  lo: float, hi: float, alpha: int = 190, threshold: float | None = None
+                  ) -> np.ndarray | None:
     """RGBA [256, 256, 4]: each index tile's footprint filled with its score's colour
-    (scores scaled from lo..hi); where tiles overlap (several dates), the highest wins."""
+    (scores scaled from lo..hi); where tiles overlap (several dates), the highest wins.
+    Tiles scoring below `threshold` are not drawn (transparent there, unless another
+    date of the place passes)."""
     sel = np.isin(positions, covering(tiles, positions, z, x, y))
+    if threshold is not None:
+        sel &= scores.astype(np.float64) >= threshold
     if not sel.any():
         return None
     pos, sc = positions[sel], scores[sel]

@@ -1,6 +1,7 @@
-"""Beyond top-k: the score of every tile in an area (for heat maps and overlays), and change
-over time (the same web-mercator cell at two periods). Exact inner products over the
-stored float16 vectors, in chunks, so memory stays bounded whatever the area holds."""
+"""Beyond top-k: the score of every tile in an area (for heat maps and overlays), change
+over time (the same web-mercator cell at two periods), and the tiles under one point. Exact
+inner products over the stored float16 vectors, in chunks, so memory stays bounded whatever
+the area holds."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
+import pyarrow as pa
 
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.tiles import NO_TIME, Filters
 from search.query import QueryError
 
 CHUNK = 32768  # vectors converted to float32 at a time (64 MB at 512-d)
+# Degrees of slack for the first pass of tiles_at over the table's float32 bounds (their
+# rounding is below 2e-5 degrees); the float64 footprints then decide.
+EDGE_SLACK = 1e-4
 
 
 def score_ids(snap: IndexSnapshot, v: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -60,6 +65,33 @@ def region_scores(loaded, v: np.ndarray, filters: Filters, max_tiles: int) -> Sc
                          "(api.max_score_tiles): narrow the bbox or the time range")
     ids = tiles.ids[pos]
     return Scored(ids, score_ids(loaded.snap, v, ids), pos)
+
+
+def tiles_at(tiles, lon: float, lat: float, filters: Filters) -> np.ndarray:
+    """Table positions of the tiles whose footprint contains lon/lat and that pass
+    `filters`: newest acquisition first, undated last, equal times by id, highest first (the
+    order the map draws them, top first).
+
+    A footprint is the tile's web-mercator cell, a lon/lat rectangle (the table's float64
+    west/south/east/north). A point on an edge two cells share belongs to one of them, as
+    the XYZ grid assigns it: west and north edges inside, east and south edges outside,
+    except the world's own east (180) and south edges."""
+    b = tiles.bounds
+    near = ((b["west"] <= lon + EDGE_SLACK) & (b["east"] >= lon - EDGE_SLACK)
+            & (b["south"] <= lat + EDGE_SLACK) & (b["north"] >= lat - EDGE_SLACK))
+    if filters.active:
+        near &= tiles.mask(filters)
+    pos = np.flatnonzero(near)
+    if len(pos):
+        fp = tiles.table.select(["west", "south", "east", "north"]).take(pa.array(pos))
+        w, s, e, n = (fp[c].to_numpy().astype(np.float64) for c in fp.column_names)
+        z, _, y = (c[pos] for c in tiles.cells())
+        last_row = y == (np.int64(1) << z) - 1
+        inside = ((w <= lon) & ((lon < e) | (e >= 180.0))
+                  & (lat <= n) & ((s < lat) | last_row))
+        pos = pos[inside]
+    order = np.lexsort((tiles.ids[pos], tiles.acquired[pos]))[::-1]
+    return pos[order]
 
 
 def latest_per_cell(keys: np.ndarray, acquired: np.ndarray, pos: np.ndarray) -> dict:

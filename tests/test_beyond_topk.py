@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -157,6 +158,218 @@ def test_score_overlay_colours_the_tiles(client, engine):
     assert _png(client.get("/map/scores/3/0/0.png", params={"q": "x"}))[..., 3].max() == 0
     r = client.get(f"/map/scores/{z}/{x}/{y}.png", params={"q": "x", "vmin": 0.5, "vmax": 0.1})
     assert r.status_code == 400
+
+
+def _newest_first(infos: dict, ids) -> list[int]:
+    """Tile ids by acquisition, newest first, undated last, equal times highest id first."""
+    def key(i):
+        t = infos[i]["acquired"]
+        return (t is not None, datetime.fromisoformat(t).timestamp() if t else 0.0, i)
+    return sorted(ids, key=key, reverse=True)
+
+
+def _under(infos: dict, lon: float, lat: float) -> list[int]:
+    """Brute force: the tiles whose footprint (GET /tiles/{id} bounds) holds the point, an
+    edge shared by two cells going to the east / south one."""
+    hit = [i for i, t in infos.items() if t["bounds"][0] <= lon < t["bounds"][2]
+           and t["bounds"][1] < lat <= t["bounds"][3]]
+    return _newest_first(infos, hit)
+
+
+@pytest.fixture(scope="module")
+def tile_infos(client, engine) -> dict:
+    ids = engine.snapshot.tiles(["id"])["id"].to_pylist()
+    return {i: client.get(f"/tiles/{i}").json() for i in ids}
+
+
+def test_tiles_at_a_point_are_the_footprints_that_hold_it_newest_first(client, tile_infos):
+    infos = tile_infos
+    by_cell = {(t["z"], t["x"], t["y"]): i for i, t in infos.items()}
+    points = [tuple(t["centre"]) for t in list(infos.values())[::5]]
+    # a NAIP cell with its east and south neighbours: points on the shared edges and corner
+    a = next(t for t in infos.values() if t["sensor"] == "NAIP" and (
+        t["z"], t["x"] + 1, t["y"]) in by_cell and (t["z"], t["x"], t["y"] + 1) in by_cell
+        and (t["z"], t["x"] + 1, t["y"] + 1) in by_cell)
+    w, s, e, n = a["bounds"]
+    east = infos[by_cell[(a["z"], a["x"] + 1, a["y"])]]
+    south = infos[by_cell[(a["z"], a["x"], a["y"] + 1)]]
+    corner = infos[by_cell[(a["z"], a["x"] + 1, a["y"] + 1)]]
+    edges = [((e, (s + n) / 2), east), (((w + e) / 2, s), south), ((e, s), corner)]
+    points += [p for p, _ in edges]
+    seen_dates = 0
+    for lon, lat in points:
+        want = _under(infos, lon, lat)
+        r = client.get("/tiles/at", params={"lon": lon, "lat": lat, "limit": 1000})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [t["id"] for t in body["results"]] == want, (lon, lat)
+        assert body["results"] == [infos[i] for i in want]  # the fields of GET /tiles/{id}
+        assert body["count"] == body["total"] == len(want) >= 1
+        seen_dates = max(seen_dates, len({t["acquired"] for t in body["results"]}))
+    assert seen_dates >= 2  # some point holds several dates: the order was checked
+    for (lon, lat), owner in edges:  # an edge belongs to one cell only: east / south
+        got = {t["id"] for t in client.get("/tiles/at", params={"lon": lon, "lat": lat})
+               .json()["results"]}
+        assert a["id"] not in got and owner["id"] in got
+    # nothing indexed there (the ocean off Africa; above web mercator's last latitude)
+    for lon, lat in ((0, 0), (10, 89.9)):
+        r = client.get("/tiles/at", params={"lon": lon, "lat": lat})
+        assert r.json() == {"count": 0, "total": 0, "generation": r.json()["generation"],
+                            "results": []}
+
+
+def test_tiles_at_takes_the_filters_and_a_limit(client, tile_infos):
+    naip = next(t for t in tile_infos.values() if t["sensor"] == "NAIP")
+    lon, lat = naip["centre"]
+
+    def ids(**params):
+        r = client.get("/tiles/at", params={"lon": lon, "lat": lat, **params})
+        assert r.status_code == 200, r.text
+        return [(t["acquired"][:4], t["sensor"]) for t in r.json()["results"]]
+
+    assert ids() == [("2014", "NAIP"), ("2009", "NAIP")]
+    assert ids(end="2010-01-01") == [("2009", "NAIP")]
+    assert ids(start="2014-01-01", end="2014-12-31") == [("2014", "NAIP")]
+    assert ids(sensor="NAIP") == ids() and ids(sensor="aerial") == []
+    one = client.get("/tiles/at", params={"lon": lon, "lat": lat, "limit": 1}).json()
+    assert (one["count"], one["total"]) == (1, 2) and one["results"][0]["acquired"][:4] == "2014"
+    # undated tiles pass a time filter only with undated=true
+    haiti = next(t for t in tile_infos.values() if t["acquired"] is None)
+    lon, lat = haiti["centre"]
+    assert ids(start="2014-01-01") == []
+    got = client.get("/tiles/at", params={"lon": lon, "lat": lat, "start": "2014-01-01",
+                                          "undated": True}).json()["results"]
+    assert [t["id"] for t in got] == [haiti["id"]]
+
+
+@pytest.mark.parametrize("params, status, word", [
+    ({"lon": 181, "lat": 0}, 422, "lon"), ({"lon": 0, "lat": -90.5}, 422, "lat"),
+    ({"lon": "east", "lat": 0}, 422, "lon"), ({"lat": 0}, 422, "lon"),
+    ({"lon": "nan", "lat": 0}, 422, "lon"),
+    ({"lon": 0, "lat": 0, "limit": 1001}, 422, "limit"),
+    ({"lon": 0, "lat": 0, "limit": 0}, 422, "limit"),
+    ({"lon": 0, "lat": 0, "bbox": "1,2,3,4"}, 400, "bbox"),
+    ({"lon": 0, "lat": 0, "start": "2014-06-31"}, 400, "start"),
+    ({"lon": 0, "lat": 0, "start": "2015-01-01", "end": "2014-01-01"}, 400, "start"),
+])
+def test_tiles_at_errors_are_one_line_4xx(client, params, status, word):
+    r = client.get("/tiles/at", params=params)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert word in detail and "\n" not in detail
+
+
+def test_tiles_at_edges_of_cells_and_of_the_world():
+    """The footprint test itself, on a table made by hand: edges shared by two cells go to
+    the east / south one; the world's east and south edges are inside; undated last."""
+    import mercantile
+
+    from indexer.store.layout import TILE_SCHEMA
+    from indexer.store.tiles import Filters, TileTable
+    from search.regions import tiles_at
+
+    cells = [(1, 0, 0, 2010), (1, 1, 0, 2012), (1, 1, 0, None), (1, 1, 0, 2012),
+             (1, 0, 1, 2010), (1, 1, 1, 2010), (0, 0, 0, None)]
+    rows = []
+    for i, (z, x, y, year) in enumerate(cells):
+        b = mercantile.bounds(x, y, z)
+        rows.append({"id": i, "z": z, "x": x, "y": y, "west": b.west, "south": b.south,
+                     "east": b.east, "north": b.north, "source": "/a.tif", "source_key": "a",
+                     "acquired": datetime(year, 1, 1, tzinfo=UTC) if year else None,
+                     "sensor": "s", "gsd_m": 1.0, "native_gsd_m": 1.0, "nodata_fraction": 0.0})
+    tiles = TileTable(pa.Table.from_pylist(rows, schema=TILE_SCHEMA), len(rows))
+    bottom = mercantile.bounds(0, 1, 1).south
+    top = mercantile.bounds(0, 0, 1).north
+    for (lon, lat), want in [((90, 45), [3, 1, 6, 2]), ((0, 45), [3, 1, 6, 2]),
+                             ((180, 45), [3, 1, 6, 2]), ((-90, 0), [4, 6]), ((0, 0), [5, 6]),
+                             ((-180, bottom), [4, 6]), ((-180, top), [0, 6]), ((0, 89), [])]:
+        got = tiles.ids[tiles_at(tiles, lon, lat, Filters())].tolist()
+        assert got == want, (lon, lat)
+    since = datetime(2011, 1, 1, tzinfo=UTC)
+    assert tiles.ids[tiles_at(tiles, 90, 45, Filters(start=since))].tolist() == [3, 1]
+    assert tiles.ids[tiles_at(tiles, 90, 45, Filters(start=since, undated=True))
+                     ].tolist() == [3, 1, 6, 2]
+
+
+def _score_map_tile(engine):
+    """A map tile one zoom above four NAIP cells: each a 128 px quadrant."""
+    t = engine.snapshot.tiles(["z", "x", "y", "sensor"]).to_pylist()
+    cells = {(r["z"], r["x"], r["y"]) for r in t if r["sensor"] == "NAIP"}
+    return next((z - 1, x // 2, y // 2) for z, x, y in sorted(cells) if x % 2 == y % 2 == 0
+                and {(z, x + 1, y), (z, x, y + 1), (z, x + 1, y + 1)} <= cells)
+
+
+def test_score_overlay_threshold_hides_the_tiles_below_it(client, engine):
+    """With `threshold`, a quadrant (one index cell, its best date wins) is drawn iff its
+    best score reaches the threshold, in the same colour as without one."""
+    mz, mx, my = _score_map_tile(engine)
+    full = client.get("/search/scores", params={"q": "a quarry", "columns": "full"}).json()
+    best: dict = {}
+    for z, x, y, sc in zip(full["z"], full["x"], full["y"], full["score"], strict=True):
+        if z == mz + 1 and (x // 2, y // 2) == (mx, my):
+            best[(x % 2, y % 2)] = max(best.get((x % 2, y % 2), -2.0), sc)
+    assert len(best) == 4 and len(set(best.values())) == 4
+    lo, hi = sorted(best.values())[1:3]
+    threshold = (lo + hi) / 2
+    url = f"/map/scores/{mz}/{mx}/{my}.png"
+    plain = _png(client.get(url, params={"q": "a quarry"}))
+    cut = _png(client.get(url, params={"q": "a quarry", "threshold": threshold}))
+    for (qx, qy), sc in best.items():
+        quad = np.s_[qy * 128:(qy + 1) * 128, qx * 128:(qx + 1) * 128]
+        assert (plain[quad][..., 3] > 0).all()
+        if sc >= threshold:
+            np.testing.assert_array_equal(cut[quad], plain[quad])
+        else:
+            assert cut[quad][..., 3].max() == 0
+    on = np.count_nonzero(cut[..., 3])
+    assert 0 < on < np.count_nonzero(plain[..., 3])
+    # above every score: nothing drawn; below every score: as without a threshold
+    assert _png(client.get(url, params={"q": "a quarry", "threshold": 1}))[..., 3].max() == 0
+    np.testing.assert_array_equal(
+        _png(client.get(url, params={"q": "a quarry", "threshold": -1})), plain)
+    assert client.get(url, params={"q": "a quarry", "threshold": 1.5}).status_code == 422
+
+
+def test_score_legend_is_the_range_the_score_tiles_use(client, engine):
+    from search.mosaic import RAMP
+
+    mz, mx, my = _score_map_tile(engine)
+    for params in ({"q": "a quarry"}, {"q": "farmland", "end": "2010-01-01"},
+                   {"q": "farmland", "sensor": "NAIP", "start": "2014-01-01"}):
+        r = client.get("/map/scores/legend", params=params)
+        assert r.status_code == 200, r.text
+        leg = r.json()
+        assert set(leg) == {"vmin", "vmax", "ramp", "histogram", "count"}
+        tile = client.get(f"/map/scores/{mz}/{mx}/{my}.png", params=params)
+        assert tile.status_code == 200
+        assert f"{leg['vmin']:.6f}" == tile.headers["X-Satfind-Vmin"]
+        assert f"{leg['vmax']:.6f}" == tile.headers["X-Satfind-Vmax"]
+        scores = client.get("/search/scores", params=params).json()["score"]
+        assert leg["count"] == len(scores) == sum(leg["histogram"]["counts"]) > 0
+        assert leg["vmin"] == pytest.approx(float(np.median(scores)), abs=1e-6)
+        assert leg["vmax"] == pytest.approx(max(scores), abs=1e-6)
+        edges = leg["histogram"]["edges"]
+        assert len(edges) == len(leg["histogram"]["counts"]) + 1 == 21
+        assert edges[0] == pytest.approx(min(scores)) and edges[-1] == pytest.approx(
+            max(scores))
+        assert counts_of(scores, edges) == leg["histogram"]["counts"]
+    assert len(leg["ramp"]) == 9
+    assert leg["ramp"][0] == "#{:02x}{:02x}{:02x}".format(*RAMP[0])
+    assert leg["ramp"][-1] == "#{:02x}{:02x}{:02x}".format(*RAMP[255])
+    one = client.get("/map/scores/legend", params={"q": "farmland", "end": "2010-01-01"})
+    assert one.json()["count"] < client.get("/map/scores/legend", params={
+        "q": "farmland"}).json()["count"]
+    assert client.get("/map/scores/legend").status_code == 400
+    assert client.get("/map/scores/legend", params={"q": "x", "vmin": 0}).status_code == 400
+
+
+def counts_of(values, edges) -> list[int]:
+    """Brute-force histogram: bins [a, b), the last one [a, b]."""
+    out = [0] * (len(edges) - 1)
+    for v in values:
+        i = next(k for k in range(len(out)) if v < edges[k + 1] or k == len(out) - 1)
+        out[i] += 1
+    return out
 
 
 def test_label_sets_survive_restarts_and_unrelated_indexing(tmp_path, shared_geotiff,

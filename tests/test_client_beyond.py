@@ -68,6 +68,35 @@ def test_the_client_covers_every_new_endpoint(api):
         assert e.value.status == 404
 
 
+def test_the_client_covers_the_map_explorer_endpoints(api):
+    """tiles_at, score_tile's threshold and filters, score_legend: through a real server."""
+    with SatfindClient(api) as c:
+        sc = c.region_scores("farmland", bbox=NAIP)
+        t = c.tile(sc["id"][0])
+        lon, lat = t["centre"]
+        at = c.tiles_at(lon, lat)
+        assert at["count"] == at["total"] == 2 and t in at["results"]
+        assert [r["acquired"][:4] for r in at["results"]] == ["2014", "2009"]
+        assert c.tiles_at(lon, lat, limit=1)["results"] == at["results"][:1]
+        assert [r["acquired"][:4] for r in c.tiles_at(lon, lat, end="2010-01-01",
+                                                       sensor="NAIP")["results"]] == ["2009"]
+        assert c.tiles_at(0.0, 0.0) == {**at, "count": 0, "total": 0, "results": []}
+        with pytest.raises(SatfindError) as e:
+            c.tiles_at(200, lat)
+        assert e.value.status == 422 and "lon" in str(e.value)
+        with pytest.raises(SatfindError) as e:
+            c.tiles_at(lon, lat, bbox=NAIP)  # not a filter of this route: named
+        assert e.value.status == 400 and "bbox" in str(e.value)
+        leg = c.score_legend("farmland")
+        assert leg["count"] == sum(leg["histogram"]["counts"]) and len(leg["ramp"]) == 9
+        assert c.score_legend("farmland", end="2010-01-01")["count"] < leg["count"]
+        z, x, y = t["z"] - 1, t["x"] // 2, t["y"] // 2
+        plain = c.score_tile(z, x, y, q="farmland")
+        assert c.score_tile(z, x, y, q="farmland", threshold=-1.0) == plain
+        assert c.score_tile(z, x, y, q="farmland", threshold=1.0) != plain
+        assert c.score_tile(z, x, y, q="farmland", end="2010-01-01") != plain
+
+
 def _search(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "search.query_cli", *args], cwd=ROOT,
                           capture_output=True, timeout=60)

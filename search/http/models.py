@@ -111,6 +111,31 @@ class TileInfo(BaseModel):
     thumbnail_url: str
 
 
+class TilesAt(BaseModel):
+    count: int = Field(description="tiles in `results`")
+    total: int = Field(description="tiles under the point passing the filters (count is "
+                                   "at most `limit` of them)")
+    generation: int = Field(description="index commit the answer comes from")
+    results: list[TileInfo] = Field(description="newest acquisition first, undated last")
+
+
+class Histogram(BaseModel):
+    edges: list[float] = Field(description="bin edges, lowest to highest score "
+                                           "(one more than counts)")
+    counts: list[int]
+
+
+class ScoreLegend(BaseModel):
+    vmin: float = Field(description="the score tiles' default low end (dark blue): the "
+                                    "archive's median score, as in X-Satfind-Vmin")
+    vmax: float = Field(description="the default high end (yellow): the best score, as in "
+                                    "X-Satfind-Vmax")
+    ramp: list[str] = Field(description="the colour ramp from vmin to vmax, evenly spaced "
+                                        "stops, #rrggbb")
+    histogram: Histogram = Field(description="the scores of every tile scored")
+    count: int = Field(description="tiles scored (those passing start/end/sensor)")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     tiles: int

@@ -23,6 +23,7 @@ from search.http.models import (
     Stats,
     TileInfo,
     TileResult,
+    TilesAt,
 )
 from search.http.params import (
     BBOX_PATTERN,
@@ -35,6 +36,7 @@ from search.http.params import (
 from search.query import NotFound, Query, QueryError, TooLarge
 
 MAX_ID = 2**62
+MAX_TILES_AT = 1000
 
 
 def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> None:
@@ -176,11 +178,33 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
                   k=k_or_default(body.k), filters=f, collapse=body.collapse)
         return run(q, body.format)
 
-    @app.get("/tiles/{tile_id}", response_model=TileInfo, dependencies=deps, responses=errors)
-    def tile(tile_id: TileId):
-        r = engine.tile(tile_id)
+    def tile_info(r: dict) -> TileInfo:
         return TileInfo(native_gsd_m=r["native_gsd_m"], nodata_fraction=r["nodata_fraction"],
                         **place(r))
+
+    # Before /tiles/{tile_id}: routes match in the order they are added, and "at" would be
+    # taken for a tile id there (and refused: not an integer).
+    @app.get("/tiles/at", response_model=TilesAt, dependencies=deps, responses=errors)
+    def tiles_at(lon: Annotated[float, Q(ge=-180, le=180, description="longitude, degrees",
+                                         examples=[-99.15])],
+                 lat: Annotated[float, Q(ge=-90, le=90, description="latitude, degrees",
+                                         examples=[47.02])],
+                 start: Start = None, end: End = None, sensor: Sensors = [],  # noqa: B006
+                 undated: Undated = False,
+                 limit: Annotated[int, Q(ge=1, le=MAX_TILES_AT, description=(
+                     f"most tiles returned (1..{MAX_TILES_AT})"))] = 20):
+        """The tiles whose footprint (web-mercator cell) contains the point and that pass
+        the filters: every acquisition of the place, at every zoom indexed, newest first
+        (undated last), with the fields of GET /tiles/{id}. A point on the edge between two
+        cells belongs to the one east / south of it (as the XYZ grid assigns it)."""
+        f = make_filters(None, start, end, sensor, [], undated)
+        loaded, rows, total = engine.tiles_at(lon, lat, f, limit)
+        return TilesAt(count=len(rows), total=total, generation=loaded.snap.generation,
+                       results=[tile_info(r) for r in rows])
+
+    @app.get("/tiles/{tile_id}", response_model=TileInfo, dependencies=deps, responses=errors)
+    def tile(tile_id: TileId):
+        return tile_info(engine.tile(tile_id))
 
     @app.get("/tiles/{tile_id}/similar", response_model=SearchOut, dependencies=deps,
              responses={**errors, **files})

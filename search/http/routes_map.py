@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from search import mosaic
 from search.engine import SearchEngine
-from search.http.models import JSON_MAX_ID
+from search.http.models import JSON_MAX_ID, Histogram, ScoreLegend
 from search.http.params import TIME_PATTERN, make_filters
 from search.http.routes_region import QueryText, TileParam, base_query
 from search.lru import LRU
@@ -21,7 +21,9 @@ Z = Annotated[int, PathParam(ge=0, le=24, description="web-mercator zoom", examp
 XY = Annotated[int, PathParam(ge=0, le=2**24, description="XYZ tile column / row (below 2^z)",
                               examples=[3677])]
 Time = Annotated[str | None, Q(json_schema_extra={"pattern": TIME_PATTERN})]
+Labels = Annotated[str | None, Q(description="a label set", examples=["quarries"])]
 PNG = {200: {"content": {"image/png": {}}}}
+LEGEND_STOPS, LEGEND_BINS = 9, 20
 
 
 def _check_xyz(z: int, x: int, y: int) -> None:
@@ -78,19 +80,33 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
         scores_cache.put(key, value)
         return value
 
+    @app.get("/map/scores/legend", response_model=ScoreLegend, dependencies=deps,
+             responses=errors)
+    def score_legend(q: QueryText = None, tile: TileParam = None, labels: Labels = None,
+                     start: Time = None, end: Time = None,
+                     sensor: Annotated[list[str], Q()] = []):  # noqa: B006
+        """The legend of the score overlay for this query: its default range (vmin, vmax:
+        the numbers the score tiles use and send as X-Satfind-Vmin/Vmax), the colour ramp
+        from vmin to vmax, and a histogram of every tile's score."""
+        sc, lo, hi = archive_scores(engine.loaded, q, tile, labels, start, end, sensor)
+        counts, edges = np.histogram(sc.scores.astype(np.float64), bins=LEGEND_BINS)
+        return ScoreLegend(vmin=lo, vmax=hi, ramp=mosaic.ramp_hex(LEGEND_STOPS),
+                           histogram=Histogram(edges=edges.tolist(), counts=counts.tolist()),
+                           count=len(sc.scores))
+
     @app.get("/map/scores/{z}/{x}/{y}.png", dependencies=deps, response_class=Response,
              responses={**PNG, **errors})
     def score_tile(z: Z, x: XY, y: XY, q: QueryText = None, tile: TileParam = None,
-                   labels: Annotated[str | None, Q(description="a label set",
-                                                   examples=["quarries"])] = None,
-                   start: Time = None, end: Time = None,
+                   labels: Labels = None, start: Time = None, end: Time = None,
                    sensor: Annotated[list[str], Q()] = [],  # noqa: B006
                    vmin: Annotated[float | None, Q(ge=-1, le=1)] = None,
-                   vmax: Annotated[float | None, Q(ge=-1, le=1)] = None):
+                   vmax: Annotated[float | None, Q(ge=-1, le=1)] = None,
+                   threshold: Annotated[float | None, Q(ge=-1, le=1, description=(
+                       "tiles scoring below it are not drawn"))] = None):
         """The query's score of every tile as a colour-mapped transparent overlay (dark
         blue = vmin, yellow = vmax; default: the archive's median and best score for this
         query, so colours agree across map tiles). Headers X-Satfind-Vmin/Vmax say the
-        range used."""
+        range used. With `threshold`, tiles scoring below it are left transparent."""
         _check_xyz(z, x, y)
         loaded = engine.loaded
         sc, lo, hi = archive_scores(loaded, q, tile, labels, start, end, sensor)
@@ -98,7 +114,8 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
         hi = hi if vmax is None else vmax
         if hi <= lo:
             raise QueryError("vmax must be above vmin")
-        img = mosaic.score_overlay(loaded.tiles, sc.positions, sc.scores, z, x, y, lo, hi)
+        img = mosaic.score_overlay(loaded.tiles, sc.positions, sc.scores, z, x, y, lo, hi,
+                                   threshold=threshold)
         resp = image(img, "png")
         resp.headers["X-Satfind-Vmin"], resp.headers["X-Satfind-Vmax"] = f"{lo:.6f}", f"{hi:.6f}"
         return resp
