@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import pytest
@@ -37,6 +38,16 @@ def _cards(at: AppTest) -> list[int]:
     return [int(b.key.split("_")[1]) for b in at.button if (b.key or "").startswith("similar_")]
 
 
+def _heading(at: AppTest) -> str:
+    """The results' heading ('Results for ...')."""
+    return next(m.value for m in at.markdown if m.value.startswith("**Results for"))
+
+
+def _dates(at: AppTest) -> set[str]:
+    """The acquisition dates on the result cards ('#rank · score · date · sensor')."""
+    return {m.value.split(" · ")[2] for m in at.markdown if re.match(r"#\d+ · \*\*", m.value)}
+
+
 def _text_search(at: AppTest, text: str, k: int) -> AppTest:
     at.slider(key="k").set_value(k)
     at.text_input(key="text").input(text)
@@ -49,7 +60,7 @@ def _text_search(at: AppTest, text: str, k: int) -> AppTest:
 def test_text_query_renders_k_cards(monkeypatch, api):
     at = _text_search(_app(monkeypatch, api), "farmland", 6)
     assert len(_cards(at)) == 6
-    assert "Results for “farmland”" in at.subheader[0].value
+    assert "Results for “farmland”" in _heading(at)
     assert len(at.get("download_button")) == 2  # GeoJSON and CSV export
 
 
@@ -58,7 +69,7 @@ def test_more_like_this_changes_the_query(monkeypatch, api):
     target = _cards(at)[3]
     at.button(key=f"similar_{target}").click()
     at.run()
-    assert f"more like tile {target}" in at.subheader[0].value
+    assert f"more like tile {target}" in _heading(at)
     assert _cards(at)[0] == target  # the tile itself ranks first
 
 
@@ -67,13 +78,13 @@ def test_thumbs_up_reruns_with_feedback(monkeypatch, api):
     target = _cards(at)[4]
     at.button(key=f"up_{target}").click()
     at.run()
-    assert "👍 1" in at.subheader[0].value
+    assert ":material/thumb_up: 1" in _heading(at)
     assert target in _cards(at)[:4]
 
 
 def test_date_filter_narrows(monkeypatch, api):
     at = _text_search(_app(monkeypatch, api), "farmland", 30)
-    dates = {m.value.split(" · ")[1] for m in at.markdown if " · " in m.value}
+    dates = _dates(at)
     assert len(dates) > 1  # several acquisition dates (and unknown) without a filter
     at.checkbox(key="use_dates").check()
     at.run()
@@ -82,7 +93,7 @@ def test_date_filter_narrows(monkeypatch, api):
     at.run()
     assert at.date_input(key="start").value == date(2014, 1, 1)
     assert not at.exception
-    dates = {m.value.split(" · ")[1] for m in at.markdown if " · " in m.value}
+    dates = _dates(at)
     assert dates == {"2014-07-20"} and len(_cards(at)) == 30
 
 
@@ -99,12 +110,12 @@ def test_the_date_filter_counts_undated_tiles_and_can_include_them(monkeypatch, 
     at.run()
     assert any(f"{undated:,} of" in c.value and "no acquisition date" in c.value
                for c in at.caption)
-    dates = {m.value.split(" · ")[1] for m in at.markdown if " · " in m.value}
+    dates = _dates(at)
     assert dates == {"2014-07-20"}
     at.checkbox(key="undated").check()
     at.run()
     assert not at.exception
-    dates = {m.value.split(" · ")[1] for m in at.markdown if " · " in m.value}
+    dates = _dates(at)
     assert dates == {"2014-07-20", "no date"}
 
 
@@ -199,4 +210,84 @@ def test_enter_in_the_query_box_searches(monkeypatch, api):
     at.text_input(key="text").input("farmland")  # typed, then Enter: no button click
     at.run()
     assert not at.exception and len(_cards(at)) == 5
-    assert "Results for “farmland”" in at.subheader[0].value
+    assert "Results for “farmland”" in _heading(at)
+
+
+def test_a_click_on_the_map_searches_like_the_tile_there(monkeypatch, api):
+    from search.client import SatfindClient
+
+    at = _text_search(_app(monkeypatch, api), "farmland", 5)
+    lon, lat = -99.15, 47.0125  # the North Dakota NAIP imagery
+    under = SatfindClient(api).tiles_at(lon, lat, limit=1)["results"][0]["id"]
+    at.session_state["pending_events"] = [{"type": "click", "lon": lon, "lat": lat,
+                                           "seq": "t:1"}]
+    at.run()
+    assert not at.exception, at.exception
+    assert f"more like tile {under}" in _heading(at) and _cards(at)[0] == under
+    assert at.query_params["tile"] == str(under)
+    # a click where nothing is indexed says so and keeps the query
+    at.session_state["pending_events"] = [{"type": "click", "lon": 0.0, "lat": 0.0,
+                                           "seq": "t:2"}]
+    at.run()
+    assert any("No indexed tile" in w.value for w in at.warning)
+    assert f"more like tile {under}" in _heading(at)
+
+
+def test_a_drawn_area_becomes_the_area_filter(monkeypatch, api):
+    at = _text_search(_app(monkeypatch, api), "farmland", 5)
+    at.session_state["pending_events"] = [{"type": "area", "seq": "t:3",
+                                           "bbox": [-99.19, 47.0, -99.12, 47.04]}]
+    at.run()
+    assert at.text_input(key="area").value == "-99.19000,47.00000,-99.12000,47.04000"
+    assert _dates(at) <= {"2014-07-20", "2009-08-18"}  # the North Dakota rasters only
+
+
+def test_labels_are_kept_by_the_api_ranked_and_shown_after_a_reload(monkeypatch, api):
+    from search.client import SatfindClient
+
+    c = SatfindClient(api)
+    at = _app_with_link(monkeypatch, api, {"labels": "apptest", "q": "farmland", "k": "6"})
+    ids = _cards(at)
+    at.button(key=f"up_{ids[0]}").click()
+    at.run()
+    at.button(key=f"down_{_cards(at)[-1]}").click()
+    at.run()
+    assert not at.exception, at.exception
+    kept = c.labels("apptest")
+    assert kept["positives"] == [ids[0]] and len(kept["negatives"]) == 1
+    # a new session (a reload) sees the same set; rank the archive with it
+    at = _app_with_link(monkeypatch, api, dict(at.query_params))
+    assert any("1 relevant · 1 irrelevant" in cap.value for cap in at.caption)
+    assert len(at.get("download_button")) == 4  # results GeoJSON/CSV, labels GeoJSON/Parquet
+    at.button(key="rank_labels").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert "label set “apptest”" in _heading(at)
+    assert any("spatially blocked CV" in cap.value and "precision" in cap.value
+               for cap in at.caption)
+    assert at.query_params["rank"] == "1" and len(_cards(at)) == 6
+    c.delete_labels("apptest")
+
+
+def test_change_mode_shows_before_and_after(monkeypatch, api):
+    at = _app_with_link(monkeypatch, api, {"q": "farmland", "k": "4", "mode": "change",
+                                           "before_start": "2009-01-01",
+                                           "before_end": "2009-12-31",
+                                           "after_start": "2014-01-01",
+                                           "after_end": "2014-12-31"})
+    assert not at.exception, at.exception
+    rows = [m.value for m in at.markdown if "Δ" in m.value]
+    assert len(rows) == 4
+    befores = [cap.value for cap in at.caption if cap.value.startswith("before · tile")]
+    afters = [cap.value for cap in at.caption if cap.value.startswith("after · 2014")]
+    assert len(befores) == len(afters) == 4
+    assert at.query_params["mode"] == "change"
+
+
+def _app_with_link(monkeypatch, url: str, link: dict) -> AppTest:
+    monkeypatch.setenv("SATFIND_API", url)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params = {k: v for k, v in link.items()}
+    at.run()
+    assert not at.exception, at.exception
+    return at

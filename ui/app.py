@@ -1,127 +1,180 @@
-"""satfind explorer: type a query or drop an image, see matching tiles on a map, refine.
+"""satfind explorer: a map of the archive's own imagery; type a query, drop an image, click
+a place or draw an area, label tiles, rank the archive with the labels, see what changed.
 
 Run with `satfind-ui --api http://127.0.0.1:8000` (or `streamlit run ui/app.py -- --api URL`;
 the SATFIND_API environment variable works too). Talks to the API only through
-`search.client.SatfindClient`.
+`search.client.SatfindClient`; the browser fetches map tiles from the API (`--public-api`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+import time
 from datetime import date
 
-import pydeck as pdk
 import streamlit as st
 
 from search.client import SatfindClient, SatfindError
+from ui import api, cards, labelling, mapview
+from ui.api import TIMEOUT_S, api_urls, client, timed_out
 from ui.views import (
     describe,
-    footprints,
-    map_view,
     parse_bbox,
     query_to_params,
     request_filters,
-    run_query,
     state_from_params,
-    to_csv,
-    to_geojson,
-    with_feedback,
 )
 
-DEFAULT_API = "http://127.0.0.1:8000"
-COLUMNS = 4
+
+def api_down(url: str, error: SatfindError) -> None:
+    """The outage banner; it checks the API every 2 s and the page comes back by itself."""
+    st.error(f"The satfind API is not reachable at {url}: {error}. Start it with "
+             "`satfind-serve --index DIR` (or `satfind-demo --index DIR`); this page "
+             "reconnects by itself.", icon="🚫")
+
+    @st.fragment(run_every=2)
+    def watch() -> None:
+        try:
+            client(url).health()
+        except SatfindError:
+            st.caption(f"last checked {time.strftime('%H:%M:%S')}")
+            return
+        st.rerun(scope="app")
+
+    watch()
 
 
-def api_url() -> str:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--api", default=None)
-    args, _ = p.parse_known_args()
-    return args.api or os.environ.get("SATFIND_API") or DEFAULT_API
-
-
-@st.cache_resource
-def client(url: str) -> SatfindClient:
-    return SatfindClient(url, api_key=os.environ.get("SATFIND_API_KEY") or None, timeout=120)
-
-
-@st.cache_data(show_spinner=False, max_entries=2000)
-def thumbnail(url: str, tile_id: int) -> bytes:
-    return client(url).thumbnail(tile_id)
-
-
-def show_map(results: list[dict], tile_url: str) -> None:
-    polys = footprints(results)
-    lon, lat, zoom = map_view(results)
-    layers = []
-    if tile_url:  # a basemap for connected users; offline: footprints on a plain background
-        layers.append(pdk.Layer("TileLayer", data=tile_url, min_zoom=0, max_zoom=19,
-                                tile_size=256))
-    layers.append(pdk.Layer("PolygonLayer", data=polys, get_polygon="polygon",
-                            get_fill_color=[230, 80, 30, 90], get_line_color=[230, 80, 30, 255],
-                            line_width_min_pixels=2, pickable=True, stroked=True))
-    st.pydeck_chart(pdk.Deck(
-        layers=layers, map_style=None,
-        initial_view_state=pdk.ViewState(longitude=lon, latitude=lat, zoom=zoom),
-        tooltip={"text": "tile {id}\nscore {score}\n{when}"}))
+def failed(error: SatfindError, what: str) -> None:
+    """One line for a failed call, with a retry button (a hung API times out in seconds)."""
+    if timed_out(error):
+        st.error(f"{what}: the API did not answer within {TIMEOUT_S:g} s.", icon="⏱️")
+    else:
+        st.error(f"{what}: {error}")
+    st.button("Retry", key="retry", on_click=lambda: None)
 
 
 def main() -> None:
     st.set_page_config(page_title="satfind", layout="wide")
-    url = api_url()
+    st.markdown("<style>.block-container{padding-top:2.2rem}</style>", unsafe_allow_html=True)
+    url, public = api_urls()
     c = client(url)
     state = st.session_state
     state.setdefault("query", None)
-
-    st.title("satfind")
     try:
         stats = c.stats()
     except SatfindError as e:
-        st.error(f"The satfind API is not reachable at {url}: {e}. Start it with "
-                 "`satfind-serve --index DIR` (or `satfind-demo --index DIR`).", icon="🚫")
+        if e.status is None:
+            api_down(url, e)
+        else:
+            failed(e, "The API's /stats failed")
         return
     state["max_upload_bytes"] = stats.get("limits", {}).get("max_upload_bytes")
     if stats["tiles"] == 0:
         st.info("The index is empty: add imagery with `satfind-index ARCHIVE --index DIR`.")
         return
-
-    if not state.get("restored"):  # a shared link: its query and filters, once per session
-        state["restored"] = True
-        linked, widgets = state_from_params(st.query_params.to_dict() | {
-            "sensor": st.query_params.get_all("sensor")})
-        for key, value in widgets.items():
-            state[key] = value
-        if linked is not None:
-            state.query = linked
-    k, filters_in, tile_url = sidebar(stats)
-    q = query_input(state)
-    if q is None:
-        st.info("Type a query (e.g. *farmland*) or drop an image, then search.")
-        return
+    restore_link(state)
+    apply_map_events(c, state)
+    k, filters_in, basemap = sidebar(stats)
     start, end, sensors, area, undated = filters_in
     try:
         bbox = parse_bbox(area)
     except ValueError as e:
         st.error(str(e))
         return
-    st.query_params.from_dict(query_to_params(q, k, start, end, sensors, area, undated))
-    st.subheader(describe(q))
+    filters = request_filters(bbox, start, end, sensors, undated)
+    name = state.get("label_set") or labelling.DEFAULT_SET
     try:
-        with st.spinner("Searching…"):
-            res = run_query(c, q, k, request_filters(bbox, start, end, sensors, undated))
+        labels = labelling.fetch(c, name)
     except SatfindError as e:
-        st.error(f"Query failed: {e}")
+        failed(e, "Reading the label set failed")
         return
-    results = res["results"]
-    if not results:
-        st.warning("No tiles match this query and these filters: widen the area or dates.")
+    mode = st.radio("mode", ["Search", "Change"], horizontal=True, key="mode",
+                    label_visibility="collapsed")
+    q = query_input(state)
+    link = query_to_params(q or {}, k, start, end, sensors, area, undated)
+    link.update(labelling.link(name), **mapview_link(state))
+    if mode == "Change":
+        link["mode"] = "change"
+    st.query_params.from_dict(link)
+    shown: dict = {"rows": [], "fit_key": None, "heat": None}
+    left, right = st.columns([3, 2], gap="small")
+    with right:
+        if mode == "Change":
+            cards.change_panel(c, url, state, q, bbox, sensors, labels, shown)
+        elif q is None:
+            st.info("Type a query (e.g. *farmland*) and press Enter, drop an image, click a "
+                    "place on the map, or rank the archive with a label set.")
+        else:
+            search_panel(c, url, state, q, k, filters, labels, shown)
+    with left:
+        map_panel(c, url, public, state, q if mode == "Search" else None, shown, labels, basemap,
+                  (start, end, sensors), bbox)
+    labelling.sidebar_panel(c, state, name, labels, k, filters)
+
+
+def restore_link(state) -> None:
+    """A shared link's query, filters, label set and view: once per session."""
+    if state.get("restored"):
         return
-    st.caption(f"{res['count']} results in {res['took_ms']:.0f} ms (index commit "
-               f"{res['generation']})")
-    show_map(results, tile_url)
-    exports(results)
-    result_grid(url, state, q, results)
+    state["restored"] = True
+    params = st.query_params.to_dict() | {"sensor": st.query_params.get_all("sensor")}
+    linked, widgets = state_from_params(params)
+    for key, value in widgets.items():
+        state[key] = value
+    if linked is not None:
+        state.query = linked
+    if params.get("labels"):
+        state["label_set"] = str(params["labels"])
+        if params.get("rank") == "1":
+            state.query = {"kind": "labels", "labels": str(params["labels"]),
+                           "positives": [], "negatives": []}
+    view = mapview.view_from_param(params.get("view", ""))
+    if view:
+        state["link_view"] = state["view"] = view
+    if params.get("mode") == "change":
+        state["mode"] = "Change"
+    cards.restore_change(state, params)
+
+
+def mapview_link(state) -> dict:
+    out = {}
+    view = mapview.view_to_param(state.get("view"))
+    if view:
+        out["view"] = view
+    q = state.get("query") or {}
+    if q.get("kind") == "labels":
+        out["rank"] = "1"
+    return out
+
+
+def apply_map_events(c: SatfindClient, state) -> None:
+    """Act on what the user did on the map (before the widgets those events change)."""
+    for ev in state.pop("pending_events", []):
+        if ev["type"] == "click":
+            _like_here(c, state, ev["lon"], ev["lat"])
+        elif ev["type"] == "select":
+            state["selected"] = int(ev["id"])
+        elif ev["type"] == "area" and ev.get("bbox"):
+            state["area"] = mapview.bbox_text(ev["bbox"])
+    if state.pop("view_as_area", False) and state.get("view"):
+        state["area"] = mapview.bbox_text(state["view"]["bbox"])
+    if state.pop("clear_area", False):
+        state["area"] = ""
+
+
+def _like_here(c: SatfindClient, state, lon: float, lat: float) -> None:
+    try:
+        found = c.tiles_at(lon, lat, limit=1)
+    except SatfindError as e:
+        state["map_message"] = f"Looking up the tile under the click failed: {e}"
+        return
+    if not found["results"]:
+        state["map_message"] = (f"No indexed tile at {lat:.4f}, {lon:.4f}: click on the "
+                                "imagery.")
+        return
+    tile = found["results"][0]["id"]
+    state.query = {"kind": "similar", "tile_id": tile, "positives": [], "negatives": []}
+    state["selected"] = tile
 
 
 def _default(key: str, value) -> dict:
@@ -131,8 +184,9 @@ def _default(key: str, value) -> dict:
 
 
 def sidebar(stats: dict):
-    """k, (start, end, sensors, area, undated) and the basemap URL from the sidebar."""
+    """k, (start, end, sensors, area, undated) and the external basemap URL."""
     with st.sidebar:
+        st.markdown("## satfind")
         st.caption(f"{stats['tiles']:,} tiles from {stats['sources']} rasters · "
                    f"encoder {stats['encoder']['architecture']} · {stats['index']['factory']}")
         k = st.slider("results (k)", 1, 100, key="k", **_default("k", 12))
@@ -153,10 +207,13 @@ def sidebar(stats: dict):
             end = st.date_input("to", min_value=lo, max_value=hi, key="end",
                                 **_default("end", date.today()))
         sensors = st.multiselect("sensor", sorted(stats.get("sensors", {})), key="sensors")
-        area = st.text_input("area: west,south,east,north (degrees)", key="area")
-        tile_url = st.text_input("basemap tile URL (blank = offline: footprints only)",
-                                 value=os.environ.get("SATFIND_TILE_URL", ""), key="tile_url")
-    return k, (start, end, sensors, area, undated), tile_url
+        area = st.text_input("area: west,south,east,north (degrees)", key="area",
+                             help="or draw a rectangle on the map, or 'Search this view'")
+        basemap = st.text_input("external basemap tile URL (optional)",
+                                value=os.environ.get("SATFIND_TILE_URL", ""), key="tile_url",
+                                help="an XYZ template such as https://…/{z}/{x}/{y}.png; "
+                                     "the archive's own imagery draws over it")
+    return k, (start, end, sensors, area, undated), basemap
 
 
 def _text_entered() -> None:
@@ -169,64 +226,121 @@ def _text_entered() -> None:
 
 def query_input(state) -> dict | None:
     """The text box (Enter searches), the image drop and their buttons; the current query."""
-    text = st.text_input("Describe what you are looking for", key="text",
-                         placeholder="solar farm next to a river", on_change=_text_entered)
-    limit = int(st.session_state.get("max_upload_bytes") or 0)
-    upload = st.file_uploader("…or drop an image", type=["png", "jpg", "jpeg", "tif", "tiff"],
-                              key="upload", help=(f"PNG, JPEG or GeoTIFF, at most "
-                                                  f"{limit / 2**20:g} MB (the API's limit)"
-                                                  if limit else None))
-    if upload is not None and limit and upload.size > limit:
-        st.error(f"{upload.name} is {upload.size / 2**20:.1f} MB; the API takes query images "
-                 f"up to {limit / 2**20:g} MB.")
-        upload = None
-    go_text, go_image = st.columns(2)
-    if go_text.button("Search text", key="search_text", type="primary") and text.strip():
+    box, go = st.columns([6, 1], vertical_alignment="bottom")
+    text = box.text_input("Describe what you are looking for", key="text",
+                          placeholder="solar farm next to a river", on_change=_text_entered)
+    if go.button("Search text", key="search_text", type="primary") and text.strip():
         state.query = {"kind": "text", "text": text.strip(), "positives": [], "negatives": []}
-    if go_image.button("Search image", key="search_image") and upload is not None:
-        state.query = {"kind": "image", "image": upload.getvalue(), "name": upload.name,
-                       "positives": [], "negatives": []}
+    limit = int(st.session_state.get("max_upload_bytes") or 0)
+    with st.expander("…or search with an image", expanded=False):
+        upload = st.file_uploader("Drop an image", type=["png", "jpg", "jpeg", "tif", "tiff"],
+                                  key="upload", help=(f"PNG, JPEG or GeoTIFF, at most "
+                                                      f"{limit / 2**20:g} MB (the API's limit)"
+                                                      if limit else None))
+        if upload is not None and limit and upload.size > limit:
+            st.error(f"{upload.name} is {upload.size / 2**20:.1f} MB; the API takes query "
+                     f"images up to {limit / 2**20:g} MB.")
+            upload = None
+        if st.button("Search image", key="search_image") and upload is not None:
+            state.query = {"kind": "image", "image": upload.getvalue(), "name": upload.name,
+                           "positives": [], "negatives": []}
     return state.query
 
 
-def exports(results: list[dict]) -> None:
-    gj, cs = st.columns(2)
-    gj.download_button("Export GeoJSON", json.dumps(to_geojson(results)),
-                       file_name="satfind-results.geojson", mime="application/geo+json",
-                       key="export_geojson")
-    cs.download_button("Export CSV", to_csv(results), file_name="satfind-results.csv",
-                       mime="text/csv", key="export_csv")
+def search_panel(c, url: str, state, q: dict, k: int, filters: dict, labels: dict,
+                 shown: dict) -> None:
+    st.markdown(f"**{describe(q)}**")
+    try:
+        res = api.query(url, q, k, filters)
+    except SatfindError as e:
+        if e.status is None and not timed_out(e):
+            api_down(url, e)
+        else:
+            failed(e, "Query failed")
+        return
+    results = res["results"]
+    if "cv" in res:
+        labelling.show_cv(res["cv"])
+    if not results:
+        st.warning("No tiles match this query and these filters: widen the area or dates.")
+        return
+    st.caption(f"{res['count']} results in {res['took_ms']:.0f} ms (index commit "
+               f"{res['generation']})")
+    shown.update(rows=results, fit_key=repr((q, k, filters)), heat=mapview.heat_params(q))
+    cards.exports(results)
+    cards.result_list(url, state, q, results, labels)
 
 
-def result_grid(url: str, state, q: dict, results: list[dict]) -> None:
-    """Thumbnails with score, date, place and the feedback / more-like-this buttons."""
-    for row in range(0, len(results), COLUMNS):
-        cols = st.columns(COLUMNS)
-        for col, r in zip(cols, results[row:row + COLUMNS], strict=False):
-            box = col.container(border=True)
+def map_panel(c, url: str, public: str, state, q, shown: dict, labels: dict, basemap: str,
+              filters: tuple, bbox) -> None:
+    """The map (imagery, footprints, label set, heat map), and what to do with the view."""
+    start, end, sensors = filters
+    heat = None
+    legend = None
+    # Fixed slots above the map: an element appearing there would move the map's iframe
+    # in Streamlit's element tree, and Streamlit would rebuild it (losing the view).
+    controls, note = st.container(), st.empty()
+    if shown.get("heat"):
+        on = controls.toggle("score heat map", key="heat",
+                             help="every tile coloured by its score for this query")
+        if on:
             try:
-                box.image(thumbnail(url, r["id"]), width="stretch")
-            except SatfindError:
-                box.caption("(no thumbnail)")
-            when = r["acquired"][:10] if r["acquired"] else "no date"
-            box.markdown(f"**{r['score']:.3f}** · {when} · {r['sensor']}  \n"
-                         f"{r['centre'][1]:.4f}, {r['centre'][0]:.4f}")
-            a, b = box.columns(2)
-            if a.button("Relevant", key=f"up_{r['id']}", width="stretch",
-                        help="thumbs up: re-run this query with this tile as a positive"):
-                state.query = with_feedback(q, r["id"], relevant=True)
-                st.rerun()
-            if b.button("Irrelevant", key=f"down_{r['id']}", width="stretch",
-                        help="thumbs down: re-run this query with this tile as a negative"):
-                state.query = with_feedback(q, r["id"], relevant=False)
-                st.rerun()
-            if box.button("More like this", key=f"similar_{r['id']}", width="stretch",
-                          help="a new query: tiles that look like this one"):
-                state.query = {"kind": "similar", "tile_id": r["id"], "positives": [],
-                               "negatives": []}
-                st.rerun()
-            with box.expander("details"):
-                st.json(r)
+                legend = c.score_legend(**shown["heat"], start=start, end=end, sensor=sensors)
+            except SatfindError as e:
+                controls.caption(f"heat map unavailable: {e}")
+            if legend and legend["count"]:
+                lo, hi = legend["histogram"]["edges"][0], legend["histogram"]["edges"][-1]
+                cut = controls.slider("hide tiles scoring below", float(lo), float(hi),
+                                      float(lo), step=max((hi - lo) / 100, 1e-4),
+                                      format="%.3f", key="threshold")
+                heat = mapview.heat_url(public, shown["heat"], cut if cut > lo else None,
+                                        start, end, sensors)
+                legend = {**legend, "threshold": cut if cut > lo else None,
+                          "title": describe(q).removeprefix("Results for ")}
+    message = state.pop("map_message", None)
+    if message:
+        note.warning(message)
+    rows = shown["rows"]
+    ids = [r["id"] for r in rows]
+    extra = labelling.tiles_of(url, labels, ids)
+    value = map_fragment(dict(
+        map_height=mapview.HEIGHT,
+        basemap=basemap.strip() or "",
+        imagery=mapview.imagery_url(public, start and start.isoformat(),
+                                    end and end.isoformat(), sensors),
+        heat=heat, heat_opacity=0.7, legend=legend if heat else None,
+        results=mapview.result_shapes(rows, labels["positives"], labels["negatives"]),
+        labelled=mapview.labelled_shapes(extra, labels["positives"], labels["negatives"], ids),
+        selected=state.get("selected"), area=list(bbox) if bbox else None,
+        fit=mapview.fit_bounds(rows), fit_key=shown.get("fit_key"),
+        view=state.get("link_view"),
+        hint="click: places like this · draw: area filter · numbers: results"))
+    del value
+    a, b, _ = st.columns([1, 1, 2])
+    if a.button("Search this view", key="search_view", disabled=not state.get("view")):
+        state["view_as_area"] = True
+        st.rerun()
+    if b.button("Clear area", key="clear_area_button", disabled=bbox is None):
+        state["clear_area"] = True
+        st.rerun()
+
+
+@st.fragment
+def map_fragment(args: dict):
+    """The map alone reruns when it is panned (its view goes to the URL); a click, a
+    selection or a drawn area reruns the page."""
+    state = st.session_state
+    value = mapview.leaflet_map("map", **args)
+    if isinstance(value, dict) and value.get("view"):
+        state["view"] = value["view"]
+        param = mapview.view_to_param(value["view"])
+        if param and st.query_params.get("view") != param:
+            st.query_params["view"] = param
+    events = mapview.new_events(value, state.setdefault("done_events", set()))
+    if events:
+        state.setdefault("pending_events", []).extend(events)
+        st.rerun(scope="app")
+    return value
 
 
 main()

@@ -25,13 +25,15 @@ def upload_limit_mb(api: str, timeout_s: float = 3.0) -> int | None:
     return max(1, math.ceil(limit / 2**20)) if isinstance(limit, int) else None
 
 
-def streamlit_command(api: str, host: str, port: int, upload_mb: int | None = None
-                      ) -> list[str]:
-    """`upload_mb`: Streamlit's upload limit, so its uploader says the API's (not 200 MB)."""
+def streamlit_command(api: str, host: str, port: int, upload_mb: int | None = None,
+                      public_api: str | None = None) -> list[str]:
+    """`upload_mb`: Streamlit's upload limit, so its uploader says the API's (not 200 MB).
+    `public_api`: the API's address as the browser reaches it (map tiles), if not `api`."""
     limit = ["--server.maxUploadSize", str(upload_mb)] if upload_mb else []
+    public = ["--public-api", public_api] if public_api else []
     return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", host,
             "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", *limit, "--", "--api", api]
+            "--browser.gatherUsageStats", "false", *limit, "--", "--api", api, *public]
 
 
 def add_version(p: argparse.ArgumentParser) -> None:
@@ -49,6 +51,9 @@ def add_version(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="satfind-ui", description="The satfind web explorer.")
     p.add_argument("--api", default="http://127.0.0.1:8000", help="satfind API base URL")
+    p.add_argument("--public-api", default=None,
+                   help="the API's URL as users' browsers reach it, for the map's imagery and "
+                        "heat-map tiles (default: --api)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
     add_version(p)
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"satfind explorer: http://{args.host}:{args.port} (API {args.api})", flush=True)
     try:
         return subprocess.call(streamlit_command(args.api, args.host, args.port,
-                                                 upload_limit_mb(args.api)))
+                                                 upload_limit_mb(args.api), args.public_api))
     except KeyboardInterrupt:
         return 130
 

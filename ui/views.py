@@ -1,12 +1,11 @@
 """The explorer's view logic, importable and testable without Streamlit: result exports,
-the query the API gets, feedback updates, the map's footprints and view, result captions."""
+the query the API gets, feedback updates, result captions, the query in the URL."""
 
 from __future__ import annotations
 
 import base64
 import csv
 import io
-import math
 
 from search.client import SatfindClient
 
@@ -70,23 +69,6 @@ def _client_filters(f: dict) -> dict:
     return {k: v for k, v in f.items() if v not in (None, [], "")}
 
 
-def footprints(results: list[dict]) -> list[dict]:
-    """One polygon per result for the map layer, with its tooltip fields."""
-    return [{"polygon": [[r["bounds"][0], r["bounds"][1]], [r["bounds"][2], r["bounds"][1]],
-                         [r["bounds"][2], r["bounds"][3]], [r["bounds"][0], r["bounds"][3]]],
-             "id": r["id"], "score": round(r["score"], 3), "when": r["acquired"] or "?"}
-            for r in results]
-
-
-def map_view(results: list[dict]) -> tuple[float, float, float]:
-    """(longitude, latitude, zoom) that shows every result."""
-    lons = [r["centre"][0] for r in results]
-    lats = [r["centre"][1] for r in results]
-    span = max(max(lons) - min(lons), max(lats) - min(lats), 1e-4)
-    zoom = max(1, min(18, math.log2(360 / span) + 0.5))
-    return sum(lons) / len(lons), sum(lats) / len(lats), zoom
-
-
 def with_feedback(q: dict, tile_id: int, relevant: bool) -> dict:
     """The query with `tile_id` marked relevant (positive) or not (negative)."""
     mine, other = ("positives", "negatives") if relevant else ("negatives", "positives")
@@ -96,9 +78,10 @@ def with_feedback(q: dict, tile_id: int, relevant: bool) -> dict:
 def describe(q: dict) -> str:
     """'Results for ...' heading of a query, with its feedback counts."""
     what = {"text": lambda: f"“{q['text']}”", "image": lambda: f"image {q.get('name', '')}",
-            "similar": lambda: f"more like tile {q['tile_id']}"}[q["kind"]]()
-    fb = f" · 👍 {len(q['positives'])} · 👎 {len(q['negatives'])}" if (
-        q["positives"] or q["negatives"]) else ""
+            "similar": lambda: f"more like tile {q['tile_id']}",
+            "labels": lambda: f"label set “{q['labels']}” (linear classifier)"}[q["kind"]]()
+    fb = (f" · :material/thumb_up: {len(q['positives'])} · :material/thumb_down: "
+          f"{len(q['negatives'])}") if (q.get("positives") or q.get("negatives")) else ""
     return f"Results for {what}{fb}"
 
 
@@ -170,3 +153,17 @@ def state_from_params(params) -> tuple[dict | None, dict]:
     elif str(params.get("tile", "")).isdigit():
         q = {"kind": "similar", "tile_id": int(params["tile"]), **fb}
     return q, widgets
+
+
+def rows_from_columns(res: dict) -> list[dict]:
+    """Columnar JSON (the API's compact default for region, change and label answers) as
+    result rows, with bounds and centre like a search result's."""
+    ids = res.get("id", [])
+    cols = [k for k, v in res.items() if isinstance(v, list) and len(v) == len(ids)]
+    rows = []
+    for i in range(len(ids)):
+        r = {k: res[k][i] for k in cols}
+        w, s, e, n = r["west"], r["south"], r["east"], r["north"]
+        r["bounds"], r["centre"] = [w, s, e, n], [(w + e) / 2, (s + n) / 2]
+        rows.append(r)
+    return rows
