@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests import chaos
@@ -252,6 +253,57 @@ def _drag(driver, leaflet, frm: tuple[int, int], to: tuple[int, int]) -> None:
         .click_and_hold().move_by_offset(dx // 2, dy // 2).move_by_offset(dx - dx // 2,
                                                                           dy - dy // 2) \
         .release().perform()
+
+
+class _Basemap:
+    """A stand-in external basemap on 127.0.0.1: every XYZ tile is a plain magenta PNG."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 256), (255, 0, 255)).save(buf, "PNG")
+        png, self.hits = buf.getvalue(), []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(h):  # noqa: N802
+                self.hits.append(h.path)
+                h.send_response(200)
+                h.send_header("Content-Type", "image/png")
+                h.send_header("Content-Length", str(len(png)))
+                h.end_headers()
+                h.wfile.write(png)
+
+            def log_message(h, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/{{z}}/{{x}}/{{y}}.png"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_external_basemap_draws_under_the_imagery(servers, driver):
+    basemap = _Basemap()
+    try:
+        _open(driver, servers.url + f"/?q=farmland&area={ND}")
+        _results(driver, "Results for “farmland”", K)
+        box = _wait(lambda: driver.find_element(By.CSS_SELECTOR, "input[aria-label*='basemap']"),
+                    30, "the basemap box")
+        box.send_keys(basemap.url, Keys.ENTER)
+        _wait(lambda: _loaded_tiles(driver, "basemap") >= 4, 60, "basemap tiles")
+        _wait(lambda: _loaded_tiles(driver, "imagery") >= 2, 60, "imagery over it")
+        assert all(re.fullmatch(r"/\d+/\d+/\d+\.png", p) for p in basemap.hits)
+        png = Image.open(io.BytesIO(_map(driver).screenshot_as_png)).convert("RGB")
+        px = np.asarray(png.resize((64, 64))).astype(int)
+        magenta = ((px[..., 0] > 200) & (px[..., 1] < 60) & (px[..., 2] > 200)).mean()
+        assert 0.05 < magenta < 0.95  # the basemap, and imagery over part of it
+    finally:
+        basemap.close()
 
 
 def test_clicking_the_map_finds_places_like_the_tile_there(servers, driver):
