@@ -8,7 +8,7 @@ import os
 import streamlit as st
 
 from search.client import SatfindClient, SatfindError
-from ui.views import run_query
+from ui.views import rank_with_labels, run_query
 
 DEFAULT_API = "http://127.0.0.1:8000"
 TIMEOUT_S = float(os.environ.get("SATFIND_UI_TIMEOUT", "5"))  # a hung API: an error, fast
@@ -53,7 +53,5 @@ def tile(url: str, tile_id: int) -> dict | None:
 def query(url: str, q: dict, k: int, filters: dict) -> dict:
     """A query's answer, reused while only the map or a card changes (60 s)."""
     if q["kind"] == "labels":
-        from ui.labelling import rank_with_labels
-
         return rank_with_labels(client(url), q["labels"], k, filters)
     return run_query(client(url), q, k, filters)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from search.client import SatfindClient, SatfindError
+from ui.api import tile
 
 DEFAULT_SET = "my-labels"
 MAX_DRAWN = 200  # labelled tiles drawn on the map (beyond the results)
@@ -48,8 +49,6 @@ def link(name: str) -> dict:
 
 def tiles_of(url: str, labels: dict, skip) -> dict[int, dict]:
     """Tile records of the labelled tiles not in `skip`, for their footprints."""
-    from ui.api import tile
-
     skip = set(skip)
     ids = [i for i in [*labels["positives"], *labels["negatives"]] if i not in skip]
     out = {}
@@ -58,25 +57,6 @@ def tiles_of(url: str, labels: dict, skip) -> dict[int, dict]:
         if t is not None:
             out[i] = t
     return out
-
-
-def rank_with_labels(c: SatfindClient, name: str, k: int, filters: dict) -> dict:
-    """The classifier's ranking in the shape of a search answer (score = probability)."""
-    import time
-
-    t0 = time.perf_counter()
-    f = {key: filters[key] for key in ("bbox", "start", "end") if key in filters}
-    res = c.classify(name, k=k, **f)
-    took = (time.perf_counter() - t0) * 1000
-    rows = []
-    for r in res["results"]:
-        w, s, e, n = r["west"], r["south"], r["east"], r["north"]
-        rows.append({"id": r["id"], "score": r["probability"], "bounds": [w, s, e, n],
-                     "centre": [(w + e) / 2, (s + n) / 2], "acquired": r.get("acquired"),
-                     "sensor": "", "z": r["z"], "x": r["x"], "y": r["y"], "source": "",
-                     "gsd_m": None, "label": r.get("label")})
-    return {"results": rows, "count": len(rows), "took_ms": took, "cv": res["cv"],
-            "generation": res["generation"]}
 
 
 def show_cv(cv: dict) -> None:

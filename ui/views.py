@@ -65,6 +65,25 @@ def run_query(c: SatfindClient, q: dict, k: int, filters: dict) -> dict:
     return c.similar(q["tile_id"], k=k, **_client_filters(filters))
 
 
+def rank_with_labels(c: SatfindClient, name: str, k: int, filters: dict) -> dict:
+    """The classifier's ranking in the shape of a search answer (score = probability)."""
+    import time
+
+    t0 = time.perf_counter()
+    f = {key: filters[key] for key in ("bbox", "start", "end") if key in filters}
+    res = c.classify(name, k=k, **f)
+    took = (time.perf_counter() - t0) * 1000
+    rows = []
+    for r in res["results"]:
+        w, s, e, n = r["west"], r["south"], r["east"], r["north"]
+        rows.append({"id": r["id"], "score": r["probability"], "bounds": [w, s, e, n],
+                     "centre": [(w + e) / 2, (s + n) / 2], "acquired": r.get("acquired"),
+                     "sensor": "", "z": r["z"], "x": r["x"], "y": r["y"], "source": "",
+                     "gsd_m": None, "label": r.get("label")})
+    return {"results": rows, "count": len(rows), "took_ms": took, "cv": res["cv"],
+            "generation": res["generation"]}
+
+
 def _client_filters(f: dict) -> dict:
     return {k: v for k, v in f.items() if v not in (None, [], "")}
 
