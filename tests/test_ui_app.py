@@ -291,3 +291,34 @@ def _app_with_link(monkeypatch, url: str, link: dict) -> AppTest:
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+def test_a_hung_api_is_an_error_in_seconds_and_the_page_recovers(monkeypatch, real_index):
+    import os
+    import signal
+    import time
+
+    port = chaos.free_port()
+    proc = chaos.start_server(real_index[0], OFFLINE_CONFIG, port)
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("SATFIND_UI_TIMEOUT", "1")
+    try:
+        at = _text_search(_app(monkeypatch, url), "farmland", 4)
+        assert len(_cards(at)) == 4
+        os.kill(proc.pid, signal.SIGSTOP)  # hung: connections queue, nothing answers
+        try:
+            t0 = time.monotonic()
+            at.text_input(key="text").input("forest")
+            at.run()
+            took = time.monotonic() - t0
+            assert not at.exception, at.exception
+            assert any("did not answer within 1 s" in e.value for e in at.error)
+            assert took < 15 and _cards(at) == []  # not the 121 s of before
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        at.run()  # what the banner's timer does every 2 s in a browser
+        assert not at.error and "Results for “forest”" in _heading(at)
+        assert len(_cards(at)) == 4
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -11,7 +11,11 @@ from search.client import SatfindClient, SatfindError
 from ui.views import rank_with_labels, run_query
 
 DEFAULT_API = "http://127.0.0.1:8000"
-TIMEOUT_S = float(os.environ.get("SATFIND_UI_TIMEOUT", "5"))  # a hung API: an error, fast
+
+
+def timeout_s() -> float:
+    """Seconds before a call to a hung API becomes an error (SATFIND_UI_TIMEOUT, 5)."""
+    return float(os.environ.get("SATFIND_UI_TIMEOUT", "5"))
 
 
 def api_urls() -> tuple[str, str]:
@@ -27,7 +31,7 @@ def api_urls() -> tuple[str, str]:
 @st.cache_resource
 def client(url: str) -> SatfindClient:
     return SatfindClient(url, api_key=os.environ.get("SATFIND_API_KEY") or None,
-                         timeout=TIMEOUT_S)
+                         timeout=timeout_s())
 
 
 def timed_out(error: SatfindError) -> bool:

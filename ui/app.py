@@ -16,7 +16,7 @@ import streamlit as st
 
 from search.client import SatfindClient, SatfindError
 from ui import api, cards, labelling, mapview
-from ui.api import TIMEOUT_S, api_urls, client, timed_out
+from ui.api import api_urls, client, timed_out, timeout_s
 from ui.views import (
     describe,
     parse_bbox,
@@ -26,11 +26,21 @@ from ui.views import (
 )
 
 
+# Widgets whose values outlive a run that does not draw them (Streamlit forgets those).
+KEPT = ("k", "use_dates", "undated", "start", "end", "sensors", "area", "tile_url", "text",
+        "label_set", "mode", "heat", "threshold", "direction", "before_start", "before_end",
+        "after_start", "after_end")
+
+
 def api_down(url: str, error: SatfindError) -> None:
     """The outage banner; it checks the API every 2 s and the page comes back by itself."""
-    st.error(f"The satfind API is not reachable at {url}: {error}. Start it with "
-             "`satfind-serve --index DIR` (or `satfind-demo --index DIR`); this page "
-             "reconnects by itself.", icon="🚫")
+    if timed_out(error):
+        st.error(f"The satfind API at {url} did not answer within {timeout_s():g} s; this "
+                 "page retries by itself.", icon="⏱️")
+    else:
+        st.error(f"The satfind API is not reachable at {url}: {error}. Start it with "
+                 "`satfind-serve --index DIR` (or `satfind-demo --index DIR`); this page "
+                 "reconnects by itself.", icon="🚫")
 
     @st.fragment(run_every=2)
     def watch() -> None:
@@ -47,7 +57,7 @@ def api_down(url: str, error: SatfindError) -> None:
 def failed(error: SatfindError, what: str) -> None:
     """One line for a failed call, with a retry button (a hung API times out in seconds)."""
     if timed_out(error):
-        st.error(f"{what}: the API did not answer within {TIMEOUT_S:g} s.", icon="⏱️")
+        st.error(f"{what}: the API did not answer within {timeout_s():g} s.", icon="⏱️")
     else:
         st.error(f"{what}: {error}")
     st.button("Retry", key="retry", on_click=lambda: None)
@@ -60,6 +70,9 @@ def main() -> None:
     c = client(url)
     state = st.session_state
     state.setdefault("query", None)
+    for key in KEPT:  # a run that stops early (API down) must not drop the filters
+        if key in state:
+            state[key] = state[key]
     try:
         stats = c.stats()
     except SatfindError as e:
