@@ -322,6 +322,34 @@ def test_clicking_the_map_finds_places_like_the_tile_there(servers, driver):
     assert f"tile={under}" in driver.current_url
 
 
+def test_hovering_a_card_highlights_its_footprint_and_the_reverse(servers, driver):
+    _open(driver, servers.url + f"/?q=farmland&area={ND}")
+    ids = _results(driver, "Results for “farmland”", K)
+    target = ids[2]
+    card = driver.find_element(By.CSS_SELECTOR, f".st-key-card_{target}")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", card)
+    ActionChains(driver).move_to_element(card).perform()
+    _map(driver)
+    stroke = _wait(lambda: (lambda p: p if p == "#28d7ff" else None)(driver.find_element(
+        By.CSS_SELECTOR, f"path.satfind-fp-{target}").get_attribute("stroke")), 10,
+        "the hovered card's footprint highlighted")
+    others = {p.get_attribute("stroke") for p in driver.find_elements(
+        By.CSS_SELECTOR, "path[class*='satfind-fp-']")
+        if f"satfind-fp-{target}" not in p.get_attribute("class")}
+    assert stroke == "#28d7ff" and "#28d7ff" not in others  # only that one
+    # the reverse: hovering a footprint's number on the map outlines its card
+    other = ids[5]
+    marker = next(m for m in driver.find_elements(By.CSS_SELECTOR, ".satfind-rank")
+                  if m.text == "6")
+    ActionChains(driver).move_to_element(marker).perform()
+    driver.switch_to.default_content()
+    _wait(lambda: "solid" in driver.find_element(
+        By.CSS_SELECTOR, f".st-key-card_{other}").get_attribute("style"), 10,
+        "the hovered footprint's card outlined")
+    assert "solid" not in (driver.find_element(
+        By.CSS_SELECTOR, f".st-key-card_{target}").get_attribute("style") or "")
+
+
 def test_drawing_a_rectangle_or_searching_the_view_narrows_to_it(servers, driver):
     _open(driver, servers.url + "/?q=farmland&k=30")
     everywhere = _results(driver, "Results for “farmland”", 30)

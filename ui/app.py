@@ -25,7 +25,6 @@ from ui.views import (
     state_from_params,
 )
 
-
 # Widgets whose values outlive a run that does not draw them (Streamlit forgets those).
 KEPT = ("k", "use_dates", "undated", "start", "end", "sensors", "area", "tile_url", "text",
         "label_set", "mode", "heat", "threshold", "direction", "before_start", "before_end",

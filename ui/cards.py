@@ -65,7 +65,7 @@ def result_list(url: str, state, q: dict, results: list[dict], labels: dict) -> 
 def card(c: SatfindClient, url: str, state, q: dict, r: dict, rank: int, labels: dict,
          name: str, selected: bool) -> None:
     tid = r["id"]
-    box = st.container(border=True)
+    box = st.container(border=True, key=f"card_{tid}")  # the map finds it to sync hovers
     pic, text = box.columns([2, 3])
     where = None
     wp = _where_params(q)

@@ -27,7 +27,9 @@ function emit(event) {
   sendValue();
 }
 
-const state = { map: null, fitKey: null, args: {}, drawing: false, layers: {} };
+const state = { map: null, fitKey: null, args: {}, drawing: false, layers: {}, polys: {},
+                hoverId: null, hoverBound: false };
+const HOVER = "#28d7ff";
 
 function round(v) { return Math.round(v * 1e6) / 1e6; }
 
@@ -49,20 +51,62 @@ function tileLayer(name, url, zIndex, opacity) {
 
 function footprintStyle(r, selected) {
   const colour = r.label === "pos" ? "#2ecc40" : r.label === "neg" ? "#ff4136" : "#ff7a1a";
-  if (selected) return { color: "#28d7ff", weight: 4, fill: true, fillOpacity: 0.12 };
+  if (selected || r.id === state.hoverId) {
+    return { color: HOVER, weight: 4, fill: true, fillOpacity: 0.12, dashArray: null };
+  }
   return { color: colour, weight: r.kind === "labelled" ? 2 : 2.5, fill: true,
            fillOpacity: 0.04, dashArray: r.label === "neg" ? "6 4" : null };
 }
 
+// Hover sync without a rerun: the explorer's cards live in the parent page (same origin),
+// each in a container with the Streamlit key card_<id> (CSS class st-key-card_<id>).
+function parentDoc() {
+  try { return window.parent.document; } catch (e) { return null; }
+}
+
+function cardOf(id) {
+  const doc = parentDoc();
+  return doc ? doc.querySelector(".st-key-card_" + id) : null;
+}
+
+function hover(id) {
+  if (id === state.hoverId) return;
+  const before = state.hoverId;
+  state.hoverId = id;
+  for (const other of [before, id]) {
+    const poly = other == null ? null : state.polys[other];
+    if (poly) {
+      poly.setStyle(footprintStyle(poly.satfindShape, other === state.args.selected));
+      if (other === id) poly.bringToFront();
+    }
+    const card = other == null ? null : cardOf(other);
+    if (card) card.style.outline = other === id ? "3px solid " + HOVER : "";
+  }
+}
+
+function bindCardHover() {
+  const doc = parentDoc();
+  if (!doc || state.hoverBound) return;
+  state.hoverBound = true;
+  doc.addEventListener("mouseover", ev => {
+    const card = ev.target.closest ? ev.target.closest("[class*='st-key-card_']") : null;
+    const m = card ? card.className.match(/st-key-card_(\d+)/) : null;
+    hover(m ? Number(m[1]) : null);
+  });
+}
+
 function drawFootprints(args) {
   if (state.layers.footprints) state.map.removeLayer(state.layers.footprints);
+  state.polys = {};
   const group = L.featureGroup();
   const shapes = (args.labelled || []).map(r => Object.assign({ kind: "labelled" }, r))
     .concat((args.results || []).map(r => Object.assign({ kind: "result" }, r)));
   for (const r of shapes) {
     const selected = r.id === args.selected;
-    const poly = L.polygon(r.ring, footprintStyle(r, selected));
-    poly.satfindId = r.id;
+    const poly = L.polygon(r.ring, Object.assign(footprintStyle(r, selected),
+                                                 { className: "satfind-fp-" + r.id }));
+    poly.satfindShape = r;
+    if (r.kind === "result") state.polys[r.id] = poly;
     const what = r.kind === "result" ? "#" + r.rank + " · tile " + r.id + " · " + r.score
       : "labelled tile " + r.id;
     poly.bindTooltip(what + (r.label ? " · " + (r.label === "pos" ? "relevant" : "irrelevant")
@@ -71,6 +115,10 @@ function drawFootprints(args) {
       L.DomEvent.stopPropagation(e);
       if (!state.drawing) emit({ type: "select", id: r.id });
     });
+    if (r.kind === "result") {
+      poly.on("mouseover", () => hover(r.id));
+      poly.on("mouseout", () => hover(null));
+    }
     group.addLayer(poly);
     if (r.kind === "result") {
       const icon = L.divIcon({ className: "", html: "<div class='satfind-rank" +
@@ -81,6 +129,8 @@ function drawFootprints(args) {
         L.DomEvent.stopPropagation(e);
         if (!state.drawing) emit({ type: "select", id: r.id });
       });
+      marker.on("mouseover", () => hover(r.id));
+      marker.on("mouseout", () => hover(null));
       group.addLayer(marker);
     }
     if (selected) poly.bringToFront();
@@ -178,13 +228,14 @@ function render(args) {
   tileLayer("basemap", args.basemap || "", 1, 1.0);
   tileLayer("imagery", args.imagery || "", 2, 1.0);
   tileLayer("heat", args.heat || "", 3, args.heat_opacity == null ? 0.75 : args.heat_opacity);
+  state.args = args;
   drawFootprints(args);
   drawLegend(args.legend);
+  bindCardHover();
   if (args.fit && args.fit_key !== state.fitKey) {
     state.map.fitBounds(args.fit, { padding: [24, 24], maxZoom: 17 });
     state.fitKey = args.fit_key;
   }
-  state.args = args;
 }
 
 window.addEventListener("message", ev => {
