@@ -326,6 +326,10 @@ def test_hovering_a_card_highlights_its_footprint_and_the_reverse(servers, drive
     _open(driver, servers.url + f"/?q=farmland&area={ND}")
     ids = _results(driver, "Results for “farmland”", K)
     target = ids[2]
+    _map(driver)  # the map is drawn (its script listens for hovers once it has rendered)
+    _wait(lambda: len(driver.find_elements(By.CSS_SELECTOR, ".satfind-rank")) == K, 30,
+          "the numbered footprints")
+    driver.switch_to.default_content()
     card = driver.find_element(By.CSS_SELECTOR, f".st-key-card_{target}")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", card)
     ActionChains(driver).move_to_element(card).perform()

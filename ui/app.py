@@ -262,6 +262,8 @@ def query_input(state) -> dict | None:
 def search_panel(c, url: str, state, q: dict, k: int, filters: dict, labels: dict,
                  shown: dict) -> None:
     st.markdown(f"**{describe(q)}**")
+    if q["kind"] == "labels":  # the cached ranking is the label set's as it is now
+        q = {**q, "positives": labels["positives"], "negatives": labels["negatives"]}
     try:
         res = api.query(url, q, k, filters)
     except SatfindError as e:
@@ -315,7 +317,7 @@ def map_panel(c, url: str, public: str, state, q, shown: dict, labels: dict, bas
     rows = shown["rows"]
     ids = [r["id"] for r in rows]
     extra = labelling.tiles_of(url, labels, ids)
-    value = map_fragment(dict(
+    map_fragment(dict(
         map_height=mapview.HEIGHT,
         basemap=basemap.strip() or "",
         imagery=mapview.imagery_url(public, start and start.isoformat(),
@@ -327,18 +329,20 @@ def map_panel(c, url: str, public: str, state, q, shown: dict, labels: dict, bas
         fit=mapview.fit_bounds(rows), fit_key=shown.get("fit_key"),
         view=state.get("link_view"),
         hint="click: places like this · draw: area filter · numbers: results"))
-    del value
     a, b, _ = st.columns([1, 1, 2])
-    if a.button("Search this view", key="search_view", disabled=not state.get("view")):
-        state["view_as_area"] = True
-        st.rerun()
-    if b.button("Clear area", key="clear_area_button", disabled=bbox is None):
-        state["clear_area"] = True
-        st.rerun()
+    a.button("Search this view", key="search_view", disabled=not state.get("view"),
+             on_click=_flag, args=("view_as_area",))
+    b.button("Clear area", key="clear_area_button", disabled=bbox is None, on_click=_flag,
+             args=("clear_area",))
+
+
+def _flag(name: str) -> None:
+    """A button's wish, acted on at the top of the run it starts (apply_map_events)."""
+    st.session_state[name] = True
 
 
 @st.fragment
-def map_fragment(args: dict):
+def map_fragment(args: dict) -> None:
     """The map alone reruns when it is panned (its view goes to the URL); a click, a
     selection or a drawn area reruns the page."""
     state = st.session_state
@@ -352,7 +356,6 @@ def map_fragment(args: dict):
     if events:
         state.setdefault("pending_events", []).extend(events)
         st.rerun(scope="app")
-    return value
 
 
 main()

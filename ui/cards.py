@@ -57,6 +57,8 @@ def result_list(url: str, state, q: dict, results: list[dict], labels: dict) -> 
     c = client(url)
     name = state.get("label_set") or labelling.DEFAULT_SET
     selected = state.get("selected")
+    if state.get("label_error"):
+        st.error(state.pop("label_error"))
     with st.container(height=LIST_HEIGHT, border=False):
         for rank, r in enumerate(results, 1):
             card(c, url, state, q, r, rank, labels, name, selected == r["id"])
@@ -82,24 +84,23 @@ def card(c: SatfindClient, url: str, state, q: dict, r: dict, rank: int, labels:
     text.markdown(f"{head} · **{r['score']:.3f}** · {when} · {r['sensor'] or 'tile'}  \n"
                   f"{r['centre'][1]:.4f}, {r['centre'][0]:.4f} · tile {tid}"
                   + (f"  \n{mark}" if mark else ""))
+    # Callbacks, not `if st.button(...): ...; st.rerun()`: the state changes before the
+    # click's run, so the page runs once, not twice (bench/ui_click.py).
     a, b, s, m = text.columns(4, gap="small")
-    if a.button("", key=f"up_{tid}", icon=":material/thumb_up:", width="stretch",
-                type=_type(tid in labels["positives"]),
-                help="Relevant: kept in the label set, and this query re-ranked with it"):
-        _label(c, state, q, name, labels, tid, relevant=True)
-    if b.button("", key=f"down_{tid}", icon=":material/thumb_down:", width="stretch",
-                type=_type(tid in labels["negatives"]),
-                help="Irrelevant: kept in the label set, and this query re-ranked with it"):
-        _label(c, state, q, name, labels, tid, relevant=False)
-    if s.button("", key=f"similar_{tid}", icon=":material/image_search:", width="stretch",
-                help="More like this: a new query, tiles that look like this one"):
-        state.query = {"kind": "similar", "tile_id": tid, "positives": [], "negatives": []}
-        state["selected"] = tid
-        st.rerun()
-    if m.button("", key=f"select_{tid}", icon=":material/location_on:", width="stretch",
-                type=_type(selected), help="Show on the map"):
-        state["selected"] = None if selected else tid
-        st.rerun()
+    a.button("", key=f"up_{tid}", icon=":material/thumb_up:", width="stretch",
+             type=_type(tid in labels["positives"]), on_click=_label,
+             args=(c, q, name, labels, tid, True),
+             help="Relevant: kept in the label set, and this query re-ranked with it")
+    b.button("", key=f"down_{tid}", icon=":material/thumb_down:", width="stretch",
+             type=_type(tid in labels["negatives"]), on_click=_label,
+             args=(c, q, name, labels, tid, False),
+             help="Irrelevant: kept in the label set, and this query re-ranked with it")
+    s.button("", key=f"similar_{tid}", icon=":material/image_search:", width="stretch",
+             on_click=_similar, args=(tid,),
+             help="More like this: a new query, tiles that look like this one")
+    m.button("", key=f"select_{tid}", icon=":material/location_on:", width="stretch",
+             type=_type(selected), on_click=_select, args=(None if selected else tid,),
+             help="Show on the map")
     if wp:
         text.toggle("where in the tile", key=f"where_{tid}",
                     help="the parts of the tile that match the query")
@@ -109,13 +110,24 @@ def _type(on: bool) -> str:
     return "primary" if on else "secondary"
 
 
-def _label(c: SatfindClient, state, q: dict, name: str, labels: dict, tid: int,
+def _similar(tid: int) -> None:
+    st.session_state.query = {"kind": "similar", "tile_id": tid, "positives": [],
+                              "negatives": []}
+    st.session_state["selected"] = tid
+
+
+def _select(tid: int | None) -> None:
+    st.session_state["selected"] = tid
+
+
+def _label(c: SatfindClient, q: dict, name: str, labels: dict, tid: int,
            relevant: bool) -> None:
+    state = st.session_state
     new = labelling.toggled(labels, tid, relevant)
     try:
         labelling.save(c, name, new)
     except SatfindError as e:
-        st.error(f"Saving the label failed: {e}")
+        state["label_error"] = f"Saving the label failed: {e}"
         return
     if q.get("kind") in ("text", "similar", "image"):
         if tid in new["positives" if relevant else "negatives"]:
@@ -123,7 +135,6 @@ def _label(c: SatfindClient, state, q: dict, name: str, labels: dict, tid: int,
         else:  # unlabelled: out of the query's feedback too
             state.query = {**q, "positives": [i for i in q["positives"] if i != tid],
                            "negatives": [i for i in q["negatives"] if i != tid]}
-    st.rerun()
 
 
 # --- change mode --------------------------------------------------------------------------

@@ -78,13 +78,10 @@ def sidebar_panel(c: SatfindClient, state, name: str, labels: dict, k: int,
                       help="your Relevant / Irrelevant marks, kept by the API under this name")
         npos, nneg = len(labels["positives"]), len(labels["negatives"])
         st.caption(f"labelled: {npos} relevant · {nneg} irrelevant")
-        if st.button("Rank the archive with these labels", key="rank_labels",
-                     disabled=not (npos and nneg), width="stretch",
-                     help="a linear classifier trained on the labelled tiles' vectors "
-                          "(needs at least one of each)"):
-            state.query = {"kind": "labels", "labels": name, "positives": [],
-                           "negatives": []}
-            st.rerun()
+        st.button("Rank the archive with these labels", key="rank_labels",
+                  disabled=not (npos and nneg), width="stretch", on_click=_rank, args=(name,),
+                  help="a linear classifier trained on the labelled tiles' vectors "
+                       "(needs at least one of each)")
         if npos or nneg:
             a, b = st.columns(2)
             for col, fmt, ext, mime in ((a, "geojson", "geojson", "application/geo+json"),
@@ -99,9 +96,13 @@ def sidebar_panel(c: SatfindClient, state, name: str, labels: dict, k: int,
                 col.download_button(f"Export {'GeoParquet' if fmt == 'parquet' else 'GeoJSON'}",
                                     data, file_name=f"{name}.{ext}", mime=mime,
                                     key=f"labels_{fmt}")
-            if st.button("Clear this label set", key="clear_labels"):
-                save(c, name, {"positives": [], "negatives": []})
-                st.rerun()
+            st.button("Clear this label set", key="clear_labels", on_click=save,
+                      args=(c, name, {"positives": [], "negatives": []}))
+
+
+def _rank(name: str) -> None:
+    st.session_state.query = {"kind": "labels", "labels": name, "positives": [],
+                              "negatives": []}
 
 
 def export_bytes(c: SatfindClient, name: str, fmt: str, positives: tuple,
