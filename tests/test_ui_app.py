@@ -71,6 +71,7 @@ def test_more_like_this_changes_the_query(monkeypatch, api):
     at.run()
     assert f"more like tile {target}" in _heading(at)
     assert _cards(at)[0] == target  # the tile itself ranks first
+    assert at.text_input(key="text").value == ""  # the box no longer names the old query
 
 
 def test_thumbs_up_reruns_with_feedback(monkeypatch, api):
@@ -224,7 +225,7 @@ def test_a_click_on_the_map_searches_like_the_tile_there(monkeypatch, api):
     at.run()
     assert not at.exception, at.exception
     assert f"more like tile {under}" in _heading(at) and _cards(at)[0] == under
-    assert at.query_params["tile"] == str(under)
+    assert at.query_params["tile"] == str(under) and at.text_input(key="text").value == ""
     # a click where nothing is indexed says so and keeps the query
     at.session_state["pending_events"] = [{"type": "click", "lon": 0.0, "lat": 0.0,
                                            "seq": "t:2"}]

@@ -187,6 +187,7 @@ def _like_here(c: SatfindClient, state, lon: float, lat: float) -> None:
     tile = found["results"][0]["id"]
     state.query = {"kind": "similar", "tile_id": tile, "positives": [], "negatives": []}
     state["selected"] = tile
+    state["text"] = ""  # the box shows the query: no longer the text typed before
 
 
 def _default(key: str, value) -> dict:

@@ -114,6 +114,7 @@ def _similar(tid: int) -> None:
     st.session_state.query = {"kind": "similar", "tile_id": tid, "positives": [],
                               "negatives": []}
     st.session_state["selected"] = tid
+    st.session_state["text"] = ""  # the box shows the query: no longer that text
 
 
 def _select(tid: int | None) -> None:
