@@ -36,15 +36,15 @@ class Loaded:
         self.tiles = tiles if tiles is not None else TileTable(snap.tiles(), snap.next_id)
 
     def refreshed(self) -> Loaded:
-        """The latest commit, reading (and adding to the tile table) only what it added
-        when it only added tiles."""
+        """The latest commit; the tile table changes by what the commits added (their new
+        parts' metadata) and removed (their tombstones), nothing else is re-read."""
         snap = self.snap.refreshed()
         if snap is self.snap:
             return self
-        added = snap.added_since(self.snap)
-        if added is None:
+        change = snap.changes_since(self.snap)
+        if change is None:
             return Loaded(snap)
-        return Loaded(snap, self.tiles.extended(added, snap.next_id))
+        return Loaded(snap, self.tiles.changed(*change, snap.next_id))
 
 
 class SearchEngine:

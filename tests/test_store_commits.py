@@ -223,3 +223,89 @@ def test_a_damaged_template_or_code_file_is_one_line(tmp_path):
     (tmp_path / m.index.file).write_bytes(b"\0" * 500)
     with pytest.raises(IndexError_, match="damaged FAISS template"):
         IndexSnapshot.open(tmp_path)
+
+
+def _varied_rows(n: int, key: str, rng: np.random.Generator) -> list[dict]:
+    from datetime import UTC, datetime
+
+    from tests.helpers import tile_rows
+
+    rows = tile_rows(n, key, start=int(rng.integers(0, 4000)))
+    for r in rows:
+        r["sensor"] = str(rng.choice(["NAIP", "Sentinel-2", "Landsat"]))
+        r["acquired"] = (None if rng.random() < 0.2 else
+                         datetime(2015 + int(rng.integers(0, 8)), 1 + int(rng.integers(0, 12)),
+                                  1, tzinfo=UTC))
+    return rows
+
+
+def _same_table(a: TileTable, b: TileTable) -> None:
+    from datetime import UTC, datetime
+
+    np.testing.assert_array_equal(a.ids, b.ids)
+    assert a.next_id == b.next_id and a.table.equals(b.table)
+    for c in a.bounds:
+        np.testing.assert_array_equal(a.bounds[c], b.bounds[c])
+    np.testing.assert_array_equal(a.acquired, b.acquired)
+    for col in ("sensor", "source"):
+        def decoded(t, col=col):
+            return np.asarray(getattr(t, f"{col}_names"), dtype=object)[getattr(t, f"{col}_codes")]
+        np.testing.assert_array_equal(decoded(a), decoded(b))
+    np.testing.assert_array_equal(a.cell_keys(), b.cell_keys())
+    assert a.counts() == b.counts()
+    for f in (Filters(), Filters(bbox=(-180, -10, 180, 40)), Filters(sensors=("NAIP",)),
+              Filters(start=datetime(2018, 1, 1, tzinfo=UTC), undated=True),
+              Filters(end=datetime(2019, 6, 1, tzinfo=UTC), sensors=("Landsat", "NAIP")),
+              Filters(sources=("/data/s3.tif", "/data/s5.tif"))):
+        np.testing.assert_array_equal(a.mask(f), b.mask(f))
+    some = a.ids[:: max(1, len(a.ids) // 7)]
+    assert a.rows(some, ["id", "source", "acquired"]) == b.rows(some, ["id", "source",
+                                                                      "acquired"])
+
+
+def test_a_reader_follows_removals_and_additions_as_a_fresh_open_would(tmp_path, monkeypatch):
+    """Commits that remove sources and add others: the server's tile table follows each
+    by its tombstones and new parts only, and equals the table of a fresh open."""
+    from search.engine import Loaded
+
+    rng = np.random.default_rng(11)
+    sizes: list[int] = []
+    real_init = TileTable.__init__
+
+    def init(self, table, next_id):
+        sizes.append(table.num_rows)
+        real_init(self, table, next_id)
+
+    with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
+        live, n = [], 0
+        for _ in range(4):
+            key = f"s{n}"
+            w.add(_varied_rows(60, key, rng), _vecs(60, n), [b"jpeg"] * 60)
+            live.append(key)
+            n += 1
+        w.commit()
+        loaded = Loaded(IndexSnapshot.open(tmp_path))
+        total = loaded.tiles.table.num_rows
+        for step in range(6):
+            removed = [live.pop(int(rng.integers(0, len(live))))
+                       for _ in range(int(rng.integers(0 if step else 1, 3))) if live]
+            for key in removed:
+                w.remove(key)
+            added = 0
+            for _ in range(int(rng.integers(0, 3)) if step != 2 else 0):  # step 2: only removes
+                key, k = f"s{n}", int(rng.integers(5, 40))
+                w.add(_varied_rows(k, key, rng), _vecs(k, n), [b"jpeg"] * k)
+                live.append(key)
+                added, n = added + k, n + 1
+            w.commit()
+            sizes.clear()
+            monkeypatch.setattr(TileTable, "__init__", init)
+            loaded = loaded.refreshed()
+            monkeypatch.setattr(TileTable, "__init__", real_init)
+            # only the new rows went through TileTable (none at all for an empty commit)
+            assert sizes == ([added] if removed or added else [])
+            _same_table(loaded.tiles, Loaded(IndexSnapshot.open(tmp_path)).tiles)
+            assert {s.rsplit("/", 1)[1][:-4] for s in set(loaded.tiles.table["source"]
+                                                          .to_pylist())} == set(live)
+            total = loaded.tiles.table.num_rows
+    assert total == len(loaded.tiles)

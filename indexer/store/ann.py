@@ -21,12 +21,12 @@ from indexer.store.vectors import CODE, ID, RowFileWriter, check_rows, open_rows
 CHUNK = 65536  # rows per read/encode step of a whole-file pass
 
 
-def deleted_ids(d: Path, m: Manifest) -> np.ndarray:
-    """The committed tombstones: ids of removed tiles."""
-    if m.deleted == 0:
-        return np.zeros(0, dtype=np.int64)
+def deleted_ids(d: Path, m: Manifest, start: int = 0) -> np.ndarray:
+    """The committed tombstones (ids of removed tiles), from row `start` on."""
+    if m.deleted <= start:
+        return np.empty(0, dtype=np.int64)
     check_rows(d / DELETED, m.deleted, 1, ID)
-    return np.array(open_rows(d / DELETED, m.deleted, 1, ID)[:, 0])
+    return np.array(open_rows(d / DELETED, m.deleted, 1, ID)[start:, 0])
 
 
 def template(d: Path, m: Manifest) -> VectorIndex:

@@ -210,18 +210,28 @@ class IndexSnapshot:
     def added_since(self, older: IndexSnapshot) -> pa.Table | None:
         """The metadata of the tiles this snapshot has on top of `older`, when the commits
         between them only added tiles (None otherwise: removals, another directory)."""
-        if older.dir != self.dir or older.next_id > self.next_id:
+        change = self.changes_since(older)
+        return change[0] if change is not None and not len(change[1]) else None
+
+    def changes_since(self, older: IndexSnapshot) -> tuple[pa.Table, np.ndarray] | None:
+        """(the metadata of the tiles added, the ids of the tiles removed) since `older`,
+        reading only the new parts' metadata and the new tombstones; None when that cannot
+        be said without reading everything (another directory, the first format, a part
+        holding ids from both sides of `older`'s last id). A removal rewrites the parts it
+        touched under new names: their rows are `older`'s less the removed ids."""
+        m, old = self.manifest, older.manifest
+        if (older.dir != self.dir or older.next_id > self.next_id or m.version != 2
+                or old.version != 2 or m.deleted < old.deleted):
             return None
-        before = {p.name for p in older.manifest.parts}
-        if not before <= {p.name for p in self.manifest.parts}:
+        before = {p.name for p in old.parts}
+        new = sorted((p for p in m.parts if p.name not in before), key=lambda p: p.id_min)
+        if any(p.id_min < older.next_id <= p.id_max for p in new):
             return None
-        new = sorted((p for p in self.manifest.parts if p.name not in before),
-                     key=lambda p: p.id_min)
-        if any(p.id_min < older.next_id for p in new):
-            return None
-        if not new:
-            return TILE_SCHEMA.empty_table()
-        return pa.concat_tables([self.part_tiles(p) for p in new])
+        added = [p for p in new if p.id_min >= older.next_id]
+        removed = ann.deleted_ids(self.dir, m, start=old.deleted).astype(np.int64)
+        table = (pa.concat_tables([self.part_tiles(p) for p in added]) if added
+                 else TILE_SCHEMA.empty_table())
+        return table, removed
 
     def part_tiles(self, part, columns: list[str] | None = None) -> pa.Table:
         """One part's tile metadata (read once per snapshot lineage when whole)."""

@@ -152,6 +152,35 @@ class TileTable:
             self.source_codes, self.source_names, new.source_codes, new.source_names)
         return out
 
+    def changed(self, added: pa.Table, removed: np.ndarray, next_id: int) -> TileTable:
+        """This table plus `added` (larger ids) less the tiles `removed` (ids): a commit
+        picked up without re-reading or re-deriving the rows already held."""
+        base = self
+        removed = np.asarray(removed, dtype=np.int64)
+        pos = np.searchsorted(self.ids, removed)
+        held = pos < len(self.ids)
+        pos, removed = pos[held], removed[held]
+        pos = pos[self.ids[pos] == removed]  # the removed tiles this table holds
+        if len(pos):
+            keep = np.ones(len(self.ids), dtype=bool)
+            keep[pos] = False
+            # The rows kept, as zero-copy slices of the table between the removed runs (a
+            # source's tiles are consecutive ids): Arrow's filter would copy every column.
+            edges = np.flatnonzero(np.diff(np.r_[False, keep, False].astype(np.int8)))
+            base = object.__new__(TileTable)
+            base.table = pa.concat_tables([self.table.slice(a, b - a)
+                                           for a, b in zip(edges[::2], edges[1::2],
+                                                           strict=True)]
+                                          or [self.table.slice(0, 0)])
+            base.next_id = self.next_id
+            base.ids = self.ids[keep]
+            base.bounds = {c: v[keep] for c, v in self.bounds.items()}
+            base.acquired = self.acquired[keep]
+            # the names of sensors / sources now without tiles stay: they match nothing
+            base.sensor_codes, base.sensor_names = self.sensor_codes[keep], self.sensor_names
+            base.source_codes, base.source_names = self.source_codes[keep], self.source_names
+        return base.extended(added, next_id)
+
     def __len__(self) -> int:
         return len(self.ids)
 
