@@ -1,11 +1,13 @@
 """What a running server spends picking up a commit that removes a source and adds one:
-the tile table changed by the commit's tombstones and new parts, against rebuilt whole.
+the snapshot and tile table changed by the commit's tombstones and new parts, against both
+re-opened / rebuilt whole (what the server did before), and the query cost afterwards.
 
 Builds one index (512-d synthetic embeddings, default store settings) of --n tiles in
 sources of --source tiles, then --repeats times commits "remove one source, add one" and
-times, from the same older snapshot, the server's `Loaded.refreshed()` (the table changed
-in place) and the same pick-up with the table rebuilt from every row (what it did before),
-each also split into the snapshot's re-open and the table's work.
+times, from the same older snapshot, the server's pick-up (`IndexSnapshot.refreshed()`:
+the first ANN segment kept, the removed ids searched around; `TileTable.changed`) and the
+whole way (`IndexSnapshot.open` with the same metadata cache, `TileTable` of every row),
+each split into the snapshot and the table's work; then unfiltered top-10 queries on both.
 
     python bench/reload.py                   # 1M tiles
     python bench/reload.py --n 200000        # a quick look
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 from bench.synthetic import EmbeddingWorld  # noqa: E402
 from encoder.identity import EncoderIdentity  # noqa: E402
@@ -50,6 +54,8 @@ def main() -> int:
     print(f"# bench/reload.py on {os.cpu_count()} cores; index in {d}")
     rows = {"incremental": [], "whole table": []}
     split = {"incremental": [], "whole table": []}
+    query = {"incremental": [], "whole table": []}
+    found = {}
     try:
         with IndexWriter(d, ident, StoreSettings()) as w:
             n, seed, keys = 0, 0, []
@@ -80,7 +86,8 @@ def main() -> int:
                 for way in (("incremental", "whole table") if r % 2 == 0
                             else ("whole table", "incremental")):
                     t = time.perf_counter()
-                    snap = older.snap.refreshed()  # re-opened whole: a removal
+                    snap = (older.snap.refreshed() if way == "incremental" else
+                            IndexSnapshot.open(d, part_cache=older.snap._part_cache))
                     t_snap = time.perf_counter() - t
                     if way == "incremental":
                         tiles = older.tiles.changed(*snap.changes_since(older.snap),
@@ -90,20 +97,31 @@ def main() -> int:
                     total = time.perf_counter() - t
                     rows[way].append(total)
                     split[way].append((t_snap, total - t_snap))
-                    assert len(tiles) == len(snap.tiles(["id"]))
+                    assert len(tiles) == len(snap.tiles(["id"])) == snap.ntotal
+                    q = world.sample(64, 10_000 + r)
+                    snap.search(q[:1], 10)  # warm
+                    lat = []
+                    for v in q:
+                        t = time.perf_counter()
+                        snap.search(v, 10)
+                        lat.append(time.perf_counter() - t)
+                    query[way].append(statistics.median(lat))
+                    found[way] = snap.search(q, 10)[1]
+                np.testing.assert_array_equal(found["incremental"], found["whole table"])
     finally:
         if a.dir is None:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\n{a.repeats} commits, each removing a {a.source}-tile source and adding one, "
           f"on {n:,} tiles; ms")
-    print("| tile table | pick-up p50 | max | of which snapshot re-open p50 | "
-          "of which table p50 |")
-    print("|---|---|---|---|---|")
+    print("| pick-up | p50 | max | of which snapshot p50 | of which table p50 | "
+          "then: query p50 ms (top-10, unfiltered) |")
+    print("|---|---|---|---|---|---|")
     for way in rows:
         print(f"| {way} | {statistics.median(rows[way]) * 1e3:.0f} | "
               f"{max(rows[way]) * 1e3:.0f} | "
               f"{statistics.median(s for s, _ in split[way]) * 1e3:.0f} | "
-              f"{statistics.median(t for _, t in split[way]) * 1e3:.0f} |")
+              f"{statistics.median(t for _, t in split[way]) * 1e3:.0f} | "
+              f"{statistics.median(query[way]) * 1e3:.2f} |")
     inc, whole = (statistics.median(t for _, t in split[w]) for w in rows)
     pick = statistics.median(rows["whole table"]) / statistics.median(rows["incremental"])
     print(f"table work, whole / incremental: {whole / inc:.1f}x; pick-up, whole / "

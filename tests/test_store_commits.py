@@ -120,7 +120,8 @@ def test_a_training_or_removing_commit_that_fails_can_be_retried(tmp_path, monke
 
 def test_a_reader_picks_up_a_commit_reading_only_what_it_added(tmp_path, monkeypatch):
     with IndexWriter(tmp_path, IDENT, IVF) as w:
-        _add(w, 1200, "a", 0)
+        _add(w, 1100, "a", 0)
+        _add(w, 100, "z", 2)  # ids 1100..1199
         w.commit()
         snap = IndexSnapshot.open(tmp_path)
         table = TileTable(snap.tiles(), snap.next_id)
@@ -147,11 +148,24 @@ def test_a_reader_picks_up_a_commit_reading_only_what_it_added(tmp_path, monkeyp
             sorted(table2.source_names) == sorted(ref.source_names)
         assert table2.rows(np.array([1239]), ["id", "source_key"]) == \
             ref.rows(np.array([1239]), ["id", "source_key"])
-        # A removal is not an append: the next refresh opens whole.
-        w.remove("b")
+        # A removal is not an append; the reader keeps its segments and searches around
+        # the removed ids, with the same answers as a whole open.
+        loads.clear()
+        w.remove("z")  # tiles of the first segment, ids 1100..1199
         w.commit()
-        assert fresh.refreshed().added_since(fresh) is None
-        assert len(fresh.refreshed().segments) == 1
+        gone = fresh.refreshed()
+        assert gone.added_since(fresh) is None and len(gone.segments) == 2
+        assert all(call[1].get("start") == 1200 for call in loads)  # never re-loaded whole
+        whole = IndexSnapshot.open(tmp_path)
+        assert gone.ntotal == whole.ntotal == 1140
+        q = whole.get_vectors(np.r_[np.arange(1100, 1200, 9), np.arange(1200, 1240, 3)])
+        for allowed in (None, np.arange(whole.next_id) % 2 == 0):
+            got, want = (s.search(q, 10, nprobe=8, allowed=allowed) for s in (gone, whole))
+            np.testing.assert_array_equal(got[1], want[1])
+            assert not np.isin(got[1], np.arange(1100, 1200)).any()  # removed: never found
+        w.remove("a")  # most of the first segment: the next refresh opens whole
+        w.commit()
+        assert len(gone.refreshed().segments) == 1
     assert fresh.refreshed() is not fresh
 
 

@@ -58,11 +58,22 @@ def committed(index_dir: str | Path) -> tuple[int, int] | None:
 
 class IndexSnapshot:
     def __init__(self, index_dir: Path, manifest: Manifest, segments: list[VectorIndex],
-                 base_rows: int, stamp: tuple, part_cache: dict[str, pa.Table] | None = None):
+                 base_rows: int, stamp: tuple, part_cache: dict[str, pa.Table] | None = None,
+                 base_deleted: int | None = None, dead: np.ndarray | None = None):
+        """`base_deleted`: the tombstones the first segment was loaded with (default: the
+        manifest's); `dead`: ids in the first segment removed since (searched around)."""
         self.dir = index_dir
         self.manifest = manifest
         self.segments = segments  # [whole index at base_rows ids] (+ [the tiles since])
         self._base_rows = base_rows
+        self._base_deleted = manifest.deleted if base_deleted is None else base_deleted
+        self._dead = dead if dead is not None and len(dead) else None
+        self._live = None  # (packed bitmap of ids not dead, its length, live count)
+        if self._dead is not None:
+            live = np.ones(manifest.next_id, dtype=bool)
+            live[self._dead] = False
+            self._live = (np.packbits(live, bitorder="little"), len(live),
+                          int(np.count_nonzero(live)), live)
         self.vectors = None  # float16 [next_id, D] memory map, or None
         if manifest.vectors_f16:
             check_rows(index_dir / manifest.vectors_f16, manifest.next_id, manifest.dim)
@@ -112,19 +123,24 @@ class IndexSnapshot:
             return self
         m = read_manifest(self.dir)
         old = self.manifest
-        appended = (m is not None and m.version == old.version == 2
-                    and (m.index.file, m.index.codes, m.deleted)
-                    == (old.index.file, old.index.codes, old.deleted)
-                    and m.next_id >= old.next_id
-                    and (m.next_id - self._base_rows) * DELTA_FRACTION <= self._base_rows)
-        if appended:
+        same = (m is not None and m.version == old.version == 2
+                and (m.index.file, m.index.codes) == (old.index.file, old.index.codes)
+                and m.next_id >= old.next_id and m.deleted >= old.deleted
+                and (m.next_id - self._base_rows) * DELTA_FRACTION <= self._base_rows)
+        if same:
             try:
                 _check_parts(self.dir, m)
-                delta = ann.load(self.dir, m, start=self._base_rows)
-                snap = IndexSnapshot(self.dir, m, [self.segments[0], delta], self._base_rows,
-                                     stamp, self._part_cache)
-                if snap.ntotal == m.index.ntotal:
-                    return snap
+                # Removed since the first segment was loaded: ids in it are searched around
+                # (a bitmap); the second segment is loaded without them.
+                dead = ann.deleted_ids(self.dir, m, start=self._base_deleted)
+                dead = np.unique(dead[dead < self._base_rows]).astype(np.int64)
+                if len(dead) * DELTA_FRACTION <= self._base_rows:
+                    delta = ann.load(self.dir, m, start=self._base_rows)
+                    snap = IndexSnapshot(self.dir, m, [self.segments[0], delta],
+                                         self._base_rows, stamp, self._part_cache,
+                                         base_deleted=self._base_deleted, dead=dead)
+                    if snap.ntotal == m.index.ntotal:
+                        return snap
             except FileNotFoundError:
                 pass  # cleaned up under us by yet another commit: open whole
         return IndexSnapshot.open(self.dir, part_cache=self._part_cache)
@@ -139,7 +155,9 @@ class IndexSnapshot:
 
     @property
     def ntotal(self) -> int:
-        return sum(s.ntotal for s in self.segments)
+        """Live tiles in the vector index (the first segment's removed ones not counted)."""
+        dead = 0 if self._dead is None else len(self._dead)
+        return sum(s.ntotal for s in self.segments) - dead
 
     @property
     def next_id(self) -> int:
@@ -177,8 +195,17 @@ class IndexSnapshot:
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k nearest tiles by inner product; ids are -1 past the end.
         `allowed`: bool per tile id (length next_id), only those are returned."""
-        found = [s.search(queries, k, nprobe=nprobe, allowed=allowed)
-                 for s in self.segments if s.ntotal]
+        found = []
+        for i, s in enumerate(self.segments):
+            if not s.ntotal:
+                continue
+            if i == 0 and self._live is not None:  # leave out the ids removed since loading
+                packed, n, live, mask = self._live
+                found.append(s.search(queries, k, nprobe=nprobe, allowed=mask & allowed)
+                             if allowed is not None else
+                             s.search(queries, k, nprobe=nprobe, packed=(packed, n, live)))
+            else:
+                found.append(s.search(queries, k, nprobe=nprobe, allowed=allowed))
         if not found:
             q = np.atleast_2d(queries)
             return (np.full((len(q), k), -np.inf, dtype=np.float32),

@@ -214,27 +214,33 @@ class VectorIndex:
 
     # --- search ------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               allowed: np.ndarray | None = None,
+               packed: tuple[np.ndarray, int, int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) [Q, k] of the nearest vectors by inner product; ids are -1 past
         the end. `allowed`: bool per id (index = tile id), only those are returned. With a
         mask an IVF index probes enough lists to expect 2 x k allowed vectors in them (a
-        filter keeping few tiles needs more lists than an unfiltered query)."""
+        filter keeping few tiles needs more lists than an unfiltered query). `packed`: the
+        same mask already packed (bitmap, length, allowed count), made once, not per query."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        selector, bitmap = None, None
+        selector, bitmap, kept = None, None, None
         if allowed is not None:
             # A bitmap over all ids: N/8 bytes, O(1) per test (a hash set of 300k ids costs
             # more to build than the search itself).
             bitmap = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
             selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+            kept = int(np.count_nonzero(allowed))
+        elif packed is not None:
+            bitmap, n, kept = packed
+            selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
         if self.is_flat:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
         else:
             ivf = faiss.extract_index_ivf(self._index)
             nlist = int(ivf.nlist)
             probe = int(ivf.nprobe) if nprobe is None else nprobe
-            if allowed is not None:
-                kept = max(1, int(np.count_nonzero(allowed)))
-                probe = max(probe, int(np.ceil(2 * k * nlist / kept)))
+            if kept is not None:
+                probe = max(probe, int(np.ceil(2 * k * nlist / max(1, kept))))
             params = faiss.SearchParametersIVF(nprobe=min(nlist, probe), sel=selector)
         scores, ids = self._index.search(q, k, params=params)
         return scores, ids
