@@ -134,23 +134,33 @@ class TileTable:
         self.sensor_codes, self.sensor_names = _codes(table["sensor"])
         self.source_codes, self.source_names = _codes(table["source"])
 
+    @classmethod
+    def _of(cls, table: pa.Table, next_id: int, ids: np.ndarray, bounds: dict,
+            acquired: np.ndarray, sensor: tuple, source: tuple) -> TileTable:
+        """A table from columns already derived (extended / changed: nothing recomputed);
+        `sensor`, `source`: (codes, names)."""
+        out = object.__new__(cls)
+        out.table, out.next_id, out.ids, out.bounds, out.acquired = (table, next_id, ids,
+                                                                    bounds, acquired)
+        (out.sensor_codes, out.sensor_names), (out.source_codes, out.source_names) = (
+            sensor, source)
+        return out
+
     def extended(self, added: pa.Table, next_id: int) -> TileTable:
         """This table plus `added` (tiles with ids above all of these: a commit that only
         added tiles), without recomputing the columns already held."""
         new = TileTable(added, next_id)
         if len(self.ids) and len(new.ids) and new.ids[0] <= self.ids[-1]:
             raise ValueError("extended() takes tiles with larger ids only")
-        out = object.__new__(TileTable)
-        out.table = pa.concat_tables([self.table, new.table])
-        out.next_id = next_id
-        out.ids = np.concatenate([self.ids, new.ids])
-        out.bounds = {c: np.concatenate([self.bounds[c], new.bounds[c]]) for c in self.bounds}
-        out.acquired = np.concatenate([self.acquired, new.acquired])
-        out.sensor_codes, out.sensor_names = _merge_codes(
-            self.sensor_codes, self.sensor_names, new.sensor_codes, new.sensor_names)
-        out.source_codes, out.source_names = _merge_codes(
-            self.source_codes, self.source_names, new.source_codes, new.source_names)
-        return out
+        return TileTable._of(
+            pa.concat_tables([self.table, new.table]), next_id,
+            np.concatenate([self.ids, new.ids]),
+            {c: np.concatenate([self.bounds[c], new.bounds[c]]) for c in self.bounds},
+            np.concatenate([self.acquired, new.acquired]),
+            _merge_codes(self.sensor_codes, self.sensor_names, new.sensor_codes,
+                         new.sensor_names),
+            _merge_codes(self.source_codes, self.source_names, new.source_codes,
+                         new.source_names))
 
     def changed(self, added: pa.Table, removed: np.ndarray, next_id: int) -> TileTable:
         """This table plus `added` (larger ids) less the tiles `removed` (ids): a commit
@@ -167,18 +177,14 @@ class TileTable:
             # The rows kept, as zero-copy slices of the table between the removed runs (a
             # source's tiles are consecutive ids): Arrow's filter would copy every column.
             edges = np.flatnonzero(np.diff(np.r_[False, keep, False].astype(np.int8)))
-            base = object.__new__(TileTable)
-            base.table = pa.concat_tables([self.table.slice(a, b - a)
-                                           for a, b in zip(edges[::2], edges[1::2],
-                                                           strict=True)]
-                                          or [self.table.slice(0, 0)])
-            base.next_id = self.next_id
-            base.ids = self.ids[keep]
-            base.bounds = {c: v[keep] for c, v in self.bounds.items()}
-            base.acquired = self.acquired[keep]
+            runs = [self.table.slice(a, b - a) for a, b in zip(edges[::2], edges[1::2],
+                                                                strict=True)]
             # the names of sensors / sources now without tiles stay: they match nothing
-            base.sensor_codes, base.sensor_names = self.sensor_codes[keep], self.sensor_names
-            base.source_codes, base.source_names = self.source_codes[keep], self.source_names
+            base = TileTable._of(
+                pa.concat_tables(runs or [self.table.slice(0, 0)]), self.next_id,
+                self.ids[keep], {c: v[keep] for c, v in self.bounds.items()},
+                self.acquired[keep], (self.sensor_codes[keep], self.sensor_names),
+                (self.source_codes[keep], self.source_names))
         return base.extended(added, next_id)
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ from fastapi import Query as Q
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from indexer.store.tiles import Filters
 from search import classifier, exports, regions
 from search.engine import SearchEngine
 from search.http.models import TileIdIn
@@ -76,13 +77,11 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         return r
 
     def point_tile(loaded, lon: float, lat: float) -> int:
-        b = loaded.tiles.bounds
-        hit = np.flatnonzero((b["west"] <= lon) & (b["east"] > lon) & (b["south"] < lat)
-                             & (b["north"] >= lat))
+        """The newest tile under the point (the one GET /tiles/at and a map click name)."""
+        hit = regions.tiles_at(loaded.tiles, lon, lat, Filters())
         if not len(hit):
             raise NotFound(f"no indexed tile under the point {lon}, {lat}")
-        best = hit[np.lexsort((loaded.tiles.ids[hit], loaded.tiles.acquired[hit]))[-1]]
-        return int(loaded.tiles.ids[best])
+        return int(loaded.tiles.ids[hit[0]])
 
     def polygon_tiles(loaded, ring: np.ndarray) -> list[int]:
         """The newest tile of every place whose centre lies inside the ring."""
