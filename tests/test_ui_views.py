@@ -91,8 +91,8 @@ def test_tile_url_templates_keep_the_xyz_slots_and_encode_the_query():
     assert "q=solar+farm+%26+river" in url and "threshold=0.2500" in url
     assert "sensor=NAIP&sensor=Landsat" in url and "end=" not in url
     assert mapview.imagery_url("http://h:1") == "http://h:1/map/{z}/{x}/{y}.png"
-    assert mapview.heat_params({"kind": "image", "image": b"x"}) is None
-    assert mapview.heat_params({"kind": "similar", "tile_id": 7}) == {"tile": 7}
+    assert views.query_ref({"kind": "image", "image": b"x"}) is None
+    assert views.query_ref({"kind": "similar", "tile_id": 7}) == {"tile": 7}
 
 
 def test_labels_toggle_and_columnar_answers_become_rows():

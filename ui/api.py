@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import streamlit as st
@@ -51,6 +52,21 @@ def tile(url: str, tile_id: int) -> dict | None:
         if e.status == 404:
             return None
         raise
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def where_overlay(url: str, tile_id: int, ref: tuple) -> bytes:
+    """The where-in-tile PNG for a query (`ref`: its q / tile parameter as items), fetched
+    once, not on every rerun while its card's toggle is on."""
+    return client(url).where(tile_id, format="png", **dict(ref))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def label_file(url: str, name: str, fmt: str, positives: tuple, negatives: tuple) -> bytes:
+    """A label set's export (re-fetched only when the set changed: its labels are the
+    key)."""
+    got = client(url).labels(name, format=fmt)
+    return json.dumps(got).encode() if isinstance(got, dict) else got
 
 
 @st.cache_data(show_spinner=False, ttl=60, max_entries=64)

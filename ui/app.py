@@ -20,6 +20,7 @@ from ui.api import api_urls, client, timed_out, timeout_s
 from ui.views import (
     describe,
     parse_bbox,
+    query_ref,
     query_to_params,
     request_filters,
     state_from_params,
@@ -59,7 +60,7 @@ def failed(error: SatfindError, what: str) -> None:
         st.error(f"{what}: the API did not answer within {timeout_s():g} s.", icon="⏱️")
     else:
         st.error(f"{what}: {error}")
-    st.button("Retry", key="retry", on_click=lambda: None)
+    st.button("Retry", key="retry")  # a click reruns the page
 
 
 def main() -> None:
@@ -121,7 +122,7 @@ def main() -> None:
     with left:
         map_panel(c, url, public, state, q if mode == "Search" else None, shown, labels, basemap,
                   (start, end, sensors), bbox)
-    labelling.sidebar_panel(c, state, name, labels, k, filters)
+    labelling.sidebar_panel(c, url, state, name, labels)
 
 
 def restore_link(state) -> None:
@@ -281,7 +282,7 @@ def search_panel(c, url: str, state, q: dict, k: int, filters: dict, labels: dic
         return
     st.caption(f"{res['count']} results in {res['took_ms']:.0f} ms (index commit "
                f"{res['generation']})")
-    shown.update(rows=results, fit_key=repr((q, k, filters)), heat=mapview.heat_params(q))
+    shown.update(rows=results, fit_key=repr((q, k, filters)), heat=query_ref(q))
     cards.exports(results)
     cards.result_list(url, state, q, results, labels)
 

@@ -11,8 +11,8 @@ import streamlit as st
 
 from search.client import SatfindClient, SatfindError
 from ui import labelling
-from ui.api import client, thumbnail
-from ui.views import rows_from_columns, to_csv, to_geojson, with_feedback
+from ui.api import client, thumbnail, where_overlay
+from ui.views import query_ref, rows_from_columns, to_csv, to_geojson, with_feedback
 
 LIST_HEIGHT = 640
 
@@ -43,14 +43,6 @@ def _image(url: str, tile_id: int, where: bytes | None = None, box=st):
     box.image(img, width="stretch")
 
 
-def _where_params(q: dict) -> dict | None:
-    if q.get("kind") == "text":
-        return {"q": q["text"]}
-    if q.get("kind") == "similar":
-        return {"tile": q["tile_id"]}
-    return None
-
-
 def result_list(url: str, state, q: dict, results: list[dict], labels: dict) -> None:
     """Cards in a scrolling column, numbered like the map: thumbnail, score, date, place,
     label buttons (kept in the label set), more like this, where-in-tile on demand."""
@@ -70,10 +62,10 @@ def card(c: SatfindClient, url: str, state, q: dict, r: dict, rank: int, labels:
     box = st.container(border=True, key=f"card_{tid}")  # the map finds it to sync hovers
     pic, text = box.columns([2, 3])
     where = None
-    wp = _where_params(q)
+    wp = query_ref(q) if q["kind"] != "labels" else None  # where-in-tile takes q or tile
     if wp and state.get(f"where_{tid}"):
         try:
-            where = c.where(tid, format="png", **wp)
+            where = where_overlay(url, tid, tuple(wp.items()))
         except SatfindError as e:
             text.caption(f"where-in-tile failed: {e}")
     _image(url, tid, where, pic)
@@ -165,12 +157,12 @@ def change_panel(c: SatfindClient, url: str, state, q: dict | None, bbox, sensor
         values[key] = col.date_input(label, min_value=lo, max_value=hi, key=key,
                                      **({} if key in state else {"value": default}))
     direction = st.radio("the match", ["rose", "fell"], horizontal=True, key="direction")
-    if q is None or q["kind"] not in ("text", "similar"):
+    what = query_ref(q) if q is not None and q["kind"] != "labels" else None
+    if what is None:
         st.info("Change mode needs a text query (or a 'more like this' tile).")
         return
     link = {k: v.isoformat() for k, v in values.items()}
     st.query_params.update(link | {"direction": direction})
-    what = {"q": q["text"]} if q["kind"] == "text" else {"tile": q["tile_id"]}
     try:
         res = c.change((link["before_start"], link["before_end"]),
                        (link["after_start"], link["after_end"]), k=int(state.get("k", 12)),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from search.client import SatfindClient, SatfindError
-from ui.api import tile
+from ui.api import label_file, tile
 
 DEFAULT_SET = "my-labels"
 MAX_DRAWN = 200  # labelled tiles drawn on the map (beyond the results)
@@ -69,8 +69,7 @@ def show_cv(cv: dict) -> None:
                f"{'n/a' if cv['auc'] is None else format(cv['auc'], '.2f')}")
 
 
-def sidebar_panel(c: SatfindClient, state, name: str, labels: dict, k: int,
-                  filters: dict) -> None:
+def sidebar_panel(c: SatfindClient, url: str, state, name: str, labels: dict) -> None:
     with st.sidebar:
         st.divider()
         st.text_input("label set", key="label_set", **({} if "label_set" in state else
@@ -88,8 +87,8 @@ def sidebar_panel(c: SatfindClient, state, name: str, labels: dict, k: int,
                                         (b, "parquet", "parquet",
                                          "application/vnd.apache.parquet")):
                 try:
-                    data = export_bytes(c, name, fmt, tuple(labels["positives"]),
-                                        tuple(labels["negatives"]))
+                    data = label_file(url, name, fmt, tuple(labels["positives"]),
+                                      tuple(labels["negatives"]))
                 except SatfindError as e:
                     col.caption(f"export failed: {e}")
                     continue
@@ -103,17 +102,3 @@ def sidebar_panel(c: SatfindClient, state, name: str, labels: dict, k: int,
 def _rank(name: str) -> None:
     st.session_state.query = {"kind": "labels", "labels": name, "positives": [],
                               "negatives": []}
-
-
-def export_bytes(c: SatfindClient, name: str, fmt: str, positives: tuple,
-                 negatives: tuple) -> bytes:
-    """The set's file (re-fetched only when the set changed)."""
-    key = ("labels_export", name, fmt, positives, negatives)
-    cache = st.session_state.setdefault("_label_exports", {})
-    if key not in cache:
-        import json
-
-        got = c.labels(name, format=fmt)
-        cache.clear() if len(cache) > 8 else None
-        cache[key] = json.dumps(got).encode() if isinstance(got, dict) else got
-    return cache[key]

@@ -58,18 +58,6 @@ def imagery_url(public_api: str, start=None, end=None, sensors=()) -> str:
         {"start": start, "end": end, "sensor": list(sensors)}))
 
 
-def heat_params(q: dict) -> dict | None:
-    """The score overlay's query parameters for a query, or None (an uploaded image cannot
-    be named in a tile URL; feedback is not part of the overlay)."""
-    if q.get("kind") == "text":
-        return {"q": q["text"]}
-    if q.get("kind") == "similar":
-        return {"tile": q["tile_id"]}
-    if q.get("kind") == "labels":
-        return {"labels": q["labels"]}
-    return None
-
-
 def heat_url(public_api: str, params: dict, threshold: float | None = None, start=None,
              end=None, sensors=()) -> str:
     return (f"{public_api.rstrip('/')}/map/scores/{{z}}/{{x}}/{{y}}.png" + _query_string(

@@ -75,13 +75,26 @@ def rank_with_labels(c: SatfindClient, name: str, k: int, filters: dict) -> dict
     took = (time.perf_counter() - t0) * 1000
     rows = []
     for r in res["results"]:
-        w, s, e, n = r["west"], r["south"], r["east"], r["north"]
-        rows.append({"id": r["id"], "score": r["probability"], "bounds": [w, s, e, n],
-                     "centre": [(w + e) / 2, (s + n) / 2], "acquired": r.get("acquired"),
+        bounds, centre = _place(r)
+        rows.append({"id": r["id"], "score": r["probability"], "bounds": bounds,
+                     "centre": centre, "acquired": r.get("acquired"),
                      "sensor": "", "z": r["z"], "x": r["x"], "y": r["y"], "source": "",
                      "gsd_m": None, "label": r.get("label")})
     return {"results": rows, "count": len(rows), "took_ms": took, "cv": res["cv"],
             "generation": res["generation"]}
+
+
+def query_ref(q: dict) -> dict | None:
+    """The query as the API's q / tile / labels parameters (score overlay, where-in-tile,
+    change search), or None: an uploaded image cannot be named in a URL, and feedback is
+    not part of them."""
+    if q.get("kind") == "text":
+        return {"q": q["text"]}
+    if q.get("kind") == "similar":
+        return {"tile": q["tile_id"]}
+    if q.get("kind") == "labels":
+        return {"labels": q["labels"]}
+    return None
 
 
 def _client_filters(f: dict) -> dict:
@@ -174,6 +187,13 @@ def state_from_params(params) -> tuple[dict | None, dict]:
     return q, widgets
 
 
+def _place(r: dict) -> tuple[list[float], list[float]]:
+    """(bounds, centre) of a row holding west / south / east / north, as a search result
+    gives them."""
+    w, s, e, n = r["west"], r["south"], r["east"], r["north"]
+    return [w, s, e, n], [(w + e) / 2, (s + n) / 2]
+
+
 def rows_from_columns(res: dict) -> list[dict]:
     """Columnar JSON (the API's compact default for region, change and label answers) as
     result rows, with bounds and centre like a search result's."""
@@ -182,7 +202,6 @@ def rows_from_columns(res: dict) -> list[dict]:
     rows = []
     for i in range(len(ids)):
         r = {k: res[k][i] for k in cols}
-        w, s, e, n = r["west"], r["south"], r["east"], r["north"]
-        r["bounds"], r["centre"] = [w, s, e, n], [(w + e) / 2, (s + n) / 2]
+        r["bounds"], r["centre"] = _place(r)
         rows.append(r)
     return rows

@@ -95,6 +95,18 @@ function bindCardHover() {
   });
 }
 
+// A footprint or its number: a click selects the tile; a result's also syncs hovers.
+function selectable(layer, id, hovers) {
+  layer.on("click", e => {
+    L.DomEvent.stopPropagation(e);
+    if (!state.drawing) emit({ type: "select", id: id });
+  });
+  if (hovers) {
+    layer.on("mouseover", () => hover(id));
+    layer.on("mouseout", () => hover(null));
+  }
+}
+
 function drawFootprints(args) {
   if (state.layers.footprints) state.map.removeLayer(state.layers.footprints);
   state.polys = {};
@@ -111,26 +123,14 @@ function drawFootprints(args) {
       : "labelled tile " + r.id;
     poly.bindTooltip(what + (r.label ? " · " + (r.label === "pos" ? "relevant" : "irrelevant")
       : "") + (r.when ? " · " + r.when : ""), { sticky: true });
-    poly.on("click", e => {
-      L.DomEvent.stopPropagation(e);
-      if (!state.drawing) emit({ type: "select", id: r.id });
-    });
-    if (r.kind === "result") {
-      poly.on("mouseover", () => hover(r.id));
-      poly.on("mouseout", () => hover(null));
-    }
+    selectable(poly, r.id, r.kind === "result");
     group.addLayer(poly);
     if (r.kind === "result") {
       const icon = L.divIcon({ className: "", html: "<div class='satfind-rank" +
         (selected ? " selected" : "") + "'>" + r.rank + "</div>", iconSize: null });
-      const marker = L.marker(L.polygon(r.ring).getBounds().getCenter(),
+      const marker = L.marker(poly.getBounds().getCenter(),
                               { icon: icon, interactive: true, keyboard: false });
-      marker.on("click", e => {
-        L.DomEvent.stopPropagation(e);
-        if (!state.drawing) emit({ type: "select", id: r.id });
-      });
-      marker.on("mouseover", () => hover(r.id));
-      marker.on("mouseout", () => hover(null));
+      selectable(marker, r.id, true);
       group.addLayer(marker);
     }
     if (selected) poly.bringToFront();
