@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import chaos  # noqa: E402
-from tests.helpers import OFFLINE_CONFIG  # noqa: E402
+from tests.helpers import OFFLINE_CONFIG, wait_until  # noqa: E402
 
 BEFORE = "89fb32f"  # the last explorer before the map-first rewrite (07d9f8d)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -214,21 +214,6 @@ return (!w || w.classList.contains('StatusWidget-exit'))
 """
 
 
-def _bounded(predicate, timeout_s: float, what: str, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    for _ in range(int(timeout_s / every_s) + 2):  # bounded in count and in time
-        try:
-            value = predicate()
-        except Exception:  # noqa: BLE001 - a stale element while Streamlit re-renders
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            break
-        time.sleep(every_s)
-    raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
-
-
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -279,8 +264,8 @@ def wait_streamlit(port: int, proc: subprocess.Popen, log: Path) -> None:
         except OSError:
             return False
     try:
-        _bounded(healthy, 90, f"streamlit on port {port}", 0.3)
-    except RuntimeError as e:
+        wait_until(healthy, 90, f"streamlit on port {port}", 0.3)
+    except TimeoutError as e:
         raise RuntimeError(f"{e}: {log.read_text()[-2000:]}") from None
 
 
@@ -350,10 +335,10 @@ class App:
 
         self.driver.execute_cdp_cmd("Performance.enable", {})
         self.driver.get(self.url)
-        _bounded(lambda: self.driver.find_element(By.CSS_SELECTOR, QUERY_BOX),
+        wait_until(lambda: self.driver.find_element(By.CSS_SELECTOR, QUERY_BOX),
                  60, f"the {self.name} explorer's query box")
         if self.new:  # the map-first explorer draws its map before any query
-            _bounded(lambda: self.driver.find_elements(By.CSS_SELECTOR, MAP), 60,
+            wait_until(lambda: self.driver.find_elements(By.CSS_SELECTOR, MAP), 60,
                      "the new explorer's map")
         self.settle()
         if not self.new and self.driver.find_elements(By.CSS_SELECTOR, MAP):
@@ -381,7 +366,7 @@ class App:
                 return False
             since[0] = since[0] or time.monotonic()
             return time.monotonic() - since[0] >= quiet_s
-        _bounded(quiet, 30, f"the {self.name} explorer to be idle", 0.1)
+        wait_until(quiet, 30, f"the {self.name} explorer to be idle", 0.1)
 
     def _busy_s(self) -> dict[str, float]:
         """The page's renderer main thread so far (CDP): seconds of tasks, of JavaScript, of
@@ -455,7 +440,7 @@ class App:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
 
-        box = _bounded(lambda: self.driver.find_element(By.CSS_SELECTOR, QUERY_BOX), 30,
+        box = wait_until(lambda: self.driver.find_element(By.CSS_SELECTOR, QUERY_BOX), 30,
                        "the query box")
         box.send_keys(Keys.CONTROL, "a")  # typing replaces the previous query
         return self._timed(lambda: box.send_keys(word, Keys.ENTER), self.heading("text", word),
@@ -468,7 +453,7 @@ class App:
         from selenium.webdriver.common.by import By
 
         sel = f".st-key-{key}"
-        b = _bounded(lambda: self.driver.find_element(By.CSS_SELECTOR, f"{sel} button"), 30,
+        b = wait_until(lambda: self.driver.find_element(By.CSS_SELECTOR, f"{sel} button"), 30,
                      f"the {key} button")
         self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", b)
         return self._timed(b.click, expected, {"type": "click", "selector": sel})

@@ -83,3 +83,23 @@ def snapshot_sql(snap, query: str, params: list | None = None):
     else:
         con.register("tiles", snap.tiles())
     return con.sql(query, params=params).to_arrow_table()
+
+
+def wait_until(predicate, timeout_s: float, what: str, every_s: float = 0.25):
+    """predicate()'s first truthy value, polled every `every_s` (an exception counts as not
+    yet: a page re-rendering under a browser test); bounded in count and in time, then
+    TimeoutError naming `what`."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / every_s) + 2):
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            break
+        time.sleep(every_s)
+    raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")

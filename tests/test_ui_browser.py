@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 
 from tests import chaos
 from tests.conftest import OFFLINE_CONFIG, ROOT
+from tests.helpers import wait_until as _wait
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -39,19 +39,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 K = 12  # the explorer's default k
 ND = "-99.19,47.0,-99.12,47.04"  # the North Dakota NAIP rasters (two dates)
 MAP = "iframe[title='ui.mapview.satfind_map']"
-
-
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # bounded
-        try:
-            value = predicate()
-        except Exception:  # noqa: BLE001 - a stale element while Streamlit re-renders
-            value = None
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class Servers:
