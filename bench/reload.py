@@ -89,10 +89,11 @@ def main() -> int:
                             IndexSnapshot.open(d, part_cache=older.snap._part_cache))
                     t_snap = time.perf_counter() - t
                     if way == "incremental":
-                        tiles = older.tiles.changed(*snap.changes_since(older.snap),
+                        tiles = older.tiles.changed(snap.part_rows(),
+                                                    *snap.changes_since(older.snap),
                                                     snap.next_id)
                     else:
-                        tiles = TileTable(snap.tiles(), snap.next_id)
+                        tiles = TileTable(snap.part_rows(), snap.next_id)
                     total = time.perf_counter() - t
                     rows[way].append(total)
                     split[way].append((t_snap, total - t_snap))

@@ -17,7 +17,7 @@ from encoder.model import SatelliteEncoder
 from encoder.prompts import ensemble_text_embedding
 from indexer.config import TileRecipe
 from indexer.store.snapshot import IndexSnapshot
-from indexer.store.tiles import NO_TIME, Filters, TileTable
+from indexer.store.tiles import Filters, TileTable
 from search import regions
 from search.query import RESULT_COLUMNS, NotFound, Query, QueryError
 from search.query_image import decode_query_image
@@ -33,7 +33,7 @@ class Loaded:
 
     def __init__(self, snap: IndexSnapshot, tiles: TileTable | None = None):
         self.snap = snap
-        self.tiles = tiles if tiles is not None else TileTable(snap.tiles(), snap.next_id)
+        self.tiles = tiles if tiles is not None else TileTable(snap.part_rows(), snap.next_id)
 
     def refreshed(self) -> Loaded:
         """The latest commit; the tile table changes by what the commits added (their new
@@ -44,7 +44,7 @@ class Loaded:
         change = snap.changes_since(self.snap)
         if change is None:
             return Loaded(snap)
-        return Loaded(snap, self.tiles.changed(*change, snap.next_id))
+        return Loaded(snap, self.tiles.changed(snap.part_rows(), *change, snap.next_id))
 
 
 class SearchEngine:
@@ -200,8 +200,8 @@ class SearchEngine:
             if kept == 0:
                 return empty
             if kept <= s.exact_max_candidates and snap.vectors is not None:
-                return self._exact(snap, v, loaded.tiles.ids[mask], k)
-            allowed = loaded.tiles.allowed_ids(mask)
+                return self._exact(snap, v, np.flatnonzero(mask), k)
+            allowed = mask
         depth = max(k, s.rerank_depth)
         scores, ids = snap.search(v[None], depth, nprobe=s.nprobe, allowed=allowed)
         ids = ids[0][ids[0] >= 0]
@@ -278,10 +278,9 @@ class SearchEngine:
         if limit < 1:
             raise QueryError("limit must be at least 1")
         loaded = self.loaded
-        pos = regions.tiles_at(loaded.tiles, float(lon), float(lat), filters)
-        rows = loaded.tiles.rows(loaded.tiles.ids[pos[:limit]], TILE_COLUMNS) if len(
-            pos) else []
-        return loaded, rows, len(pos)
+        ids = regions.tiles_at(loaded.tiles, float(lon), float(lat), filters)
+        rows = loaded.tiles.rows(ids[:limit], TILE_COLUMNS) if len(ids) else []
+        return loaded, rows, len(ids)
 
     def thumbnail(self, tile_id: int) -> bytes:
         self.tile(tile_id)
@@ -302,7 +301,7 @@ class SearchEngine:
                        "rerank_depth": self.search_settings.rerank_depth,
                        "exact_max_candidates": self.search_settings.exact_max_candidates},
             "sensors": sensors, "acquired_min": first, "acquired_max": last,
-            "undated": int(np.count_nonzero(loaded.tiles.acquired == NO_TIME)),
+            "undated": loaded.tiles.undated(),
             "limits": {"max_upload_bytes": self.api_settings.max_upload_bytes,
                        "max_k": self.api_settings.max_k,
                        "max_score_tiles": self.api_settings.max_score_tiles},

@@ -33,12 +33,11 @@ def thumbnail_url(public_url: str, tile_id: int) -> str:
     return f"{public_url.rstrip('/')}/tiles/{int(tile_id)}/thumbnail.jpg"
 
 
-def scored_table(tiles_table: pa.Table, positions: np.ndarray, columns: dict,
-                 compact: bool = False) -> pa.Table:
-    """The tile rows at `positions` plus extra columns (name -> array), e.g. score;
-    `compact`: only the COMPACT columns are gathered."""
+def scored_table(tiles, ids, columns: dict, compact: bool = False) -> pa.Table:
+    """The rows of tiles `ids` (of a TileTable) plus extra columns (name -> array), e.g.
+    score; `compact`: only the COMPACT columns are gathered."""
     keep = [c for c in EXPORT_COLUMNS if not compact or c in COMPACT]
-    t = tiles_table.select(keep).take(pa.array(np.asarray(positions, np.int64)))
+    t = tiles.take(np.asarray(ids, dtype=np.int64), keep)
     for name, values in columns.items():
         t = t.append_column(name, pa.array(values))
     return t

@@ -21,13 +21,13 @@ BLACK_IS_EMPTY = True  # thumbnails carry nodata as black (tiling.zero_is_nodata
 _UNSEEN = object()
 
 
-def covering(tiles, positions: np.ndarray, z: int, x: int, y: int) -> np.ndarray:
-    """The positions (of `positions`) whose index tile overlaps map tile z/x/y."""
-    tz, tx, ty = (c[positions] for c in tiles.cells())
-    f = np.exp2((z - tz).astype(np.float64))
+def covering(tiles, ids: np.ndarray, z: int, x: int, y: int) -> np.ndarray:
+    """The tiles (of `ids`) whose cell overlaps map tile z/x/y."""
+    tz, tx, ty = (c[ids] for c in tiles.cells())
+    f = np.exp2(z - tz.astype(np.float64))
     ax, ay = tx * f - x, ty * f - y
     hit = (ax + f > 0) & (ax < 1) & (ay + f > 0) & (ay < 1)
-    return positions[hit]
+    return ids[hit]
 
 
 def _rect(tz: int, tx: int, ty: int, z: int, x: int, y: int) -> tuple[float, ...]:
@@ -42,15 +42,15 @@ class Mosaic:
         self._thumbs = snapshot_thumbnails
         self._cache = LRU(cache_tiles)  # key -> RGBA array, or None (nothing there)
 
-    def render(self, loaded, positions: np.ndarray, key: tuple, z: int, x: int, y: int
+    def render(self, loaded, ids: np.ndarray, key: tuple, z: int, x: int, y: int
                ) -> np.ndarray | None:
-        """RGBA uint8 [256, 256, 4] of map tile z/x/y from the index tiles at `positions`
+        """RGBA uint8 [256, 256, 4] of map tile z/x/y from the index tiles `ids`
         (already filtered; `key` names that filter and the snapshot), None if none."""
         full = (*key, z, x, y)
         img = self._cache.get(full, _UNSEEN)
         if img is not _UNSEEN:
             return img
-        pos = covering(loaded.tiles, positions, z, x, y)
+        pos = covering(loaded.tiles, ids, z, x, y)
         if not len(pos):
             img = None
         elif len(pos) > DIRECT_MAX and z < int(loaded.tiles.cells()[0][pos].max()):
@@ -75,13 +75,13 @@ class Mosaic:
 
     def _draw(self, loaded, pos, z, x, y) -> np.ndarray | None:
         tiles = loaded.tiles
-        order = np.lexsort((tiles.ids[pos], tiles.acquired[pos]))  # newest drawn last
+        order = np.lexsort((pos, tiles.seconds[pos]))  # newest drawn last
         pos = pos[order]
-        jpegs = self._thumbs(loaded.snap, tiles.ids[pos])
+        jpegs = self._thumbs(loaded.snap, pos)
         tz, tx, ty = (c[pos] for c in tiles.cells())
         canvas = Image.new("RGBA", (PX, PX), (0, 0, 0, 0))
         drawn = False
-        for i, tid in enumerate(tiles.ids[pos].tolist()):
+        for i, tid in enumerate(pos.tolist()):
             data = jpegs.get(tid)
             if data is None:
                 continue
@@ -140,19 +140,19 @@ def ramp_hex(stops: int = 9) -> list[str]:
     return ["#{:02x}{:02x}{:02x}".format(*(int(c) for c in RAMP[i])) for i in at]
 
 
-def score_overlay(tiles, positions: np.ndarray, scores: np.ndarray, z: int, x: int, y: int,
+def score_overlay(tiles, ids: np.ndarray, scores: np.ndarray, z: int, x: int, y: int,
                   lo: float, hi: float, alpha: int = 190, threshold: float | None = None
                   ) -> np.ndarray | None:
     """RGBA [256, 256, 4]: each index tile's footprint filled with its score's colour
     (scores scaled from lo..hi); where tiles overlap (several dates), the highest wins.
     Tiles scoring below `threshold` are not drawn (transparent there, unless another
     date of the place passes)."""
-    sel = np.isin(positions, covering(tiles, positions, z, x, y))
+    sel = np.isin(ids, covering(tiles, ids, z, x, y))
     if threshold is not None:
         sel &= scores.astype(np.float64) >= threshold
     if not sel.any():
         return None
-    pos, sc = positions[sel], scores[sel]
+    pos, sc = ids[sel], scores[sel]
     level = np.clip((sc - lo) / max(hi - lo, 1e-9), 0, 1)
     best = np.full((PX, PX), -1.0, np.float32)
     tz, tx, ty = (c[pos] for c in tiles.cells())

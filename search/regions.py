@@ -10,15 +10,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
-import pyarrow as pa
 
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.tiles import NO_TIME, Filters
 from search.query import QueryError
 
 CHUNK = 32768  # vectors converted to float32 at a time (64 MB at 512-d)
-# Degrees of slack for the first pass of tiles_at over the table's float32 bounds (their
-# rounding is below 2e-5 degrees); the float64 footprints then decide.
+# Degrees of slack for the first pass of tiles_at over the cells (a point on an edge is in
+# both cells' boxes); the float64 footprints then decide.
 EDGE_SLACK = 1e-4
 
 
@@ -51,24 +50,19 @@ class Scored:
 
     ids: np.ndarray
     scores: np.ndarray
-    positions: np.ndarray  # rows of the tile table
 
 
 def region_scores(loaded, v: np.ndarray, filters: Filters, max_tiles: int) -> Scored:
     tiles = loaded.tiles
-    if filters.active:
-        pos = np.flatnonzero(tiles.mask(filters))
-    else:
-        pos = np.arange(len(tiles))
-    if len(pos) > max_tiles:
-        raise QueryError(f"the area holds {len(pos)} tiles, more than {max_tiles} "
+    ids = np.flatnonzero(tiles.mask(filters)) if filters.active else tiles.live_ids()
+    if len(ids) > max_tiles:
+        raise QueryError(f"the area holds {len(ids)} tiles, more than {max_tiles} "
                          "(api.max_score_tiles): narrow the bbox or the time range")
-    ids = tiles.ids[pos]
-    return Scored(ids, score_ids(loaded.snap, v, ids), pos)
+    return Scored(ids, score_ids(loaded.snap, v, ids))
 
 
 def tiles_at(tiles, lon: float, lat: float, filters: Filters) -> np.ndarray:
-    """Table positions of the tiles whose footprint contains lon/lat and that pass
+    """Ids of the tiles whose footprint contains lon/lat and that pass
     `filters`: newest acquisition first, undated last, equal times by id, highest first (the
     order the map draws them, top first).
 
@@ -76,33 +70,32 @@ def tiles_at(tiles, lon: float, lat: float, filters: Filters) -> np.ndarray:
     west/south/east/north). A point on an edge two cells share belongs to one of them, as
     the XYZ grid assigns it: west and north edges inside, east and south edges outside,
     except the world's own east (180) and south edges."""
-    b = tiles.bounds
-    near = ((b["west"] <= lon + EDGE_SLACK) & (b["east"] >= lon - EDGE_SLACK)
-            & (b["south"] <= lat + EDGE_SLACK) & (b["north"] >= lat - EDGE_SLACK))
+    near = tiles.box_mask(max(lon - EDGE_SLACK, -180.0), max(lat - EDGE_SLACK, -90.0),
+                          min(lon + EDGE_SLACK, 180.0), min(lat + EDGE_SLACK, 90.0))
     if filters.active:
         near &= tiles.mask(filters)
-    pos = np.flatnonzero(near)
-    if len(pos):
-        fp = tiles.table.select(["west", "south", "east", "north"]).take(pa.array(pos))
-        w, s, e, n = (fp[c].to_numpy().astype(np.float64) for c in fp.column_names)
-        z, _, y = (c[pos] for c in tiles.cells())
+    ids = np.flatnonzero(near)
+    if len(ids):
+        w, s, e, n = tiles.footprints(ids)
+        z, _, y = (c[ids].astype(np.int64) for c in tiles.cells())
         last_row = y == (np.int64(1) << z) - 1
         inside = ((w <= lon) & ((lon < e) | (e >= 180.0))
                   & (lat <= n) & ((s < lat) | last_row))
-        pos = pos[inside]
-    order = np.lexsort((tiles.ids[pos], tiles.acquired[pos]))[::-1]
-    return pos[order]
+        ids = ids[inside]
+    order = np.lexsort((ids, tiles.micros(ids)))[::-1]
+    return ids[order]
 
 
-def latest_per_cell(keys: np.ndarray, acquired: np.ndarray, pos: np.ndarray) -> dict:
-    """cell key -> table position of its latest acquisition among `pos` (the highest id
-    among equal times)."""
-    if not len(pos):
+def latest_per_cell(tiles, ids: np.ndarray) -> dict:
+    """cell key -> id of its latest acquisition among tiles `ids` (ascending; to the
+    second: the highest id among times in the same second)."""
+    if not len(ids):
         return {}
-    order = np.lexsort((acquired[pos], keys[pos]))
-    k = keys[pos][order]
+    keys = tiles.cell_keys(ids)
+    order = np.lexsort((tiles.seconds[ids], keys))
+    k = keys[order]
     last = np.r_[k[1:] != k[:-1], True]
-    return dict(zip(k[last].tolist(), pos[order][last].tolist(), strict=True))
+    return dict(zip(k[last].tolist(), ids[order][last].tolist(), strict=True))
 
 
 @dataclass
@@ -124,39 +117,36 @@ def change_search(loaded, v: np.ndarray, base: Filters, before: tuple[datetime, 
     tiles = loaded.tiles
     if before[1] > after[0]:
         raise QueryError("the 'before' period must end before the 'after' period starts")
-    keys = tiles.cell_keys()
     periods = []
     for start, end in (before, after):
         m = tiles.mask(replace(base, start=start, end=end))
-        periods.append(latest_per_cell(keys, tiles.acquired, np.flatnonzero(m)))
+        periods.append(latest_per_cell(tiles, np.flatnonzero(m)))
     both = sorted(set(periods[0]) & set(periods[1]))
     if not both:
         return []
-    pa = np.asarray([periods[0][c] for c in both])
-    pb = np.asarray([periods[1][c] for c in both])
-    sa = score_ids(loaded.snap, v, tiles.ids[pa])
-    sb = score_ids(loaded.snap, v, tiles.ids[pb])
+    ia = np.asarray([periods[0][c] for c in both], dtype=np.int64)
+    ib = np.asarray([periods[1][c] for c in both], dtype=np.int64)
+    sa = score_ids(loaded.snap, v, ia)
+    sb = score_ids(loaded.snap, v, ib)
     delta = sb - sa
-    order = np.lexsort((tiles.ids[pb], delta if fell else -delta))[:k]
-    return [Change(int(tiles.ids[pa[i]]), int(tiles.ids[pb[i]]), float(sa[i]), float(sb[i]))
-            for i in order]
+    order = np.lexsort((ib, delta if fell else -delta))[:k]
+    return [Change(int(ia[i]), int(ib[i]), float(sa[i]), float(sb[i])) for i in order]
 
 
 def place_history(loaded, tile_id: int, v: np.ndarray | None) -> list[dict]:
     """Every acquisition of `tile_id`'s cell, oldest first: id, acquired, score with `v`
     (when given), and the embedding distance (1 - cosine) to the previous acquisition."""
     tiles = loaded.tiles
-    keys = tiles.cell_keys()
-    pos = int(np.searchsorted(tiles.ids, tile_id))
-    same = np.flatnonzero(keys == keys[pos])
-    acq = tiles.acquired[same]
-    same = same[np.lexsort((tiles.ids[same], acq))]
-    ids = tiles.ids[same]
+    z, x, y = (c[tile_id] for c in tiles.cells())
+    ids = np.flatnonzero((tiles.x == x) & (tiles.y == y) & (tiles.z == z))
+    acq = tiles.micros(ids)
+    order = np.lexsort((ids, acq))
+    ids, acq = ids[order], acq[order]
     vecs = loaded.snap.get_vectors(ids)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
     out = []
     for i, tid in enumerate(ids):
-        t = int(tiles.acquired[same[i]])
+        t = int(acq[i])
         out.append({
             "id": int(tid),
             "acquired": None if t == NO_TIME else datetime.fromtimestamp(

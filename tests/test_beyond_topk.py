@@ -277,18 +277,17 @@ def test_tiles_at_edges_of_cells_and_of_the_world():
                      "east": b.east, "north": b.north, "source": "/a.tif", "source_key": "a",
                      "acquired": datetime(year, 1, 1, tzinfo=UTC) if year else None,
                      "sensor": "s", "gsd_m": 1.0, "native_gsd_m": 1.0, "nodata_fraction": 0.0})
-    tiles = TileTable(pa.Table.from_pylist(rows, schema=TILE_SCHEMA), len(rows))
+    tiles = TileTable.from_table(pa.Table.from_pylist(rows, schema=TILE_SCHEMA), len(rows))
     bottom = mercantile.bounds(0, 1, 1).south
     top = mercantile.bounds(0, 0, 1).north
     for (lon, lat), want in [((90, 45), [3, 1, 6, 2]), ((0, 45), [3, 1, 6, 2]),
                              ((180, 45), [3, 1, 6, 2]), ((-90, 0), [4, 6]), ((0, 0), [5, 6]),
                              ((-180, bottom), [4, 6]), ((-180, top), [0, 6]), ((0, 89), [])]:
-        got = tiles.ids[tiles_at(tiles, lon, lat, Filters())].tolist()
+        got = tiles_at(tiles, lon, lat, Filters()).tolist()
         assert got == want, (lon, lat)
     since = datetime(2011, 1, 1, tzinfo=UTC)
-    assert tiles.ids[tiles_at(tiles, 90, 45, Filters(start=since))].tolist() == [3, 1]
-    assert tiles.ids[tiles_at(tiles, 90, 45, Filters(start=since, undated=True))
-                     ].tolist() == [3, 1, 6, 2]
+    assert tiles_at(tiles, 90, 45, Filters(start=since)).tolist() == [3, 1]
+    assert tiles_at(tiles, 90, 45, Filters(start=since, undated=True)).tolist() == [3, 1, 6, 2]
 
 
 def _score_map_tile(engine):
@@ -664,11 +663,11 @@ def test_undated_tiles_join_a_time_filter_when_asked(client, engine, start, end)
         where, params = f.sql()
         want = set(snapshot_sql(snap, f"SELECT id FROM tiles WHERE {where}", params)["id"]
                    .to_pylist())
-        got = set(engine.loaded.tiles.ids[engine.loaded.tiles.mask(f)].tolist())
+        got = set(np.flatnonzero(engine.loaded.tiles.mask(f)).tolist())
         assert got == want
         if undated:
-            dated = set(engine.loaded.tiles.ids[engine.loaded.tiles.mask(
-                make_filters(None, start, end, [], []))].tolist())
+            dated = set(np.flatnonzero(engine.loaded.tiles.mask(
+                make_filters(None, start, end, [], []))).tolist())
             assert len(got - dated) == stats["undated"] > 0
     params = {"q": "farmland", "k": 200, "start": start or "", "end": end or ""}
     plain = client.get("/search", params=params).json()["results"]

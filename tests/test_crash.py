@@ -132,7 +132,8 @@ def test_sigkill_then_resume(tmp_path, settings, encoder):
     assert src.complete and src.tiles == len(expected)
     # Garbage from the killed run is gone: every part on disk is named by the manifest.
     named = {p.name for p in snap.manifest.parts}
-    assert {f.name for f in (idx / TILES_DIR).iterdir()} == named
+    assert {f.name for f in (idx / TILES_DIR).iterdir()} == named | {
+        n.replace(".parquet", ".arrow") for n in named}  # each part's rows, memory-mappable
     assert {f.name for f in (idx / THUMBS_DIR).iterdir()} == named
     # Float16 copies match the FAISS index for every live id.
     vecs = snap.get_vectors(ids)

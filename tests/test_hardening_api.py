@@ -232,7 +232,8 @@ def test_error_details_do_not_reveal_server_internals(tmp_path, real_index, sett
 @pytest.mark.parametrize("damage,needle", [
     ("truncate_vectors", "vectors.f16.npy is truncated"),
     ("truncate_codes", "is truncated"),
-    ("garbage_part", "damaged Parquet part"),
+    ("garbage_part", "damaged Arrow part"),
+    ("garbage_parquet_part", "damaged Parquet part"),
     ("duplicate_ids", "duplicate ids"),
     ("missing_part", "is missing"),
 ])
@@ -247,8 +248,12 @@ def test_serve_start_on_a_damaged_index_is_one_line(tmp_path, real_index, capsys
     elif damage == "truncate_codes":
         c = idx / m["index"]["codes"]
         c.write_bytes(c.read_bytes()[:-100])
-    elif damage == "garbage_part":
+    elif damage == "garbage_part":  # the rows the server maps
+        (idx / "tiles" / m["parts"][0]["name"]).with_suffix(".arrow").write_bytes(b"ARROW1")
+    elif damage == "garbage_parquet_part":  # a part from before the Arrow copies
         (idx / "tiles" / m["parts"][0]["name"]).write_bytes(b"PAR1 not really")
+        del m["parts"][0]["arrow"]
+        (idx / "manifest.json").write_text(json.dumps(m))
     elif damage == "duplicate_ids":
         m["parts"][1]["id_min"] = m["parts"][0]["id_min"]
         (idx / "manifest.json").write_text(json.dumps(m))

@@ -54,11 +54,20 @@ def load(d: Path, m: Manifest, start: int = 0) -> VectorIndex:
     check_rows(path, m.next_id, m.index.code_size, CODE)
     codes = open_rows(path, m.next_id, m.index.code_size, CODE)
     dead = deleted_ids(d, m)
-    for lo in range(start, m.next_id, CHUNK):
-        hi = min(lo + CHUNK, m.next_id)
-        ids = np.arange(lo, hi, dtype=np.int64)
-        live = ~np.isin(ids, dead)
-        index.add_codes(np.asarray(codes[lo:hi])[live], ids[live])
+
+    def chunks():
+        for lo in range(start, m.next_id, CHUNK):
+            hi = min(lo + CHUNK, m.next_id)
+            ids = np.arange(lo, hi, dtype=np.int64)
+            live = ~np.isin(ids, dead)
+            yield np.asarray(codes[lo:hi])[live], ids[live]
+
+    if not index.is_flat:  # every list allocated once, at its size (a first pass)
+        nlist = index.describe()["nlist"]
+        index.reserve(sum((np.bincount(index.list_of(c), minlength=nlist) for c, _ in chunks()),
+                          np.zeros(nlist, dtype=np.int64)))
+    for c, ids in chunks():
+        index.add_codes(c, ids)
     if start == 0 and index.ntotal != m.index.ntotal:
         raise IndexError_(f"{path.name}: holds {index.ntotal} live codes, the manifest says "
                           f"{m.index.ntotal}")

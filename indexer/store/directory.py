@@ -9,6 +9,7 @@ from pathlib import Path
 from indexer.errors import IndexError_
 from indexer.store.layout import (
     ANN_RE,
+    ARROW_PART_RE,
     CODES_RE,
     DELETED,
     FAISS_RE,
@@ -80,14 +81,19 @@ def clean_garbage(d: Path, m: Manifest) -> None:
     """Delete files the writer's own naming scheme made that no committed manifest names
     (interrupted runs, superseded parts). Nothing else is ever touched."""
     keep_parts = {p.name for p in m.parts}
+    keep_parts |= {Path(p.name).with_suffix(".arrow").name for p in m.parts if p.arrow}
     for sub in (TILES_DIR, THUMBS_DIR):
         for f in (d / sub).iterdir():
-            if PART_RE.fullmatch(f.name) and f.name not in keep_parts and f.is_file():
+            if _is_part(f.name) and f.name not in keep_parts and f.is_file():
                 f.unlink(missing_ok=True)
     drop_old_index_files(d, {m.index.file, m.index.codes})
     for f in d.iterdir():
         if TMP_RE.fullmatch(f.name) and f.is_file():
             f.unlink(missing_ok=True)
+
+
+def _is_part(name: str) -> bool:
+    return bool(PART_RE.fullmatch(name) or ARROW_PART_RE.fullmatch(name))
 
 
 def _is_index_file(name: str) -> bool:
@@ -112,7 +118,7 @@ def uncreate(d: Path, m: Manifest) -> None:
         (d / DELETED).unlink(missing_ok=True)
         for sub in (TILES_DIR, THUMBS_DIR):
             for f in (d / sub).iterdir():
-                if PART_RE.fullmatch(f.name):
+                if _is_part(f.name):
                     f.unlink(missing_ok=True)
             (d / sub).rmdir()
         (d / MANIFEST).unlink(missing_ok=True)

@@ -38,6 +38,9 @@ LOCK = ".lock"
 PART_RE = re.compile(r"part-\d{5}\.parquet")
 
 
+ARROW_PART_RE = re.compile(r"part-\d{5}\.arrow")  # a part's rows, memory-mappable (tiles/)
+
+
 FAISS_RE = re.compile(r"vectors-\d{6}\.faiss")  # format 1's whole index per commit
 
 

@@ -41,6 +41,8 @@ class Part:
     id_min: int
     id_max: int
     sources: list[str] | None = None
+    # tiles/ also holds the part's rows as an Arrow IPC file (rows.py); None: written before
+    arrow: bool | None = None
 
     def may_hold(self, key: str) -> bool:
         return self.sources is None or key in self.sources
@@ -152,7 +154,8 @@ class Manifest:
                 next_part=int(d["next_part"]), index=_typed(IndexInfo, d["index"]),
                 vectors_f16=d["vectors_f16"],
                 parts=[Part(str(p["name"]), int(p["rows"]), int(p["id_min"]), int(p["id_max"]),
-                            [str(k) for k in p["sources"]] if "sources" in p else None)
+                            [str(k) for k in p["sources"]] if "sources" in p else None,
+                            bool(p["arrow"]) if "arrow" in p else None)
                        for p in d["parts"]],
                 deleted=int(d.get("deleted", 0)), version=int(d["format_version"]),
                 sources={str(k): _typed(SourceEntry, s) for k, s in d["sources"].items()},

@@ -11,8 +11,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from indexer.errors import IndexError_
+from indexer.store import cells
 from indexer.store.layout import THUMB_SCHEMA, THUMBS_DIR, TILE_SCHEMA, TILES_DIR, part_name
 from indexer.store.manifest import Manifest, Part
+from indexer.store.rows import arrow_path, write_arrow
 
 TILE_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "id"]
 
@@ -42,13 +44,14 @@ def write_part(d: Path, m: Manifest, tiles: pa.Table, thumbs: pa.Table) -> Part:
     name = part_name(m.next_part)
     m.next_part += 1
     write_parquet(tiles, d / TILES_DIR / name)
+    write_arrow(tiles, arrow_path(d / TILES_DIR / name))
     # JPEG: compression gains nothing and costs 3x the time. Small row groups: a read of a
     # few ids (a thumbnail, a map tile) skips the others by their id statistics.
     write_parquet(thumbs, d / THUMBS_DIR / name, compression="none", row_group_size=THUMB_GROUP)
     ids = tiles["id"].to_numpy()
     keys = sorted(set(tiles["source_key"].to_pylist()))
     return Part(name=name, rows=int(tiles.num_rows), id_min=int(ids.min()),
-                id_max=int(ids.max()), sources=keys)
+                id_max=int(ids.max()), sources=keys, arrow=True)
 
 
 def new_tables(first_id: int, rows: list[dict], thumbs: list[bytes]) -> tuple[pa.Table,
@@ -57,6 +60,20 @@ def new_tables(first_id: int, rows: list[dict], thumbs: list[bytes]) -> tuple[pa
     cols = {c: [r[c] for r in rows] for c in TILE_COLUMNS}
     return (pa.table({"id": ids, **cols}, schema=TILE_SCHEMA),
             pa.table({"id": ids, "jpeg": thumbs}, schema=THUMB_SCHEMA))
+
+
+def check_cells(rows: list[dict]) -> None:
+    """A tile's bounds are its web-mercator cell's (readers filter by z/x/y alone)."""
+    if not rows:
+        return
+    cols = {c: [r[c] for r in rows] for c in ("z", "x", "y", "west", "south", "east", "north")}
+    want = cells.cell_bounds(*(np.asarray(cols[c], dtype=np.int64) for c in ("z", "x", "y")))
+    for name, w in zip(("west", "south", "east", "north"), want, strict=True):
+        bad = ~np.isclose(np.asarray(cols[name], dtype=np.float64), w, rtol=0, atol=1e-9)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"tile {cols['z'][i]}/{cols['x'][i]}/{cols['y'][i]}: {name} "
+                             f"{cols[name][i]} is not its web-mercator cell's ({w[i]})")
 
 
 def source_tiles(d: Path, m: Manifest, key: str) -> set[tuple[int, int, int]]:

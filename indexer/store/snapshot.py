@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from encoder.identity import EncoderIdentity
 from indexer.config import TileRecipe
 from indexer.errors import IndexError_
-from indexer.store import ann
+from indexer.store import ann, rows
 from indexer.store.layout import MANIFEST, THUMBS_DIR, TILE_SCHEMA, TILES_DIR
 from indexer.store.manifest import Manifest, SourceEntry, read_manifest
 from indexer.store.parts import read_part
@@ -48,6 +48,8 @@ def _check_parts(d: Path, m: Manifest) -> None:
         for sub in (TILES_DIR, THUMBS_DIR):
             if not (d / sub / p.name).is_file():
                 raise FileNotFoundError(p.name)
+        if p.arrow and not rows.arrow_path(d / TILES_DIR / p.name).is_file():
+            raise FileNotFoundError(rows.arrow_path(d / TILES_DIR / p.name))
 
 
 def committed(index_dir: str | Path) -> tuple[int, int] | None:
@@ -88,6 +90,7 @@ class IndexSnapshot:
         self._part_cache = {k: v for k, v in (part_cache or {}).items() if k in names}
         # Thumbnail parts' footers and row-group id ranges, by part index (see thumbnails()).
         self._thumb_meta_cache: dict[int, tuple] = {}
+        self._rows: rows.PartRows | None = None
 
     @classmethod
     def open(cls, index_dir: str | Path, retries: int = 5,
@@ -226,23 +229,24 @@ class IndexSnapshot:
         return np.asarray(self.vectors[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
 
     def tiles(self, columns: list[str] | None = None) -> pa.Table:
-        """Tile metadata of every committed tile, in id order (parts whose metadata a
-        refresh already read are not read again)."""
-        if not self.tile_parts:
+        """Tile metadata of every committed tile, in id order, as plain columns (tests,
+        tools, exports; a server reads rows by id through `part_rows`)."""
+        parts = sorted(self.manifest.parts, key=lambda p: p.id_min)
+        if not parts:
             table = TILE_SCHEMA.empty_table()
             return table.select(columns) if columns else table
-        parts = sorted(self.manifest.parts, key=lambda p: p.id_min)
-        return pa.concat_tables([self.part_tiles(p, columns) for p in parts])
+        return pa.concat_tables([rows.plain(self.part_table(p).select(columns or TILE_SCHEMA.names))
+                                 for p in parts])
 
-    def added_since(self, older: IndexSnapshot) -> pa.Table | None:
-        """The metadata of the tiles this snapshot has on top of `older`, when the commits
-        between them only added tiles (None otherwise: removals, another directory)."""
-        change = self.changes_since(older)
-        return change[0] if change is not None and not len(change[1]) else None
+    def part_rows(self) -> rows.PartRows:
+        """Every part's rows, found by id (made once per snapshot)."""
+        if self._rows is None:
+            self._rows = rows.PartRows([self.part_table(p) for p in self.manifest.parts])
+        return self._rows
 
-    def changes_since(self, older: IndexSnapshot) -> tuple[pa.Table, np.ndarray] | None:
-        """(the metadata of the tiles added, the ids of the tiles removed) since `older`,
-        reading only the new parts' metadata and the new tombstones; None when that cannot
+    def changes_since(self, older: IndexSnapshot) -> tuple[list[pa.Table], np.ndarray] | None:
+        """(the rows of the parts added, the ids of the tiles removed) since `older`,
+        opening only the new parts and reading the new tombstones; None when that cannot
         be said without reading everything (another directory, the first format, a part
         holding ids from both sides of `older`'s last id). A removal rewrites the parts it
         touched under new names: their rows are `older`'s less the removed ids."""
@@ -254,20 +258,18 @@ class IndexSnapshot:
         new = sorted((p for p in m.parts if p.name not in before), key=lambda p: p.id_min)
         if any(p.id_min < older.next_id <= p.id_max for p in new):
             return None
-        added = [p for p in new if p.id_min >= older.next_id]
+        added = [self.part_table(p) for p in new if p.id_min >= older.next_id]
         removed = ann.deleted_ids(self.dir, m, start=old.deleted).astype(np.int64)
-        table = (pa.concat_tables([self.part_tiles(p) for p in added]) if added
-                 else TILE_SCHEMA.empty_table())
-        return table, removed
+        return added, removed
 
-    def part_tiles(self, part, columns: list[str] | None = None) -> pa.Table:
-        """One part's tile metadata (read once per snapshot lineage when whole)."""
+    def part_table(self, part) -> pa.Table:
+        """One part's tile metadata: its Arrow copy memory-mapped, or (a part written before
+        those) its Parquet read into memory; opened once per snapshot lineage."""
         if part.name not in self._part_cache:
-            if columns is not None:
-                return read_part(self.dir / TILES_DIR / part.name, columns)
-            self._part_cache[part.name] = read_part(self.dir / TILES_DIR / part.name)
-        t = self._part_cache[part.name]
-        return t.select(columns) if columns else t
+            path = self.dir / TILES_DIR / part.name
+            self._part_cache[part.name] = (rows.map_arrow(rows.arrow_path(path)) if part.arrow
+                                           else read_part(path))
+        return self._part_cache[part.name]
 
     def thumbnails(self, ids) -> dict[int, bytes]:
         """JPEG thumbnails of many tiles: per part, only the row groups whose id range holds

@@ -1,8 +1,7 @@
 """The tile table of a snapshot held in memory as columns, and the filters over it.
 
-Filters are evaluated with numpy over float32 bounds, int64 times and dictionary codes
-(1-3 ms at 1M tiles, against 3-6 ms for the same query in DuckDB; see BENCHMARKS.md) and
-give a mask; `allowed_ids` turns a mask into what the vector index takes.
+Filters are evaluated with numpy over the tiles' cells (a bbox as integer x / y ranges), int32
+seconds and dictionary codes, and give a mask by tile id: what the vector index takes.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from indexer.errors import FilterError
+from indexer.store import cells, zones
+from indexer.store.rows import PartRows
 
 NO_TIME = np.iinfo(np.int64).min
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,173 +94,363 @@ def _check_bbox(bbox: tuple[float, float, float, float]) -> None:
         raise FilterError("bbox: south must be less than north (west,south,east,north)")
 
 
+NO_TIME = np.iinfo(np.int64).min  # a missing acquisition time, in int64 microseconds
+NO_SECOND = np.iinfo(np.int32).min  # the same in the table's int32 seconds
+SEC_MIN, SEC_MAX = NO_SECOND + 1, np.iinfo(np.int32).max
+T0 = datetime(2000, 1, 1, tzinfo=UTC)  # the table's seconds count from here (1931..2068;
+# times outside are clamped to the ends and compared exactly, like sub-second ones)
+US = 1_000_000
+
+
 def _micros(t: datetime) -> int:
     return (t - EPOCH) // timedelta(microseconds=1)
 
 
-def _codes(column) -> tuple[np.ndarray, list[str]]:
-    enc = pc.dictionary_encode(column).combine_chunks()
-    return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+T0_US = _micros(T0)
 
 
-def _merge_codes(codes: np.ndarray, names: list[str], more: np.ndarray, more_names: list[str]
-                 ) -> tuple[np.ndarray, list[str]]:
-    """Dictionary codes of two columns as one (the first's codes unchanged)."""
-    names = list(names)
-    at = {n: i for i, n in enumerate(names)}
-    remap = np.empty(len(more_names), dtype=np.int64)
-    for i, n in enumerate(more_names):
-        if n not in at:
-            at[n] = len(names)
-            names.append(n)
-        remap[i] = at[n]
-    width = np.result_type(codes.dtype, np.min_scalar_type(max(len(names) - 1, 0)))
-    return np.concatenate([codes.astype(width), remap[more].astype(width)]), names
+def _second(us: int) -> int:
+    """The table's int32 second of an exact time in microseconds (clamped)."""
+    return int(min(max((us - T0_US) // US, SEC_MIN), SEC_MAX))
+
+
+def _seconds(us: np.ndarray) -> tuple[np.ndarray, bool]:
+    """int32 seconds since T0 (floor, clamped; NO_SECOND for NO_TIME), and whether every
+    time is a whole second inside the range (then the seconds compare exactly)."""
+    valid = us != NO_TIME
+    rel = np.where(valid, us, T0_US) - T0_US
+    sec = np.floor_divide(rel, US)
+    exact = bool(np.all(rel % US == 0)) and bool(np.all((sec >= SEC_MIN) & (sec <= SEC_MAX)))
+    out = np.clip(sec, SEC_MIN, SEC_MAX).astype(np.int32)
+    out[~valid] = NO_SECOND
+    return out, exact
+
+
+def _codes(column: pa.ChunkedArray, names: list, at: dict) -> tuple[np.ndarray, bool]:
+    """Codes of a string column in the table-wide dictionary `names` (extended in place,
+    `at` its inverse; None for nulls), and whether names were added."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    n0, out = len(names), []
+    for chunk in column.chunks:
+        remap = np.empty(len(chunk.dictionary) + 1, dtype=np.int64)
+        for i, name in enumerate([*chunk.dictionary.to_pylist(), None]):
+            if name not in at:
+                at[name] = len(names)
+                names.append(name)
+            remap[i] = at[name]
+        idx = chunk.indices
+        if chunk.null_count:
+            idx = pc.fill_null(idx, len(chunk.dictionary))
+        out.append(remap[idx.to_numpy()])
+    return (np.concatenate(out) if out else np.zeros(0, np.int64)), len(names) > n0
+
+
+def _width(names: list) -> np.dtype:
+    return np.min_scalar_type(max(len(names) - 1, 0))
+
+
+class _Col:
+    """An id-indexed column that grows by commit: tables view [0:n] of one buffer; the view
+    ending where the buffer is claimed may extend it in place (older views never look past
+    their own end, so a query running on an older table is not disturbed)."""
+
+    __slots__ = ("buf", "claimed")
+
+    def __init__(self, buf: np.ndarray, claimed: int):
+        self.buf, self.claimed = buf, claimed
+
+    def grown(self, n: int, new_n: int, fill, dtype=None, copy: bool = False) -> _Col:
+        """This column's first n values plus fill up to new_n (a new buffer when it cannot
+        grow in place, is to be changed (`copy`), or changes dtype)."""
+        dtype = np.dtype(dtype or self.buf.dtype)
+        if (not copy and self.claimed == n and len(self.buf) >= new_n
+                and dtype == self.buf.dtype):
+            self.buf[n:new_n] = fill
+            self.claimed = new_n
+            return self
+        buf = np.empty(max(new_n, n + n // 2, 1024), dtype=dtype)
+        buf[:n] = self.buf[:n]
+        buf[n:new_n] = fill
+        return _Col(buf, new_n)
+
+
+def _lut(names: list, wanted) -> np.ndarray:
+    """Per dictionary code: is its name wanted?"""
+    return np.fromiter((bool(wanted(n)) for n in names), dtype=bool, count=len(names))
+
+
+def _and(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a &= b
+    return a
+
+
+def _in(col: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """lo <= col < hi over an unsigned column, in one subtraction and one comparison."""
+    if lo >= hi:
+        return np.zeros(len(col), dtype=bool)
+    return (col - col.dtype.type(lo)) < col.dtype.type(hi - lo)
 
 
 class TileTable:
-    """Every committed tile of a snapshot, in id order, as columns."""
+    """What a server keeps in memory of every committed tile, indexed by tile id
+    (0..next_id-1): its cell (z int8, x / y uint32; -1 in z for an id with no tile, removed
+    or never committed), its acquisition time in int32 seconds, its sensor and source as
+    dictionary codes: 14-16 bytes a tile. Filters run over these. Everything else about a
+    tile (exact bounds and time, paths, GSD) is read for the tiles asked for only, from the
+    parts' memory-mapped rows (`PartRows`)."""
 
-    def __init__(self, table: pa.Table, next_id: int):
-        ids = table["id"].to_numpy()
-        if len(ids) > 1 and not (np.diff(ids) > 0).all():
-            table = table.sort_by("id")
-        self.table = table
-        self.next_id = next_id
-        self.ids = table["id"].to_numpy()
-        self.bounds = {c: table[c].to_numpy().astype(np.float32) for c in
-                       ("west", "south", "east", "north")}
-        acq = pc.cast(table["acquired"], pa.int64())
-        self.acquired = pc.fill_null(acq, NO_TIME).to_numpy()
-        self.sensor_codes, self.sensor_names = _codes(table["sensor"])
-        self.source_codes, self.source_names = _codes(table["source"])
+    _COLS = ("z", "x", "y", "seconds", "sensor_codes", "source_codes")
+
+    def __init__(self, rows: PartRows, next_id: int):
+        """Every row of `rows` (the snapshot's parts), ids below next_id."""
+        self._empty()
+        built = self.changed(rows, rows.tables, np.zeros(0, np.int64), next_id)
+        self.__dict__.update(built.__dict__)
 
     @classmethod
-    def _of(cls, table: pa.Table, next_id: int, ids: np.ndarray, bounds: dict,
-            acquired: np.ndarray, sensor: tuple, source: tuple) -> TileTable:
-        """A table from columns already derived (extended / changed: nothing recomputed);
-        `sensor`, `source`: (codes, names)."""
-        out = object.__new__(cls)
-        out.table, out.next_id, out.ids, out.bounds, out.acquired = (table, next_id, ids,
-                                                                    bounds, acquired)
-        (out.sensor_codes, out.sensor_names), (out.source_codes, out.source_names) = (
-            sensor, source)
-        return out
+    def from_table(cls, table: pa.Table, next_id: int) -> TileTable:
+        """A table of these rows (TILE_SCHEMA), held in memory (tests, tools)."""
+        return cls(PartRows([table]), next_id)
 
-    def extended(self, added: pa.Table, next_id: int) -> TileTable:
-        """This table plus `added` (tiles with ids above all of these: a commit that only
-        added tiles), without recomputing the columns already held."""
-        new = TileTable(added, next_id)
-        if len(self.ids) and len(new.ids) and new.ids[0] <= self.ids[-1]:
-            raise ValueError("extended() takes tiles with larger ids only")
-        return TileTable._of(
-            pa.concat_tables([self.table, new.table]), next_id,
-            np.concatenate([self.ids, new.ids]),
-            {c: np.concatenate([self.bounds[c], new.bounds[c]]) for c in self.bounds},
-            np.concatenate([self.acquired, new.acquired]),
-            _merge_codes(self.sensor_codes, self.sensor_names, new.sensor_codes,
-                         new.sensor_names),
-            _merge_codes(self.source_codes, self.source_names, new.source_codes,
-                         new.source_names))
+    def _empty(self) -> None:
+        self.next_id, self.count, self.parts = 0, 0, PartRows([])
+        self._cols = {c: _Col(np.zeros(0, t), 0) for c, t in zip(
+            self._COLS, (np.int8, np.uint32, np.uint32, np.int32, np.uint8, np.uint8),
+            strict=True)}
+        self.sensor_names, self.source_names = [], []
+        self.zooms: tuple[int, ...] = ()
+        self.exact_seconds = True
+        self.zones = zones.Zones.empty()
+        self._views()
 
-    def changed(self, added: pa.Table, removed: np.ndarray, next_id: int) -> TileTable:
-        """This table plus `added` (larger ids) less the tiles `removed` (ids): a commit
-        picked up without re-reading or re-deriving the rows already held."""
-        base = self
-        removed = np.asarray(removed, dtype=np.int64)
-        pos = np.searchsorted(self.ids, removed)
-        held = pos < len(self.ids)
-        pos, removed = pos[held], removed[held]
-        pos = pos[self.ids[pos] == removed]  # the removed tiles this table holds
-        if len(pos):
-            keep = np.ones(len(self.ids), dtype=bool)
-            keep[pos] = False
-            # The rows kept, as zero-copy slices of the table between the removed runs (a
-            # source's tiles are consecutive ids): Arrow's filter would copy every column.
-            edges = np.flatnonzero(np.diff(np.r_[False, keep, False].astype(np.int8)))
-            runs = [self.table.slice(a, b - a) for a, b in zip(edges[::2], edges[1::2],
-                                                                strict=True)]
-            # the names of sensors / sources now without tiles stay: they match nothing
-            base = TileTable._of(
-                pa.concat_tables(runs or [self.table.slice(0, 0)]), self.next_id,
-                self.ids[keep], {c: v[keep] for c, v in self.bounds.items()},
-                self.acquired[keep], (self.sensor_codes[keep], self.sensor_names),
-                (self.source_codes[keep], self.source_names))
-        return base.extended(added, next_id)
+    def _views(self) -> None:
+        for c, col in self._cols.items():
+            setattr(self, c, col.buf[:self.next_id])
+
+    @property
+    def full(self) -> bool:
+        """Does every id below next_id hold a tile?"""
+        return self.count == self.next_id
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.count
+
+    def changed(self, rows: PartRows, added: list[pa.Table], removed: np.ndarray,
+                next_id: int) -> TileTable:
+        """This table less the tiles `removed` (ids) plus the rows of `added` (ids from this
+        table's next_id up), as the snapshot whose parts are `rows` holds them: the columns
+        grow in place by the new rows, a removal copies the 1-byte zoom column."""
+        out = object.__new__(TileTable)
+        n = self.next_id
+        cols = dict(self._cols)
+        removed = np.asarray(removed, dtype=np.int64)
+        removed = np.unique(removed[(removed >= 0) & (removed < n)])
+        gone = removed[self.z[removed] >= 0] if len(removed) else removed
+        if len(gone):
+            cols["z"] = cols["z"].grown(n, n, 0, copy=True)
+            cols["z"].buf[gone] = -1
+        new = [t for t in added if t.num_rows]
+        ids = [t["id"].to_numpy() for t in new]
+        if any(int(i.min()) < n or int(i.max()) >= next_id for i in ids):
+            raise ValueError(f"changed() adds tiles with ids {n}..{next_id - 1} only")
+        sensor_names, source_names = list(self.sensor_names), list(self.source_names)
+        sensor_at = {s: i for i, s in enumerate(sensor_names)}
+        source_at = {s: i for i, s in enumerate(source_names)}
+        values, exact, zooms = [], self.exact_seconds, set(self.zooms)
+        for t, i in zip(new, ids, strict=True):
+            z = t["z"].to_numpy()
+            sec, whole = _seconds(pc.fill_null(pc.cast(t["acquired"], pa.int64()),
+                                               NO_TIME).to_numpy())
+            exact &= whole
+            zooms.update(np.unique(z).tolist())
+            values.append((i, {"z": z, "x": t["x"].to_numpy(), "y": t["y"].to_numpy(),
+                               "seconds": sec,
+                               "sensor_codes": _codes(t["sensor"], sensor_names, sensor_at)[0],
+                               "source_codes": _codes(t["source"], source_names, source_at)[0]}))
+        dtypes = {"sensor_codes": _width(sensor_names), "source_codes": _width(source_names)}
+        fills = {"z": -1, "x": 0, "y": 0, "seconds": NO_SECOND, "sensor_codes": 0,
+                 "source_codes": 0}
+        for c in self._COLS:
+            cols[c] = cols[c].grown(n, next_id, fills[c], np.result_type(
+                cols[c].buf.dtype, dtypes.get(c, cols[c].buf.dtype)))
+            for i, v in values:
+                cols[c].buf[i] = v[c]
+        out._cols, out.next_id, out.parts = cols, next_id, rows
+        out.count = self.count - len(gone) + sum(len(i) for i in ids)
+        out.sensor_names, out.source_names = sensor_names, source_names
+        out.zooms, out.exact_seconds = tuple(sorted(zooms)), exact
+        out._views()
+        out.zones = self.zones.updated(out.z, out.x, out.y, out.seconds, next_id,
+                                       gone // zones.BLOCK)
+        return out
+
+    # --- lookups ------------------------------------------------------------------------
+    def alive(self) -> np.ndarray | slice:
+        """Which ids hold a tile: a bool mask, or slice(None) when all do."""
+        return slice(None) if self.full else self.z >= 0
+
+    def live_ids(self) -> np.ndarray:
+        return np.arange(self.next_id, dtype=np.int64) if self.full else np.flatnonzero(
+            self.z >= 0)
+
+    def has(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros(len(ids), dtype=bool)
+        ok = (ids >= 0) & (ids < self.next_id)
+        out[ok] = self.z[ids[ok]] >= 0
+        return out
+
+    def rows(self, ids, columns: list[str]) -> list[dict]:
+        return self.take(ids, columns).to_pylist()
+
+    def take(self, ids, columns: list[str]) -> pa.Table:
+        """The metadata columns of tiles `ids` (held ones), in that order."""
+        return self.parts.take(ids, columns)
+
+    def micros(self, ids) -> np.ndarray:
+        """Exact acquisition times of tiles `ids`, int64 microseconds (NO_TIME: none)."""
+        return self.parts.micros(ids)
+
+    def footprints(self, ids) -> tuple[np.ndarray, ...]:
+        """west, south, east, north (float64, as stored) of tiles `ids`."""
+        t = self.take(ids, ["west", "south", "east", "north"])
+        return tuple(t[c].to_numpy() for c in t.column_names)
 
     def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """z, x, y per tile (in id order), read from the table once."""
-        cached = getattr(self, "_cells", None)
-        if cached is None or len(cached[0]) != len(self.ids):
-            cached = tuple(self.table[c].to_numpy().astype(np.int64) for c in ("z", "x", "y"))
-            self._cells = cached
-        return cached
+        """z, x, y by tile id (index them by ids)."""
+        return self.z, self.x, self.y
 
-    def cell_keys(self) -> np.ndarray:
-        """One int64 per tile naming its web-mercator cell (z/x/y): the tiles of one place
-        at every acquisition share it. Computed once."""
-        keys = getattr(self, "_cell_keys", None)
-        if keys is None or len(keys) != len(self.ids):
-            z, x, y = self.cells()
-            keys = self._cell_keys = (z << 52) | (x << 26) | y
-        return keys
+    def cell_keys(self, ids) -> np.ndarray:
+        """One int64 per tile of `ids` naming its web-mercator cell (z/x/y): the tiles of
+        one place at every acquisition share it."""
+        z, x, y = (c[ids].astype(np.int64) for c in self.cells())
+        return (z << 52) | (x << 26) | y
 
-    def has(self, ids: np.ndarray) -> np.ndarray:
-        if not len(self.ids):
-            return np.zeros(len(ids), dtype=bool)
-        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        return self.ids[pos] == ids
-
-    def rows(self, ids: np.ndarray, columns: list[str]) -> list[dict]:
-        pos = np.searchsorted(self.ids, ids)
-        return self.table.select(columns).take(pa.array(pos)).to_pylist()
-
-    def allowed_ids(self, mask: np.ndarray) -> np.ndarray:
-        """bool per tile id (0..next_id-1) of the tiles in `mask`."""
-        if len(self.ids) == self.next_id:  # no removed ids: positions are ids
-            return mask
-        allowed = np.zeros(self.next_id, dtype=bool)
-        allowed[self.ids[mask]] = True
-        return allowed
-
+    # --- filters ------------------------------------------------------------------------
     def mask(self, f: Filters) -> np.ndarray:
-        """Per tile (in id order): does it pass the filters? (Filters.sql() states the same
+        """Per tile id: does a tile with it pass the filters? (Filters.sql() states the same
         semantics; the tests check one against the other.)"""
-        m = np.ones(len(self.ids), dtype=bool)
-        if f.bbox is not None:
-            w, s, e, n = (np.float32(v) for v in f.bbox)
-            b = self.bounds
-            if w < e:
-                m &= b["east"] > w
-                m &= b["west"] < e
-            else:  # across the antimeridian
-                m &= (b["east"] > w) | (b["west"] < e)
-            m &= b["north"] > s
-            m &= b["south"] < n
-        if f.start is not None or f.end is not None:
-            # tiles without a time (NO_TIME) pass a time filter only when asked (undated)
-            t = self.acquired != NO_TIME
-            if f.start is not None:
-                t &= self.acquired >= _micros(f.start)
-            if f.end is not None:
-                t &= self.acquired <= _micros(f.end)
-            m &= (t | (self.acquired == NO_TIME)) if f.undated else t
+        codes = []
         if f.sensors:
-            wanted = [i for i, name in enumerate(self.sensor_names) if name in f.sensors]
-            m &= np.isin(self.sensor_codes, wanted)
+            codes.append((self.sensor_codes, _lut(self.sensor_names, lambda n: n in f.sensors)))
         if f.sources:
-            wanted = [i for i, name in enumerate(self.source_names)
-                      if any(name == src or name.startswith(src.rstrip("/") + "/")
-                             for src in f.sources)]
-            m &= np.isin(self.source_codes, wanted)
+            codes.append((self.source_codes, _lut(self.source_names, lambda n: (
+                n is not None and any(n == s or n.startswith(s.rstrip("/") + "/")
+                                      for s in f.sources)))))
+        return self._select(f.bbox, self._time_bounds(f), codes)
+
+    def box_mask(self, west: float, south: float, east: float, north: float) -> np.ndarray:
+        """Per id: does the tile's cell overlap the box (east > west_box, west < east_box,
+        north > south_box, south < north_box; west > east: across the antimeridian)?"""
+        return self._select((west, south, east, north), None, [])
+
+    def _select(self, bbox: tuple | None, time: zones.TimeBounds | None, codes: list
+                ) -> np.ndarray:
+        """The mask: blocks the zone maps put wholly outside are skipped, wholly inside
+        filled (only codes and liveness tested), the rest tested tile by tile."""
+        n = self.next_id
+        box = None if bbox is None else self._box_ranges(*bbox)
+        if box is None and time is None:
+            return self._scan(None, None, codes, 0, n)
+        states = self.zones.states(None if bbox is None else zones.box32(*bbox), time)
+        found = zones.runs(states, n)
+        if zones.scattered(found, n):
+            return self._scan(box, time, codes, 0, n)  # no locality: one scan is cheaper
+        m = np.zeros(n, dtype=bool)
+        for lo, hi, st in found:
+            part = st == zones.PART
+            m[lo:hi] = self._scan(box if part else None, time if part else None, codes, lo, hi)
         return m
+
+    def _scan(self, box: dict | None, time: zones.TimeBounds | None, codes: list, lo: int,
+              hi: int) -> np.ndarray:
+        """The filters tested tile by tile over ids lo..hi-1."""
+        z, x, y, t = (c[lo:hi] for c in (self.z, self.x, self.y, self.seconds))
+        m = None
+        if box is not None:
+            for zoom, (xranges, (y0, y1)) in box.items():
+                mz = _in(x, *xranges[0])
+                for r in xranges[1:]:
+                    mz |= _in(x, *r)
+                mz &= _in(y, y0, y1)
+                if len(box) > 1 or not self.full:
+                    mz &= z == zoom
+                m = mz if m is None else m | mz
+            if m is None:
+                m = np.zeros(hi - lo, dtype=bool)
+        if time is not None:
+            tm = t >= time.lo
+            tm &= t <= time.hi
+            if time.check and not self.full:
+                tm &= z >= 0  # ids without a tile have no row to read
+            for b in time.check:  # tiles in a boundary second: their exact time decides
+                at = np.flatnonzero(tm & (t == b))
+                if len(at):
+                    us = self.parts.micros(at + lo)
+                    ok = (us >= time.start_us) & (us <= time.end_us)
+                    tm[at[~ok]] = False
+            if time.undated:
+                tm |= t == NO_SECOND
+            m = tm if m is None else _and(m, tm)
+        for col, lut in codes:
+            m = lut[col[lo:hi]] if m is None else _and(m, lut[col[lo:hi]])
+        if m is None:
+            m = np.ones(hi - lo, dtype=bool)
+        if not self.full and box is None:  # (a bbox tests the zoom: ids without fail it)
+            m &= z >= 0
+        return m
+
+    def _box_ranges(self, west: float, south: float, east: float, north: float) -> dict:
+        """zoom -> ([x ranges], y range) of the cells overlapping the box."""
+        out = {}
+        for z in self.zooms:
+            xr = ([cells.x_range(z, west, east)] if west < east else
+                  [(cells.x_above(z, west), 1 << z), (0, cells.x_below(z, east))])
+            out[z] = (xr, cells.y_range(z, south, north))
+        return out
+
+    def _time_bounds(self, f: Filters) -> zones.TimeBounds | None:
+        """The time filter in the int32 seconds: [lo, hi], and the boundary seconds whose
+        tiles need their exact time (none when every time is a whole second in range)."""
+        if f.start is None and f.end is None:
+            return None
+        check = []
+        lo, hi = SEC_MIN, SEC_MAX
+        start_us = NO_TIME if f.start is None else _micros(f.start)
+        end_us = np.iinfo(np.int64).max if f.end is None else _micros(f.end)
+        if f.start is not None:
+            first = -((T0_US - start_us) // US)  # the first whole second at or after
+            if self.exact_seconds and SEC_MIN <= first <= SEC_MAX:
+                lo = first  # every time is a whole second: exact as it is
+            else:
+                lo = _second(start_us)
+                check.append(lo)
+        if f.end is not None:
+            last = (end_us - T0_US) // US
+            if self.exact_seconds and SEC_MIN <= last <= SEC_MAX:
+                hi = last
+            else:
+                hi = _second(end_us)
+                check.append(hi)
+        return zones.TimeBounds(lo, hi, tuple(sorted(set(check))), f.undated, start_us,
+                                end_us)
 
     def counts(self) -> tuple[dict[str, int], datetime | None, datetime | None]:
         """Tiles per sensor (by name), and the earliest and latest acquisition time."""
-        per = {d["values"]: d["counts"] for d in
-               pc.value_counts(self.table["sensor"]).to_pylist()}
-        span = pc.min_max(self.table["acquired"]).as_py()
-        return dict(sorted(per.items())), span["min"], span["max"]
+        alive = self.alive()
+        per = np.bincount(self.sensor_codes[alive], minlength=len(self.sensor_names))
+        sensors = {n: int(c) for n, c in zip(self.sensor_names, per, strict=True) if c}
+        t = self.seconds
+        dated = (t != NO_SECOND) if self.full else (t != NO_SECOND) & (self.z >= 0)
+        if not dated.any():
+            return dict(sorted(sensors.items())), None, None
+        span = []
+        for pick, sec in ((np.min, t[dated].min()), (np.max, t[dated].max())):
+            us = self.parts.micros(np.flatnonzero(dated & (t == sec)))
+            span.append(EPOCH + timedelta(microseconds=int(pick(us))))
+        return dict(sorted(sensors.items(), key=lambda kv: str(kv[0]))), span[0], span[1]
+
+    def undated(self) -> int:
+        t = self.seconds == NO_SECOND
+        return int(np.count_nonzero(t if self.full else t & (self.z >= 0)))

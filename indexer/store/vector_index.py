@@ -168,6 +168,24 @@ class VectorIndex:
             return x.view(np.uint8).reshape(len(x), self.code_size)
         return self._index.sa_encode(x)
 
+    def list_of(self, codes: np.ndarray) -> np.ndarray:
+        """The IVF list each code goes to (its coarse bytes, little-endian)."""
+        coarse = int(faiss.extract_index_ivf(self._index).coarse_code_size())
+        head = np.zeros((len(codes), 8), dtype=np.uint8)
+        head[:, :coarse] = codes[:, :coarse]
+        return head.view("<u8")[:, 0].astype(np.int64)
+
+    def reserve(self, sizes: np.ndarray) -> None:
+        """Room for sizes[l] more codes in IVF list l, allocated exactly: adding codes one
+        chunk at a time grows each list by doubling, up to twice the memory it needs."""
+        if self.is_flat:
+            return
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self._index).invlists)
+        for lst in np.flatnonzero(sizes):
+            have = int(lists.list_size(int(lst)))
+            lists.resize(int(lst), have + int(sizes[lst]))
+            lists.resize(int(lst), have)
+
     def add_codes(self, codes: np.ndarray, ids: np.ndarray) -> None:
         """Add vectors by their codes (no encoding)."""
         for start in range(0, len(ids), ADD_CHUNK):

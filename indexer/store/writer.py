@@ -19,7 +19,7 @@ from indexer.logs import native_stderr_to_log
 from indexer.store import ann, directory
 from indexer.store.layout import FORMAT_VERSION, THUMBS_DIR, TILES_DIR, VECTORS_F16, fsync_dir
 from indexer.store.manifest import Manifest, SourceEntry, now, read_manifest, write_manifest
-from indexer.store.parts import new_tables, source_tiles, without_source, write_part
+from indexer.store.parts import check_cells, new_tables, source_tiles, without_source, write_part
 from indexer.store.vector_index import VectorIndex
 from indexer.store.vectors import RowFileWriter, open_rows
 
@@ -125,6 +125,7 @@ class IndexWriter:
             return
         if vectors.shape[1] != self.dim:
             raise ValueError(f"expected {self.dim}-d vectors, got {vectors.shape[1]}")
+        check_cells(rows)
         # One list append: an interrupt leaves the batch either wholly in or wholly out.
         self._buf.append((list(rows), np.asarray(vectors, dtype=np.float32), list(thumbs)))
         self._dirty = True

@@ -81,7 +81,7 @@ def add_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict) -> 
     def export_rows(rows: list[dict], query: Query, fmt: str, gen: int) -> Response:
         loaded = engine.loaded
         ids = np.asarray([r["id"] for r in rows], dtype=np.int64)
-        t = exports.scored_table(loaded.tiles.table, np.searchsorted(loaded.tiles.ids, ids), {
+        t = exports.scored_table(loaded.tiles, ids, {
             "score": [r["score"] for r in rows],
             "thumbnail_url": [thumb_url(int(i)) for i in ids]})
         f = query.filters

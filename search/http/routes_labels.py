@@ -81,20 +81,21 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         hit = regions.tiles_at(loaded.tiles, lon, lat, Filters())
         if not len(hit):
             raise NotFound(f"no indexed tile under the point {lon}, {lat}")
-        return int(loaded.tiles.ids[hit[0]])
+        return int(hit[0])
 
     def polygon_tiles(loaded, ring: np.ndarray) -> list[int]:
         """The newest tile of every place whose centre lies inside the ring."""
-        b = loaded.tiles.bounds
-        cx, cy = (b["west"] + b["east"]) / 2, (b["south"] + b["north"]) / 2
-        box = ((cx >= ring[:, 0].min()) & (cx <= ring[:, 0].max()) & (cy >= ring[:, 1].min())
-               & (cy <= ring[:, 1].max()))
-        cand = np.flatnonzero(box)
-        hit = cand[inside(cx[cand], cy[cand], ring)]
+        tiles = loaded.tiles
+        (w, s), (e, n) = ring.min(axis=0), ring.max(axis=0)
+        cand = (np.flatnonzero(tiles.box_mask(w, s, e, n)) if w < e and s < n
+                else np.zeros(0, np.int64))  # the tiles overlapping the ring's box
+        fw, fs, fe, fn = tiles.footprints(cand)
+        cx, cy = (fw + fe) / 2, (fs + fn) / 2
+        box = (cx >= w) & (cx <= e) & (cy >= s) & (cy <= n)
+        hit = cand[box][inside(cx[box], cy[box], ring)]
         if not len(hit):
             raise NotFound("no indexed tile centre inside the polygon")
-        newest = regions.latest_per_cell(loaded.tiles.cell_keys(), loaded.tiles.acquired, hit)
-        return loaded.tiles.ids[sorted(newest.values())].tolist()
+        return sorted(regions.latest_per_cell(tiles, hit).values())
 
     def summary(ls: LabelSet, loaded) -> dict:
         """The set's ids, and those no longer in the index (their source was removed)."""
@@ -166,8 +167,7 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
             return summary(ls, loaded)
         every = np.asarray([*ls.positives, *ls.negatives], dtype=np.int64)
         ids = every[loaded.tiles.has(every)].tolist() if len(every) else []
-        pos = np.searchsorted(loaded.tiles.ids, ids)
-        t = exports.scored_table(loaded.tiles.table, pos, {
+        t = exports.scored_table(loaded.tiles, ids, {
             "label": [int(i in ls.positives) for i in ids],
             "thumbnail_url": [exports.thumbnail_url(api.public_url, i) for i in ids]})
         meta = {"label_set": name, "encoder": loaded.snap.identity.short(),
@@ -195,8 +195,7 @@ def add_label_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dic
         loaded = engine.loaded
         ids = np.asarray(pos + neg, dtype=np.int64)
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-        where = np.searchsorted(loaded.tiles.ids, ids)
-        z, x, yy = (c[where] for c in loaded.tiles.cells())
+        z, x, yy = (c[ids].astype(np.int64) for c in loaded.tiles.cells())
         w, b, report = classifier.train(loaded.snap.get_vectors(ids), y,
                                         classifier.blocks(z, x, yy))
         f = make_filters(parse_bbox(bbox), start, end, [], [])

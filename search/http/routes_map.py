@@ -39,9 +39,8 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
 
     def filtered(loaded, start, end, sensor) -> tuple[np.ndarray, tuple]:
         f = make_filters(None, start, end, sensor, [])
-        pos = np.flatnonzero(loaded.tiles.mask(f)) if f.active else np.arange(
-            len(loaded.tiles))
-        return pos, (loaded.snap.generation, start, end, tuple(sensor))
+        ids = np.flatnonzero(loaded.tiles.mask(f)) if f.active else loaded.tiles.live_ids()
+        return ids, (loaded.snap.generation, start, end, tuple(sensor))
 
     def image(img, fmt: str) -> Response:
         if img is None:
@@ -63,8 +62,8 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
         nothing is indexed; JPEG is 404 there."""
         _check_xyz(z, x, y)
         loaded = engine.loaded
-        pos, key = filtered(loaded, start, end, sensor)
-        return image(tiles_cache.render(loaded, pos, key, z, x, y), fmt)
+        ids, key = filtered(loaded, start, end, sensor)
+        return image(tiles_cache.render(loaded, ids, key, z, x, y), fmt)
 
     def archive_scores(loaded, q, tile, labels, start, end, sensor):
         key = (loaded.snap.generation, q, tile, labels, start, end, tuple(sensor))
@@ -114,7 +113,7 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
         hi = hi if vmax is None else vmax
         if hi <= lo:
             raise QueryError("vmax must be above vmin")
-        img = mosaic.score_overlay(loaded.tiles, sc.positions, sc.scores, z, x, y, lo, hi,
+        img = mosaic.score_overlay(loaded.tiles, sc.ids, sc.scores, z, x, y, lo, hi,
                                    threshold=threshold)
         resp = image(img, "png")
         resp.headers["X-Satfind-Vmin"], resp.headers["X-Satfind-Vmax"] = f"{lo:.6f}", f"{hi:.6f}"

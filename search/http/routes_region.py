@@ -4,7 +4,6 @@ Arrow, GeoParquet), change search between two periods, and a place's history."""
 import time
 from typing import Annotated, Literal
 
-import numpy as np
 import pyarrow as pa
 from fastapi import FastAPI
 from fastapi import Path as PathParam
@@ -110,7 +109,7 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
         query = base_query(q, tile, pos, neg, filters=f)
         loaded, sc = engine.region_scores(query, api.max_score_tiles)
         compact = format == "json" and columns == "compact"
-        t = exports.scored_table(loaded.tiles.table, sc.positions, {"score": sc.scores},
+        t = exports.scored_table(loaded.tiles, sc.ids, {"score": sc.scores},
                                  compact)
         m = meta({"q": q, "tile": tile, "labels": labels, "bbox": bbox, "start": start,
                   "end": end, "sensor": sensor}, loaded)
@@ -141,7 +140,7 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
                       negatives=tuple(neg), filters=f)
         loaded, sc = engine.region_scores(query, api.max_score_tiles)
         compact = body.format == "json" and body.columns == "compact"
-        t = exports.scored_table(loaded.tiles.table, sc.positions, {"score": sc.scores},
+        t = exports.scored_table(loaded.tiles, sc.ids, {"score": sc.scores},
                                  compact)
         m = meta({"text": body.text, "image": image is not None, "tile": body.tile_id,
                   "labels": body.labels, "bbox": body.bbox, "start": body.start,
@@ -174,8 +173,7 @@ def add_region_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: di
         f = make_filters(parse_bbox(bbox), None, None, sensor, [])
         query = base_query(q, tile, filters=f, k=k)
         loaded, found = engine.change(query, periods[0], periods[1], fell=direction == "fell")
-        after_pos = np.searchsorted(loaded.tiles.ids, [c.after_id for c in found])
-        t = exports.scored_table(loaded.tiles.table, after_pos, {
+        t = exports.scored_table(loaded.tiles, [c.after_id for c in found], {
             "score": [c.after_score for c in found],
             "before_id": [c.before_id for c in found],
             "before_score": [c.before_score for c in found],

@@ -1,0 +1,115 @@
+"""Tile rows by id, for the k results of a query and for exports, without holding the rows.
+
+Each part's tile metadata is also written as an uncompressed Arrow IPC file next to its
+Parquet (tiles/part-NNNNN.arrow, strings as per-part dictionaries). A reader memory-maps it:
+the rows are read in place, so a server's resident memory holds none of the rows it does not
+show, and opening a part costs a file open, not a Parquet decode. Parquet stays the source of
+truth (DuckDB, exports, older parts): a part written before the Arrow copies existed is read
+from its Parquet into memory, the same table to everything downstream.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from indexer.errors import IndexError_
+from indexer.store.layout import TILE_SCHEMA
+
+DICT_COLUMNS = ("source", "source_key", "sensor")  # few values per part
+ARROW_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
+                          if f.name in DICT_COLUMNS else f for f in TILE_SCHEMA])
+
+
+def arrow_path(parquet: Path) -> Path:
+    return parquet.with_suffix(".arrow")
+
+
+def as_arrow(table: pa.Table) -> pa.Table:
+    """`table` (TILE_SCHEMA) with the string columns dictionary-encoded (ARROW_SCHEMA)."""
+    cols = [pc.dictionary_encode(table[f.name]) if f.name in DICT_COLUMNS
+            else table[f.name] for f in TILE_SCHEMA]
+    return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, ARROW_SCHEMA,
+                                                                strict=True)],
+                                schema=ARROW_SCHEMA)
+
+
+def plain(table: pa.Table) -> pa.Table:
+    """Dictionary columns back to plain strings (what callers and exports see)."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            table = table.set_column(i, f.name, table[f.name].cast(f.type.value_type))
+    return table
+
+
+def write_arrow(table: pa.Table, path: Path) -> None:
+    """A part's rows as an Arrow IPC file (durable before the manifest names the part)."""
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, ARROW_SCHEMA) as w:
+        w.write_table(as_arrow(table))
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def map_arrow(path: Path) -> pa.Table:
+    """The part's rows, memory-mapped (nothing read until used)."""
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IndexError_(f"{path.parent.name}/{path.name}: damaged Arrow part ({msg})"
+                          ) from None
+
+
+class PartRows:
+    """The rows of a snapshot's parts, found by id (parts hold disjoint id ranges, each in
+    id order)."""
+
+    def __init__(self, tables: list[pa.Table]):
+        tables = [t for t in tables if t.num_rows]
+        ids = [t["id"].to_numpy() for t in tables]
+        order = np.argsort([int(i[0]) for i in ids], kind="stable")
+        self.tables = [tables[i] for i in order]
+        self._ids = [ids[i] for i in order]
+        self._starts = np.asarray([int(i[0]) for i in self._ids], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return sum(t.num_rows for t in self.tables)
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(part index, row in part) of each id, which must be held (see `has`)."""
+        part = np.searchsorted(self._starts, ids, side="right") - 1
+        row = np.empty(len(ids), dtype=np.int64)
+        for p in np.unique(part):
+            at = part == p
+            row[at] = np.searchsorted(self._ids[p], ids[at])
+        return part, row
+
+    def take(self, ids, columns: list[str]) -> pa.Table:
+        """The rows of `ids` (held ones), in that order, as plain columns."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids) or not self.tables:
+            return plain(self.tables[0].select(columns).slice(0, 0) if self.tables
+                         else TILE_SCHEMA.empty_table().select(columns))
+        part, row = self.locate(ids)
+        pieces, where = [], []
+        for p in np.unique(part):
+            at = np.flatnonzero(part == p)
+            pieces.append(plain(self.tables[p].select(columns).take(pa.array(row[at]))))
+            where.append(at)
+        out = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+        at = np.concatenate(where)
+        if len(pieces) > 1 or not np.array_equal(at, np.arange(len(at))):
+            out = out.take(pa.array(np.argsort(at, kind="stable")))
+        return out
+
+    def micros(self, ids) -> np.ndarray:
+        """Exact acquisition times of `ids` as int64 microseconds (nulls as int64 min)."""
+        t = self.take(ids, ["acquired"])["acquired"]
+        t = pc.fill_null(pc.cast(t, pa.int64()), np.iinfo(np.int64).min)
+        return t.to_numpy()
