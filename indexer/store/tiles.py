@@ -126,12 +126,13 @@ def _seconds(us: np.ndarray) -> tuple[np.ndarray, bool]:
     return out, exact
 
 
-def _codes(column: pa.ChunkedArray, names: list, at: dict) -> tuple[np.ndarray, bool]:
-    """Codes of a string column in the table-wide dictionary `names` (extended in place,
-    `at` its inverse; None for nulls), and whether names were added."""
+def _coding(column: pa.ChunkedArray, names: list, at: dict) -> list:
+    """How to code a string column in the table-wide dictionary `names` (extended in place,
+    `at` its inverse; None for nulls): per chunk, its dictionary indices and their remap.
+    (Only the small dictionaries are read here; `_codes` maps the indices.)"""
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
-    n0, out = len(names), []
+    out = []
     for chunk in column.chunks:
         remap = np.empty(len(chunk.dictionary) + 1, dtype=np.int64)
         for i, name in enumerate([*chunk.dictionary.to_pylist(), None]):
@@ -139,11 +140,22 @@ def _codes(column: pa.ChunkedArray, names: list, at: dict) -> tuple[np.ndarray, 
                 at[name] = len(names)
                 names.append(name)
             remap[i] = at[name]
-        idx = chunk.indices
-        if chunk.null_count:
-            idx = pc.fill_null(idx, len(chunk.dictionary))
-        out.append(remap[idx.to_numpy()])
-    return (np.concatenate(out) if out else np.zeros(0, np.int64)), len(names) > n0
+        out.append((chunk.indices, remap))
+    return out
+
+
+def _codes(coding: list) -> np.ndarray:
+    """The codes `_coding` prepared."""
+    out = [remap[pc.fill_null(idx, len(remap) - 1).to_numpy()] for idx, remap in coding]
+    return np.concatenate(out) if len(out) != 1 else out[0]
+
+
+def _put(buf: np.ndarray, ids: np.ndarray, values) -> None:
+    """buf[ids] = values, as a slice when the ids are a run (a part's usually are)."""
+    if len(ids) and ids[-1] - ids[0] == len(ids) - 1:
+        buf[ids[0]:ids[-1] + 1] = values
+    else:
+        buf[ids] = values
 
 
 def _width(names: list) -> np.dtype:
@@ -169,7 +181,8 @@ class _Col:
             self.buf[n:new_n] = fill
             self.claimed = new_n
             return self
-        buf = np.empty(max(new_n, n + n // 2, 1024), dtype=dtype)
+        # Room to grow in place: pages never written are not resident.
+        buf = np.empty(max(new_n + new_n // 4 + 65536, n + n // 2), dtype=dtype)
         buf[:n] = self.buf[:n]
         buf[n:new_n] = fill
         return _Col(buf, new_n)
@@ -257,25 +270,27 @@ class TileTable:
         sensor_names, source_names = list(self.sensor_names), list(self.source_names)
         sensor_at = {s: i for i, s in enumerate(sensor_names)}
         source_at = {s: i for i, s in enumerate(source_names)}
-        values, exact, zooms = [], self.exact_seconds, set(self.zooms)
-        for t, i in zip(new, ids, strict=True):
-            z = t["z"].to_numpy()
-            sec, whole = _seconds(pc.fill_null(pc.cast(t["acquired"], pa.int64()),
-                                               NO_TIME).to_numpy())
-            exact &= whole
-            zooms.update(np.unique(z).tolist())
-            values.append((i, {"z": z, "x": t["x"].to_numpy(), "y": t["y"].to_numpy(),
-                               "seconds": sec,
-                               "sensor_codes": _codes(t["sensor"], sensor_names, sensor_at)[0],
-                               "source_codes": _codes(t["source"], source_names, source_at)[0]}))
+        # First the dictionaries (their sizes set the code widths), then part by part into
+        # the grown columns: no per-part copy of every row is held at once.
+        codings = [(_coding(t["sensor"], sensor_names, sensor_at),
+                    _coding(t["source"], source_names, source_at)) for t in new]
         dtypes = {"sensor_codes": _width(sensor_names), "source_codes": _width(source_names)}
         fills = {"z": -1, "x": 0, "y": 0, "seconds": NO_SECOND, "sensor_codes": 0,
                  "source_codes": 0}
         for c in self._COLS:
             cols[c] = cols[c].grown(n, next_id, fills[c], np.result_type(
                 cols[c].buf.dtype, dtypes.get(c, cols[c].buf.dtype)))
-            for i, v in values:
-                cols[c].buf[i] = v[c]
+        exact, zooms = self.exact_seconds, set(self.zooms)
+        for t, i, (sensor, source) in zip(new, ids, codings, strict=True):
+            z = t["z"].to_numpy()
+            sec, whole = _seconds(pc.fill_null(pc.cast(t["acquired"], pa.int64()),
+                                               NO_TIME).to_numpy())
+            exact &= whole
+            zooms.update(np.unique(z).tolist())
+            for c, v in (("z", z), ("x", t["x"].to_numpy()), ("y", t["y"].to_numpy()),
+                         ("seconds", sec), ("sensor_codes", _codes(sensor)),
+                         ("source_codes", _codes(source))):
+                _put(cols[c].buf, i, v)
         out._cols, out.next_id, out.parts = cols, next_id, rows
         out.count = self.count - len(gone) + sum(len(i) for i in ids)
         out.sensor_names, out.source_names = sensor_names, source_names
