@@ -144,7 +144,7 @@ def main() -> None:
 
     rng = np.random.default_rng(3)
     snap = eng.loaded.snap
-    sim = score_ids(snap, snap.get_vectors([0])[0], eng.loaded.tiles.ids)
+    sim = score_ids(snap, snap.get_vectors([0])[0], eng.loaded.tiles.live_ids())
     order = np.argsort(-sim)
     pos, neg = order[:500], rng.choice(order[n // 2:], 500, replace=False)
     ids = np.r_[pos, neg]
@@ -155,7 +155,7 @@ def main() -> None:
     t_train = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    score_ids(eng.loaded.snap, w, eng.loaded.tiles.ids)
+    score_ids(eng.loaded.snap, w, eng.loaded.tiles.live_ids())
     t_rank = time.perf_counter() - t0
     print(f"  classifier, 1000 labels: train + 5-fold CV {t_train * 1000:.0f} ms (CV AUC "
           f"{report.auc:.3f}); ranking {n} tiles {t_rank * 1000:.0f} ms")
