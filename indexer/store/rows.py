@@ -66,17 +66,36 @@ def map_arrow(path: Path) -> pa.Table:
                           ) from None
 
 
+def _entry(name: str, table: pa.Table) -> tuple | None:
+    """(first id, name, table, ids) of a part; None when it holds no row."""
+    if not table.num_rows:
+        return None
+    ids = table["id"].to_numpy()
+    return int(ids[0]), name, table, ids
+
+
 class PartRows:
     """The rows of a snapshot's parts, found by id (parts hold disjoint id ranges, each in
     id order)."""
 
-    def __init__(self, tables: list[pa.Table]):
-        tables = [t for t in tables if t.num_rows]
-        ids = [t["id"].to_numpy() for t in tables]
-        order = np.argsort([int(i[0]) for i in ids], kind="stable")
-        self.tables = [tables[i] for i in order]
-        self._ids = [ids[i] for i in order]
-        self._starts = np.asarray([int(i[0]) for i in self._ids], dtype=np.int64)
+    def __init__(self, tables: list[pa.Table], names: list[str] | None = None):
+        """`names`: the parts' names (what `updated` keeps or adds by)."""
+        names = names or [f"#{i}" for i in range(len(tables))]
+        self._set([_entry(n, t) for n, t in zip(names, tables, strict=True)])
+
+    def _set(self, entries: list) -> None:
+        self._entries = sorted((e for e in entries if e is not None), key=lambda e: e[0])
+        self.tables = [e[2] for e in self._entries]
+        self._ids = [e[3] for e in self._entries]
+        self._starts = np.asarray([e[0] for e in self._entries], dtype=np.int64)
+
+    def updated(self, names: list[str], table_of) -> PartRows:
+        """The rows of parts `names`: those held kept as they are, the others opened with
+        `table_of(name)` (a commit's pick-up costs its new parts, not every part)."""
+        held = {e[1]: e for e in self._entries}
+        out = object.__new__(PartRows)
+        out._set([held[n] if n in held else _entry(n, table_of(n)) for n in names])
+        return out
 
     def __len__(self) -> int:
         return sum(t.num_rows for t in self.tables)

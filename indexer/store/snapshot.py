@@ -42,9 +42,12 @@ def _stamp(d: Path) -> tuple:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _check_parts(d: Path, m: Manifest) -> None:
-    """Every part the manifest names exists (FileNotFoundError: a writer raced us)."""
+def _check_parts(d: Path, m: Manifest, known: set[str] = frozenset()) -> None:
+    """Every part the manifest names exists (FileNotFoundError: a writer raced us); parts
+    named `known` were checked before (parts are never changed, only superseded)."""
     for p in m.parts:
+        if p.name in known:
+            continue
         for sub in (TILES_DIR, THUMBS_DIR):
             if not (d / sub / p.name).is_file():
                 raise FileNotFoundError(p.name)
@@ -91,6 +94,7 @@ class IndexSnapshot:
         # Thumbnail parts' footers and row-group id ranges, by part index (see thumbnails()).
         self._thumb_meta_cache: dict[int, tuple] = {}
         self._rows: rows.PartRows | None = None
+        self._older_rows: rows.PartRows | None = None  # what a refresh starts from
 
     @classmethod
     def open(cls, index_dir: str | Path, retries: int = 5,
@@ -132,7 +136,7 @@ class IndexSnapshot:
                 and (m.next_id - self._base_rows) * DELTA_FRACTION <= self._base_rows)
         if same:
             try:
-                _check_parts(self.dir, m)
+                _check_parts(self.dir, m, {p.name for p in old.parts})
                 # Removed since the first segment was loaded: ids in it are searched around
                 # (a bitmap); the second segment is loaded without them.
                 dead = ann.deleted_ids(self.dir, m, start=self._base_deleted)
@@ -143,6 +147,7 @@ class IndexSnapshot:
                                          self._base_rows, stamp, self._part_cache,
                                          base_deleted=self._base_deleted, dead=dead)
                     if snap.ntotal == m.index.ntotal:
+                        snap._older_rows = self._rows
                         return snap
             except FileNotFoundError:
                 pass  # cleaned up under us by yet another commit: open whole
@@ -239,9 +244,17 @@ class IndexSnapshot:
                                  for p in parts])
 
     def part_rows(self) -> rows.PartRows:
-        """Every part's rows, found by id (made once per snapshot)."""
+        """Every part's rows, found by id (made once per snapshot; after a refresh, from the
+        older snapshot's plus the new parts)."""
         if self._rows is None:
-            self._rows = rows.PartRows([self.part_table(p) for p in self.manifest.parts])
+            parts = {p.name: p for p in self.manifest.parts}
+            if self._older_rows is not None:
+                self._rows = self._older_rows.updated(
+                    list(parts), lambda name: self.part_table(parts[name]))
+            else:
+                self._rows = rows.PartRows([self.part_table(p) for p in parts.values()],
+                                           list(parts))
+            self._older_rows = None
         return self._rows
 
     def changes_since(self, older: IndexSnapshot) -> tuple[list[pa.Table], np.ndarray] | None:
