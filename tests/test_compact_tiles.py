@@ -248,12 +248,12 @@ def _local_rows(rng, key: str, n: int, undated: bool = False) -> list[dict]:
 def test_zone_maps_skip_and_fill_blocks_and_select_what_sql_selects(tmp_path, monkeypatch):
     """Blocks of 16 ids over rasters of 20-40 tiles: filters skip blocks outside, fill blocks
     inside and test the straddling ones tile by tile, after additions and removals too,
-    with exactly the rows DuckDB selects (runs taken one by one, never the whole scan)."""
+    with exactly the rows DuckDB selects (straddling blocks gathered, never the one scan)."""
     from indexer.store import zones
     from search.engine import Loaded
 
     monkeypatch.setattr(zones, "BLOCK", 16)
-    monkeypatch.setattr(zones, "scattered", lambda found, n: False)
+    monkeypatch.setattr(zones, "SCAN_FRACTION", 2.0)  # blocks, never the one-scan fallback
     rng = np.random.default_rng(8)
     seen = {zones.OUT: 0, zones.IN: 0, zones.PART: 0}
     real_states = zones.Zones.states
@@ -276,6 +276,9 @@ def test_zone_maps_skip_and_fill_blocks_and_select_what_sql_selects(tmp_path, mo
             if c == 2:
                 w.commit()
                 loaded = Loaded(IndexSnapshot.open(tmp_path))
+                assert loaded.tiles.full  # blocks inside are filled whole (no code filter)
+                _check_against_duckdb(loaded.tiles, loaded.snap, _filters(rng, loaded.snap,
+                                                                          150))
                 w.remove("s0-3")
                 w.remove("s1-0")
         w.commit()

@@ -176,13 +176,15 @@ class _Col:
         """This column's first n values plus fill up to new_n (a new buffer when it cannot
         grow in place, is to be changed (`copy`), or changes dtype)."""
         dtype = np.dtype(dtype or self.buf.dtype)
-        if (not copy and self.claimed == n and len(self.buf) >= new_n
+        # A buffer always has a zone-map block of room past the table's end: a filter reads
+        # whole blocks (what lies past next_id it cuts off).
+        if (not copy and self.claimed == n and len(self.buf) >= new_n + zones.BLOCK
                 and dtype == self.buf.dtype):
             self.buf[n:new_n] = fill
             self.claimed = new_n
             return self
         # Room to grow in place: pages never written are not resident.
-        buf = np.empty(max(new_n + new_n // 4 + 65536, n + n // 2), dtype=dtype)
+        buf = np.empty(max(new_n + new_n // 4 + 65536 + zones.BLOCK, n + n // 2), dtype=dtype)
         buf[:n] = self.buf[:n]
         buf[n:new_n] = fill
         return _Col(buf, new_n)
@@ -363,57 +365,98 @@ class TileTable:
     def _select(self, bbox: tuple | None, time: zones.TimeBounds | None, codes: list
                 ) -> np.ndarray:
         """The mask: blocks the zone maps put wholly outside are skipped, wholly inside
-        filled (only codes and liveness tested), the rest tested tile by tile."""
+        filled (only codes and liveness tested), the rest tested tile by tile, all the
+        straddling blocks in one pass."""
         n = self.next_id
         box = None if bbox is None else self._box_ranges(*bbox)
         if box is None and time is None:
-            return self._scan(None, None, codes, 0, n)
+            return self._scan(None, None, codes, slice(0, n))
         states = self.zones.states(None if bbox is None else zones.box32(*bbox), time)
-        found = zones.runs(states, n)
-        if zones.scattered(found, n):
-            return self._scan(box, time, codes, 0, n)  # no locality: one scan is cheaper
-        m = np.zeros(n, dtype=bool)
-        for lo, hi, st in found:
-            part = st == zones.PART
-            m[lo:hi] = self._scan(box if part else None, time if part else None, codes, lo, hi)
-        return m
+        part = np.flatnonzero(states == zones.PART)
+        if len(part) > zones.SCAN_FRACTION * len(states):
+            # no locality (every block straddles): one scan of the columns costs less
+            return self._scan(box, time, codes, slice(0, n))
+        nb, size = len(states), zones.BLOCK
+        m = np.zeros(nb * size, dtype=bool)  # whole blocks; what lies past n is cut off
+        rows = m.reshape(nb, size)
+        inside = states == zones.IN
+        if not codes and self.full:
+            rows[inside] = True
+        elif inside.any():
+            blocks = np.flatnonzero(inside)
+            rows[blocks] = self._scan(None, None, codes, blocks).reshape(-1, size)
+        if len(part):
+            rows[part] = self._scan(box, time, codes, part).reshape(-1, size)
+        return m[:n]
 
-    def _scan(self, box: dict | None, time: zones.TimeBounds | None, codes: list, lo: int,
-              hi: int) -> np.ndarray:
-        """The filters tested tile by tile over ids lo..hi-1."""
-        z, x, y, t = (c[lo:hi] for c in (self.z, self.x, self.y, self.seconds))
+    def _scan(self, box: dict | None, time: zones.TimeBounds | None, codes: list,
+              where: slice | np.ndarray) -> np.ndarray:
+        """The filters tested tile by tile over the ids `where` selects: a slice of ids,
+        or whole zone-map blocks (an array of block numbers; their ids past next_id give
+        values that the caller cuts off)."""
+        size = zones.BLOCK
+        if isinstance(where, slice):
+            def col(c):
+                return c[where]
+
+            def ids(at):
+                return at + where.start
+
+            count = where.stop - where.start
+        else:
+            whole = -(-self.next_id // size) * size
+
+            def ids(at):
+                return where[at // size] * size + at % size
+
+            count = len(where) * size
+
+            def col(c):  # the blocks' rows of a column (its buffer has room for whole
+                buf = c.base if c.base is not None else c  # blocks, see _Col.grown)
+                return buf[:whole].reshape(-1, size)[where].ravel()
+        got: dict[str, np.ndarray] = {}
+
+        def get(name):  # a column's values there, gathered once and only when used
+            if name not in got:
+                got[name] = col(getattr(self, name))
+            return got[name]
+
         m = None
         if box is not None:
             for zoom, (xranges, (y0, y1)) in box.items():
-                mz = _in(x, *xranges[0])
+                mz = _in(get("x"), *xranges[0])
                 for r in xranges[1:]:
-                    mz |= _in(x, *r)
-                mz &= _in(y, y0, y1)
+                    mz |= _in(get("x"), *r)
+                mz &= _in(get("y"), y0, y1)
                 if len(box) > 1 or not self.full:
-                    mz &= z == zoom
+                    mz &= get("z") == zoom
                 m = mz if m is None else m | mz
             if m is None:
-                m = np.zeros(hi - lo, dtype=bool)
+                m = np.zeros(count, dtype=bool)
         if time is not None:
+            t = get("seconds")
             tm = t >= time.lo
             tm &= t <= time.hi
-            if time.check and not self.full:
-                tm &= z >= 0  # ids without a tile have no row to read
             for b in time.check:  # tiles in a boundary second: their exact time decides
                 at = np.flatnonzero(tm & (t == b))
+                tid = ids(at)
+                held = tid < self.next_id
+                held[held] = self.z[tid[held]] >= 0  # only ids with a row to read
+                at, tid = at[held], tid[held]
                 if len(at):
-                    us = self.parts.micros(at + lo)
+                    us = self.parts.micros(tid)
                     ok = (us >= time.start_us) & (us <= time.end_us)
                     tm[at[~ok]] = False
             if time.undated:
                 tm |= t == NO_SECOND
             m = tm if m is None else _and(m, tm)
-        for col, lut in codes:
-            m = lut[col[lo:hi]] if m is None else _and(m, lut[col[lo:hi]])
+        for codes_col, lut in codes:  # (past next_id: any value, even a newer name's)
+            hit = lut.take(col(codes_col), mode="clip")
+            m = hit if m is None else _and(m, hit)
         if m is None:
-            m = np.ones(hi - lo, dtype=bool)
+            m = np.ones(count, dtype=bool)
         if not self.full and box is None:  # (a bbox tests the zoom: ids without fail it)
-            m &= z >= 0
+            m &= get("z") >= 0
         return m
 
     def _box_ranges(self, west: float, south: float, east: float, north: float) -> dict:

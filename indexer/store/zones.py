@@ -107,20 +107,9 @@ class Zones:
         return np.where(out, OUT, np.where(inside, IN, PART)).astype(np.int8)
 
 
-def runs(states: np.ndarray, n: int) -> list[tuple[int, int, int]]:
-    """(first id, end id, state) of each run of blocks in one state other than OUT."""
-    if not len(states):
-        return []
-    edge = np.flatnonzero(np.diff(states)) + 1
-    starts, ends = np.r_[0, edge], np.r_[edge, len(states)]
-    return [(int(a) * BLOCK, min(int(b) * BLOCK, n), int(states[a]))
-            for a, b in zip(starts, ends, strict=True) if states[a] != OUT]
-
-
-def scattered(found: list[tuple[int, int, int]], n: int) -> bool:
-    """Too many separate runs to test one by one: one scan of every id costs less (a run
-    costs ~40 us in numpy calls, a scan ~3 ns an id)."""
-    return sum(st == PART for *_, st in found) > max(16, n // 16384)
+# Straddling blocks beyond this fraction of all: one scan of the columns instead (gathering
+# most blocks' rows costs more than reading every row in order).
+SCAN_FRACTION = 0.5
 
 
 def box32(west: float, south: float, east: float, north: float) -> tuple:
