@@ -37,6 +37,9 @@ def template(d: Path, m: Manifest) -> VectorIndex:
     return VectorIndex.from_template(path.read_bytes(), m.dim, path.name)
 
 
+RESERVE_FROM = 65536  # codes loaded at once from which the lists are sized first
+
+
 def load(d: Path, m: Manifest, start: int = 0) -> VectorIndex:
     """The committed index holding the tiles with ids start..next_id-1 (all of them by
     default; a later start gives the delta a reader adds to what it holds). A missing file
@@ -62,7 +65,8 @@ def load(d: Path, m: Manifest, start: int = 0) -> VectorIndex:
             live = ~np.isin(ids, dead)
             yield np.asarray(codes[lo:hi])[live], ids[live]
 
-    if not index.is_flat:  # every list allocated once, at its size (a first pass)
+    if not index.is_flat and m.next_id - start > RESERVE_FROM:
+        # every list allocated once, at its size (a first pass over the codes)
         nlist = index.describe()["nlist"]
         index.reserve(sum((np.bincount(index.list_of(c), minlength=nlist) for c, _ in chunks()),
                           np.zeros(nlist, dtype=np.int64)))

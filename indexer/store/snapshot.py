@@ -13,6 +13,7 @@ segment grows past an eighth of the first, a refresh loads the index whole again
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -85,8 +86,6 @@ class IndexSnapshot:
             self.vectors = open_rows(index_dir / manifest.vectors_f16, manifest.next_id,
                                      manifest.dim)
         self.identity: EncoderIdentity = manifest.encoder
-        self.tile_parts = [index_dir / TILES_DIR / p.name for p in manifest.parts]
-        self.thumb_parts = [index_dir / THUMBS_DIR / p.name for p in manifest.parts]
         self._stamp = stamp
         # Tile metadata read so far, by part name (parts are never changed once written).
         names = {p.name for p in manifest.parts}
@@ -156,6 +155,16 @@ class IndexSnapshot:
     def newer_commit(self) -> bool:
         """Has a writer committed since this snapshot was opened?"""
         return _stamp(self.dir) != self._stamp
+
+    @functools.cached_property
+    def tile_parts(self) -> list[Path]:
+        """The Parquet tile parts, in manifest order (made when first asked for: a pick-up
+        of one commit does not build a path per part)."""
+        return [self.dir / TILES_DIR / p.name for p in self.manifest.parts]
+
+    @functools.cached_property
+    def thumb_parts(self) -> list[Path]:
+        return [self.dir / THUMBS_DIR / p.name for p in self.manifest.parts]
 
     @property
     def generation(self) -> int:
