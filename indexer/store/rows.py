@@ -100,14 +100,15 @@ class PartRows:
     def __len__(self) -> int:
         return sum(t.num_rows for t in self.tables)
 
-    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(part index, row in part) of each id, which must be held (see `has`)."""
+    def _groups(self, ids: np.ndarray):
+        """(part index, positions in `ids`, rows in that part) for each part holding some
+        of `ids` (which must be held): one sort, not one pass over the ids per part."""
         part = np.searchsorted(self._starts, ids, side="right") - 1
-        row = np.empty(len(ids), dtype=np.int64)
-        for p in np.unique(part):
-            at = part == p
-            row[at] = np.searchsorted(self._ids[p], ids[at])
-        return part, row
+        order = np.argsort(part, kind="stable")
+        bounds = np.flatnonzero(np.diff(part[order])) + 1
+        for at in np.split(order, bounds):
+            p = int(part[at[0]])
+            yield p, at, np.searchsorted(self._ids[p], ids[at])
 
     def take(self, ids, columns: list[str]) -> pa.Table:
         """The rows of `ids` (held ones), in that order, as plain columns."""
@@ -115,11 +116,9 @@ class PartRows:
         if not len(ids) or not self.tables:
             return plain(self.tables[0].select(columns).slice(0, 0) if self.tables
                          else TILE_SCHEMA.empty_table().select(columns))
-        part, row = self.locate(ids)
         pieces, where = [], []
-        for p in np.unique(part):
-            at = np.flatnonzero(part == p)
-            pieces.append(plain(self.tables[p].select(columns).take(pa.array(row[at]))))
+        for p, at, rows in self._groups(ids):
+            pieces.append(plain(self.tables[p].select(columns).take(pa.array(rows))))
             where.append(at)
         out = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
         at = np.concatenate(where)
