@@ -42,15 +42,15 @@ class Mosaic:
         self._thumbs = snapshot_thumbnails
         self._cache = LRU(cache_tiles)  # key -> RGBA array, or None (nothing there)
 
-    def render(self, loaded, ids: np.ndarray, key: tuple, z: int, x: int, y: int
-               ) -> np.ndarray | None:
-        """RGBA uint8 [256, 256, 4] of map tile z/x/y from the index tiles `ids`
-        (already filtered; `key` names that filter and the snapshot), None if none."""
+    def render(self, loaded, ids, key: tuple, z: int, x: int, y: int) -> np.ndarray | None:
+        """RGBA uint8 [256, 256, 4] of map tile z/x/y from the index tiles `ids` (already
+        filtered; or a function giving them, called on a cache miss only; `key` names that
+        filter and the snapshot), None if none."""
         full = (*key, z, x, y)
         img = self._cache.get(full, _UNSEEN)
         if img is not _UNSEEN:
             return img
-        pos = covering(loaded.tiles, ids, z, x, y)
+        pos = covering(loaded.tiles, ids() if callable(ids) else ids, z, x, y)
         if not len(pos):
             img = None
         elif len(pos) > DIRECT_MAX and z < int(loaded.tiles.cells()[0][pos].max()):

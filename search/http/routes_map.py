@@ -3,6 +3,7 @@ where in one tile a query matches (patch-token similarity)."""
 
 from typing import Annotated, Literal
 
+import mercantile
 import numpy as np
 from fastapi import FastAPI
 from fastapi import Path as PathParam
@@ -37,10 +38,15 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
     scores_cache = LRU(8)  # the archive's scores of the last queries, for their overlays
     scope = "private" if api.api_key else "public"
 
-    def filtered(loaded, start, end, sensor) -> tuple[np.ndarray, tuple]:
+    def under(loaded, z, x, y, start, end, sensor) -> np.ndarray:
+        """Ids of the tiles whose cell overlaps map tile z/x/y and that pass the filters
+        (the zone maps find them: no pass over every tile for one map tile)."""
+        b = mercantile.bounds(x, y, z)
+        near = loaded.tiles.box_mask(b.west, b.south, b.east, b.north)
         f = make_filters(None, start, end, sensor, [])
-        ids = np.flatnonzero(loaded.tiles.mask(f)) if f.active else loaded.tiles.live_ids()
-        return ids, (loaded.snap.generation, start, end, tuple(sensor))
+        if f.active:
+            near &= loaded.tiles.mask(f)
+        return np.flatnonzero(near)
 
     def image(img, fmt: str) -> Response:
         if img is None:
@@ -62,8 +68,9 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
         nothing is indexed; JPEG is 404 there."""
         _check_xyz(z, x, y)
         loaded = engine.loaded
-        ids, key = filtered(loaded, start, end, sensor)
-        return image(tiles_cache.render(loaded, ids, key, z, x, y), fmt)
+        key = (loaded.snap.generation, start, end, tuple(sensor))
+        return image(tiles_cache.render(loaded, lambda: under(loaded, z, x, y, start, end,
+                                                              sensor), key, z, x, y), fmt)
 
     def archive_scores(loaded, q, tile, labels, start, end, sensor):
         key = (loaded.snap.generation, q, tile, labels, start, end, tuple(sensor))
