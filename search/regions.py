@@ -138,7 +138,8 @@ def place_history(loaded, tile_id: int, v: np.ndarray | None) -> list[dict]:
     (when given), and the embedding distance (1 - cosine) to the previous acquisition."""
     tiles = loaded.tiles
     z, x, y = (c[tile_id] for c in tiles.cells())
-    ids = np.flatnonzero((tiles.x == x) & (tiles.y == y) & (tiles.z == z))
+    near = np.flatnonzero(tiles.box_mask(*(float(v[0]) for v in tiles.footprints([tile_id]))))
+    ids = near[(tiles.x[near] == x) & (tiles.y[near] == y) & (tiles.z[near] == z)]
     acq = tiles.micros(ids)
     order = np.lexsort((ids, acq))
     ids, acq = ids[order], acq[order]
