@@ -70,11 +70,9 @@ def tiles_at(tiles, lon: float, lat: float, filters: Filters) -> np.ndarray:
     west/south/east/north). A point on an edge two cells share belongs to one of them, as
     the XYZ grid assigns it: west and north edges inside, east and south edges outside,
     except the world's own east (180) and south edges."""
-    near = tiles.box_mask(max(lon - EDGE_SLACK, -180.0), max(lat - EDGE_SLACK, -90.0),
-                          min(lon + EDGE_SLACK, 180.0), min(lat + EDGE_SLACK, 90.0))
-    if filters.active:
-        near &= tiles.mask(filters)
-    ids = np.flatnonzero(near)
+    ids = np.flatnonzero(tiles.mask(filters, within=(
+        max(lon - EDGE_SLACK, -180.0), max(lat - EDGE_SLACK, -90.0),
+        min(lon + EDGE_SLACK, 180.0), min(lat + EDGE_SLACK, 90.0))))
     if len(ids):
         w, s, e, n = tiles.footprints(ids)
         z, _, y = (c[ids].astype(np.int64) for c in tiles.cells())

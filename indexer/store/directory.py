@@ -21,6 +21,7 @@ from indexer.store.layout import (
     TMP_RE,
 )
 from indexer.store.manifest import Manifest, read_manifest
+from indexer.store.rows import arrow_path
 
 # POSIX locks are per process; this set stops two writers inside one process.
 _HELD: set[Path] = set()
@@ -81,7 +82,7 @@ def clean_garbage(d: Path, m: Manifest) -> None:
     """Delete files the writer's own naming scheme made that no committed manifest names
     (interrupted runs, superseded parts). Nothing else is ever touched."""
     keep_parts = {p.name for p in m.parts}
-    keep_parts |= {Path(p.name).with_suffix(".arrow").name for p in m.parts if p.arrow}
+    keep_parts |= {arrow_path(Path(p.name)).name for p in m.parts if p.arrow}
     for sub in (TILES_DIR, THUMBS_DIR):
         for f in (d / sub).iterdir():
             if _is_part(f.name) and f.name not in keep_parts and f.is_file():

@@ -97,9 +97,6 @@ class PartRows:
         out._set([held[n] if n in held else _entry(n, table_of(n)) for n in names])
         return out
 
-    def __len__(self) -> int:
-        return sum(t.num_rows for t in self.tables)
-
     def _groups(self, ids: np.ndarray):
         """(part index, positions in `ids`, rows in that part) for each part holding some
         of `ids` (which must be held): one sort, not one pass over the ids per part."""

@@ -307,6 +307,10 @@ class TileTable:
         """Which ids hold a tile: a bool mask, or slice(None) when all do."""
         return slice(None) if self.full else self.z >= 0
 
+    def _held(self, m: np.ndarray) -> np.ndarray:
+        """`m` (bool per id) where an id holds a tile."""
+        return m if self.full else m & (self.z >= 0)
+
     def live_ids(self) -> np.ndarray:
         return np.arange(self.next_id, dtype=np.int64) if self.full else np.flatnonzero(
             self.z >= 0)
@@ -345,9 +349,14 @@ class TileTable:
         return (z << 52) | (x << 26) | y
 
     # --- filters ------------------------------------------------------------------------
-    def mask(self, f: Filters) -> np.ndarray:
+    def mask(self, f: Filters, within: tuple[float, float, float, float] | None = None
+             ) -> np.ndarray:
         """Per tile id: does a tile with it pass the filters? (Filters.sql() states the same
-        semantics; the tests check one against the other.)"""
+        semantics; the tests check one against the other.) `within`: a box the tile's cell
+        must overlap as well (as `box_mask`: a map tile, the cells near a point), tested in
+        the same pass when the filters have no bbox of their own."""
+        if within is not None and f.bbox is not None:
+            return _and(self.mask(f), self.box_mask(*within))
         codes = []
         if f.sensors:
             codes.append((self.sensor_codes, _lut(self.sensor_names, lambda n: n in f.sensors)))
@@ -355,7 +364,7 @@ class TileTable:
             codes.append((self.source_codes, _lut(self.source_names, lambda n: (
                 n is not None and any(n == s or n.startswith(s.rstrip("/") + "/")
                                       for s in f.sources)))))
-        return self._select(f.bbox, self._time_bounds(f), codes)
+        return self._select(f.bbox or within, self._time_bounds(f), codes)
 
     def box_mask(self, west: float, south: float, east: float, north: float) -> np.ndarray:
         """Per id: does the tile's cell overlap the box (east > west_box, west < east_box,
@@ -499,16 +508,16 @@ class TileTable:
         alive = self.alive()
         per = np.bincount(self.sensor_codes[alive], minlength=len(self.sensor_names))
         sensors = {n: int(c) for n, c in zip(self.sensor_names, per, strict=True) if c}
+        sensors = dict(sorted(sensors.items(), key=lambda kv: str(kv[0])))
         t = self.seconds
-        dated = (t != NO_SECOND) if self.full else (t != NO_SECOND) & (self.z >= 0)
+        dated = self._held(t != NO_SECOND)
         if not dated.any():
-            return dict(sorted(sensors.items())), None, None
+            return sensors, None, None
         span = []
         for pick, sec in ((np.min, t[dated].min()), (np.max, t[dated].max())):
             us = self.parts.micros(np.flatnonzero(dated & (t == sec)))
             span.append(EPOCH + timedelta(microseconds=int(pick(us))))
-        return dict(sorted(sensors.items(), key=lambda kv: str(kv[0]))), span[0], span[1]
+        return sensors, span[0], span[1]
 
     def undated(self) -> int:
-        t = self.seconds == NO_SECOND
-        return int(np.count_nonzero(t if self.full else t & (self.z >= 0)))
+        return int(np.count_nonzero(self._held(self.seconds == NO_SECOND)))

@@ -41,12 +41,8 @@ def add_map_routes(app: FastAPI, engine: SearchEngine, deps: list, errors: dict)
     def under(loaded, z, x, y, start, end, sensor) -> np.ndarray:
         """Ids of the tiles whose cell overlaps map tile z/x/y and that pass the filters
         (the zone maps find them: no pass over every tile for one map tile)."""
-        b = mercantile.bounds(x, y, z)
-        near = loaded.tiles.box_mask(b.west, b.south, b.east, b.north)
-        f = make_filters(None, start, end, sensor, [])
-        if f.active:
-            near &= loaded.tiles.mask(f)
-        return np.flatnonzero(near)
+        return np.flatnonzero(loaded.tiles.mask(make_filters(None, start, end, sensor, []),
+                                                within=tuple(mercantile.bounds(x, y, z))))
 
     def image(img, fmt: str) -> Response:
         if img is None:
