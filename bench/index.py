@@ -54,6 +54,7 @@ class NullEncoder:
         from encoder.identity import EncoderIdentity
 
         self.image_size, self.dim = image_size, dim
+        self.spec = EncoderSpec(model="null", random_weights=True)
         self.identity = EncoderIdentity("null", "0" * 64, "0" * 64, dim, image_size)
         self.device = torch.device("cpu")
         bank = np.random.default_rng(0).normal(size=(4096, dim)).astype(np.float32)
@@ -67,15 +68,49 @@ class NullEncoder:
         return self._bank[rows]
 
 
+def gpu_sampler(device: torch.device):
+    """Samples the GPU's utilisation (nvml) every 0.2 s until the returned function is
+    called; it returns "mean N % (M samples)" or why there is none."""
+    if device.type != "cuda":
+        return lambda: "no GPU"
+    import threading
+
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.2):
+            try:
+                samples.append(torch.cuda.utilization())
+            except Exception:  # noqa: BLE001  (pynvml missing)
+                return
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+
+    def done() -> str:
+        stop.set()
+        t.join()
+        if not samples:
+            return "not available (nvml)"
+        return f"mean {np.mean(samples):.0f} % ({len(samples)} samples)"
+
+    return done
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="tiny")
     p.add_argument("--tiles", type=int, default=2000, help="about this many tiles")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=0, help="0 = the config's")
+    p.add_argument("--batch-size", type=int, default=0, help="0 = the config's (by device)")
     p.add_argument("--commit-every", type=int, default=2048, help="as index_config.toml")
     p.add_argument("--read-batch", type=int, default=0, help="tiles per reader call; "
                    "0 = the config's")
+    p.add_argument("--sample", type=int, default=2048, help="tiles read in one process for "
+                   "the per-reader rate and the encoder-only input (cycled)")
+    p.add_argument("--copies", type=int, default=1, help="index the raster under this many "
+                   "names (hard links: separate sources, same pixels), for a longer job")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
     args = p.parse_args()
     work = Path(args.out)
@@ -90,6 +125,8 @@ def main() -> int:
           f"built in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}")
     job = dataclasses.replace(base.job, workers=args.workers, commit_every=args.commit_every,
                               batch_size=args.batch_size or base.job.batch_size)
+    if hasattr(job, "for_device"):  # batch_size 0 = by device (older checkouts: a number)
+        job = job.for_device(enc.device.type)
     if args.read_batch and hasattr(job, "read_batch"):  # older checkouts have none
         job = dataclasses.replace(job, read_batch=args.read_batch)
     settings = dataclasses.replace(base, encoder=spec, job=job)
@@ -105,34 +142,51 @@ def main() -> int:
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, enc.image_size, settings.tiling)
     plans = [RasterPlan(info, block, 0) for block in raster_blocks(info, zoom)]
     ds = TileDataset(plans, enc.image_size, settings.tiling, settings.job)
+    # Reading in one process (the per-reader rate) and the encoder-only input: the first
+    # --sample tiles in plan order, read here.
     t0 = time.perf_counter()
-    strips = [ds[i] for i in range(len(ds))]
+    strips, tiles = [], 0
+    for i in range(len(ds)):
+        strips.append(ds[i])
+        tiles += 1 if isinstance(strips[-1]["x"], int) else len(strips[-1]["x"])
+        if tiles >= args.sample:
+            break
     read_s = time.perf_counter() - t0
     if isinstance(strips[0]["x"], int):  # the code before strips (--baseline runs)
         batch = np.stack([s["rgb"] for s in strips if s["rgb"] is not None])
-        tiles = len(strips)
     else:
         batch = np.concatenate([s["rgb"] for s in strips if s["rgb"] is not None])
-        tiles = sum(len(s["x"]) for s in strips)
-    n = len(batch)
+    total = sum(p.block.count for p in plans)
     per_worker = tiles / read_s
-    print(f"{tiles} tiles at zoom {zoom}, {n} with data; reading + warping + JPEG in "
-          f"one process: {per_worker:.1f} tiles/s")
+    print(f"{total} tiles at zoom {zoom}; reading + warping + thumbnails in one process "
+          f"({tiles} tiles): {per_worker:.1f} tiles/s")
 
-    enc.encode_images(batch[: min(8, n)])  # warm-up
     bs = settings.job.batch_size
-    t0 = time.perf_counter()
-    for s in range(0, n, bs):
-        enc.encode_images(batch[s:s + bs])
+    pixels = torch.from_numpy(batch)
+    if enc.device.type == "cuda":
+        pixels = pixels.pin_memory()  # as the job's readers hand them over
+    enc.encode_images(pixels[: min(bs, len(pixels))])  # warm-up
+    t0, n_enc = time.perf_counter(), 0
+    while n_enc < min(total, 20 * args.sample) and time.perf_counter() - t0 < 10:
+        for s in range(0, len(pixels), bs):
+            enc.encode_images(pixels[s:s + bs])
+        n_enc += len(pixels)
     if enc.device.type == "cuda":
         torch.cuda.synchronize()
-    enc_rate = n / (time.perf_counter() - t0)
+    enc_rate = n_enc / (time.perf_counter() - t0)
 
+    busy = gpu_sampler(enc.device)
     t0 = time.perf_counter()
-    report = IndexJob(work / "idx", settings, enc, progress=False).run([str(raster)])
+    names = [raster]
+    for i in range(1, args.copies):
+        names.append(raster.with_name(f"scene-{i}.tif"))
+        os.link(raster, names[-1])
+    total *= args.copies
+    report = IndexJob(work / "idx", settings, enc, progress=False).run([str(raster.parent)])
     job_s = time.perf_counter() - t0
+    gpu_busy = busy()
     job_rate = report.tiles_written / job_s
-    assert report.tiles_written == n, (report.tiles_written, n)
+    assert report.tiles_written + report.tiles_nodata == total, (report, total)
     print(f"\n{'path':<44} {'tiles/s':>9}")
     print(f"{'encoder only (pre-loaded uint8 tiles)':<44} {enc_rate:>9.1f}")
     print(f"{'full job (read, warp, tile, encode, store)':<44} {job_rate:>9.1f}")
@@ -145,10 +199,8 @@ def main() -> int:
     print(f"job wall time {job_s:.2f} s; the encoder was busy {st.get('encode', 0) / job_s:.0%} "
           "of it (on CUDA: the GPU's busy share, encode_images waits for its results)")
     if enc.device.type == "cuda":
-        try:
-            print(f"GPU utilisation at the end (nvml): {torch.cuda.utilization()} %")
-        except Exception as e:  # pynvml missing
-            print(f"GPU utilisation: not available ({type(e).__name__})")
+        print(f"GPU: {torch.cuda.get_device_name()}; utilisation during the job (nvml, every "
+              f"0.2 s): {gpu_busy}")
     # What one process of each kind costs per tile, and the ceiling with more cores: W
     # reader processes at the measured per-process rate, one main thread and one writer
     # thread at their measured costs per tile (each a limit of its own).

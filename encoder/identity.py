@@ -8,6 +8,8 @@ from dataclasses import MISSING, asdict, dataclass, field
 
 # The weights of an open_clip model that names none (`model = "ViT-L-14"` alone).
 DEFAULT_PRETRAINED = "openai"
+# Number types an encoder's weights can run in (encoder.precision).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # The encoder of a spec that names neither a preset nor a model: what index_config.toml and
 # the README document (encoder.presets has it).
 DEFAULT_PRESET = "openai-vit-b-16"
@@ -36,10 +38,20 @@ class EncoderSpec:
     prompt_set: str = ""
     # The sensor named by resolution/sensor-aware prompt sets ("" = "satellite").
     prompt_sensor: str = ""
+    # The weights' number type (encoder.precision): "auto" = bf16 on CUDA (fp16 where the
+    # GPU has no bf16), float32 on the CPU; or "fp32", "bf16", "fp16" anywhere. Not part of
+    # the identity: the fast path's vectors agree with fp32's (tests/test_precision.py).
+    precision: str = "auto"
+    # torch.compile the image tower (CUDA: compiles once per batch shape, tens of seconds at
+    # start; bench/encoder.py says whether a job earns it back).
+    compile: bool = False
 
     def resolved(self) -> EncoderSpec:
         """This spec with the documented defaults filled in: no preset and no model = the
         `openai-vit-b-16` preset; an open_clip model with no weights = OpenAI's (`openai`)."""
+        if self.precision not in PRECISIONS:
+            raise EncoderError(f"encoder.precision must be one of {', '.join(PRECISIONS)}, "
+                               f"got {self.precision!r}")
         if self.preset and self.model:
             raise EncoderError("encoder: set preset or model, not both (a preset names its "
                                "own architecture)")

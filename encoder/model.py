@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from encoder.build import build
 from encoder.checkpoints import check_sidecar, state_dict_sha256
 from encoder.identity import EncoderError, EncoderIdentity, EncoderSpec
+from encoder.precision import dtype_name, weight_dtype
 from encoder.prompts import PromptSet, get_prompt_set
 from encoder.tokens import image_tokens
 
@@ -75,6 +76,8 @@ class SatelliteEncoder:
                                f"{self.preset.image_size}")
         self.device = _pick_device(spec.device)
         self.model = model.to(self.device)
+        self.dtype = torch.float32
+        self.set_precision(spec.precision)
         if self.preset is not None:
             mean, std = self.preset.mean, self.preset.std
         else:
@@ -94,15 +97,37 @@ class SatelliteEncoder:
     def dim(self) -> int:
         return self.identity.embed_dim
 
+    def set_precision(self, precision: str) -> None:
+        """Cast the weights to `precision`'s dtype on this device (encoder.precision); the
+        identity keeps the float32 weights' hash. A GRAFT student is copied from the float32
+        tower first (training.trainer), then its teacher is cast."""
+        dtype = weight_dtype(precision, self.device)
+        if dtype != self.dtype and getattr(self, "text_int8", False):
+            raise EncoderError("encoder: the text tower is int8 (quantize_text); its precision "
+                               "is fixed")
+        self.model = self.model.to(dtype)
+        self.dtype = dtype
+        self._encode_image = self.model.encode_image
+        if self.spec.compile:
+            self._encode_image = torch.compile(self.model.encode_image, dynamic=False)
+
+    @property
+    def precision(self) -> str:
+        """"fp32", "bf16" or "fp16": what the weights run in."""
+        return dtype_name(self.dtype)
+
     def autocast(self):
-        """Mixed precision on CUDA (bf16 where supported), none on the CPU."""
+        """Mixed precision on CUDA (bf16 where supported), none on the CPU: for float32
+        modules beside this encoder (a GRAFT student). The encoder's own towers run in their
+        weights' dtype (`precision`) without it."""
         if self.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
         return torch.autocast("cpu", enabled=False)
 
     def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 batch [N, 3, H, W] or [N, H, W, 3] -> the model's normalised float input."""
+        """uint8 batch [N, 3, H, W] or [N, H, W, 3] -> the model's normalised input, float32
+        on the encoder's device (resized there when not the model's size)."""
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise EncoderError(
@@ -124,9 +149,7 @@ class SatelliteEncoder:
         """uint8 batch -> float32 [N, D], L2-normalised."""
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = self.prepare(images)
-        with self.autocast():
-            feats = self.model.encode_image(x)
+        feats = self._encode_image(self.prepare(images).to(self.dtype))
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
@@ -134,9 +157,8 @@ class SatelliteEncoder:
         """Where in one tile a query embedding matches: cosine similarity of each ViT patch
         token (projected into the joint space, as GRAFT's pixel-level loss trains it) with
         `query` [D]. tile: uint8 [3, H, W] or [H, W, 3] -> float32 [grid, grid]."""
-        x = self.prepare(np.asarray(tile)[None])
-        with self.autocast():
-            _, tokens = image_tokens(self.model.visual, x)
+        x = self.prepare(np.asarray(tile)[None]).to(self.dtype)
+        _, tokens = image_tokens(self.model.visual, x)
         q = torch.as_tensor(np.asarray(query, dtype=np.float32), device=self.device)
         sim = F.normalize(tokens[0].float(), dim=-1) @ F.normalize(q, dim=0)
         return sim.cpu().numpy()
@@ -153,8 +175,7 @@ class SatelliteEncoder:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with self.autocast():
-            feats = self.model.encode_text(tokens)
+        feats = self.model.encode_text(tokens)
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
 
     def quantize_text(self) -> bool:
@@ -162,7 +183,8 @@ class SatelliteEncoder:
         1.7x faster per query on 2 cores, cosine >= 0.999 to fp32 on random ViT-B-16 weights,
         bench/text.py). The identity keeps the fp32 weights' hash. False where it does not
         apply (CUDA, or already done)."""
-        if self.device.type != "cpu" or getattr(self, "text_int8", False):
+        if (self.device.type != "cpu" or self.dtype != torch.float32
+                or getattr(self, "text_int8", False)):
             return False
         import copy
         import warnings

@@ -66,9 +66,15 @@ class TilingSettings:
     resampling: str = "bilinear"
 
 
+# Encoder batch sizes for job.batch_size = 0 (ViT-B/16 on one H100: bench/encoder.py).
+GPU_BATCH, CPU_BATCH = 512, 64
+
+
 @dataclass(frozen=True)
 class JobSettings:
-    batch_size: int = ranged(64, "[1, 8192]")
+    # Tiles per encoder call; 0 = by device: 512 on CUDA (a GPU needs large batches to be
+    # busy), 64 on the CPU.
+    batch_size: int = ranged(0, "[0, 8192]")
     # Tiles a reader process reads per call (at least batch_size; split into encoder batches
     # after). Readers share the raster rows at the edges of their calls, and each fetches
     # them (and GDAL's read-ahead past them) again: larger calls, fewer edges (a remote COG
@@ -83,6 +89,13 @@ class JobSettings:
     # A raster that would give more tiles than this is skipped in one line (a 1 MB file can
     # claim 100000 x 100000 pixels); raise it for huge mosaics.
     max_tiles_per_raster: int = ranged(1_000_000, "[1, 1e12]")
+
+    def for_device(self, device_type: str) -> JobSettings:
+        """These settings with batch_size 0 replaced by the device's default."""
+        if self.batch_size:
+            return self
+        return dataclasses.replace(self, batch_size=GPU_BATCH if device_type == "cuda"
+                                   else CPU_BATCH)
 
 
 @dataclass(frozen=True)

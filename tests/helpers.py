@@ -103,3 +103,31 @@ def wait_until(predicate, timeout_s: float, what: str, every_s: float = 0.25):
             break
         time.sleep(every_s)
     raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def shared_raster_tiles(px: int, finer: int = 0, limit: int = 0) -> np.ndarray:
+    """uint8 [N, 3, px, px]: the tiles the job reads from every raster in
+    ../shared/data/geotiff (empty when absent), at the zoom it chooses and `finer` zooms
+    finer (more, smaller-footprint tiles of the same rasters); tiles with no data left out."""
+    import dataclasses
+
+    from indexer.config import load_settings
+    from indexer.job.read import RasterPlan
+    from indexer.job.runner import LocalRunner
+    from indexer.rasters.grid import choose_zoom, raster_blocks
+    from indexer.rasters.inspect import inspect_raster
+    from indexer.rasters.sources import RasterSource
+
+    s = load_settings(OFFLINE_CONFIG)
+    job = dataclasses.replace(s.job, workers=0, batch_size=64)
+    out = []
+    for path in sorted(SHARED_GEOTIFF.glob("*.tif")):
+        info = inspect_raster(RasterSource(str(path)), s.discovery, s.tiling)
+        zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, s.tiling)
+        for z in range(zoom, zoom + finer + 1):
+            plans = [RasterPlan(info, b, 0) for b in raster_blocks(info, z)]
+            for batch in LocalRunner(s.tiling, job, px).batches(plans):
+                out.extend(t for t in batch.rgb.numpy() if t.any())
+            if limit and len(out) >= limit:
+                return np.stack(out[:limit])
+    return np.stack(out) if out else np.zeros((0, 3, px, px), np.uint8)

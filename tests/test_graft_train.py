@@ -437,3 +437,37 @@ def test_where_map_peaks_at_the_planted_patch(world, trained, tmp_path):
     assert (body["peak"]["row"], body["peak"]["col"]) in {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert grid[:2, :2].mean() > grid[2:, 2:].mean()
     assert mid["west"] <= body["peak"]["lon"] <= (mid["west"] + mid["east"]) / 2
+
+
+def test_a_bf16_teacher_trains_a_float32_student_and_exports_the_float32_text_tower(
+        world, teacher):
+    """encoder.precision = bf16 (the CUDA default, here forced on the CPU): the frozen teacher
+    embeds the photos with bf16 weights, but the student starts from (and keeps) float32
+    weights and the export carries the float32 text tower, so the export's text queries are
+    the float32 teacher's; the photo cache is kept apart from a float32 teacher's."""
+    root = world.train_csv.parent
+    cfg = write_config(root, "bf16.toml", out="bf16", steps=4, batch_size=8,
+                       checkpoint_every=4)
+    cfg.write_text(cfg.read_text().replace('device = "cpu"\n',
+                                           'device = "cpu"\nprecision = "bf16"\n'))
+    assert train_main(["--config", str(cfg), "-q"]) == 0
+    run = root / "bf16"
+    state = torch.load(run / "satfind-graft.pt", weights_only=True)["state_dict"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+    for k, v in teacher.model.state_dict().items():
+        if not k.startswith("visual."):
+            assert torch.equal(state[k], v), k  # bit for bit: not rounded through bf16
+    exported = SatelliteEncoder(load_settings(run / "index_config.toml").encoder)
+    texts = ["a red field", "a lake"]
+    np.testing.assert_allclose(exported.encode_text(texts), teacher.encode_text(texts),
+                               atol=1e-6)
+    ckpt = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    assert {v.dtype for v in ckpt["student"].values() if v.is_floating_point()} \
+        == {torch.float32}
+    caches = [p.parent.name for p in (run / "teacher-cache").glob("*/teacher.json")]
+    assert len(caches) == 1
+    from training.teacher import teacher_key
+
+    assert caches[0] != teacher_key(teacher)  # bf16 photo vectors are cached apart
+    assert caches[0] == teacher_key(SatelliteEncoder(dataclasses.replace(
+        teacher.spec, precision="bf16")))

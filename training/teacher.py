@@ -31,6 +31,9 @@ class PhotoError(ValueError):
 
 def teacher_key(encoder) -> str:
     ident = {**encoder.identity.to_dict(), "preprocess": PHOTO_PREPROCESS}
+    precision = getattr(encoder, "precision", "fp32")
+    if precision != "fp32":  # bf16 weights: vectors within 1e-3 of float32's, kept apart
+        ident["precision"] = precision
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -123,7 +123,16 @@ class Trainer:
         if resume and not existing:
             raise TrainError(f"--resume: no checkpoint in {self.ckpt_dir}")
 
-        self.teacher = teacher = SatelliteEncoder(self.settings.encoder)
+        # Built in float32: the student starts from the float32 image tower and the export
+        # keeps the float32 text tower; then the frozen teacher runs in encoder.precision
+        # (bf16 weights on CUDA by default) for the photo embeddings.
+        spec = self.settings.encoder
+        self.teacher = teacher = SatelliteEncoder(dataclasses.replace(spec, precision="fp32"))
+        initial = copy.deepcopy(teacher.model.visual)
+        self._text_tower = {k: v for k, v in teacher.model.state_dict().items()
+                            if not k.startswith("visual.")}
+        self._text_sha = text_tower_sha256(teacher.model)
+        teacher.set_precision(spec.precision)
         skipped: list[str] = []
         photos = load_photos(tr.photos, skipped)
         if skipped:
@@ -143,7 +152,7 @@ class Trainer:
         ground = torch.from_numpy(ground_np).to(device)  # constants: no grad, ever
 
         teacher.model.requires_grad_(False)
-        student = copy.deepcopy(teacher.model.visual).to(device)
+        student = initial.to(device)
         student.requires_grad_(True)
         student.train()
         grid = token_grid(student, teacher.image_size)
@@ -296,8 +305,7 @@ class Trainer:
         """A full open_clip state dict: the teacher's text tower with the student's image
         tower, plus a sidecar naming the teacher (SatelliteEncoder checks it on load)."""
         teacher = self.teacher
-        sd = {k: v.detach().cpu() for k, v in teacher.model.state_dict().items()
-              if not k.startswith("visual.")}
+        sd = {k: v.detach().cpu() for k, v in self._text_tower.items()}
         sd.update({f"visual.{k}": v.detach().cpu() for k, v in student.state_dict().items()})
         path = self.out / EXPORT_NAME
         tmp = path.with_suffix(".tmp")
@@ -308,7 +316,7 @@ class Trainer:
             "format": EXPORT_FORMAT, "model": spec.model or teacher.model_name, "steps": step,
             "quick_gelu": teacher.quick_gelu,
             "teacher": teacher.identity.to_dict(),
-            "text_tower_sha256": text_tower_sha256(teacher.model),
+            "text_tower_sha256": self._text_sha,
             "image_tower_sha256": state_dict_sha256(student),
             "temperature": float(1.0 / logit_scale.exp().clamp(max=100.0)),
             "val_recall_at_1": {"untrained": before, "trained": after, "chance": chance},

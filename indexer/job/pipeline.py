@@ -39,9 +39,10 @@ class IndexJob:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.recipe = TileRecipe.from_tiling(settings.tiling, encoder.image_size,
                                             encoder.spec.preset)
-        self.runner = LocalRunner(settings.tiling, settings.job, encoder.image_size,
-                                  pin_memory=getattr(encoder.device, "type", "cpu") == "cuda",
-                                  remote=settings.remote)
+        device = getattr(encoder.device, "type", "cpu")
+        self.job = settings.job.for_device(device)
+        self.runner = LocalRunner(settings.tiling, self.job, encoder.image_size,
+                                  pin_memory=device == "cuda", remote=settings.remote)
 
     def run(self, archives: list[str], search: StacSearch | None = None) -> JobReport:
         """Index the ARCHIVE arguments (paths, URLs, STAC files) and the items of a STAC API
@@ -101,7 +102,7 @@ class IndexJob:
             return
         bar = tqdm(total=total, desc="indexing", unit="tile", disable=not self.progress,
                    smoothing=0.1)
-        every = self.s.job.commit_every
+        every = self.job.commit_every
 
         def commit() -> None:
             t = time.perf_counter()

@@ -125,7 +125,7 @@ class TileDataset(Dataset):
                  job: JobSettings, remote: RemoteSettings | None = None):
         self.plans, self.px = plans, tile_px
         self.tiling, self.job, self.remote = tiling, job, remote
-        self.strip = max(1, min(STRIP_TILES, job.batch_size))
+        self.strip = max(1, min(STRIP_TILES, job.batch_size or STRIP_TILES))
         self._per_row = [-(-p.block.width // self.strip) for p in plans]
         counts = [n * (p.block.y1 - p.block.y0 + 1) for n, p in zip(self._per_row, plans,
                                                                     strict=True)]
