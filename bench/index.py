@@ -98,6 +98,36 @@ def gpu_sampler(device: torch.device):
     return done
 
 
+def ray_vs_local(args, settings, enc, archive: Path, work: Path, total: int,
+                 first_local: float) -> None:
+    """The same job through the Ray runner (a local Ray of workers + actors CPUs: the
+    local runner's reader processes, plus the actors in place of the main thread's encoding),
+    alternated with the local runner: ray, local, ray."""
+    import ray
+
+    ray.init(num_cpus=args.workers + args.actors, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")
+    on_ray = dataclasses.replace(settings, job=dataclasses.replace(
+        settings.job, runner="ray", actors=args.actors))
+    rates = {"local": [first_local], "ray": []}
+    starts = []
+    for i, (name, s) in enumerate([("ray", on_ray), ("local", settings), ("ray", on_ray)]):
+        t0 = time.perf_counter()
+        rep = IndexJob(work / f"idx-{i}", s, enc, progress=False).run([str(archive)])
+        rates[name].append(rep.tiles_written / (time.perf_counter() - t0))
+        assert rep.tiles_written + rep.tiles_nodata == total, (rep, total)
+        if name == "ray":
+            starts.append(rep.stages["start encoder actors"])
+    ray.shutdown()
+    local, on = np.mean(rates["local"]), np.mean(rates["ray"])
+    print(f"\nRay runner ({args.workers} reader CPUs + {args.actors} actor(s)) vs local "
+          f"runner ({args.workers} workers), alternated:")
+    print(f"  local: {', '.join(f'{r:.1f}' for r in rates['local'])} tiles/s")
+    print(f"  ray:   {', '.join(f'{r:.1f}' for r in rates['ray'])} tiles/s (actors started in "
+          f"{', '.join(f'{t:.1f}' for t in starts)} s, counted)")
+    print(f"  ray / local = {on / local:.2f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="tiny")
@@ -111,8 +141,14 @@ def main() -> int:
                    "the per-reader rate and the encoder-only input (cycled)")
     p.add_argument("--copies", type=int, default=1, help="index the raster under this many "
                    "names (hard links: separate sources, same pixels), for a longer job")
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="ray: also the Ray runner on a local Ray with workers + actors CPUs, "
+                   "alternated with the local runner (run it under `unshare --net`)")
+    p.add_argument("--actors", type=int, default=1, help="Ray encoder actors (--runner ray)")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
     args = p.parse_args()
+    if args.runner == "ray" and args.model == "null":
+        p.error("--runner ray: the actors build the encoder from its spec; use --model tiny")
     work = Path(args.out)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -193,6 +229,8 @@ def main() -> int:
     print(f"full job / encoder only = {job_rate / enc_rate:.2f} "
           f"(workers={args.workers}, batch={bs}, {os.cpu_count()} CPUs)")
     st = dict(getattr(report, "stages", {}))
+    if args.runner == "ray":
+        ray_vs_local(args, settings, enc, raster.parent, work, total, job_rate)
     if not st:  # the code before per-stage times (--baseline runs)
         return 0
     print("\nwhere the time went (s): " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()))

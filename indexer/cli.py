@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--asset", metavar="KEY", help="the STAC asset to index (default: "
                    "discovery.stac_asset, else the first GeoTIFF asset with role visual, "
                    "then data)")
+    ray = p.add_argument_group("Ray cluster (the `cluster` extra)")
+    ray.add_argument("--runner", choices=("local", "ray"),
+                     help="where tiles are read and embedded (default: job.runner, local)")
+    ray.add_argument("--ray-address", metavar="ADDR", help="auto, ray://host:10001, or "
+                     "host:port (default: job.ray_address, else RAY_ADDRESS or a new local Ray)")
+    ray.add_argument("--actors", type=_positive, metavar="N",
+                     help="encoder actors (default: one per GPU, else half the CPUs)")
+    ray.add_argument("--gpus-per-actor", type=_positive_float, metavar="G",
+                     help="GPUs per encoder actor (default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print GDAL/FAISS warnings (default: counted in one summary line)")
@@ -85,6 +94,16 @@ def _positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not 0 < x <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 64], got {text!r}")
+    return x
 
 
 def _search(args: argparse.Namespace):
@@ -198,6 +217,16 @@ def _main(argv: list[str] | None) -> int:
         if args.asset:
             settings = dataclasses.replace(settings, discovery=dataclasses.replace(
                 settings.discovery, stac_asset=args.asset))
+        ray = {k: v for k, v in (("runner", args.runner), ("ray_address", args.ray_address),
+                                 ("actors", args.actors),
+                                 ("gpus_per_actor", args.gpus_per_actor)) if v is not None}
+        if ray:
+            settings = dataclasses.replace(settings, job=dataclasses.replace(settings.job,
+                                                                             **ray))
+        if settings.job.runner == "ray":
+            from indexer.job.ray_runner import import_ray
+
+            import_ray()  # without Ray: how to install it, in one line, before the model
         encoder = SatelliteEncoder(settings.encoder)
         settings.check_encoder(encoder.identity.embed_dim)
         with quiet_native_warnings(args.verbose) as warnings_seen:
@@ -221,6 +250,8 @@ def _main(argv: list[str] | None) -> int:
     if warnings_seen.count:
         print(f"{PROG}: {warnings_seen.summary()}", file=sys.stderr)
     print(report.summary())
+    if getattr(job.runner, "nodes", None):
+        print(job.runner.node_line())  # the Ray runner: tiles per cluster node
     if args.verbose and report.stages:
         print(f"{PROG}: {report.stage_line()}", file=sys.stderr)
     if report.interrupted:

@@ -89,6 +89,14 @@ class JobSettings:
     # A raster that would give more tiles than this is skipped in one line (a 1 MB file can
     # claim 100000 x 100000 pixels); raise it for huge mosaics.
     max_tiles_per_raster: int = ranged(1_000_000, "[1, 1e12]")
+    # Where tiles are read and embedded: "local" (worker processes on this machine) or "ray"
+    # (a Ray cluster; needs the `cluster` extra). Ray: the cluster's address ("" =
+    # RAY_ADDRESS or a new local Ray, "auto", "ray://host:10001"), encoder actors (0 = one
+    # per gpus_per_actor GPUs, else half the cluster's CPUs) and GPUs per actor.
+    runner: str = "local"
+    ray_address: str = ""
+    actors: int = ranged(0, "[0, 100000]")
+    gpus_per_actor: float = ranged(1.0, "(0, 64]")
 
     def for_device(self, device_type: str) -> JobSettings:
         """These settings with batch_size 0 replaced by the device's default."""
@@ -230,6 +238,8 @@ def _validate(s: Settings) -> None:
     if t.resampling not in Resampling.__members__:
         raise ConfigError(f"{where}: tiling.resampling {t.resampling!r} is not a GDAL "
                           "resampling method (nearest, bilinear, cubic, average, ...)")
+    if s.job.runner not in {"local", "ray"}:
+        raise ConfigError(f"{where}: job.runner must be local or ray, got {s.job.runner!r}")
     if 0 < s.store.retrain_growth <= 1:
         raise ConfigError(f"{where}: store.retrain_growth must be 0 (never) or > 1")
     for key in s.remote.gdal:

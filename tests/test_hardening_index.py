@@ -372,6 +372,7 @@ def test_every_numeric_setting_declares_a_range():
     ("tiling", "target_gsd_m", "-1", "out of range"),
     ("job", "workers", "100000", "job.workers = 100000 is out of range"),
     ("job", "batch_size", "-1", "out of range"),
+    ("job", "gpus_per_actor", "0", "out of range"),
     ("store", "nlist", "-1", "out of range"),
     ("search", "text_cache_size", "-1", "search.text_cache_size = -1 is out of range"),
     ("search", "negative_weight", "nan", "finite"),

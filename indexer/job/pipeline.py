@@ -41,8 +41,17 @@ class IndexJob:
                                             encoder.spec.preset)
         device = getattr(encoder.device, "type", "cpu")
         self.job = settings.job.for_device(device)
-        self.runner = LocalRunner(settings.tiling, self.job, encoder.image_size,
-                                  pin_memory=device == "cuda", remote=settings.remote)
+        if self.job.runner == "ray":
+            from indexer.job.ray_runner import RayOptions, RayRunner
+
+            j = self.job
+            self.runner = RayRunner(settings.tiling, j, encoder.image_size, encoder.spec,
+                                    encoder.identity,
+                                    RayOptions(j.ray_address, j.actors, j.gpus_per_actor),
+                                    remote=settings.remote)
+        else:
+            self.runner = LocalRunner(settings.tiling, self.job, encoder.image_size,
+                                      pin_memory=device == "cuda", remote=settings.remote)
 
     def run(self, archives: list[str], search: StacSearch | None = None) -> JobReport:
         """Index the ARCHIVE arguments (paths, URLs, STAC files) and the items of a STAC API
@@ -120,26 +129,21 @@ class IndexJob:
         stages = report.stages
         try:
             with stop_between_steps() as stop:
-                t = time.perf_counter()
-                for batch in self.runner.batches(plans):
-                    stages["wait for tiles"] += time.perf_counter() - t
-                    stages["read (worker seconds)"] += batch.read_s
+                for batch, vectors in self.runner.embedded(plans, self.encoder, stages):
                     for w in batch.warnings:
                         logs.note(w)
-                    t = time.perf_counter()
-                    vectors = self.encoder.encode_images(batch.rgb)
-                    stages["encode"] += time.perf_counter() - t
                     out.put(batch, vectors)
                     if writer.pending >= every and writer.training_due():
                         out.drain()  # the writer is idle until the next put
                         commit()
                     bar.update(len(batch))
+                    if nodes := getattr(self.runner, "nodes", None):  # Ray: the cluster's part
+                        bar.set_postfix_str(f"{len(nodes)} nodes", refresh=False)
                     if self.strict:
                         out.drain()  # --strict stops at the first bad input, not 2 later
                         if report.problems:
                             break
                     stop.check()  # Ctrl-C / SIGTERM: stop here, between two batches
-                    t = time.perf_counter()
         finally:
             try:
                 out.close()  # everything encoded is written before the job's last commit

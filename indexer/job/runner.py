@@ -1,9 +1,12 @@
-"""Runners: where tiles are read. `LocalRunner` reads them in DataLoader worker processes
-on this machine, in order, batch by batch (a Ray runner is the second implementation to
-come; the job only sees `batches()`)."""
+"""Runners: where tiles are read and embedded. The job only sees `embedded()`: every tile of
+the plans, in plan order, as (TileBatch, vectors) pairs. `LocalRunner` reads in DataLoader
+worker processes on this machine and embeds in the calling thread; `indexer.job.ray_runner`
+does both on a Ray cluster."""
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
@@ -40,6 +43,20 @@ class LocalRunner:
             it = iter(tile_loader(dataset, self.job, self.pin_memory))
         for read in it:
             yield from read.split(self.job.batch_size)
+
+    def embedded(self, plans: list[RasterPlan], encoder, stages: defaultdict[str, float]
+                 ) -> Iterator[tuple[TileBatch, object]]:
+        """(batch, vectors) for every batch of `batches()`, embedded by `encoder` in this
+        thread; the time waiting for tiles, reading and encoding added to `stages`."""
+        t = time.perf_counter()
+        for batch in self.batches(plans):
+            stages["wait for tiles"] += time.perf_counter() - t
+            stages["read (worker seconds)"] += batch.read_s
+            t = time.perf_counter()
+            vectors = encoder.encode_images(batch.rgb)
+            stages["encode"] += time.perf_counter() - t
+            yield batch, vectors
+            t = time.perf_counter()
 
 
 def worker_death(e: RuntimeError) -> JobError | None:
