@@ -6,8 +6,8 @@ there, so every server Ray starts listens on 127.0.0.1 and nothing else can reac
 
 One cluster (`ray.cluster_utils.Cluster`: a head without CPUs and three worker nodes of two
 CPUs each, each node its own raylet and object store) indexes one archive (the shared
-rasters, plus a raster that fails while its tiles are read) that the local runner indexed
-first, twice:
+rasters, two COGs of them over HTTP from nginx, and a raster that fails while its tiles are
+read) that the local runner indexed first, twice:
   node      in this process, a worker node removed mid-job;
   driver    satfind-index --runner ray SIGKILLed mid-job, then run again.
 Each records the tile keys and vectors against the local runner's for the test to judge.
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 DEADLINE_S = 60  # each wait below is bounded by this
+REMOTE = ("naip_2009_cog.tif", "bahamas_cog.tif")  # served by nginx (tests/servers.py)
 
 
 def lo_up() -> None:
@@ -50,6 +51,7 @@ def compare(a: Path, b: Path) -> dict:
     kb, vb = tile_keys(b)
     ids_b = [r[4] for r in kb]
     return {"tiles_a": len(ka), "tiles_b": len(kb),
+            "remote_tiles_b": sum(r[0] in REMOTE for r in kb),
             "same_keys": [r[:4] for r in ka] == [r[:4] for r in kb],
             "duplicate_ids_b": len(ids_b) - len(set(ids_b)),
             "max_vector_diff": float(np.abs(va - vb).max()) if len(ka) == len(kb) and len(ka)
@@ -66,6 +68,7 @@ def main(work: Path) -> int:
     from indexer.job.pipeline import IndexJob
     from indexer.store.snapshot import committed
     from tests.helpers import OFFLINE_CONFIG, SHARED_GEOTIFF, make_raster
+    from tests.servers import Nginx, make_cogs, nginx_binary
 
     results: dict = {"times": {}}
     t0 = time.perf_counter()
@@ -99,8 +102,12 @@ def main(work: Path) -> int:
     with open(bad, "r+b") as f:
         f.truncate(bad.stat().st_size - 3000)
     results["shared"] = SHARED_GEOTIFF.is_dir()
+    server = None
     if results["shared"]:
         archives = [str(SHARED_GEOTIFF), str(bad_dir)]
+        if nginx_binary():  # and two COGs over HTTP (nginx in this namespace: 127.0.0.1)
+            server = Nginx(make_cogs(work / "www"), work / "nginx").__enter__()
+            archives += [f"{server.url}/{n}" for n in REMOTE]
     else:
         make_raster(work / "synthetic" / "a.tif", size=1400, res=5.0, seed=4)
         make_raster(work / "synthetic" / "b.tif", size=1400, res=5.0, seed=5, lon=11.95)
@@ -170,6 +177,8 @@ def main(work: Path) -> int:
                          "rerun_err": again.stderr[-600:]}
     ray.shutdown()
     cluster.shutdown()
+    if server is not None:
+        server.__exit__(None, None, None)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 
