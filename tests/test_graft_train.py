@@ -440,7 +440,7 @@ def test_where_map_peaks_at_the_planted_patch(world, trained, tmp_path):
 
 
 def test_a_bf16_teacher_trains_a_float32_student_and_exports_the_float32_text_tower(
-        world, teacher):
+        world, teacher, capsys):
     """encoder.precision = bf16 (the CUDA default, here forced on the CPU): the frozen teacher
     embeds the photos with bf16 weights, but the student starts from (and keeps) float32
     weights and the export carries the float32 text tower, so the export's text queries are
@@ -471,3 +471,7 @@ def test_a_bf16_teacher_trains_a_float32_student_and_exports_the_float32_text_to
     assert caches[0] != teacher_key(teacher)  # bf16 photo vectors are cached apart
     assert caches[0] == teacher_key(SatelliteEncoder(dataclasses.replace(
         teacher.spec, precision="bf16")))
+    # Resuming it with a float32 teacher would mix photo vectors of two types: refused.
+    cfg.write_text(cfg.read_text().replace('precision = "bf16"', 'precision = "fp32"'))
+    assert train_main(["--config", str(cfg), "-q", "--resume"]) == 2
+    assert "config changed" in (err := capsys.readouterr().err) and "teacher_precision" in err

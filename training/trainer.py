@@ -109,6 +109,8 @@ class Trainer:
         for k in RESUMABLE_CHANGES:
             d.pop(k)
         d["teacher"] = self.teacher.identity.to_dict()
+        if self.teacher.precision != "fp32":  # its photo vectors differ (slightly) by type
+            d["teacher_precision"] = self.teacher.precision
         d["tiling"] = repr(self.settings.tiling)
         return json.loads(json.dumps(d, default=str))
 
