@@ -5,6 +5,7 @@ driver killed mid-job; and the one-line answers without Ray or with a wrong runn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -110,3 +111,21 @@ def test_an_unknown_runner_is_one_config_line(tmp_path):
     cfg.write_text('[job]\nrunner = "spark"\n')
     with pytest.raises(ConfigError, match="job.runner must be local or ray, got 'spark'"):
         load_settings(cfg)
+
+
+def test_the_actor_plan_follows_the_clusters_gpus():
+    """Without a GPU here, the GPU branch is checked on the plan alone: one actor per
+    gpus_per_actor GPUs, batches of 512 on them (job.batch_size 0), CPU actors otherwise."""
+    from indexer.config import JobSettings
+    from indexer.job.ray_runner import RayOptions, actor_plan
+
+    job = JobSettings()  # batch_size 0: by the actors' device
+    gpu = actor_plan({"CPU": 64.0, "GPU": 8.0}, RayOptions(), job)
+    assert (gpu.count, gpu.gpus, gpu.batch_size) == (8, 1.0, 512)
+    half = actor_plan({"CPU": 64.0, "GPU": 8.0}, RayOptions(gpus_per_actor=0.5), job)
+    assert (half.count, half.gpus) == (16, 0.5)
+    cpu = actor_plan({"CPU": 6.0}, RayOptions(), job)
+    assert (cpu.count, cpu.gpus, cpu.batch_size) == (3, 0.0, 64)
+    fixed = actor_plan({"CPU": 6.0, "GPU": 2.0}, RayOptions(actors=1),
+                       dataclasses.replace(job, batch_size=96))
+    assert (fixed.count, fixed.gpus, fixed.batch_size) == (1, 1.0, 96)

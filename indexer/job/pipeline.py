@@ -40,7 +40,9 @@ class IndexJob:
         self.recipe = TileRecipe.from_tiling(settings.tiling, encoder.image_size,
                                             encoder.spec.preset)
         device = getattr(encoder.device, "type", "cpu")
-        self.job = settings.job.for_device(device)
+        # The batch size by device is this machine's, or, on Ray, the encoder actors'.
+        self.job = settings.job if settings.job.runner == "ray" else \
+            settings.job.for_device(device)
         if self.job.runner == "ray":
             from indexer.job.ray_runner import RayOptions, RayRunner
 

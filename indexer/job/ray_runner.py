@@ -89,12 +89,30 @@ class RayOptions:
     window: int = 0  # units in flight; 0 = 2 per actor (at least 4)
 
 
+@dataclasses.dataclass(frozen=True)
+class ActorPlan:
+    count: int  # encoder actors
+    gpus: float  # GPUs per actor (0: CPU actors, one CPU each)
+    batch_size: int  # tiles per encoder call in an actor
+
+
+def actor_plan(resources: dict, options: RayOptions, job: JobSettings) -> ActorPlan:
+    """How many encoder actors, on what, with which batch size, for a cluster's resources:
+    GPU actors where the cluster has at least gpus_per_actor GPUs (one per gpus_per_actor
+    GPUs unless `actors` says), else CPU actors (half the CPUs: the rest read); batch_size 0
+    = the actors' device's (512 on a GPU), not the driver's, which may have no GPU."""
+    gpus = float(resources.get("GPU", 0))
+    on_gpu = gpus >= options.gpus_per_actor > 0
+    count = options.actors or (int(gpus // options.gpus_per_actor) if on_gpu
+                               else max(1, int(resources.get("CPU", 1)) // 2))
+    batch = job.for_device("cuda" if on_gpu else "cpu").batch_size
+    return ActorPlan(count, options.gpus_per_actor if on_gpu else 0.0, batch)
+
+
 class RayRunner:
     def __init__(self, tiling: TilingSettings, job: JobSettings, tile_px: int,
                  spec: EncoderSpec, identity: EncoderIdentity, options: RayOptions,
                  remote: RemoteSettings | None = None):
-        if job.batch_size < 1:
-            raise ValueError("RayRunner: resolve job.batch_size with for_device first")
         self.ray = import_ray()
         self.tiling, self.job, self.tile_px, self.remote = tiling, job, tile_px, remote
         self.spec, self.identity, self.options = spec, identity, options
@@ -116,18 +134,14 @@ class RayRunner:
                                ) from None
 
     def _actors(self) -> list:
-        ray, o = self.ray, self.options
-        res = ray.cluster_resources()
-        gpus = float(res.get("GPU", 0))
-        use_gpu = gpus >= o.gpus_per_actor > 0
-        n = o.actors or (int(gpus // o.gpus_per_actor) if use_gpu
-                         else max(1, int(res.get("CPU", 1)) // 2))
-        device = "auto" if use_gpu else "cpu"
-        spec = dataclasses.replace(self.spec, device=device)
+        ray = self.ray
+        plan = actor_plan(ray.cluster_resources(), self.options, self.job)
+        self.batch_size = plan.batch_size
+        spec = dataclasses.replace(self.spec, device="auto" if plan.gpus else "cpu")
         cls = ray.remote(EncoderActor).options(
-            num_gpus=o.gpus_per_actor if use_gpu else 0, num_cpus=0 if use_gpu else 1,
+            num_gpus=plan.gpus, num_cpus=0 if plan.gpus else 1,
             max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")
-        return [cls.remote(spec, 0 if use_gpu else 1) for _ in range(n)]
+        return [cls.remote(spec, 0 if plan.gpus else 1) for _ in range(plan.count)]
 
     def _check(self, actors: list) -> None:
         """Every actor's encoder is the driver's (same satfind, same weights)."""
@@ -156,7 +170,7 @@ class RayRunner:
         actors = self._actors()
         read = ray.remote(read_unit).options(num_cpus=1, max_retries=5)
         ds = ray.put(dataset)
-        size = max(self.job.batch_size, self.job.read_batch)
+        size = max(self.batch_size, self.job.read_batch)
         units = iter(StripBatches(dataset, size))
         window = self.options.window or max(4, 2 * len(actors))
         pending: deque = deque()
@@ -168,7 +182,7 @@ class RayRunner:
             if strips is None:
                 return False
             actor = actors[submitted % len(actors)]
-            pending.append(actor.encode.remote(read.remote(ds, strips), self.job.batch_size))
+            pending.append(actor.encode.remote(read.remote(ds, strips), self.batch_size))
             submitted += 1
             return True
 
