@@ -19,6 +19,12 @@ class EncoderError(ValueError):
     """The encoder cannot be built from the given settings (one-line message)."""
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise EncoderError(f"encoder.precision must be one of {', '.join(PRECISIONS)}, got "
+                           f"{precision!r}")
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """How to build an encoder: a named preset (encoder.presets), or an open_clip model name
@@ -49,9 +55,7 @@ class EncoderSpec:
     def resolved(self) -> EncoderSpec:
         """This spec with the documented defaults filled in: no preset and no model = the
         `openai-vit-b-16` preset; an open_clip model with no weights = OpenAI's (`openai`)."""
-        if self.precision not in PRECISIONS:
-            raise EncoderError(f"encoder.precision must be one of {', '.join(PRECISIONS)}, "
-                               f"got {self.precision!r}")
+        check_precision(self.precision)
         if self.preset and self.model:
             raise EncoderError("encoder: set preset or model, not both (a preset names its "
                                "own architecture)")

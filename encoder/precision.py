@@ -11,16 +11,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from encoder.identity import PRECISIONS, EncoderError
+from encoder.identity import EncoderError, check_precision
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def weight_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The dtype of `precision` ("auto", "fp32", "bf16", "fp16") on `device`."""
-    if precision not in PRECISIONS:
-        raise EncoderError(f"encoder.precision must be one of {', '.join(PRECISIONS)}, got "
-                           f"{precision!r}")
+    check_precision(precision)
     cuda = device.type == "cuda"
     native_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "auto":

@@ -39,19 +39,19 @@ class IndexJob:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.recipe = TileRecipe.from_tiling(settings.tiling, encoder.image_size,
                                             encoder.spec.preset)
-        device = getattr(encoder.device, "type", "cpu")
-        # The batch size by device is this machine's, or, on Ray, the encoder actors'.
-        self.job = settings.job if settings.job.runner == "ray" else \
-            settings.job.for_device(device)
-        if self.job.runner == "ray":
+        # job.batch_size 0 resolves by this machine's device, or on Ray by the actors'.
+        j = settings.job
+        if j.runner == "ray":
             from indexer.job.ray_runner import RayOptions, RayRunner
 
-            j = self.job
+            self.job = j
             self.runner = RayRunner(settings.tiling, j, encoder.image_size, encoder.spec,
                                     encoder.identity,
                                     RayOptions(j.ray_address, j.actors, j.gpus_per_actor),
                                     remote=settings.remote)
         else:
+            device = getattr(encoder.device, "type", "cpu")
+            self.job = j.for_device(device)
             self.runner = LocalRunner(settings.tiling, self.job, encoder.image_size,
                                       pin_memory=device == "cuda", remote=settings.remote)
 
@@ -108,7 +108,7 @@ class IndexJob:
     def _stream(self, writer: IndexWriter, plans: list[RasterPlan], pendings: list[Pending],
                 commits: Committer, report: JobReport) -> None:
         plans = [pl for pl in plans if not pendings[pl.source].finished]
-        total = self.runner.count(plans)
+        total = sum(p.block.count for p in plans)
         if total == 0:
             return
         bar = tqdm(total=total, desc="indexing", unit="tile", disable=not self.progress,

@@ -118,9 +118,6 @@ class RayRunner:
         self.spec, self.identity, self.options = spec, identity, options
         self.nodes: Counter[str] = Counter()  # tiles embedded per node id
 
-    def count(self, plans: list[RasterPlan]) -> int:
-        return sum(p.block.count for p in plans)
-
     def _connect(self):
         ray = self.ray
         if not ray.is_initialized():
@@ -133,15 +130,14 @@ class RayRunner:
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                                ) from None
 
-    def _actors(self) -> list:
+    def _actors(self) -> tuple[ActorPlan, list]:
         ray = self.ray
         plan = actor_plan(ray.cluster_resources(), self.options, self.job)
-        self.batch_size = plan.batch_size
         spec = dataclasses.replace(self.spec, device="auto" if plan.gpus else "cpu")
         cls = ray.remote(EncoderActor).options(
             num_gpus=plan.gpus, num_cpus=0 if plan.gpus else 1,
             max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")
-        return [cls.remote(spec, 0 if plan.gpus else 1) for _ in range(plan.count)]
+        return plan, [cls.remote(spec, 0 if plan.gpus else 1) for _ in range(plan.count)]
 
     def _check(self, actors: list) -> None:
         """Every actor's encoder is the driver's (same satfind, same weights)."""
@@ -167,10 +163,10 @@ class RayRunner:
         ray = self.ray
         # The actors load the model while the first units are read; their identity is
         # checked before the first result is used.
-        actors = self._actors()
+        plan, actors = self._actors()
         read = ray.remote(read_unit).options(num_cpus=1, max_retries=5)
         ds = ray.put(dataset)
-        size = max(self.batch_size, self.job.read_batch)
+        size = max(plan.batch_size, self.job.read_batch)
         units = iter(StripBatches(dataset, size))
         window = self.options.window or max(4, 2 * len(actors))
         pending: deque = deque()
@@ -182,7 +178,7 @@ class RayRunner:
             if strips is None:
                 return False
             actor = actors[submitted % len(actors)]
-            pending.append(actor.encode.remote(read.remote(ds, strips), self.batch_size))
+            pending.append(actor.encode.remote(read.remote(ds, strips), plan.batch_size))
             submitted += 1
             return True
 

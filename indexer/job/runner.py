@@ -26,9 +26,6 @@ class LocalRunner:
         self.tiling, self.job, self.tile_px = tiling, job, tile_px
         self.pin_memory, self.remote = pin_memory, remote
 
-    def count(self, plans: list[RasterPlan]) -> int:
-        return sum(p.block.count for p in plans)
-
     def batches(self, plans: list[RasterPlan]) -> Iterator[TileBatch]:
         """Every tile of the plans, in plan order, in batches of at most job.batch_size
         tiles (each reader call reads job.read_batch of them, split here). A reader process
