@@ -145,6 +145,8 @@ def main() -> int:
                    help="ray: also the Ray runner on a local Ray with workers + actors CPUs, "
                    "alternated with the local runner (run it under `unshare --net`)")
     p.add_argument("--actors", type=int, default=1, help="Ray encoder actors (--runner ray)")
+    p.add_argument("--warp", choices=("auto", "fast", "gdal"), default="auto",
+                   help="tiling.warp (auto: fast for a new index)")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
     args = p.parse_args()
     if args.runner == "ray" and args.model == "null":
@@ -166,6 +168,10 @@ def main() -> int:
     if args.read_batch and hasattr(job, "read_batch"):  # older checkouts have none
         job = dataclasses.replace(job, read_batch=args.read_batch)
     settings = dataclasses.replace(base, encoder=spec, job=job)
+    if hasattr(settings.tiling, "warp"):  # older checkouts warp with GDAL only
+        settings = dataclasses.replace(settings, tiling=dataclasses.replace(
+            settings.tiling, warp=args.warp))
+        print(f"tiling.warp {args.warp} ({settings.tiling.resolved_warp()})")
     if args.model == "null":
         settings = dataclasses.replace(settings, store=dataclasses.replace(
             settings.store, ivf_min_vectors=10**9))  # random vectors: keep it Flat

@@ -64,6 +64,30 @@ class TilingSettings:
     # Pixels that are 0 in every selected band count as nodata even without a nodata value.
     zero_is_nodata: bool = True
     resampling: str = "bilinear"
+    # How tiles are warped to web mercator. "fast": a per-tile affine fit of the projection
+    # and OpenCV's resampling (nearest or bilinear; 4-8x cheaper than GDAL's warper, pixels
+    # within about a grey level of it: indexer/rasters/warp.py). "gdal": GDAL's warper.
+    # "auto": an existing index's own (indexes from before this setting: gdal), else fast
+    # (gdal for resamplings fast does not offer).
+    warp: str = "auto"
+
+    def resolved_warp(self, index: TileRecipe | None = None) -> str:
+        """"fast" or "gdal": `warp` with "auto" decided (by `index`, the recipe of the index
+        being added to, when there is one)."""
+        if self.warp != "auto":
+            return self.warp
+        if index is not None:
+            return index.warp
+        return "fast" if self.resampling in FAST_RESAMPLINGS else "gdal"
+
+    def with_warp(self, index: TileRecipe | None = None) -> TilingSettings:
+        """These settings with `warp` decided (see resolved_warp)."""
+        return dataclasses.replace(self, warp=self.resolved_warp(index))
+
+
+# Resamplings of the fast warp (OpenCV's warpAffine).
+FAST_RESAMPLINGS = ("nearest", "bilinear")
+WARPS = ("auto", "fast", "gdal")
 
 
 # Encoder batch sizes for job.batch_size = 0 (ViT-B/16 on one H100: bench/encoder.py).
@@ -238,6 +262,11 @@ def _validate(s: Settings) -> None:
     if t.resampling not in Resampling.__members__:
         raise ConfigError(f"{where}: tiling.resampling {t.resampling!r} is not a GDAL "
                           "resampling method (nearest, bilinear, cubic, average, ...)")
+    if t.warp not in WARPS:
+        raise ConfigError(f"{where}: tiling.warp must be auto, fast or gdal, got {t.warp!r}")
+    if t.warp == "fast" and t.resampling not in FAST_RESAMPLINGS:
+        raise ConfigError(f"{where}: tiling.warp fast resamples nearest or bilinear, not "
+                          f"{t.resampling!r}; use warp = \"gdal\" for it")
     if s.job.runner not in {"local", "ray"}:
         raise ConfigError(f"{where}: job.runner must be local or ray, got {s.job.runner!r}")
     if 0 < s.store.retrain_growth <= 1:
@@ -334,11 +363,17 @@ class TileRecipe:
     zero_is_nodata: bool
     max_nodata_fraction: float
     encoder_preset: str = ""  # a named pretrained preset, when the encoder is one
+    # "fast" or "gdal" (TilingSettings.warp decided); recipes recorded before it: gdal.
+    warp: str = "gdal"
 
     @classmethod
-    def from_tiling(cls, tiling: TilingSettings, tile_px: int, preset: str = "") -> TileRecipe:
+    def from_tiling(cls, tiling: TilingSettings, tile_px: int, preset: str = "",
+                    index: TileRecipe | None = None) -> TileRecipe:
+        """The recipe of tiles cut with `tiling` (warp "auto" decided by `index`, the recipe
+        of the index they are added to, if any)."""
         keep = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in dataclasses.asdict(tiling).items() if k in keep}
+        values = {k: v for k, v in dataclasses.asdict(tiling.with_warp(index)).items()
+                  if k in keep}
         return cls(tile_px=tile_px, encoder_preset=preset, **values)
 
     def tiling(self, base: TilingSettings | None = None) -> TilingSettings:

@@ -36,6 +36,14 @@ from search.query_image import decode_query_image
 from tests.helpers import make_raster
 
 
+@pytest.fixture
+def settings(settings):
+    """These tests check the reader against GDAL itself, so they pin GDAL's warp
+    (tiling.warp = "gdal"); the fast warp's own tests are in test_fast_warp.py."""
+    return dataclasses.replace(settings, tiling=dataclasses.replace(settings.tiling,
+                                                                    warp="gdal"))
+
+
 def _info(path, tiling):
     return inspect_raster(RasterSource(str(path)), DiscoverySettings(), tiling)
 

@@ -88,7 +88,9 @@ def test_an_index_without_a_recipe_opens_with_a_notice(index, settings, encoder,
         eng.image_vector(_png())
     notices = [r for r in caplog.records if "records no tile recipe" in r.getMessage()]
     assert len(notices) == 1  # said once, in one line
-    assert seen[0] == TileRecipe.from_tiling(settings.tiling, encoder.image_size)
+    # the server's [tiling], with the warp such an index's tiles went through (GDAL's)
+    gdal = dataclasses.replace(settings.tiling, warp="gdal")
+    assert seen[0] == TileRecipe.from_tiling(gdal, encoder.image_size)
     # the next indexing run that adds tiles records the recipe it cuts with
     make_raster(index.parent / "b" / "new.tif", size=160, seed=5)
     IndexJob(index, settings, encoder, progress=False, log=lambda m: None).run(

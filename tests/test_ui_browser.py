@@ -299,9 +299,12 @@ def test_clicking_the_map_finds_places_like_the_tile_there(servers, driver):
     _wait(lambda: _loaded_tiles(driver, "imagery") >= 2, 60, "imagery map tiles")
     c = SatfindClient(servers.api_url)
     w, s, e, n = (float(v) for v in ND.split(","))
-    others = [r for r in c.search_text("farmland", k=100, bbox=(w, s, e, n))["results"]
-              if r["id"] not in first]
-    lon, lat = others[len(others) // 2]["centre"]  # imagery, not a numbered result
+    rows = c.search_text("farmland", k=100, bbox=(w, s, e, n))["results"]
+    # imagery, not a numbered result: nor the same cell as one (the other date's tile
+    # there), whose number on the map would take the click
+    numbered = {(r["z"], r["x"], r["y"]) for r in rows if r["id"] in first}
+    others = [r for r in rows if (r["z"], r["x"], r["y"]) not in numbered]
+    lon, lat = others[len(others) // 2]["centre"]
     under = c.tiles_at(lon, lat, limit=1)["results"][0]["id"]
     _click_at(driver, lat, lon)
     ids = _results(driver, f"Results for more like tile {under}")

@@ -4,6 +4,7 @@ Ctrl-C / SIGTERM, and a report with the time each stage took."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from encoder.model import SatelliteEncoder
 from indexer import logs
-from indexer.config import Settings, TileRecipe
+from indexer.config import Settings, TileRecipe, TilingSettings
 from indexer.critical import stop_between_steps
 from indexer.errors import InputError, JobError
 from indexer.job.background import BackgroundWriter
@@ -24,7 +25,18 @@ from indexer.job.report import JobReport
 from indexer.job.runner import LocalRunner, worker_death
 from indexer.rasters.discovery import discover
 from indexer.rasters.stac_api import StacSearch
-from indexer.store.writer import IndexWriter
+from indexer.store.writer import IndexWriter, recorded_recipe
+
+
+def _tiling_for(index_dir: Path, tiling: TilingSettings) -> TilingSettings:
+    """`tiling` with warp "auto" decided: an existing index keeps its own warp (an index
+    recorded before the setting, or before recipes: gdal), a new one gets fast."""
+    if tiling.warp != "auto":
+        return tiling
+    exists, recipe = recorded_recipe(index_dir)
+    if not exists:
+        return tiling.with_warp()
+    return dataclasses.replace(tiling, warp=recipe.warp if recipe else "gdal")
 
 
 class IndexJob:
@@ -32,6 +44,8 @@ class IndexJob:
                  strict: bool = False, progress: bool = True,
                  log: Callable[[str], None] | None = None):
         self.index_dir = Path(index_dir)
+        settings = dataclasses.replace(settings, tiling=_tiling_for(self.index_dir,
+                                                                    settings.tiling))
         self.s = settings
         self.encoder = encoder
         self.strict = strict

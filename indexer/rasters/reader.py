@@ -1,7 +1,11 @@
 """`RasterReader`: THE way pixels leave a raster. Any EPSG:3857 window of any raster (any
-CRS in, warped through GDAL's WarpedVRT), with the configured bands, scaling and valid-pixel
-rule, as a uint8 `Patch`. Index tiles, GRAFT training patches and georeferenced query images
-all come through here, so they look alike.
+CRS in), with the configured bands, scaling and valid-pixel rule, as a uint8 `Patch`. Index
+tiles, GRAFT training patches and georeferenced query images all come through here, so they
+look alike.
+
+Two warps (tiling.warp): "fast" (warp.py: per-piece affine fits and OpenCV, one plain
+source read per window) and "gdal" (GDAL's WarpedVRT; below). Both use the raster's internal
+overviews the same way.
 
 One cache of open datasets (least recently used closed first), keyed by (path, overview
 level). Windows on a common pixel grid (the tiles of one block, or a strip of them) name
@@ -37,6 +41,7 @@ from indexer.rasters.grid import METRES_PER_DEGREE, Window
 from indexer.rasters.inspect import RasterInfo
 from indexer.rasters.remote import gdal_path, with_retries
 from indexer.rasters.scaling import to_uint8, valid_mask
+from indexer.rasters.warp import warp_window
 
 OPEN_DATASETS = 8  # per reading process
 FULL = -1  # the overview "level" of the full-resolution pixels
@@ -191,6 +196,7 @@ class RasterReader:
                  use_overviews: bool = True, remote: RemoteSettings | None = None):
         """`remote`: GDAL settings and retries for remote rasters (defaults if None)."""
         self.tiling, self.max_open, self.use_overviews = tiling, max_open, use_overviews
+        self.warp = tiling.resolved_warp()  # "fast" or "gdal"
         self.remote = remote or RemoteSettings()
         self._datasets: OrderedDict[tuple[str, int], rasterio.DatasetReader] = OrderedDict()
         self._views: OrderedDict[tuple[str, Window], _View] = OrderedDict()
@@ -217,6 +223,8 @@ class RasterReader:
 
     def _read_masked(self, info: RasterInfo, window: Window, grid: Window | None
                      ) -> tuple[np.ndarray, np.ndarray]:
+        if self.warp == "fast" and (got := self._read_fast(info, window)) is not None:
+            return got
         if grid is not None and (offset := window.offset_in(grid)) is not None:
             view = self._view(info, grid)
             col, row = offset
@@ -225,6 +233,25 @@ class RasterReader:
         vrt, _ = self._warp(info, window)
         with vrt:
             return self._read(vrt, _MaskRule.of(vrt), None, info)
+
+    def _read_fast(self, info: RasterInfo, window: Window
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The window through the fast warp (warp.py), or None where it cannot take it (a
+        type OpenCV does not resample, a projection that fails): GDAL's warp then."""
+        level = self.overview_level(info, window)
+        src = self._dataset(info.path, level)
+        if np.dtype(src.dtypes[0]).kind not in "iuf":
+            return None  # complex values
+        got = warp_window(src, list(self.tiling.bands), window, _shift(info, window),
+                          self.tiling.resampling)
+        if got is None:
+            return None
+        data, inside = got
+        valid = valid_mask(data, inside, self.tiling)
+        rgb = to_uint8(data, info.scale_lo, info.scale_hi)
+        if not valid.all():
+            rgb = np.where(valid[None], rgb, np.uint8(0))
+        return rgb, valid
 
     def _read(self, vrt: WarpedVRT, rule: _MaskRule, win: PixelWindow | None,
               info: RasterInfo) -> tuple[np.ndarray, np.ndarray]:

@@ -297,6 +297,17 @@ class IndexWriter:
         self.close()
 
 
+def recorded_recipe(index_dir: Path) -> tuple[bool, TileRecipe | None]:
+    """(whether `index_dir` holds an index, the tile recipe it records: None for an index
+    written before recipes were). A directory that is not an index reads as none here; the
+    writer says what is wrong with it when it opens it."""
+    try:
+        m = read_manifest(index_dir)
+    except IndexError_:
+        return False, None
+    return m is not None, m.recipe if m is not None else None
+
+
 def _check_same_space(d: Path, m: Manifest, identity: EncoderIdentity,
                       recipe: TileRecipe | None) -> None:
     """Tiles of one index come from one encoder and one tile recipe."""
