@@ -42,7 +42,7 @@ from indexer.rasters.inspect import inspect_raster  # noqa: E402
 from indexer.rasters.reader import RasterReader  # noqa: E402
 from indexer.rasters.scaling import to_uint8, valid_mask  # noqa: E402
 from indexer.rasters.sources import RasterSource  # noqa: E402
-from tests.helpers import make_raster  # noqa: E402
+from tests.helpers import patterned_raster  # noqa: E402
 
 
 class TwoWarpReader(RasterReader):
@@ -70,18 +70,6 @@ def lanczos_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def synthetic(path: Path, size: int, nodata: float | None) -> Path:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / 64.0
-    data = np.stack([110 + 60 * np.sin(xx + 0.5 * yy), 120 + 50 * np.cos(0.7 * yy),
-                     100 + 40 * np.sin(0.3 * xx * yy / size)])
-    data = (data + rng.normal(0, 12, data.shape)).clip(1, 255).astype(np.uint8)
-    if nodata is not None:
-        data[:, : size // 8, : size // 3] = nodata  # a nodata corner
-    return make_raster(path, size=size, res=5.0, crs="EPSG:32632", data=data, nodata=nodata,
-                       tiled=True, blockxsize=256, blockysize=256)
-
-
 def best(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -104,7 +92,7 @@ def main() -> None:
     tiling = TilingSettings(target_gsd_m=5.0)
     px = args.px
     with tempfile.TemporaryDirectory() as tmp:
-        path = synthetic(Path(tmp) / "utm5m.tif", args.size, args.nodata)
+        path = patterned_raster(Path(tmp) / "utm5m.tif", args.size, args.nodata)
         info = inspect_raster(RasterSource(str(path)), DiscoverySettings(), tiling)
         zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, tiling)
         (block,) = raster_blocks(info, zoom)

@@ -31,20 +31,7 @@ from indexer.rasters.grid import block_window, choose_zoom, raster_blocks, strip
 from indexer.rasters.inspect import inspect_raster  # noqa: E402
 from indexer.rasters.reader import RasterReader  # noqa: E402
 from indexer.rasters.sources import RasterSource  # noqa: E402
-from tests.helpers import SHARED_GEOTIFF, make_raster  # noqa: E402
-
-
-def synthetic(path: Path, size: int, nodata: float | None) -> Path:
-    """A 5 m UTM raster of smooth patterns plus noise (as bench/read.py's)."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / 64.0
-    data = np.stack([110 + 60 * np.sin(xx + 0.5 * yy), 120 + 50 * np.cos(0.7 * yy),
-                     100 + 40 * np.sin(0.3 * xx * yy / size)])
-    data = (data + rng.normal(0, 12, data.shape)).clip(1, 255).astype(np.uint8)
-    if nodata is not None:
-        data[:, : size // 8, : size // 3] = nodata
-    return make_raster(path, size=size, res=5.0, crs="EPSG:32632", data=data, nodata=nodata,
-                       tiled=True, blockxsize=256, blockysize=256)
+from tests.helpers import SHARED_GEOTIFF, patterned_raster  # noqa: E402
 
 
 def row(label: str, path: Path, tiling: TilingSettings, px: int, repeat: int) -> None:
@@ -92,7 +79,7 @@ def main() -> None:
           f"{'fast ms':>7} {'speed':>7} {'mean':>6} {'p99':>4} {'max':>4} {'mask':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for nodata in (None, 0):
-            path = synthetic(Path(tmp) / f"s{nodata}.tif", args.size, nodata)
+            path = patterned_raster(Path(tmp) / f"s{nodata}.tif", args.size, nodata)
             for target in (5.0, 7.5):
                 label = f"synthetic 5 m{' nodata' if nodata is not None else ''} @ {target} m"
                 row(label, path, TilingSettings(target_gsd_m=target), args.px, args.repeat)

@@ -49,6 +49,52 @@ def make_raster(path: Path, *, lon: float = 11.88, lat: float = 43.46, crs: str 
     return path
 
 
+def patterned_raster(path: Path, size: int, nodata: float | None = None) -> Path:
+    """A 5 m UTM raster (tiled 256 px) of smooth patterns plus noise, with a nodata corner
+    when `nodata` is given: what bench/read.py and bench/warp.py read."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / 64.0
+    data = np.stack([110 + 60 * np.sin(xx + 0.5 * yy), 120 + 50 * np.cos(0.7 * yy),
+                     100 + 40 * np.sin(0.3 * xx * yy / size)])
+    data = (data + rng.normal(0, 12, data.shape)).clip(1, 255).astype(np.uint8)
+    if nodata is not None:
+        data[:, : size // 8, : size // 3] = nodata  # a nodata corner
+    return make_raster(path, size=size, res=5.0, crs="EPSG:32632", data=data, nodata=nodata,
+                       tiled=True, blockxsize=256, blockysize=256)
+
+
+def strip_cuts(info, tiling, px: int):
+    """Tiles cut from strips, as the job reads them: for the first, middle and last tile
+    row of the raster's block, a strip of up to 16 tiles read in one call through the
+    block's grid, then each tile as (tile window, grid, rgb, valid, i, n) with its pixels
+    cut from the strip (i of n in the strip)."""
+    from indexer.rasters.grid import (
+        block_window,
+        choose_zoom,
+        raster_blocks,
+        strip_window,
+        tile_window,
+    )
+    from indexer.rasters.reader import RasterReader
+
+    zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, tiling)
+    (block,) = raster_blocks(info, zoom)
+    grid = block_window(block, px)
+    reader = RasterReader(tiling)
+    try:
+        for y in sorted({block.y0, (block.y0 + block.y1) // 2, block.y1}):
+            n = min(16, block.width)
+            strip = strip_window(block, px, block.x0, y, n)
+            assert strip.width == n * px and strip.offset_in(grid) is not None
+            rgb, valid = reader.read_masked(info, strip, grid)
+            assert rgb.shape == (3, px, n * px) and valid.shape == (px, n * px)
+            for i in range(n):
+                yield (tile_window(zoom, block.x0 + i, y, px, block.src_shift), grid,
+                       rgb[:, :, i * px:(i + 1) * px], valid[:, i * px:(i + 1) * px], i, n)
+    finally:
+        reader.close()
+
+
 def tile_rows(n: int, key: str, start: int = 0) -> list[dict]:
     """n tile rows of source `key` at zoom 12 (for writing to a store directly)."""
     out = []

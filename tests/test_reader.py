@@ -25,7 +25,6 @@ from indexer.rasters.grid import (
     block_window,
     choose_zoom,
     raster_blocks,
-    strip_window,
     tile_window,
 )
 from indexer.rasters.inspect import inspect_raster
@@ -33,7 +32,7 @@ from indexer.rasters.reader import RasterReader
 from indexer.rasters.scaling import to_uint8, valid_mask
 from indexer.rasters.sources import RasterSource
 from search.query_image import decode_query_image
-from tests.helpers import make_raster
+from tests.helpers import make_raster, strip_cuts
 
 
 @pytest.fixture
@@ -197,25 +196,13 @@ def test_a_strip_cut_into_tiles_is_the_tiles(name, shared_geotiff, settings):
     tiling = settings.tiling
     info = _info(shared_geotiff / name, tiling)
     px = 224  # a strip wider (> 512) and taller (> 128) than the warped view's blocks
-    zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, tiling)
-    (block,) = raster_blocks(info, zoom)
-    grid = block_window(block, px)
-    strips, tiles = RasterReader(tiling), RasterReader(tiling)
-    for y in sorted({block.y0, (block.y0 + block.y1) // 2, block.y1}):
-        n = min(16, block.width)
-        strip = strip_window(block, px, block.x0, y, n)
-        assert strip.width == n * px and strip.offset_in(grid) is not None
-        rgb, valid = strips.read_masked(info, strip, grid)
-        assert rgb.shape == (3, px, n * px) and valid.shape == (px, n * px)
-        for i in range(n):
-            tile = tile_window(zoom, block.x0 + i, y, px, block.src_shift)
-            cut = rgb[:, :, i * px:(i + 1) * px], valid[:, i * px:(i + 1) * px]
-            _assert_same(cut, tiles.read_masked(info, tile, grid), f"{name} {y} {i}")
-            if i in (0, n - 1):
-                level = tiles.overview_level(info, grid)
-                _assert_same(cut, _reference_read(info, tile, tiling, grid, level)[:2],
-                             f"{name} {y} {i} reference")
-    strips.close()
+    tiles = RasterReader(tiling)
+    for tile, grid, rgb, valid, i, n in strip_cuts(info, tiling, px):
+        _assert_same((rgb, valid), tiles.read_masked(info, tile, grid), f"{name} {tile}")
+        if i in (0, n - 1):
+            level = tiles.overview_level(info, grid)
+            _assert_same((rgb, valid), _reference_read(info, tile, tiling, grid, level)[:2],
+                         f"{name} {tile} reference")
     tiles.close()
 
 

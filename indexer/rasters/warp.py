@@ -29,7 +29,8 @@ What differs from GDAL's bilinear (measured in tests/test_fast_warp.py and BENCH
   the mean of the valid ones only (as GDAL renormalises), so nodata never bleeds in.
 
 `warp_window` returns None where the projection fails at a fitted point (e.g. a UTM raster
-far outside its zone): the reader then warps that window with GDAL.
+far outside its zone), or where the window's source rectangle is over MAX_SOURCE_PIXELS:
+the reader then warps that window with GDAL.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ DOWNSAMPLE_FROM = 1 / 0.95  # GDAL widens its kernel past this ratio (dfXScale <
 FIXED = 1.0 / 32  # OpenCV's sub-pixel step in warpAffine (INTER_BITS = 5)
 # Types warpAffine resamples natively; others are resampled as float64 and cast back.
 NATIVE = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64")}
+# A window whose source rectangle is larger (a strip far coarser than a raster without
+# overviews: tiling.max_downsample raised) is left to GDAL, which warps it in chunks.
+MAX_SOURCE_PIXELS = 32 * 1024 * 1024
 FLAGS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 RESAMPLINGS = tuple(FLAGS)
 # The 9 fitting points of a piece, in units of its side (pixel centres of its corners).
@@ -188,6 +192,8 @@ def warp_window(src: DatasetReader, bands: list[int], window: Window, shift: flo
     r1 = min(math.ceil(ext[:, 3].max()) + 1 + pad, src.height)
     if c1 <= c0 or r1 <= r0:
         return out, valid  # wholly outside the raster
+    if (c1 - c0) * (r1 - r0) > MAX_SOURCE_PIXELS:
+        return None  # a window far coarser than a raster without overviews: GDAL, chunked
     unique = sorted(set(bands))
     win = PixelWindow(c0, r0, c1 - c0, r1 - r0)
     raw = src.read(unique, window=win)
