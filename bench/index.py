@@ -145,6 +145,8 @@ def main() -> int:
                    help="ray: also the Ray runner on a local Ray with workers + actors CPUs, "
                    "alternated with the local runner (run it under `unshare --net`)")
     p.add_argument("--actors", type=int, default=1, help="Ray encoder actors (--runner ray)")
+    p.add_argument("--ivf-at", type=int, default=0, help="store.ivf_min_vectors (0: the "
+                   "config's; with --model null: never, random vectors stay Flat)")
     p.add_argument("--warp", choices=("auto", "fast", "gdal"), default="auto",
                    help="tiling.warp (auto: fast for a new index)")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
@@ -172,9 +174,9 @@ def main() -> int:
         settings = dataclasses.replace(settings, tiling=dataclasses.replace(
             settings.tiling, warp=args.warp))
         print(f"tiling.warp {args.warp} ({settings.tiling.resolved_warp()})")
-    if args.model == "null":
+    if args.model == "null" or args.ivf_at:
         settings = dataclasses.replace(settings, store=dataclasses.replace(
-            settings.store, ivf_min_vectors=10**9))  # random vectors: keep it Flat
+            settings.store, ivf_min_vectors=args.ivf_at or 10**9))  # null: keep it Flat
 
     # A raster that yields about --tiles tiles at this model's tile size (5 m target).
     tile_m = 6.9 * enc.image_size  # tile width at zoom 16, 43.5 N

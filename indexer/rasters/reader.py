@@ -223,7 +223,7 @@ class RasterReader:
 
     def _read_masked(self, info: RasterInfo, window: Window, grid: Window | None
                      ) -> tuple[np.ndarray, np.ndarray]:
-        if self.warp == "fast" and (got := self._read_fast(info, window)) is not None:
+        if self.warp == "fast" and (got := self._read_fast(info, window, grid)) is not None:
             return got
         if grid is not None and (offset := window.offset_in(grid)) is not None:
             view = self._view(info, grid)
@@ -234,15 +234,19 @@ class RasterReader:
         with vrt:
             return self._read(vrt, _MaskRule.of(vrt), None, info)
 
-    def _read_fast(self, info: RasterInfo, window: Window
+    def _read_fast(self, info: RasterInfo, window: Window, grid: Window | None
                    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The window through the fast warp (warp.py), or None where it cannot take it (a
-        type OpenCV does not resample, a projection that fails): GDAL's warp then."""
-        level = self.overview_level(info, window)
+        """The window through the fast warp (warp.py), or None where it cannot take it
+        (complex values, a projection that fails, a huge source rectangle): GDAL's warp
+        then. The overview level and longitude span are the grid's when there is one (as
+        GDAL's warped view of it has), so every tile of a block comes from the same
+        pixels however it is read."""
+        where = grid if grid is not None and window.offset_in(grid) is not None else window
+        level = self.overview_level(info, where)
         src = self._dataset(info.path, level)
         if np.dtype(src.dtypes[0]).kind not in "iuf":
             return None  # complex values
-        got = warp_window(src, list(self.tiling.bands), window, _shift(info, window),
+        got = warp_window(src, list(self.tiling.bands), window, _shift(info, where),
                           self.tiling.resampling)
         if got is None:
             return None

@@ -8,9 +8,8 @@ each piece the projection is replaced by an affine map fitted to it at 9 points 
 edge middles, centre; a piece whose fit is off by more than MAX_ERROR_PX = 0.02 px at any
 of them is cut in four; GDAL's approximate transformer allows 0.125 px). Each piece is then
 resampled by OpenCV's `warpAffine` (bilinear or nearest, fixed-point, SIMD) from a view of
-one source read. A piece depends only on its own lattice
-cell, never on the window it is read in, so a tile cut from a strip is exactly the tile
-read alone.
+one source read. A piece depends only on its own lattice cell, never on the window it is
+read in, so a tile cut from a strip is exactly the tile read alone.
 
 What differs from GDAL's bilinear (measured in tests/test_fast_warp.py and BENCHMARKS.md):
 - Upsampling: the same kernel; coordinates are rounded to 1/32 px (OpenCV's fixed point),
@@ -56,14 +55,12 @@ MAX_PIECE = 512  # a window taller than this is cut in pieces of PIECE px
 PIECE = 256
 MIN_PIECE = 16  # pieces are not cut further (the fit is kept, however far off)
 DOWNSAMPLE_FROM = 1 / 0.95  # GDAL widens its kernel past this ratio (dfXScale < 0.95)
-FIXED = 1.0 / 32  # OpenCV's sub-pixel step in warpAffine (INTER_BITS = 5)
 # Types warpAffine resamples natively; others are resampled as float64 and cast back.
 NATIVE = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64")}
 # A window whose source rectangle is larger (a strip far coarser than a raster without
 # overviews: tiling.max_downsample raised) is left to GDAL, which warps it in chunks.
 MAX_SOURCE_PIXELS = 32 * 1024 * 1024
-FLAGS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
-RESAMPLINGS = tuple(FLAGS)
+FLAGS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}  # FAST_RESAMPLINGS
 # The 9 fitting points of a piece, in units of its side (pixel centres of its corners).
 _UNIT = np.array([0.0, 0.5, 1.0])
 
@@ -269,7 +266,8 @@ def _warp_piece(p: _Piece, data: np.ndarray, mask: np.ndarray | None,
         return
     keep = mask[view] > 0 if mask is not None else None
     for b in range(data.shape[0]):
-        band = data[b][view].astype(np.float64 if data.dtype.itemsize > 4 else np.float32)
+        exact32 = data.dtype.itemsize < 4 or data.dtype == np.float32  # float32 holds it
+        band = data[b][view].astype(np.float32 if exact32 else np.float64)
         if keep is not None:
             band = np.where(keep, band, 0)
         if sigma:
