@@ -84,6 +84,16 @@ class TilingSettings:
         """These settings with `warp` decided (see resolved_warp)."""
         return dataclasses.replace(self, warp=self.resolved_warp(index))
 
+    def key(self) -> str:
+        """These settings as text for run fingerprints and cache keys (GRAFT): the repr,
+        with the warp decided, and left out when it is GDAL's, so a key made before the
+        setting existed still matches settings that read the same pixels."""
+        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if f.name != "warp"]
+        if (warp := self.resolved_warp()) != "gdal":
+            parts.append(f"warp={warp!r}")
+        return f"{type(self).__qualname__}({', '.join(parts)})"
+
 
 # Resamplings of the fast warp (OpenCV's warpAffine).
 FAST_RESAMPLINGS = ("nearest", "bilinear")

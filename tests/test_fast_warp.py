@@ -328,3 +328,15 @@ def test_warp_settings_are_checked_in_one_line(tmp_path):
     ok = tmp_path / "ok.toml"
     ok.write_text(base.replace("[tiling]", '[tiling]\nresampling = "cubic"'))
     assert load_settings(ok).tiling.resolved_warp() == "gdal"  # auto: what fast lacks
+
+
+def test_graft_keys_change_with_the_pixels_not_with_the_spelling(settings):
+    """GRAFT's run fingerprint and pair-cache key (TilingSettings.key): with GDAL's warp
+    they are what they were before the setting existed (the same pixels: a run started
+    then resumes with warp = "gdal"); the fast warp gives other patches, so another key;
+    "auto" and "fast" read the same pixels, so one key."""
+    t = settings.tiling
+    gdal = dataclasses.replace(t, warp="gdal")
+    assert gdal.key() == repr(gdal).replace(", warp='gdal'", "")  # the repr before
+    assert dataclasses.replace(t, warp="auto").key() == dataclasses.replace(t, warp="fast").key()
+    assert dataclasses.replace(t, warp="fast").key() != gdal.key()

@@ -105,7 +105,7 @@ def _run_key(photos: list[Photo], rasters: list[RasterInfo], settings: Settings,
              train) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([PAIRS_VERSION, size, train.jitter, train.seed, train.val_fraction,
-                         train.time_window_days, repr(settings.tiling), repr(settings.discovery)]
+                         train.time_window_days, settings.tiling.key(), repr(settings.discovery)]
                         ).encode())
     for p in photos:
         h.update(f"{p.path}|{p.lat}|{p.lon}|{p.time}".encode())

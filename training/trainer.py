@@ -111,7 +111,7 @@ class Trainer:
         d["teacher"] = self.teacher.identity.to_dict()
         if self.teacher.precision != "fp32":  # its photo vectors differ (slightly) by type
             d["teacher_precision"] = self.teacher.precision
-        d["tiling"] = repr(self.settings.tiling)
+        d["tiling"] = self.settings.tiling.key()
         return json.loads(json.dumps(d, default=str))
 
     def run(self, resume: bool = False) -> TrainReport:
