@@ -218,6 +218,19 @@ def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(world, monkeypatc
     assert train_main(["--config", str(changed), "-q", "--resume"]) == 2
     assert "config changed" in capsys.readouterr().err
 
+    # A run from before tiling.warp (its patches warped by GDAL; the fingerprint's tiling
+    # without "warp"): the default (fast) is another config, and says how to resume it.
+    last = sorted((root / "cut" / "checkpoints").glob("step-*.pt"))[-1]
+    state = torch.load(last, weights_only=False)
+    state["config"]["tiling"] = state["config"]["tiling"].replace(", warp='fast'", "")
+    torch.save(state, last)
+    cut = write_config(root, "cut.toml", out="cut", **small)  # as the run was started
+    assert train_main(["--config", str(cut), "-q", "--resume"]) == 2
+    assert '[tiling] warp = "gdal" resumes it' in capsys.readouterr().err
+    gdal = root / "gdal.toml"
+    gdal.write_text(cut.read_text().replace("[tiling]\n", '[tiling]\nwarp = "gdal"\n'))
+    assert train_main(["--config", str(gdal), "-q", "--resume"]) == 0
+
 
 def test_trained_encoder_indexes_and_highlights(world, trained, teacher, tmp_path):
     from indexer.cli import main as index_main

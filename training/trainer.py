@@ -179,8 +179,13 @@ class Trainer:
             changed = sorted(k for k in set(fp) | set(state["config"])
                              if fp.get(k) != state["config"].get(k))
             if changed:
+                hint = ""
+                if ("tiling" in changed and "warp=" in fp["tiling"]
+                        and "warp=" not in str(state["config"].get("tiling"))):
+                    hint = (": its patches went through GDAL's warp, [tiling] warp = "
+                            "\"gdal\" resumes it")
                 raise TrainError(f"--resume: the config changed since {existing[-1].name} "
-                                 f"({', '.join(changed)}); use another train.out")
+                                 f"({', '.join(changed)}{hint}); use another train.out")
             student.load_state_dict(state["student"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
