@@ -71,18 +71,16 @@ class TilingSettings:
     # (gdal for resamplings fast does not offer).
     warp: str = "auto"
 
-    def resolved_warp(self, index: TileRecipe | None = None) -> str:
-        """"fast" or "gdal": `warp` with "auto" decided (by `index`, the recipe of the index
-        being added to, when there is one)."""
+    def resolved_warp(self) -> str:
+        """"fast" or "gdal": `warp` with "auto" decided as for a new index (the indexing job
+        first gives "auto" an existing index's own warp)."""
         if self.warp != "auto":
             return self.warp
-        if index is not None:
-            return index.warp
         return "fast" if self.resampling in FAST_RESAMPLINGS else "gdal"
 
-    def with_warp(self, index: TileRecipe | None = None) -> TilingSettings:
+    def with_warp(self) -> TilingSettings:
         """These settings with `warp` decided (see resolved_warp)."""
-        return dataclasses.replace(self, warp=self.resolved_warp(index))
+        return dataclasses.replace(self, warp=self.resolved_warp())
 
     def key(self) -> str:
         """These settings as text for run fingerprints and cache keys (GRAFT): the repr,
@@ -377,13 +375,10 @@ class TileRecipe:
     warp: str = "gdal"
 
     @classmethod
-    def from_tiling(cls, tiling: TilingSettings, tile_px: int, preset: str = "",
-                    index: TileRecipe | None = None) -> TileRecipe:
-        """The recipe of tiles cut with `tiling` (warp "auto" decided by `index`, the recipe
-        of the index they are added to, if any)."""
+    def from_tiling(cls, tiling: TilingSettings, tile_px: int, preset: str = "") -> TileRecipe:
+        """The recipe of tiles cut with `tiling` (its warp decided: TilingSettings.with_warp)."""
         keep = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in dataclasses.asdict(tiling.with_warp(index)).items()
-                  if k in keep}
+        values = {k: v for k, v in dataclasses.asdict(tiling.with_warp()).items() if k in keep}
         return cls(tile_px=tile_px, encoder_preset=preset, **values)
 
     def tiling(self, base: TilingSettings | None = None) -> TilingSettings:
