@@ -177,17 +177,26 @@ def _opens_and_searches(idx, total: int, last: int) -> IndexSnapshot:
     return snap
 
 
+@pytest.fixture(scope="module")
+def store_world(tmp_path_factory, settings, encoder):
+    """One archive and its uninterrupted reference index, shared by the store scenarios:
+    (archive, the reference's (z, x, y) set, the reference index's directory)."""
+    root = tmp_path_factory.mktemp("store_world")
+    archive = root / "archive"
+    make_raster(archive / "big.tif", size=3072, res=5.0, seed=3)
+    expected = _uninterrupted(root, settings, encoder, archive)
+    assert len(expected) > 1000  # enough for the IVF to be trained
+    return archive, expected, root / "ref"
+
+
 @pytest.mark.parametrize("scenario", ["append", "part", "manifest", "retrain"])
-def test_sigkill_inside_the_store_then_resume(tmp_path, settings, encoder, scenario):
+def test_sigkill_inside_the_store_then_resume(tmp_path, store_world, scenario):
     """SIGKILL at chosen points of a commit (mid-append of the row files, before a part, with
     the new manifest not yet renamed, mid-rewrite of the ANN codes when the IVF is trained):
     the index opens at its last commit and a rerun gives the uninterrupted run's tiles."""
-    archive = tmp_path / "archive"
-    make_raster(archive / "big.tif", size=3072, res=5.0, seed=3)
+    archive, expected, ref = store_world
     cfg = _config(tmp_path)
     cfg.write_text(cfg.read_text().replace("ivf_min_vectors = 50000", "ivf_min_vectors = 1000"))
-    expected = _uninterrupted(tmp_path, settings, encoder, archive)
-    assert len(expected) > 1000  # enough for the IVF to be trained
 
     idx = tmp_path / "idx"
     run = [sys.executable, "-m", "tests.killpoint", scenario, str(archive), "--index",
@@ -210,7 +219,7 @@ def test_sigkill_inside_the_store_then_resume(tmp_path, settings, encoder, scena
     # The ANN holds exactly the live tiles, and every tile's vector is the uninterrupted run's.
     held = np.concatenate([seg.ids() for seg in snap.segments])
     assert sorted(held.tolist()) == sorted(ids)
-    ref_snap = IndexSnapshot.open(tmp_path / "ref")
+    ref_snap = IndexSnapshot.open(ref)
     ref_rows = ref_snap.tiles(["id", "z", "x", "y"]).to_pylist()
     ref_id = {(r["z"], r["x"], r["y"]): r["id"] for r in ref_rows}
     mine = np.array([r["id"] for r in rows])
