@@ -113,7 +113,7 @@ def test_the_report_says_where_the_time_went(tmp_path, settings, encoder):
     report = IndexJob(tmp_path / "idx", settings, encoder, progress=False).run(
         [str(tmp_path / "a")])
     assert report.tiles_written > 0
-    for stage in ("wait for tiles", "read (worker seconds)", "encode",
+    for stage in ("plan (main thread)", "wait for tiles", "read (worker seconds)", "encode",
                   "write + commit (writer thread)"):
         assert report.stages[stage] > 0, report.stages
     assert report.stage_line().startswith("stages: ")

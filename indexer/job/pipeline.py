@@ -91,6 +91,9 @@ class IndexJob:
                 progress=lambda xs: tqdm(xs, desc="checking rasters", unit="raster",
                                          leave=False, disable=not self.progress),
                 warn=self.log)
+            # Discovery, opening and hashing the rasters, planning: once per run, whatever
+            # its size (benchmarks keep it apart from the per-tile costs).
+            report.stages["plan (main thread)"] = time.perf_counter() - t0
             if line := plan_line(pendings):
                 self.log(line)
             if self.strict and report.problems:
