@@ -202,7 +202,7 @@ def test_affine_fits_hold_gdals_error_bound_where_the_projection_bends(tmp_path,
         res = 2 * ORIGIN / 2**7 / 256  # zoom 7 tiles of 256 px: ~600 m pixels, 150 km tiles
         x, y = warp_transform("EPSG:4326", "EPSG:3857", [20.0], [74.0])
         win = Window(x[0] - 128 * res, y[0] + 128 * res, res, 256, 256)
-        pieces = warp_mod._pieces(win, src, 0.0)
+        pieces = warp_mod._pieces(win, src, 0.0, "bilinear")
         assert pieces is not None and len(pieces) > 1  # one affine could not hold
         rng = np.random.default_rng(0)
         inv = ~src.transform

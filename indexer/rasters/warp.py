@@ -74,6 +74,32 @@ class _Piece:
     width: int
     height: int
     matrix: np.ndarray  # [2, 3] float64: window-piece pixel (col, row) -> source pixel
+    # The Gaussian standing in for GDAL's widened kernel (0: none); the source rectangle
+    # the piece reads (columns c0..c1, rows r0..r1, within the raster); whether every
+    # sample and its far bilinear neighbour fall inside the raster.
+    sigma: float
+    source: tuple[int, int, int, int]  # c0, r0, c1, r1
+    inside: bool
+
+
+def _piece(col: int, row: int, width: int, height: int, m: np.ndarray, resampling: str,
+           size: tuple[int, int]) -> _Piece:
+    """A piece with what follows from its map alone (so never from the window): its blur
+    and its source rectangle in a raster of `size` (width, height) pixels."""
+    corners = m @ np.array([[0, width - 1, 0, width - 1], [0, 0, height - 1, height - 1],
+                            [1, 1, 1, 1]])
+    lo_c, hi_c = corners[0].min(), corners[0].max()
+    lo_r, hi_r = corners[1].min(), corners[1].max()
+    ratio = math.sqrt(abs(np.linalg.det(m[:, :2])))
+    sigma = 0.0
+    if resampling == "bilinear" and ratio > DOWNSAMPLE_FROM:
+        sigma = math.sqrt((ratio * ratio - 1) / 6)
+    # Bilinear's far neighbour, and the reach of OpenCV's float Gaussian kernel (4 sigma).
+    pad = 1 + (math.ceil(4 * sigma) if sigma else 0)
+    source = (max(math.floor(lo_c) - pad, 0), max(math.floor(lo_r) - pad, 0),
+              min(math.ceil(hi_c) + 1 + pad, size[0]), min(math.ceil(hi_r) + 1 + pad, size[1]))
+    inside = lo_c >= 0 and lo_r >= 0 and hi_c + 1 <= size[0] - 1 and hi_r + 1 <= size[1] - 1
+    return _Piece(col, row, width, height, m, sigma, source, bool(inside))
 
 
 def _source_transform(src: DatasetReader, shift: float) -> Affine:
@@ -133,7 +159,8 @@ def _fit(window: Window, to_pixel: Affine, crs, cells: list[tuple[int, int, int,
     return out
 
 
-def _pieces(window: Window, src: DatasetReader, shift: float) -> list[_Piece] | None:
+def _pieces(window: Window, src: DatasetReader, shift: float, resampling: str
+            ) -> list[_Piece] | None:
     side = window.height if window.height <= MAX_PIECE else PIECE
     g0c = round((window.left + ORIGIN) / window.res)
     g0r = round((ORIGIN - window.top) / window.res)
@@ -153,13 +180,9 @@ def _pieces(window: Window, src: DatasetReader, shift: float) -> list[_Piece] | 
         if (c0, r0) != (gc, gr):  # clipped by the window: the map starts further in
             m = m.copy()
             m[:, 2] += m[:, 0] * (c0 - gc) + m[:, 1] * (r0 - gr)
-        out.append(_Piece(c0 - g0c, r0 - g0r, c1 - c0, r1 - r0, m))
+        out.append(_piece(c0 - g0c, r0 - g0r, c1 - c0, r1 - r0, m, resampling,
+                          (src.width, src.height)))
     return out
-
-
-def _extent(m: np.ndarray, w: int, h: int) -> tuple[float, float, float, float]:
-    corners = m @ np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1], [1, 1, 1, 1]])
-    return corners[0].min(), corners[0].max(), corners[1].min(), corners[1].max()
 
 
 def has_mask(src: DatasetReader) -> bool:
@@ -172,23 +195,19 @@ def warp_window(src: DatasetReader, bands: list[int], window: Window, shift: flo
                 resampling: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(data [len(bands), H, W] in the raster's type, valid bool [H, W]) of an EPSG:3857
     window, or None where the projection fails (read it with GDAL then)."""
-    pieces = _pieces(window, src, shift)
+    pieces = _pieces(window, src, shift, resampling)
     if pieces is None:
         return None
     dtype = np.dtype(src.dtypes[bands[0] - 1])
     out = np.zeros((len(bands), window.height, window.width), dtype=dtype)
     valid = np.zeros((window.height, window.width), dtype=bool)
-    if not pieces:
-        return out, valid
-    # Source pixels the pieces sample (+1 for bilinear's far neighbour, + the blur's reach).
-    pad = max(_pad(_sigma(p, resampling)) for p in pieces)
-    ext = np.array([_extent(p.matrix, p.width, p.height) for p in pieces])
-    c0 = max(math.floor(ext[:, 0].min()) - pad, 0)
-    c1 = min(math.ceil(ext[:, 1].max()) + 1 + pad, src.width)
-    r0 = max(math.floor(ext[:, 2].min()) - pad, 0)
-    r1 = min(math.ceil(ext[:, 3].max()) + 1 + pad, src.height)
-    if c1 <= c0 or r1 <= r0:
+    # One read: the union of the source rectangles of the pieces that reach the raster.
+    rects = np.array([p.source for p in pieces if p.source[0] < p.source[2]
+                      and p.source[1] < p.source[3]]).reshape(-1, 4)
+    if not len(rects):
         return out, valid  # wholly outside the raster
+    c0, r0 = rects[:, :2].min(axis=0).tolist()
+    c1, r1 = rects[:, 2:].max(axis=0).tolist()
     if (c1 - c0) * (r1 - r0) > MAX_SOURCE_PIXELS:
         return None  # a window far coarser than a raster without overviews: GDAL, chunked
     unique = sorted(set(bands))
@@ -198,38 +217,18 @@ def warp_window(src: DatasetReader, bands: list[int], window: Window, shift: flo
     mask = src.dataset_mask(window=win) if has_mask(src) else None
     flag = FLAGS[resampling]
     for p in pieces:
-        _warp_piece(p, data, mask, (c0, r0), (src.width, src.height),
-                    _sigma(p, resampling), flag, out, valid)
+        _warp_piece(p, data, mask, (c0, r0), flag, out, valid)
     return out, valid
 
 
-def _sigma(p: _Piece, resampling: str) -> float:
-    """The Gaussian blur standing in for GDAL's widened bilinear kernel on this piece (0
-    when not downsampling): each piece its own, so it never depends on the window."""
-    ratio = math.sqrt(abs(np.linalg.det(p.matrix[:, :2])))
-    if resampling != "bilinear" or ratio <= DOWNSAMPLE_FROM:
-        return 0.0
-    return math.sqrt((ratio * ratio - 1) / 6)
-
-
-def _pad(sigma: float) -> int:
-    """Source pixels a piece reads beyond its samples: bilinear's far neighbour, and the
-    reach of OpenCV's float Gaussian kernel (4 sigma)."""
-    return 1 + (math.ceil(4 * sigma) if sigma else 0)
-
-
 def _warp_piece(p: _Piece, data: np.ndarray, mask: np.ndarray | None,
-                origin: tuple[int, int], size: tuple[int, int], sigma: float, flag: int,
-                out: np.ndarray, valid: np.ndarray) -> None:
+                origin: tuple[int, int], flag: int, out: np.ndarray, valid: np.ndarray
+                ) -> None:
     """Resample one piece into `out` / `valid` from the source read at `origin`. The piece
     sees only its own source rectangle (from its own map and the raster's size), so its
     pixels do not depend on the window it was read in."""
-    lo_c, hi_c, lo_r, hi_r = _extent(p.matrix, p.width, p.height)
-    pad = _pad(sigma)
-    sc0 = max(math.floor(lo_c) - pad, 0)
-    sc1 = min(math.ceil(hi_c) + 1 + pad, size[0])
-    sr0 = max(math.floor(lo_r) - pad, 0)
-    sr1 = min(math.ceil(hi_r) + 1 + pad, size[1])
+    sc0, sr0, sc1, sr1 = p.source
+    sigma = p.sigma
     rows = slice(p.row, p.row + p.height)
     cols = slice(p.col, p.col + p.width)
     if sc1 <= sc0 or sr1 <= sr0:
@@ -240,8 +239,7 @@ def _warp_piece(p: _Piece, data: np.ndarray, mask: np.ndarray | None,
     m[1, 2] -= sr0
     dsize = (p.width, p.height)
     flags = flag | cv2.WARP_INVERSE_MAP
-    inside = (lo_c >= 0 and lo_r >= 0 and hi_c + 1 <= size[0] - 1 and hi_r + 1 <= size[1] - 1)
-    if inside and (mask is None or mask[view].min() > 0):
+    if p.inside and (mask is None or mask[view].min() > 0):
         for b in range(data.shape[0]):  # every sample valid: resample the values as they are
             band = data[b][view]
             native = band.dtype in NATIVE
@@ -265,8 +263,8 @@ def _warp_piece(p: _Piece, data: np.ndarray, mask: np.ndarray | None,
     if not ok.any():
         return
     keep = mask[view] > 0 if mask is not None else None
+    exact32 = data.dtype.itemsize < 4 or data.dtype == np.float32  # float32 holds it
     for b in range(data.shape[0]):
-        exact32 = data.dtype.itemsize < 4 or data.dtype == np.float32  # float32 holds it
         band = data[b][view].astype(np.float32 if exact32 else np.float64)
         if keep is not None:
             band = np.where(keep, band, 0)
