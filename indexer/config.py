@@ -82,6 +82,14 @@ class TilingSettings:
         """These settings with `warp` decided (see resolved_warp)."""
         return dataclasses.replace(self, warp=self.resolved_warp())
 
+    def for_index(self, recipe: TileRecipe | None) -> TilingSettings:
+        """These settings with warp "auto" decided for an existing index: the warp its
+        `recipe` records; an index that records no recipe (written before recipes) was cut
+        with GDAL's."""
+        if self.warp != "auto":
+            return self
+        return dataclasses.replace(self, warp=recipe.warp if recipe else "gdal")
+
     def key(self) -> str:
         """These settings as text for run fingerprints and cache keys (GRAFT): the repr,
         with the warp decided, and left out when it is GDAL's, so a key made before the

@@ -5,7 +5,6 @@ index is the only ANN it sees."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import threading
@@ -101,10 +100,8 @@ class SearchEngine:
             self._recipe_notice = True
             log.warning("%s records no tile recipe (written before satfind recorded it): query "
                         "images are prepared with this server's [tiling] settings", self.dir)
-        tiling = self.config.settings.tiling
-        if tiling.warp == "auto":  # such an index's tiles went through GDAL's warp
-            tiling = dataclasses.replace(tiling, warp="gdal")
-        return TileRecipe.from_tiling(tiling, self.encoder.image_size, self.encoder.spec.preset)
+        return TileRecipe.from_tiling(self.config.settings.tiling.for_index(None),
+                                     self.encoder.image_size, self.encoder.spec.preset)
 
     # --- query vectors ------------------------------------------------------------------
     def _embed_text(self, key: str) -> np.ndarray:

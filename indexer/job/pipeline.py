@@ -29,14 +29,12 @@ from indexer.store.writer import IndexWriter, recorded_recipe
 
 
 def _tiling_for(index_dir: Path, tiling: TilingSettings) -> TilingSettings:
-    """`tiling` with warp "auto" decided: an existing index keeps its own warp (an index
-    recorded before the setting, or before recipes: gdal), a new one gets fast."""
+    """`tiling` with warp "auto" decided: an existing index keeps its own warp
+    (TilingSettings.for_index), a new one gets fast."""
     if tiling.warp != "auto":
         return tiling
     exists, recipe = recorded_recipe(index_dir)
-    if not exists:
-        return tiling.with_warp()
-    return dataclasses.replace(tiling, warp=recipe.warp if recipe else "gdal")
+    return tiling.for_index(recipe) if exists else tiling.with_warp()
 
 
 class IndexJob:
