@@ -27,23 +27,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from indexer.config import DiscoverySettings, TilingSettings  # noqa: E402
-from indexer.rasters.grid import block_window, choose_zoom, raster_blocks, strip_window  # noqa: E402
+from indexer.rasters.grid import choose_zoom  # noqa: E402
 from indexer.rasters.inspect import inspect_raster  # noqa: E402
 from indexer.rasters.reader import RasterReader  # noqa: E402
 from indexer.rasters.sources import RasterSource  # noqa: E402
-from tests.helpers import SHARED_GEOTIFF, patterned_raster  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    SHARED_GEOTIFF,
+    job_strips,
+    patterned_raster,
+    read_difference,
+)
 
 
 def row(label: str, path: Path, tiling: TilingSettings, px: int, repeat: int) -> None:
     info = inspect_raster(RasterSource(str(path)), DiscoverySettings(), tiling)
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, tiling)
-    strips = []
-    for block in raster_blocks(info, zoom):
-        grid = block_window(block, px)
-        for y in range(block.y0, block.y1 + 1):
-            for x0 in range(block.x0, block.x1 + 1, 16):
-                strips.append((grid, strip_window(block, px, x0, y,
-                                                  min(16, block.x1 - x0 + 1))))
+    strips = job_strips(info, tiling, px)
     n = sum(s.width // px for _, s in strips)
     out, best = {}, {}
     for warp in ("gdal", "fast"):
@@ -56,17 +55,11 @@ def row(label: str, path: Path, tiling: TilingSettings, px: int, repeat: int) ->
             level = reader.overview_level(info, strips[0][0])
             reader.close()
         best[warp] = min(times) / n * 1e3
-    diffs, differ, total = [], 0, 0
-    for (a, va), (b, vb) in zip(out["gdal"], out["fast"], strict=True):
-        both = va & vb
-        diffs.append(np.abs(a.astype(np.int16) - b.astype(np.int16))[:, both].ravel())
-        differ += int((va != vb).sum())
-        total += va.size
-    d = np.concatenate(diffs)
+    d, differ = read_difference(zip(out["gdal"], out["fast"], strict=True))
     ratio = strips[0][0].res * math.cos(math.radians(info.centre_lat)) / info.native_gsd_m
     print(f"{label:<34} {zoom:>3} {ratio:>5.2f} {level:>3} {n:>5} {best['gdal']:>7.2f} "
           f"{best['fast']:>7.2f} {best['gdal'] / best['fast']:>6.1f}x {d.mean():>6.3f} "
-          f"{np.percentile(d, 99):>4.0f} {d.max():>4} {differ / total:>8.5f}")
+          f"{np.percentile(d, 99):>4.0f} {d.max():>4} {differ:>8.5f}")
 
 
 def main() -> None:

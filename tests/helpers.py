@@ -63,6 +63,36 @@ def patterned_raster(path: Path, size: int, nodata: float | None = None) -> Path
                        tiled=True, blockxsize=256, blockysize=256)
 
 
+def job_strips(info, tiling, px: int) -> list:
+    """Every strip of the raster's tiles as the indexing job reads it (up to STRIP_TILES
+    tiles of one row, through its block's grid): [(grid, strip window)]."""
+    from indexer.job.read import STRIP_TILES
+    from indexer.rasters.grid import block_window, choose_zoom, raster_blocks, strip_window
+
+    zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, tiling)
+    out = []
+    for block in raster_blocks(info, zoom):
+        grid = block_window(block, px)
+        for y in range(block.y0, block.y1 + 1):
+            for x0 in range(block.x0, block.x1 + 1, STRIP_TILES):
+                out.append((grid, strip_window(block, px, x0, y,
+                                               min(STRIP_TILES, block.x1 - x0 + 1))))
+    return out
+
+
+def read_difference(pairs) -> tuple[np.ndarray, float]:
+    """How two reads of the same windows differ: pairs of ((rgb, valid), (rgb, valid)) ->
+    (absolute differences of the pixels both call valid, share of pixels whose validity
+    differs)."""
+    diffs, differ, total = [], 0, 0
+    for (a, va), (b, vb) in pairs:
+        both = va & vb
+        diffs.append(np.abs(a.astype(np.int16) - b.astype(np.int16))[:, both].ravel())
+        differ += int((va != vb).sum())
+        total += va.size
+    return np.concatenate(diffs), differ / total
+
+
 def strip_cuts(info, tiling, px: int):
     """Tiles cut from strips, as the job reads them: for the first, middle and last tile
     row of the raster's block, a strip of up to 16 tiles read in one call through the

@@ -20,15 +20,17 @@ from indexer.rasters import reader as reader_mod
 from indexer.rasters import warp as warp_mod
 from indexer.rasters.grid import (
     ORIGIN,
-    block_window,
-    choose_zoom,
-    raster_blocks,
-    strip_window,
 )
 from indexer.rasters.inspect import inspect_raster
 from indexer.rasters.reader import RasterReader
 from indexer.rasters.sources import RasterSource
-from tests.helpers import OFFLINE_CONFIG, make_raster, strip_cuts
+from tests.helpers import (
+    OFFLINE_CONFIG,
+    job_strips,
+    make_raster,
+    read_difference,
+    strip_cuts,
+)
 
 REAL_RASTERS = ["naip_nd_20090818.tif", "landsat_bahamas_RGB.byte.tif", "korea_0.6m_cogeo.tif",
                 "colorado_hro_0.15m.tif", "haiti_rgbn_5m.tif"]
@@ -42,15 +44,6 @@ def _info(path, tiling):
     return inspect_raster(RasterSource(str(path)), DiscoverySettings(), tiling)
 
 
-def _strips(info, tiling, px):
-    zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, tiling)
-    for block in raster_blocks(info, zoom):
-        grid = block_window(block, px)
-        for y in range(block.y0, block.y1 + 1):
-            for x0 in range(block.x0, block.x1 + 1, 16):
-                yield grid, strip_window(block, px, x0, y, min(16, block.x1 - x0 + 1))
-
-
 def _ratio(info, grid):
     """Tile pixels per raster pixel (ground size), at the raster's centre."""
     return grid.res * np.cos(np.radians(info.centre_lat)) / info.native_gsd_m
@@ -60,19 +53,14 @@ def _compare(info, tiling_gdal, tiling_fast, px):
     """(abs differences of the pixels both call valid, share of pixels whose validity
     differs, the largest tile/raster pixel ratio, the overview level of the last strip)."""
     gdal, fast = RasterReader(tiling_gdal), RasterReader(tiling_fast)
-    diffs, differ, total, ratio, level = [], 0, 0, 0.0, -1
-    for grid, strip in _strips(info, tiling_fast, px):
-        a, va = gdal.read_masked(info, strip, grid)
-        b, vb = fast.read_masked(info, strip, grid)
-        both = va & vb
-        diffs.append(np.abs(a.astype(int) - b.astype(int))[:, both].ravel())
-        differ += int((va != vb).sum())
-        total += va.size
-        level = fast.overview_level(info, strip)
-        ratio = max(ratio, _ratio(info, grid))
+    strips = job_strips(info, tiling_fast, px)
+    d, differ = read_difference((gdal.read_masked(info, strip, grid),
+                                 fast.read_masked(info, strip, grid)) for grid, strip in strips)
+    level = fast.overview_level(info, strips[-1][1])
+    ratio = max(_ratio(info, grid) for grid, _ in strips)
     gdal.close()
     fast.close()
-    return np.concatenate(diffs), differ / total, ratio, level
+    return d, differ, ratio, level
 
 
 @pytest.mark.parametrize("name", REAL_RASTERS)
@@ -109,7 +97,7 @@ def test_the_fast_warp_is_nearer_the_exact_projection_than_gdals_default(shared_
 
     tiling = _tiling(settings, "fast", target_gsd_m=2.0)
     info = _info(shared_geotiff / "landsat_bahamas_RGB.byte.tif", tiling)
-    grid = next(_strips(info, tiling, 224))[0]
+    grid = job_strips(info, tiling, 224)[0][0]
     fast, fast_valid = RasterReader(tiling).read_masked(info, grid)
     gdal, gdal_valid = RasterReader(_tiling(settings, "gdal", target_gsd_m=2.0)).read_masked(
         info, grid)
@@ -178,7 +166,7 @@ def test_nodata_never_blends_into_valid_pixels(tmp_path, settings, dtype, nodata
     info, info_full = _info(path, fast), _info(full, fast)
     reader, reader_gdal = RasterReader(fast), RasterReader(gdal)
     seen = 0
-    for grid, strip in _strips(info, fast, 64):
+    for grid, strip in job_strips(info, fast, 64):
         rgb, valid = reader.read_masked(info, strip, grid)
         ref, _ = reader.read_masked(info_full, strip, grid)
         assert np.array_equal(rgb[:, valid], ref[:, valid]), (dtype, target)
@@ -238,7 +226,7 @@ def test_a_huge_source_rectangle_is_left_to_gdal(monkeypatch, shared_geotiff, se
     a raster without overviews) is not read whole: GDAL warps it, in chunks."""
     fast = _tiling(settings, "fast")
     info = _info(shared_geotiff / "haiti_rgbn_5m.tif", fast)
-    grid, strip = next(_strips(info, fast, 64))
+    grid, strip = job_strips(info, fast, 64)[0]
     monkeypatch.setattr(warp_mod, "MAX_SOURCE_PIXELS", 100)
     with rasterio.open(info.path) as src:
         assert warp_mod.warp_window(src, [1, 2, 3], strip, 0.0, "bilinear") is None
@@ -253,7 +241,7 @@ def test_a_window_the_fast_warp_cannot_take_is_gdals(monkeypatch, shared_geotiff
     fast = _tiling(settings, "fast")
     gdal = _tiling(settings, "gdal")
     info = _info(shared_geotiff / "haiti_rgbn_5m.tif", fast)
-    grid, strip = next(_strips(info, fast, 64))
+    grid, strip = job_strips(info, fast, 64)[0]
     monkeypatch.setattr(reader_mod, "warp_window", lambda *a, **k: None)
     got = RasterReader(fast).read_masked(info, strip, grid)
     want = RasterReader(gdal).read_masked(info, strip, grid)
