@@ -95,9 +95,10 @@ def read_difference(pairs) -> tuple[np.ndarray, float]:
 
 def strip_cuts(info, tiling, px: int):
     """Tiles cut from strips, as the job reads them: for the first, middle and last tile
-    row of the raster's block, a strip of up to 16 tiles read in one call through the
+    row of the raster's block, a strip of up to STRIP_TILES read in one call through the
     block's grid, then each tile as (tile window, grid, rgb, valid, i, n) with its pixels
     cut from the strip (i of n in the strip)."""
+    from indexer.job.read import STRIP_TILES
     from indexer.rasters.grid import (
         block_window,
         choose_zoom,
@@ -113,7 +114,7 @@ def strip_cuts(info, tiling, px: int):
     reader = RasterReader(tiling)
     try:
         for y in sorted({block.y0, (block.y0 + block.y1) // 2, block.y1}):
-            n = min(16, block.width)
+            n = min(STRIP_TILES, block.width)
             strip = strip_window(block, px, block.x0, y, n)
             assert strip.width == n * px and strip.offset_in(grid) is not None
             rgb, valid = reader.read_masked(info, strip, grid)

@@ -250,12 +250,7 @@ class RasterReader:
                           self.tiling.resampling)
         if got is None:
             return None
-        data, inside = got
-        valid = valid_mask(data, inside, self.tiling)
-        rgb = to_uint8(data, info.scale_lo, info.scale_hi)
-        if not valid.all():
-            rgb = np.where(valid[None], rgb, np.uint8(0))
-        return rgb, valid
+        return self._scaled(*got, info)
 
     def _read(self, vrt: WarpedVRT, rule: _MaskRule, win: PixelWindow | None,
               info: RasterInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +286,11 @@ class RasterReader:
             else:
                 data = raw[[pos[b] for b in bands]]
             mask = rule.valid({b: raw[pos[b]] for b in rule.bands}, raw.shape[1:])
+        return self._scaled(data, mask, info)
+
+    def _scaled(self, data: np.ndarray, mask: np.ndarray, info: RasterInfo
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Warped values and GDAL's mask -> (rgb uint8 with invalid pixels 0, valid)."""
         valid = valid_mask(data, mask, self.tiling)
         rgb = to_uint8(data, info.scale_lo, info.scale_hi)
         if not valid.all():
