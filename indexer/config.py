@@ -65,7 +65,7 @@ class TilingSettings:
     zero_is_nodata: bool = True
     resampling: str = "bilinear"
     # How tiles are warped to web mercator. "fast": a per-tile affine fit of the projection
-    # and OpenCV's resampling (nearest or bilinear; 4-8x cheaper than GDAL's warper, pixels
+    # and OpenCV's resampling (nearest or bilinear; 2-7.5x cheaper than GDAL's warper, pixels
     # within about a grey level of it: indexer/rasters/warp.py). "gdal": GDAL's warper.
     # "auto": an existing index's own (indexes from before this setting: gdal), else fast
     # (gdal for resamplings fast does not offer).
