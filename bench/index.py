@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -199,7 +200,10 @@ def main() -> int:
     if isinstance(strips[0]["x"], int):  # the code before strips (--baseline runs)
         batch = np.stack([s["rgb"] for s in strips if s["rgb"] is not None])
     else:
-        batch = np.concatenate([s["rgb"] for s in strips if s["rgb"] is not None])
+        # A strip's tiles (now: all of them, `has` saying which are kept; older checkouts:
+        # the kept ones only).
+        batch = np.concatenate([s["rgb"][s["has"]] if len(s["rgb"]) == len(s["has"])
+                                else s["rgb"] for s in strips if s["rgb"] is not None])
     total = sum(p.block.count for p in plans)
     per_worker = tiles / read_s
     print(f"{total} tiles at zoom {zoom}; reading + warping + thumbnails in one process "
@@ -226,8 +230,10 @@ def main() -> int:
         names.append(raster.with_name(f"scene-{i}.tif"))
         os.link(raster, names[-1])
     total *= args.copies
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job's reader processes
     report = IndexJob(work / "idx", settings, enc, progress=False).run([str(raster.parent)])
     job_s = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     gpu_busy = busy()
     job_rate = report.tiles_written / job_s
     assert report.tiles_written + report.tiles_nodata == total, (report, total)
@@ -236,6 +242,12 @@ def main() -> int:
     print(f"{'full job (read, warp, tile, encode, store)':<44} {job_rate:>9.1f}")
     print(f"full job / encoder only = {job_rate / enc_rate:.2f} "
           f"(workers={args.workers}, batch={bs}, {os.cpu_count()} CPUs)")
+    done = report.tiles_written + report.tiles_nodata
+    if args.runner == "local" and args.workers:
+        print(f"reader processes, all together: user {r1.ru_utime - r0.ru_utime:.2f} s, "
+              f"system {r1.ru_stime - r0.ru_stime:.2f} s "
+              f"({(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / done * 1e3:.2f} "
+              f"ms per tile), {(r1.ru_minflt - r0.ru_minflt) / done:.0f} page faults per tile")
     st = dict(getattr(report, "stages", {}))
     if args.runner == "ray":
         ray_vs_local(args, settings, enc, raster.parent, work, total, job_rate)

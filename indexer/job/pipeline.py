@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from indexer.job.report import JobReport
 from indexer.job.runner import LocalRunner, worker_death
 from indexer.rasters.discovery import discover
 from indexer.rasters.stac_api import StacSearch
-from indexer.store.writer import IndexWriter, recorded_recipe
+from indexer.store.writer import IndexWriter, recorded_recipe, warm_up
 
 
 def _tiling_for(index_dir: Path, tiling: TilingSettings) -> TilingSettings:
@@ -72,6 +73,7 @@ class IndexJob:
         `search`."""
         report = JobReport()
         t0 = time.perf_counter()
+        threading.Thread(target=warm_up, name="satfind-warm-up", daemon=True).start()
 
         def problem(err: InputError) -> None:
             report.problems.append(err)

@@ -3,6 +3,8 @@ pixels), shared by tiles, GRAFT patches and query images."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from indexer.config import TilingSettings
@@ -21,7 +23,10 @@ def valid_mask(data: np.ndarray, mask: np.ndarray, tiling: TilingSettings) -> np
     mask), finite, and not 0 in every band when tiling.zero_is_nodata."""
     valid = (mask > 0) & finite_mask(data)
     if tiling.zero_is_nodata:
-        valid &= np.any(data != 0, axis=0)
+        if data.dtype.kind in "iu":  # the bands OR-ed: a quarter of np.any's time
+            valid &= functools.reduce(np.bitwise_or, data) != 0
+        else:
+            valid &= np.any(data != 0, axis=0)
     return valid
 
 

@@ -24,6 +24,13 @@ from indexer.store.vector_index import VectorIndex
 from indexer.store.vectors import RowFileWriter, open_rows
 
 
+def warm_up() -> None:
+    """Pay pyarrow's one-time cost of building a table from Python lists: the first one
+    imports pandas (0.2-0.4 s). The indexing job calls this on a thread of its own while it
+    hashes the rasters, so that its first commit does not stall the readers for it."""
+    new_tables(0, [], [])
+
+
 class IndexWriter:
     def __init__(self, index_dir: str | Path, identity: EncoderIdentity,
                  settings: StoreSettings, recipe: TileRecipe | None = None,
