@@ -122,6 +122,10 @@ class JobSettings:
     read_batch: int = ranged(512, "[1, 65536]")
     # DataLoader worker processes that read and warp tiles (0 = in the main process).
     workers: int = ranged(2, "[0, 64]")
+    # GDAL's block cache per reader process, in MB (GDAL's own default is 5 % of the
+    # machine's memory per process: 75 % of it for 15 readers). A reader reads each block of
+    # a raster about once, so a small cache costs no reads and spares filling a large one.
+    reader_cache_mb: int = ranged(128, "[8, 1048576]")
     # A commit (manifest rename) every this many tiles: an interrupted run loses at most this.
     commit_every: int = ranged(2048, "[1, 10000000]")
     thumbnail_size: int = ranged(128, "[16, 1024]")

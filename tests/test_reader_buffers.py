@@ -1,18 +1,128 @@
-"""What reader processes do per tile besides the warp (issue 12): the thumbnail; the
-valid-pixel rule's integer path."""
+"""How reader processes hand their tiles over (issue 12): pixels in shared-memory buffers of
+each reader, reused once the runner hands them back; the thumbnail; GDAL's block cache per
+reader; the valid-pixel rule's integer path."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
+import time
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from rasterio.env import get_gdal_config, set_gdal_config
+from torch.utils.data import DataLoader, Dataset
 
-from indexer.config import TilingSettings
-from indexer.job.read import jpeg_thumbnail, thumbnail_bands
+from indexer.config import DiscoverySettings, TilingSettings
+from indexer.job import slots as slots_mod
+from indexer.job.read import (
+    RasterPlan,
+    collate,
+    jpeg_thumbnail,
+    reader_cache,
+    thumbnail_bands,
+    worker_init,
+)
+from indexer.job.runner import LocalRunner
+from indexer.job.slots import SLOTS, SharedSlots
+from indexer.rasters.grid import choose_zoom, raster_blocks
+from indexer.rasters.inspect import inspect_raster
 from indexer.rasters.scaling import valid_mask
+from indexer.rasters.sources import RasterSource
+from tests.helpers import make_raster
+
+
+def _runner_batches(settings, job, plans, px, delay: float = 0.0):
+    """(tile keys, pixels, thumbnails) of every batch, the pixels copied `delay` s after
+    they arrive (the readers meanwhile read on); and the batches, as kept past the loop."""
+    out, kept = [], []
+    for b in LocalRunner(settings.tiling, job, px).batches(plans):
+        time.sleep(delay)
+        keys = list(zip(b.x.tolist(), b.y.tolist(), b.pixel_row.tolist(), strict=True))
+        out.append((keys, b.rgb.clone(), list(b.thumbs)))
+        kept.append(b)
+    return out, kept
+
+
+@pytest.mark.parametrize("buffers", [1, SLOTS])
+def test_reused_buffers_carry_the_tiles_the_main_process_reads(tmp_path, settings, encoder,
+                                                               monkeypatch, buffers):
+    """Two readers writing into 1 (every batch waits for the last one to be handed back)
+    or SLOTS buffers each, over many more reads than buffers, the main process slow to
+    take its copy: every batch holds the pixels and thumbnails that reading in the main
+    process gives; every reused buffer is handed back; a batch kept after the runner moved
+    past it has no pixels (not pixels the reader has written over since)."""
+    px = encoder.image_size
+    path = make_raster(tmp_path / "a.tif", size=900, seed=7, nodata=0)
+    info = inspect_raster(RasterSource(str(path)), DiscoverySettings(), settings.tiling)
+    zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, settings.tiling)
+    plans = [RasterPlan(info, b, 0) for b in raster_blocks(info, zoom)]
+    job = dataclasses.replace(settings.job, workers=0, batch_size=8, read_batch=8)
+    want, _ = _runner_batches(settings, job, plans, px)
+
+    released = []
+
+    class Counting(SharedSlots):
+        def __init__(self, readers: int, tiles: int, px: int):
+            super().__init__(readers, tiles, px, slots=buffers)
+
+        def release(self, reader: int) -> None:
+            released.append(reader)
+            super().release(reader)
+
+    monkeypatch.setattr("indexer.job.runner.SharedSlots", Counting)
+    got, kept = _runner_batches(settings, dataclasses.replace(job, workers=2), plans, px,
+                                delay=0.02)
+
+    reads_with_pixels = sum(1 for _, rgb, _ in want if len(rgb))
+    assert reads_with_pixels > 2 * 2 * SLOTS  # each reader went round its buffers twice
+    assert len(released) == reads_with_pixels and set(released) == {0, 1}
+    assert [k for k, _, _ in got] == [k for k, _, _ in want]
+    for (_, rgb_got, th_got), (_, rgb_want, th_want) in zip(got, want, strict=True):
+        assert torch.equal(rgb_got, rgb_want)
+        assert th_got == th_want
+    assert all(len(b.rgb) == 0 for b in kept)
+
+
+class _Strips(Dataset):
+    """Strips of 2 tiles of 8 px, tile i's pixels all i."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> dict:
+        rgb = np.full((2, 3, 8, 8), i, dtype=np.uint8)
+        rgb[1] += 100
+        return {"raster": 0, "z": 1, "x": np.array([0, 1]), "y": i, "done": np.zeros(2, bool),
+                "nodata": np.zeros(2, np.float32), "has": np.ones(2, bool), "rgb": rgb,
+                "thumbs": [b"", b""], "error": None, "warnings": [], "read_s": 0.0}
+
+
+def test_a_reader_with_no_buffer_handed_back_uses_a_new_one(monkeypatch):
+    """A main process that never hands its buffer back (stalled) slows the reader by
+    SLOT_WAIT_S per batch, never stops it, and the batch it holds is not written over."""
+    monkeypatch.setattr(slots_mod, "SLOT_WAIT_S", 0.2)  # before the reader forks
+    slots = SharedSlots(1, tiles=2, px=8, slots=1)
+    loader = DataLoader(_Strips(), batch_size=1, num_workers=1,
+                        collate_fn=functools.partial(collate, slots=slots))
+    t0 = time.monotonic()
+    batches = list(loader)
+    assert time.monotonic() - t0 < 30
+    assert [b.slot for b in batches] == [0] + [-1] * 5
+    for i, b in enumerate(batches):
+        assert b.rgb.is_shared()
+        assert b.rgb[0].eq(i).all() and b.rgb[1].eq(i + 100).all()
+
+
+def test_outside_a_reader_process_there_is_no_buffer():
+    slots = SharedSlots(2, tiles=4, px=8)
+    assert slots.take(4) is None
+    batch = collate([_Strips()[0]], slots=slots)
+    assert batch.slot == -1 and not batch.rgb.is_shared()
 
 
 def _texture(px: int, seed: int) -> np.ndarray:
@@ -69,6 +179,31 @@ def test_a_thumbnail_of_a_strip_view_is_the_thumbnail_of_the_tile():
     assert not tiles[1].flags["C_CONTIGUOUS"]
     assert jpeg_thumbnail(tiles[1], 128, 85) == jpeg_thumbnail(np.ascontiguousarray(tiles[1]),
                                                                128, 85)
+
+
+def test_a_reader_caps_gdals_block_cache():
+    before = get_gdal_config("GDAL_CACHEMAX")
+    try:
+        reader_cache(48)
+        assert get_gdal_config("GDAL_CACHEMAX") == 48 << 20
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", before)
+    assert get_gdal_config("GDAL_CACHEMAX") == before
+
+
+class _Cache(Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> int:
+        return get_gdal_config("GDAL_CACHEMAX")
+
+
+def test_reader_processes_start_with_the_jobs_cache(settings):
+    assert settings.job.reader_cache_mb == 128  # index_config.toml
+    loader = DataLoader(_Cache(), batch_size=None, num_workers=1,
+                        worker_init_fn=functools.partial(worker_init, cache_mb=40))
+    assert list(loader) == [40 << 20]
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "int32", "float32"])

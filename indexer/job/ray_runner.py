@@ -28,7 +28,14 @@ import torch
 from encoder.identity import EncoderIdentity, EncoderSpec
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.errors import JobError
-from indexer.job.read import RasterPlan, StripBatches, TileBatch, TileDataset, collate
+from indexer.job.read import (
+    RasterPlan,
+    StripBatches,
+    TileBatch,
+    TileDataset,
+    collate,
+    reader_cache,
+)
 
 INSTALL = ("--runner ray needs Ray on this machine and the cluster's: pip install "
            "'satfind[cluster]' (ray[data])")
@@ -45,6 +52,7 @@ def import_ray():
 def read_unit(dataset: TileDataset, strips: list[int]) -> TileBatch:
     """One reader call: the strips read and collated, as a DataLoader worker would."""
     torch.set_num_threads(1)
+    reader_cache(dataset.job.reader_cache_mb)
     return collate([dataset[i] for i in strips])
 
 

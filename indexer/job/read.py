@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-import math
+import functools
 import os
 import signal
 import sys
@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+from rasterio.env import set_gdal_config
 from rasterio.errors import RasterioError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
+from indexer.job.slots import SharedSlots, new_shared
 from indexer.logs import captured
 from indexer.rasters import vsi
 from indexer.rasters.grid import TileBlock, block_window, strip_window
@@ -92,6 +94,9 @@ class TileBatch:
     errors: dict[int, str] = field(default_factory=dict)  # raster -> why it cannot be read
     warnings: list[str] = field(default_factory=list)
     read_s: float = 0.0  # worker seconds spent on this batch
+    # The reader process whose reused buffer holds `rgb` (-1: a buffer of its own): the
+    # runner hands it back (SharedSlots.release) once done with the pixels.
+    slot: int = -1
 
     def __len__(self) -> int:
         return len(self.raster)
@@ -203,23 +208,27 @@ class TileDataset(Dataset):
         return out
 
 
-def collate(strips: list[dict]) -> TileBatch:
+def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
     """Strips -> one TileBatch (in the worker process: its pixels are copied once, into the
-    tensor that travels through shared memory)."""
+    tensor that travels through shared memory: the reader's next reused buffer in `slots`
+    when there is one free)."""
     t0 = time.perf_counter()
     counts = [len(s["x"]) for s in strips]
     has = np.concatenate([s["has"] for s in strips])
     pixel_row = np.full(len(has), -1, dtype=np.int64)
     pixel_row[has] = np.arange(int(has.sum()))
+    slot = -1
     parts = [(s["rgb"], s["has"]) for s in strips if s["rgb"] is not None and s["has"].any()]
     if parts:
         px = parts[0][0].shape[-1]
         shape = (int(has.sum()), 3, px, px)
-        if torch.utils.data.get_worker_info() is not None:
+        if slots is not None and parts[0][0].shape[-1] == slots.shape[-1] and (
+                got := slots.take(shape[0])) is not None:
+            rgb, slot = got
+        elif torch.utils.data.get_worker_info() is not None:
             # In a DataLoader worker: straight into shared memory (as torch's own
             # default_collate does), or the queue would copy the tensor there once more.
-            storage = torch.UntypedStorage._new_shared(math.prod(shape))
-            rgb = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+            rgb = new_shared(shape)
         else:
             rgb = torch.empty(shape, dtype=torch.uint8)
         out, a = rgb.numpy(), 0
@@ -243,8 +252,13 @@ def collate(strips: list[dict]) -> TileBatch:
         pixel_row=pixel_row, rgb=rgb,
         thumbs=[t for s in strips for t in s["thumbs"]],
         errors=errors, warnings=[w for s in strips for w in s["warnings"]],
-        read_s=sum(s["read_s"] for s in strips) + time.perf_counter() - t0,
+        read_s=sum(s["read_s"] for s in strips) + time.perf_counter() - t0, slot=slot,
     )
+
+
+def read_tiles(job: JobSettings) -> int:
+    """At most this many tiles per reader call."""
+    return max(job.batch_size, job.read_batch)
 
 
 class StripBatches(Sampler):
@@ -278,22 +292,36 @@ def _die_with_parent() -> None:
             pass
 
 
-def worker_init(_: int) -> None:
-    """DataLoader worker start: die with the parent, one torch thread."""
+def worker_init(_: int, cache_mb: int = 0) -> None:
+    """DataLoader worker start: die with the parent, one torch thread, and GDAL's block
+    cache capped at `cache_mb` MB (0: GDAL's default)."""
     _die_with_parent()
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
     torch.set_num_threads(1)
+    if cache_mb:
+        reader_cache(cache_mb)
 
 
-def tile_loader(dataset: TileDataset, job: JobSettings, pin_memory: bool = False
-                ) -> DataLoader:
+def reader_cache(cache_mb: int) -> None:
+    """Cap this process's GDAL block cache (GDAL's default, 5 % of the machine's memory per
+    process, is 75 % of it for 15 readers; and a reader that reads each block about once
+    only pays page faults to fill it: job.reader_cache_mb)."""
+    set_gdal_config("GDAL_CACHEMAX", cache_mb << 20)
+
+
+def tile_loader(dataset: TileDataset, job: JobSettings, pin_memory: bool = False,
+                slots: SharedSlots | None = None) -> DataLoader:
+    """Reader processes (job.workers) reading the dataset in calls of job.read_batch tiles;
+    with `slots` (made for job.workers readers), their pixels travel in reused buffers."""
     if job.workers and any(is_remote(p.info.path) for p in dataset.plans):
         vsi.before_fork()
     return DataLoader(
-        dataset, batch_sampler=StripBatches(dataset, max(job.batch_size, job.read_batch)),
+        dataset, batch_sampler=StripBatches(dataset, read_tiles(job)),
         num_workers=job.workers,
-        collate_fn=collate, worker_init_fn=worker_init if job.workers else None,
+        collate_fn=functools.partial(collate, slots=slots),
+        worker_init_fn=(functools.partial(worker_init, cache_mb=job.reader_cache_mb)
+                        if job.workers else None),
         prefetch_factor=2 if job.workers else None, persistent_workers=False,
         pin_memory=pin_memory,
     )

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import JobError
-from indexer.job.read import RasterPlan, TileBatch, TileDataset, tile_loader
+from indexer.job.read import NO_PIXELS, RasterPlan, TileBatch, TileDataset, read_tiles, tile_loader
+from indexer.job.slots import SharedSlots
 
 
 class LocalRunner:
@@ -33,13 +34,27 @@ class LocalRunner:
         dataset = TileDataset(plans, self.tile_px, self.tiling, self.job, self.remote)
         if len(dataset) == 0:
             return
+        # Each reader's pixels travel in a few buffers of its own, reused (slots.py).
+        slots = (SharedSlots(self.job.workers, read_tiles(self.job), self.tile_px)
+                 if self.job.workers else None)
         # Starting the reader processes forks: a second Ctrl-C (or torch's SIGCHLD handler)
         # raising inside the fork handlers would be printed and lost ("Exception ignored in
         # _releaseLock"), so it waits until the workers are up.
         with deferred_interrupts():
-            it = iter(tile_loader(dataset, self.job, self.pin_memory))
+            it = iter(tile_loader(dataset, self.job, self.pin_memory, slots))
         for read in it:
-            yield from read.split(self.job.batch_size)
+            parts = read.split(self.job.batch_size)
+            reused = slots is not None and read.slot >= 0
+            if reused and self.pin_memory:
+                slots.release(read.slot)  # its pixels were copied to page-locked memory
+                reused = False
+            yield from parts
+            if reused:
+                # The reader writes its next batches into this buffer: no batch handed out
+                # keeps a view of it (their pixels were encoded by now).
+                for part in parts:
+                    part.rgb = NO_PIXELS
+                slots.release(read.slot)
 
     def embedded(self, plans: list[RasterPlan], encoder, stages: defaultdict[str, float]
                  ) -> Iterator[tuple[TileBatch, object]]:
