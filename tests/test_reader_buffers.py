@@ -36,11 +36,11 @@ from indexer.rasters.sources import RasterSource
 from tests.helpers import make_raster
 
 
-def _runner_batches(settings, job, plans, px, delay: float = 0.0):
+def _runner_batches(settings, job, plans, px, delay: float = 0.0, pinned: bool = False):
     """(tile keys, pixels, thumbnails) of every batch, the pixels copied `delay` s after
     they arrive (the readers meanwhile read on); and the batches, as kept past the loop."""
     out, kept = [], []
-    for b in LocalRunner(settings.tiling, job, px).batches(plans):
+    for b in LocalRunner(settings.tiling, job, px, pin_memory=pinned).batches(plans):
         time.sleep(delay)
         keys = list(zip(b.x.tolist(), b.y.tolist(), b.pixel_row.tolist(), strict=True))
         out.append((keys, b.rgb.clone(), list(b.thumbs)))
@@ -48,14 +48,19 @@ def _runner_batches(settings, job, plans, px, delay: float = 0.0):
     return out, kept
 
 
-@pytest.mark.parametrize("buffers", [1, SLOTS])
+@pytest.mark.parametrize(("buffers", "pinned"), [
+    (1, False), (SLOTS, False),
+    pytest.param(1, True, marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                   reason="needs a CUDA device"))])
 def test_reused_buffers_carry_the_tiles_the_main_process_reads(tmp_path, settings, encoder,
-                                                               monkeypatch, buffers):
+                                                               monkeypatch, buffers, pinned):
     """Two readers writing into 1 (every batch waits for the last one to be handed back)
     or SLOTS buffers each, over many more reads than buffers, the main process slow to
     take its copy: every batch holds the pixels and thumbnails that reading in the main
     process gives; every reused buffer is handed back; a batch kept after the runner moved
-    past it has no pixels (not pixels the reader has written over since)."""
+    past it has no pixels (not pixels the reader has written over since). Pinned (CUDA):
+    the buffer is handed back as soon as the batch arrives, its pixels a page-locked copy
+    that batches keep."""
     px = encoder.image_size
     path = make_raster(tmp_path / "a.tif", size=900, seed=7, nodata=0)
     info = inspect_raster(RasterSource(str(path)), DiscoverySettings(), settings.tiling)
@@ -76,7 +81,7 @@ def test_reused_buffers_carry_the_tiles_the_main_process_reads(tmp_path, setting
 
     monkeypatch.setattr("indexer.job.runner.SharedSlots", Counting)
     got, kept = _runner_batches(settings, dataclasses.replace(job, workers=2), plans, px,
-                                delay=0.02)
+                                delay=0.02, pinned=pinned)
 
     reads_with_pixels = sum(1 for _, rgb, _ in want if len(rgb))
     assert reads_with_pixels > 2 * 2 * SLOTS  # each reader went round its buffers twice
@@ -85,7 +90,11 @@ def test_reused_buffers_carry_the_tiles_the_main_process_reads(tmp_path, setting
     for (_, rgb_got, th_got), (_, rgb_want, th_want) in zip(got, want, strict=True):
         assert torch.equal(rgb_got, rgb_want)
         assert th_got == th_want
-    assert all(len(b.rgb) == 0 for b in kept)
+    if pinned:
+        assert all(b.rgb.is_pinned() for b in kept if len(b.rgb))
+        assert all(torch.equal(b.rgb, rgb) for b, (_, rgb, _) in zip(kept, want, strict=True))
+    else:
+        assert all(len(b.rgb) == 0 for b in kept)
 
 
 class _Strips(Dataset):

@@ -45,9 +45,9 @@ class LocalRunner:
         for read in it:
             parts = read.split(self.job.batch_size)
             reused = slots is not None and read.slot >= 0
-            if reused and self.pin_memory:
-                slots.release(read.slot)  # its pixels were copied to page-locked memory
-                reused = False
+            if reused and read.rgb.is_pinned():
+                slots.release(read.slot)  # the pin thread copied its pixels to page-locked
+                reused = False  # memory (CUDA): the buffer is free already
             yield from parts
             if reused:
                 # The reader writes its next batches into this buffer: no batch handed out
