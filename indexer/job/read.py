@@ -222,7 +222,7 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
     if parts:
         px = parts[0][0].shape[-1]
         shape = (int(has.sum()), 3, px, px)
-        if slots is not None and parts[0][0].shape[-1] == slots.shape[-1] and (
+        if slots is not None and px == slots.shape[-1] and (
                 got := slots.take(shape[0])) is not None:
             rgb, slot = got
         elif torch.utils.data.get_worker_info() is not None:
