@@ -88,8 +88,9 @@ class IndexJob:
                          recipe=self.recipe) as writer:
             plans, pendings = plan_sources(
                 writer, sources, self.s, self.encoder.image_size, report, problem,
-                progress=lambda xs: tqdm(xs, desc="checking rasters", unit="raster",
-                                         leave=False, disable=not self.progress),
+                progress=lambda xs, desc, total: tqdm(xs, desc=desc, total=total,
+                                                      unit="raster", leave=False,
+                                                      disable=not self.progress),
                 warn=self.log)
             # Discovery, opening and hashing the rasters, planning: once per run, whatever
             # its size (benchmarks keep it apart from the per-tile costs).
