@@ -27,7 +27,7 @@ from indexer.job.read import (
     thumbnail_bands,
     worker_init,
 )
-from indexer.job.runner import LocalRunner
+from indexer.job.runner import LocalRunner, worker_death
 from indexer.job.slots import SLOTS, SharedSlots
 from indexer.rasters.grid import choose_zoom, raster_blocks
 from indexer.rasters.inspect import inspect_raster
@@ -227,3 +227,22 @@ def test_zero_is_nodata_means_zero_in_every_band_for_every_type(dtype):
                                   want)
     np.testing.assert_array_equal(valid_mask(data, mask, TilingSettings(zero_is_nodata=False)),
                                   mask)
+
+
+def test_a_reader_killed_for_want_of_shared_memory_says_so():
+    """torch's report of a reader killed by SIGBUS (a page /dev/shm had no room for) becomes
+    a one-line error naming /dev/shm and what to change; other deaths keep the memory hint."""
+    bus = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Bus error. It is "
+                       "possible that dataloader's workers are out of shared memory. Please "
+                       "try to raise your shared memory limit.")
+    err = worker_death(bus)
+    assert "/dev/shm" in str(err) and "job.read_batch" in str(err) and "\n" not in str(err)
+    kill = worker_death(RuntimeError("DataLoader worker (pid 4242) is killed by signal: "
+                                     "Killed. "))
+    assert "out of memory? try fewer job.workers" in str(kill) and "/dev/shm" not in str(kill)
+    full = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal "
+                        "Traceback (most recent call last):\n  ...\nRuntimeError: unable to "
+                        "allocate shared memory(shm) for file </torch_1_2_0>: No space left on "
+                        "device (28)\n")
+    assert "/dev/shm" in str(worker_death(full))
+    assert worker_death(RuntimeError("something else")) is None

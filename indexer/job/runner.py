@@ -78,5 +78,13 @@ def worker_death(e: RuntimeError) -> JobError | None:
     if "DataLoader worker" not in str(e):
         return None
     msg = str(e).splitlines()[0].strip().rstrip(".")
+    text = str(e)
+    # /dev/shm full: torch's allocation says so in the reader's traceback; a page it had no
+    # room for at first touch kills the reader with SIGBUS.
+    if "Bus error" in msg or ("shared memory" in text and "No space left on device" in text):
+        return JobError(f"a tile-reading worker process died ({msg}): shared memory "
+                        "(/dev/shm) is too small for the readers' pixels (3 batches of "
+                        "job.read_batch tiles per reader): give it more (docker run "
+                        "--shm-size), or lower job.read_batch or job.workers")
     return JobError(f"a tile-reading worker process died ({msg}; out of memory? try fewer "
                     "job.workers)")
