@@ -170,7 +170,8 @@ def test_teacher_cache_is_keyed_by_content_and_teacher(world, teacher, tmp_path,
     again = TeacherCache(tmp_path, teacher)  # a new process: reads the parts from disk
     hashed = []
     real_sha = hashing.file_sha256
-    monkeypatch.setattr(hashing, "file_sha256", lambda p: hashed.append(p) or real_sha(p))
+    monkeypatch.setattr(hashing, "file_sha256",
+                        lambda p, **kw: hashed.append(p) or real_sha(p, **kw))
     second = again.embed([str(p) for p in photos] + [str(copy)])
     assert again.computed == 0 and again.hits == 6
     assert hashed == [str(copy)]  # unchanged photos are known by path, size and mtime
