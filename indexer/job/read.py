@@ -192,11 +192,10 @@ class TileDataset(Dataset):
             out["read_s"] = time.perf_counter() - t0
             return out
         px = self.px
-        if valid.all():
+        if valid.all():  # the usual strip: nothing to count
             out["nodata"] = np.zeros(n, dtype=np.float32)
         else:
-            share = np.count_nonzero(valid.reshape(px, n, px), axis=(0, 2)) / (px * px)
-            out["nodata"] = (1.0 - share).astype(np.float32)
+            out["nodata"] = 1.0 - valid.reshape(px, n, px).mean(axis=(0, 2), dtype=np.float32)
         out["has"] = ~done & (out["nodata"] <= self.tiling.max_nodata_fraction)
         # The strip's tiles as views (no copy): collate copies the kept ones, once, into
         # the batch's tensor; the thumbnails read them where they are.
