@@ -1,4 +1,4 @@
-"""Thumbnails: the job's (`indexer.job.read.jpeg_thumbnail`: a whole-factor area mean and
+"""Thumbnails: the job's (`indexer.job.thumbnails.jpeg_thumbnail`: a whole-factor area mean and
 bilinear by OpenCV, OpenCV's JPEG) against the one it replaced (PIL: a BOX resize, PIL's
 JPEG), on the same tiles in one run: ms per tile, and how far each thumbnail's pixels are
 from the exact area mean of the tile.
@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.job.read import jpeg_thumbnail, thumbnail_bands  # noqa: E402
+from indexer.job.thumbnails import jpeg_thumbnail, thumbnail_bands  # noqa: E402
 from tests.helpers import SHARED_GEOTIFF  # noqa: E402
 
 

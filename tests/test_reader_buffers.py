@@ -19,16 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from indexer.config import DiscoverySettings, TilingSettings
 from indexer.job import slots as slots_mod
-from indexer.job.read import (
-    RasterPlan,
-    collate,
-    jpeg_thumbnail,
-    reader_cache,
-    thumbnail_bands,
-    worker_init,
-)
+from indexer.job.read import RasterPlan, collate, reader_cache, worker_init
 from indexer.job.runner import LocalRunner, worker_death
 from indexer.job.slots import SLOTS, SharedSlots
+from indexer.job.thumbnails import jpeg_thumbnail, thumbnail_bands
 from indexer.rasters.grid import choose_zoom, raster_blocks
 from indexer.rasters.inspect import inspect_raster
 from indexer.rasters.scaling import valid_mask

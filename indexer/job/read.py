@@ -13,7 +13,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 from rasterio.env import set_gdal_config
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.job.slots import SharedSlots, new_shared
+from indexer.job.thumbnails import jpeg_thumbnail
 from indexer.logs import captured
 from indexer.rasters import vsi
 from indexer.rasters.grid import TileBlock, block_window, strip_window
@@ -41,35 +41,6 @@ class RasterPlan:
     block: TileBlock
     source: int
     done: frozenset[tuple[int, int]] = frozenset()
-
-
-def thumbnail_bands(rgb: np.ndarray, size: int) -> list[np.ndarray]:
-    """uint8 [3, H, W] (rows may be strided: a strip's tiles) -> its R, G, B bands at `size`
-    x `size` px: a whole-factor area mean first (OpenCV's INTER_AREA, fast at whole factors)
-    where the tile is at least twice the thumbnail, then a bilinear resize for what is left,
-    under 2x, where bilinear's 2 x 2 footprint covers a thumbnail pixel. 224 -> 128 px: 0.05
-    ms per tile against 0.25 for PIL's BOX resize (the exact area mean), 2.6 grey levels from
-    it on average on the shared rasters' tiles (bench/thumbs.py); at whole factors rounding
-    only (tests/test_reader_buffers.py)."""
-    bands = list(rgb)
-    h, w = bands[0].shape
-    k = min(h, w) // size
-    if k >= 2 and h % k == 0 and w % k == 0:
-        bands = [cv2.resize(b, (w // k, h // k), interpolation=cv2.INTER_AREA) for b in bands]
-    if bands[0].shape != (size, size):
-        bands = [cv2.resize(b, (size, size), interpolation=cv2.INTER_LINEAR) for b in bands]
-    return bands
-
-
-def jpeg_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
-    """uint8 [3, H, W] -> JPEG bytes of its `size` px thumbnail (thumbnail_bands), by
-    OpenCV's encoder (libjpeg-turbo, 4:2:0 chroma, as PIL's): 0.11 ms per 224 px tile in all,
-    against 0.36 for PIL's resize and encoder (bench/thumbs.py)."""
-    r, g, b = thumbnail_bands(rgb, size)
-    ok, buf = cv2.imencode(".jpg", cv2.merge([b, g, r]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError(f"cannot JPEG-encode a {size} px thumbnail")
-    return buf.tobytes()
 
 
 NO_PIXELS = torch.zeros((0, 3, 1, 1), dtype=torch.uint8)  # a batch without tiles to embed

@@ -1,0 +1,36 @@
+"""Tile thumbnails: the small JPEG the store keeps per tile for maps and result lists, made
+by the reader processes (a share of their time per tile, so made cheaply)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def thumbnail_bands(rgb: np.ndarray, size: int) -> list[np.ndarray]:
+    """uint8 [3, H, W] (rows may be strided: a strip's tiles) -> its R, G, B bands at `size`
+    x `size` px: a whole-factor area mean first (OpenCV's INTER_AREA, fast at whole factors)
+    where the tile is at least twice the thumbnail, then a bilinear resize for what is left,
+    under 2x, where bilinear's 2 x 2 footprint covers a thumbnail pixel. 224 -> 128 px: 0.05
+    ms per tile against 0.25 for PIL's BOX resize (the exact area mean), 2.6 grey levels from
+    it on average on the shared rasters' tiles (bench/thumbs.py); at whole factors rounding
+    only (tests/test_reader_buffers.py)."""
+    bands = list(rgb)
+    h, w = bands[0].shape
+    k = min(h, w) // size
+    if k >= 2 and h % k == 0 and w % k == 0:
+        bands = [cv2.resize(b, (w // k, h // k), interpolation=cv2.INTER_AREA) for b in bands]
+    if bands[0].shape != (size, size):
+        bands = [cv2.resize(b, (size, size), interpolation=cv2.INTER_LINEAR) for b in bands]
+    return bands
+
+
+def jpeg_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
+    """uint8 [3, H, W] -> JPEG bytes of its `size` px thumbnail (thumbnail_bands), by
+    OpenCV's encoder (libjpeg-turbo, 4:2:0 chroma, as PIL's): 0.11 ms per 224 px tile in all,
+    against 0.36 for PIL's resize and encoder (bench/thumbs.py)."""
+    r, g, b = thumbnail_bands(rgb, size)
+    ok, buf = cv2.imencode(".jpg", cv2.merge([b, g, r]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"cannot JPEG-encode a {size} px thumbnail")
+    return buf.tobytes()
