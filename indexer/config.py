@@ -8,6 +8,7 @@ naming the file, the key and what was expected (see `indexer.configfile`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,16 @@ WARPS = ("auto", "fast", "gdal")
 
 # Encoder batch sizes for job.batch_size = 0 (ViT-B/16 on one H100: bench/encoder.py).
 GPU_BATCH, CPU_BATCH = 512, 64
+CPU_READERS = 2  # job.workers = -1 on the CPU (on CUDA: one per core but one)
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (a container's or taskset's share, not the
+    host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -120,8 +131,10 @@ class JobSettings:
     # them (and GDAL's read-ahead past them) again: larger calls, fewer edges (a remote COG
     # read by 2 readers: 2.2x the bytes of 1 reader at 64 tiles per call, 1.13x at 512).
     read_batch: int = ranged(512, "[1, 65536]")
-    # DataLoader worker processes that read and warp tiles (0 = in the main process).
-    workers: int = ranged(2, "[0, 64]")
+    # DataLoader worker processes that read and warp tiles; 0 = in the main process; -1 = by
+    # device: on CUDA one per CPU core but one (the readers are what feeds the GPU: 15 on 16
+    # cores), on the CPU 2 (the encoder needs the cores).
+    workers: int = ranged(-1, "[-1, 64]")
     # GDAL's block cache per reader process, in MB (GDAL's own default is 5 % of the
     # machine's memory per process: 75 % of it for 15 readers). A reader reads each block of
     # a raster about once, so a small cache costs no reads and spares filling a large one.
@@ -143,11 +156,16 @@ class JobSettings:
     gpus_per_actor: float = ranged(1.0, "(0, 64]")
 
     def for_device(self, device_type: str) -> JobSettings:
-        """These settings with batch_size 0 replaced by the device's default."""
-        if self.batch_size:
-            return self
-        return dataclasses.replace(self, batch_size=GPU_BATCH if device_type == "cuda"
-                                   else CPU_BATCH)
+        """These settings with batch_size 0 and workers -1 replaced by the device's
+        defaults."""
+        gpu = device_type == "cuda"
+        out = self
+        if not self.batch_size:
+            out = dataclasses.replace(out, batch_size=GPU_BATCH if gpu else CPU_BATCH)
+        if self.workers < 0:
+            out = dataclasses.replace(out, workers=min(64, max(1, usable_cpus() - 1)) if gpu
+                                      else CPU_READERS)
+        return out
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 from encoder.identity import EncoderSpec
 from encoder.model import SatelliteEncoder
 from encoder.precision import agreement, weight_dtype
-from indexer.config import CPU_BATCH, GPU_BATCH, JobSettings, load_settings
+from indexer.config import CPU_BATCH, GPU_BATCH, JobSettings, TilingSettings, load_settings
 from indexer.configfile import ConfigError
 from tests.helpers import SHARED_GEOTIFF, shared_raster_tiles
 
@@ -88,6 +88,27 @@ def test_bf16_vectors_agree_with_float32_on_the_shared_rasters():
     q = ref.encode_text(["a river"])[0]
     a, b = ref.similarity_map(tiles[0], q), fast.similarity_map(tiles[0], q)
     assert a.shape == b.shape and np.abs(a - b).max() < 0.02
+
+
+def test_workers_minus_one_means_by_device(monkeypatch):
+    """On CUDA the readers are what feeds the GPU: one per core this process may use, but
+    one (a container's share, not the host's count); on the CPU 2; a number is kept."""
+    from indexer import config
+    from indexer.job.runner import LocalRunner
+
+    job = JobSettings()
+    assert job.workers == -1
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _: set(range(16)))
+    assert job.for_device("cuda").workers == 15
+    assert job.for_device("cpu").workers == config.CPU_READERS == 2
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _: {0})
+    assert job.for_device("cuda").workers == 1
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _: set(range(200)))
+    assert job.for_device("cuda").workers == 64
+    assert dataclasses.replace(job, workers=0).for_device("cuda").workers == 0
+    assert dataclasses.replace(job, workers=5).for_device("cpu").workers == 5
+    with pytest.raises(ValueError, match="for_device"):
+        LocalRunner(TilingSettings(), dataclasses.replace(job, batch_size=8), 64)
 
 
 def test_batch_size_zero_means_by_device(tmp_path):

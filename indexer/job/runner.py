@@ -21,9 +21,9 @@ class LocalRunner:
                  pin_memory: bool = False, remote: RemoteSettings | None = None):
         """`pin_memory`: batches arrive in page-locked memory (for non-blocking copies to a
         GPU); `remote`: GDAL settings and retries for remote rasters."""
-        if job.batch_size < 1:
-            raise ValueError("LocalRunner: job.batch_size 0 means 'by device': resolve it "
-                             "with JobSettings.for_device first")
+        if job.batch_size < 1 or job.workers < 0:
+            raise ValueError("LocalRunner: job.batch_size 0 and job.workers -1 mean 'by "
+                             "device': resolve them with JobSettings.for_device first")
         self.tiling, self.job, self.tile_px = tiling, job, tile_px
         self.pin_memory, self.remote = pin_memory, remote
 
