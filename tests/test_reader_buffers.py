@@ -123,7 +123,7 @@ def test_a_reader_with_no_buffer_handed_back_uses_a_new_one(monkeypatch):
 
 def test_outside_a_reader_process_there_is_no_buffer():
     slots = SharedSlots(2, tiles=4, px=8)
-    assert slots.take(4) is None
+    assert slots.take((4, 3, 8, 8)) is None
     batch = collate([_Strips()[0]], slots=slots)
     assert batch.slot == -1 and not batch.rgb.is_shared()
 

@@ -186,14 +186,14 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
     counts = [len(s["x"]) for s in strips]
     has = np.concatenate([s["has"] for s in strips])
     pixel_row = np.full(len(has), -1, dtype=np.int64)
-    pixel_row[has] = np.arange(int(has.sum()))
+    kept = int(has.sum())
+    pixel_row[has] = np.arange(kept)
     slot = -1
     parts = [(s["rgb"], s["has"]) for s in strips if s["rgb"] is not None and s["has"].any()]
     if parts:
         px = parts[0][0].shape[-1]
-        shape = (int(has.sum()), 3, px, px)
-        if slots is not None and px == slots.shape[-1] and (
-                got := slots.take(shape[0])) is not None:
+        shape = (kept, 3, px, px)
+        if slots is not None and (got := slots.take(shape)) is not None:
             rgb, slot = got
         elif torch.utils.data.get_worker_info() is not None:
             # In a DataLoader worker: straight into shared memory (as torch's own

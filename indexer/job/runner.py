@@ -13,7 +13,7 @@ from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import JobError
 from indexer.job.read import NO_PIXELS, RasterPlan, TileBatch, TileDataset, read_tiles, tile_loader
-from indexer.job.slots import SharedSlots
+from indexer.job.slots import SLOTS, SharedSlots
 
 
 class LocalRunner:
@@ -75,15 +75,15 @@ def worker_death(e: RuntimeError) -> JobError | None:
     """The JobError for torch's report of a dead reader process (killed, out of memory),
     which its SIGCHLD handler raises wherever the main thread happens to be (inside
     `batches()` or not): the job converts whatever RuntimeError its batch loop raises."""
-    if "DataLoader worker" not in str(e):
-        return None
-    msg = str(e).splitlines()[0].strip().rstrip(".")
     text = str(e)
+    if "DataLoader worker" not in text:
+        return None
+    msg = text.splitlines()[0].strip().rstrip(".")
     # /dev/shm full: torch's allocation says so in the reader's traceback; a page it had no
     # room for at first touch kills the reader with SIGBUS.
     if "Bus error" in msg or ("shared memory" in text and "No space left on device" in text):
         return JobError(f"a tile-reading worker process died ({msg}): shared memory "
-                        "(/dev/shm) is too small for the readers' pixels (3 batches of "
+                        f"(/dev/shm) is too small for the readers' pixels ({SLOTS} batches of "
                         "job.read_batch tiles per reader): give it more (docker run "
                         "--shm-size), or lower job.read_batch or job.workers")
     return JobError(f"a tile-reading worker process died ({msg}; out of memory? try fewer "

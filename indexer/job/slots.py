@@ -46,12 +46,13 @@ class SharedSlots:
         self._buffers: list[torch.Tensor] | None = None  # in a reader process
         self._next = 0
 
-    def take(self, tiles: int) -> tuple[torch.Tensor, int] | None:
-        """In a reader process: ([tiles, 3, px, px] in this reader's next buffer, the
-        reader's id), or None (more tiles than a buffer holds, not in a reader, or no buffer
-        free in time): the caller then makes a new tensor."""
+    def take(self, shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, int] | None:
+        """In a reader process: (a tensor of `shape` [tiles, 3, px, px] in this reader's next
+        buffer, the reader's id), or None (tiles of another size, more than a buffer holds,
+        not in a reader, or no buffer free in time): the caller then makes a new tensor."""
         info = torch.utils.data.get_worker_info()
-        if info is None or info.id >= len(self._free) or tiles > self.shape[0]:
+        if (info is None or info.id >= len(self._free) or shape[1:] != self.shape[1:]
+                or shape[0] > self.shape[0]):
             return None
         if not self._free[info.id].acquire(timeout=SLOT_WAIT_S):
             return None
@@ -61,7 +62,7 @@ class SharedSlots:
         # were taken: the oldest is free whenever the semaphore lets a reader through.
         buf = self._buffers[self._next % self.slots]
         self._next += 1
-        return buf[:tiles], info.id
+        return buf[:shape[0]], info.id
 
     def release(self, reader: int) -> None:
         """In the main process: reader `reader`'s oldest buffer in use is free again."""
