@@ -148,6 +148,9 @@ def main() -> int:
     p.add_argument("--actors", type=int, default=1, help="Ray encoder actors (--runner ray)")
     p.add_argument("--ivf-at", type=int, default=0, help="store.ivf_min_vectors (0: the "
                    "config's; with --model null: never, random vectors stay Flat)")
+    p.add_argument("--train-in-commit", action="store_true",
+                   help="train the IVF-PQ inside the commit that makes it due (the writer "
+                   "waits for it), not on a thread of its own as the job does")
     p.add_argument("--warp", choices=("auto", "fast", "gdal"), default="auto",
                    help="tiling.warp (auto: fast for a new index)")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
@@ -175,6 +178,15 @@ def main() -> int:
         settings = dataclasses.replace(settings, tiling=dataclasses.replace(
             settings.tiling, warp=args.warp))
         print(f"tiling.warp {args.warp} ({settings.tiling.resolved_warp()})")
+    if args.train_in_commit:
+        import indexer.job.pipeline as pipeline
+
+        background = pipeline.IndexWriter
+
+        def in_commit(*a, **k):
+            return background(*a, **{**k, "background_training": False})
+
+        pipeline.IndexWriter = in_commit
     if args.model == "null" or args.ivf_at:
         settings = dataclasses.replace(settings, store=dataclasses.replace(
             settings.store, ivf_min_vectors=args.ivf_at or 10**9))  # null: keep it Flat

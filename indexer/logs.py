@@ -1,6 +1,7 @@
 """Native libraries' chatter during indexing goes to the debug log, not to the user's terminal.
 
-GDAL reports warnings through rasterio's Python logger; FAISS prints on the C-level stderr.
+GDAL reports warnings through rasterio's Python logger; what FAISS would print on the C-level
+stderr about a k-means with too few points, the store says itself (VectorIndex.training_note).
 Both are collected here (`satfind.native` logger, DEBUG) and counted, so a run ends with
 one summary line instead of a wall of repeated warnings. Tile reads in DataLoader worker
 processes capture their warnings per tile (`captured()`) and the job passes them on.
@@ -10,11 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -123,25 +120,3 @@ def captured() -> Iterator[list[str]]:
     out: list[str] = []
     with _gdal_to(out.append):
         yield out
-
-
-@contextlib.contextmanager
-def native_stderr_to_log() -> Iterator[None]:
-    """C-level writes to stderr (FAISS's k-means warnings) inside the block become noted
-    warnings. Only from the main thread, where nothing else writes meanwhile."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode(errors="replace").splitlines():
-                note(line)

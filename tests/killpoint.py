@@ -5,7 +5,8 @@
 Scenarios: "append" (half-way through appending rows to a float16/codes/tombstone file),
 "part" (before a Parquet part is written), "manifest" (with the new manifest written to its
 temporary file, before the rename), "retrain" (half-way through rewriting the ANN codes when
-the IVF is trained). Each fires on a later call, so earlier commits exist.
+the IVF is trained), "training" (on the ANN's training thread, while the job goes on). Each
+fires on a later call, so earlier commits exist.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def _install(scenario: str) -> None:
 
         ann.AnnFiles.rewrite = rewrite
         VectorIndex.add_codes = add_codes
+    elif scenario == "training":
+        from indexer.store import training
+
+        def _vectors(self, upto):  # on the training thread, once k-means is done
+            _die()
+
+        training.BackgroundTraining._vectors = _vectors
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 

@@ -189,10 +189,11 @@ def store_world(tmp_path_factory, settings, encoder):
     return archive, expected, root / "ref"
 
 
-@pytest.mark.parametrize("scenario", ["append", "part", "manifest", "retrain"])
+@pytest.mark.parametrize("scenario", ["append", "part", "manifest", "retrain", "training"])
 def test_sigkill_inside_the_store_then_resume(tmp_path, store_world, scenario):
     """SIGKILL at chosen points of a commit (mid-append of the row files, before a part, with
-    the new manifest not yet renamed, mid-rewrite of the ANN codes when the IVF is trained):
+    the new manifest not yet renamed, mid-rewrite of the ANN codes when the IVF is trained,
+    on the ANN's training thread):
     the index opens at its last commit and a rerun gives the uninterrupted run's tiles."""
     archive, expected, ref = store_world
     cfg = _config(tmp_path)

@@ -84,8 +84,9 @@ class IndexJob:
             problem(p)
         if self.strict and report.problems:
             return report
+        # The ANN's training runs on a thread of its own: the encoder never waits for it.
         with IndexWriter(self.index_dir, self.encoder.identity, self.s.store,
-                         recipe=self.recipe) as writer:
+                         recipe=self.recipe, background_training=True) as writer:
             plans, pendings = plan_sources(
                 writer, sources, self.s, self.encoder.image_size, report, problem,
                 progress=lambda xs, desc, total: tqdm(xs, desc=desc, total=total,
@@ -119,7 +120,11 @@ class IndexJob:
                 # Nothing is finished here: a source is complete only once every one of its
                 # tiles went through; the rest stay "partial" and resume next run.
                 report.interrupted = True
-            writer.commit()
+            t = time.perf_counter()
+            # A finished run's index ends trained (an interrupted one's trains next run).
+            writer.commit(wait_for_training=not report.interrupted)
+            report.stages["last commit"] = time.perf_counter() - t
+            report.stages["IVF-PQ training (its own thread)"] = writer.training_s
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -140,9 +145,7 @@ class IndexJob:
 
         def write(batch: TileBatch, vectors) -> None:
             commits.take(batch, vectors)
-            # A commit that trains the ANN is left to the main thread, where FAISS's
-            # C-level warnings can be caught (see logs.native_stderr_to_log).
-            if writer.pending >= every and not writer.training_due():
+            if writer.pending >= every:
                 commit()
 
         out = BackgroundWriter(write)
@@ -153,9 +156,6 @@ class IndexJob:
                     for w in batch.warnings:
                         logs.note(w)
                     out.put(batch, vectors)
-                    if writer.pending >= every and writer.training_due():
-                        out.drain()  # the writer is idle until the next put
-                        commit()
                     bar.update(len(batch))
                     if nodes := getattr(self.runner, "nodes", None):  # Ray: the cluster's part
                         bar.set_postfix_str(f"{len(nodes)} nodes", refresh=False)

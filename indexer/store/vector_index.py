@@ -23,10 +23,22 @@ from indexer.errors import IndexError_
 
 # FAISS k-means wants at least this many training points per centroid.
 MIN_POINTS_PER_CENTROID = 39
+PQ_CENTROIDS = 256  # per sub-quantizer: 8-bit PQ codes
+# The PQ codebooks' k-means gets at least this many points where the index has them: FAISS's
+# k-means of 8-d sub-vectors into 256 centroids runs ~6x faster per point from about 16,000
+# points than below (faiss-cpu 1.15; bench/pq_train.py), so 16,384 points train faster than
+# the 9,984 (39 per centroid) FAISS asks for, and better.
+PQ_TRAIN_POINTS = 64 * PQ_CENTROIDS
 # k-means iterations for the coarse quantizer (FAISS's default of 25 costs 2.5x the build
 # time for no measurable recall after exact re-rank; see BENCHMARKS.md).
 KMEANS_ITERS = 10
 ADD_CHUNK = 65536
+
+
+def set_threads(n: int) -> None:
+    """OpenMP threads for the FAISS calls the calling thread makes from now on (a setting of
+    each thread: the others keep theirs)."""
+    faiss.omp_set_num_threads(n)
 
 
 def ivf_params(n: int, dim: int, settings: StoreSettings) -> tuple[int, int]:
@@ -89,17 +101,33 @@ class VectorIndex:
         # filtering uses, which satfind does not; it took seconds even on 1,000 points).
         factory = f"IVF{nlist},PQ{m}np"
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        faiss.extract_index_ivf(index).cp.niter = KMEANS_ITERS
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.niter = KMEANS_ITERS
+        # FAISS prints a warning on the C-level stderr when a k-means has fewer than 39
+        # points per centroid (the PQ's 256 centroids, below 9,984 vectors): `training_note`
+        # says it instead, in the debug log, from whichever thread trains.
+        ivf.cp.min_points_per_centroid = 1
+        faiss.downcast_index(ivf).pq.cp.min_points_per_centroid = 1
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
         return cls(index), {"factory": factory, "nlist": nlist, "pq_m": m,
                             "trained_on": int(len(sample)), "trained_at": int(n)}
 
     @staticmethod
+    def training_note(params: dict) -> str | None:
+        """What FAISS would have warned about a training `train_ivfpq` recorded as
+        `params`: too few points per centroid for the PQ codebooks (or the IVF lists)."""
+        points = params["trained_on"]
+        for what, k in (("IVF lists", params["nlist"]), ("PQ centroids", PQ_CENTROIDS)):
+            if points < MIN_POINTS_PER_CENTROID * k:
+                return (f"FAISS: k-means of {points} vectors into {k} {what} (it wants at "
+                        f"least {MIN_POINTS_PER_CENTROID * k} training points)")
+        return None
+
+    @staticmethod
     def training_size(n: int, dim: int, settings: StoreSettings) -> int:
         """How many of `n` vectors the IVF k-means needs (a random sample of that size)."""
         nlist, _ = ivf_params(n, dim, settings)
-        return min(n, max(settings.train_points_per_list * nlist,
-                          256 * MIN_POINTS_PER_CENTROID))
+        return min(n, max(settings.train_points_per_list * nlist, PQ_TRAIN_POINTS))
 
     # --- what it holds -----------------------------------------------------------------
     @property

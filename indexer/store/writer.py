@@ -5,6 +5,7 @@ One writer at a time (an advisory lock); readers never lock."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -12,14 +13,15 @@ from types import MappingProxyType
 import numpy as np
 
 from encoder.identity import EncoderIdentity
+from indexer import logs
 from indexer.config import StoreSettings, TileRecipe
 from indexer.critical import deferred_interrupts
 from indexer.errors import IndexError_
-from indexer.logs import native_stderr_to_log
 from indexer.store import ann, directory
 from indexer.store.layout import FORMAT_VERSION, THUMBS_DIR, TILES_DIR, VECTORS_F16, fsync_dir
 from indexer.store.manifest import Manifest, SourceEntry, now, read_manifest, write_manifest
 from indexer.store.parts import check_cells, new_tables, source_tiles, without_source, write_part
+from indexer.store.training import BackgroundTraining
 from indexer.store.vector_index import VectorIndex
 from indexer.store.vectors import RowFileWriter, open_rows
 
@@ -34,13 +36,20 @@ def warm_up() -> None:
 class IndexWriter:
     def __init__(self, index_dir: str | Path, identity: EncoderIdentity,
                  settings: StoreSettings, recipe: TileRecipe | None = None,
-                 create: bool = True):
+                 create: bool = True, background_training: bool = False):
         """`recipe`: how the tiles to be added were cut; an index cut another way is
-        refused (None: no tiles will be added, e.g. only removals)."""
+        refused (None: no tiles will be added, e.g. only removals).
+        `background_training`: a commit that makes the ANN due for (re-)training starts it
+        on a thread of its own (store/training.py) and later commits go on without it, until
+        one finds it done and takes the result; `commit(wait_for_training=True)` waits for
+        it. Off: the commit trains (the writer is busy meanwhile)."""
         if str(index_dir).strip() == "":
             raise IndexError_("the index directory is empty: give a path (e.g. --index idx)")
         self.dir = Path(index_dir)
         self.settings = settings
+        self.background_training = background_training
+        self._trainer: BackgroundTraining | None = None
+        self.training_s = 0.0  # seconds the ANN's training took (on its own thread or not)
         directory.check_directory(self.dir, create)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = directory.WriterLock(self.dir)
@@ -158,15 +167,20 @@ class IndexWriter:
                 self._dirty = True
         return removed
 
-    def commit(self) -> int:
+    def commit(self, wait_for_training: bool = False) -> int:
         """Make everything added/removed so far durable and visible; returns the generation.
         Writes only what changed: new rows of the float16 and code files, new tombstones, new
         parts (and, when the ANN is (re-)trained, its new template and codes).
+        `wait_for_training`: a training running in the background is waited for and taken
+        by this commit (and one due now is done here, not started in the background).
 
         Exception-safe: everything is prepared on a copy of the manifest; the manifest rename
         and the switch of the in-memory state happen together, with interrupts deferred. If
         anything fails before that, the writer is exactly as before the call (a retry commits
         the same tiles under the same ids) and the directory holds the previous commit."""
+        if self._trainer is not None and (wait_for_training or self._trainer.done()):
+            self._trainer.wait()
+            self._dirty = True  # the trained index is a change to commit
         if not self._dirty:
             return self.m.generation
         new = self.m.copy()
@@ -180,7 +194,7 @@ class IndexWriter:
                 self._ann.delete(new, np.concatenate(self._dead))
             if self._buf:
                 added = (index, *self._append(new, index))
-            index = self._maybe_train_ivf(index, new)
+            index, trained = self._maybe_train_ivf(index, new, wait_for_training)
             new.index.ntotal = index.ntotal
             new.updated = now()
             if new.recipe is None and self._recipe is not None and new.next_id:
@@ -193,6 +207,9 @@ class IndexWriter:
                 write_manifest(self.dir, new)
                 self.m, self.index, self._buf, self._dead = new, index, [], []
                 self._dirty, added = False, None
+                if trained:
+                    self.training_s += self._trainer.seconds if self._trainer else 0.0
+                    self._trainer = None
         finally:
             if added is not None and added[0] is self.index:  # roll back to the last commit
                 with deferred_interrupts():
@@ -201,6 +218,9 @@ class IndexWriter:
         self._ann.forget_unnamed(new)
         directory.drop_old_index_files(self.dir, {new.index.file, new.index.codes,
                                                   *previous})
+        if (self.background_training and self._trainer is None
+                and self._trains(new.index, self.index.ntotal)):
+            self._trainer = self._start_training()
         return new.generation
 
     def _append(self, new: Manifest, index: VectorIndex) -> tuple[int, int]:
@@ -250,46 +270,93 @@ class IndexWriter:
         return bool(st.retrain_growth and self._vectors is not None
                     and n >= st.retrain_growth * (info.trained_at or n))
 
-    def _maybe_train_ivf(self, index: VectorIndex, m: Manifest) -> VectorIndex:
+    def _maybe_train_ivf(self, index: VectorIndex, m: Manifest, wait: bool
+                         ) -> tuple[VectorIndex, bool]:
         """The index to commit: `index`, or an IVF-PQ trained from it (recorded in m, with
-        its template and codes written)."""
+        its template and codes written): trained here, or taken from the background training
+        once it is done. Second: whether it was (re-)trained."""
         info, st = m.index, self.settings
         n = index.ntotal
         flat = info.factory == "Flat"
-        if not self._trains(info, n):
+        if self._trainer is not None:
+            if not self._trainer.done():
+                return index, False
+            try:
+                empty, params, codes = self._trainer.result()
+            except BaseException:
+                self._trainer = None  # the next commit that finds training due starts again
+                raise
+            trained_at = self._trainer.n
+        elif not self._trains(info, n):
             if flat:
                 info.chosen = (f"auto: Flat (exact) while below store.ivf_min_vectors = "
                                f"{st.ivf_min_vectors}")
-            return index
-        held = index.ids()
-        live = np.zeros(m.next_id, dtype=bool)
-        live[held] = True
-        if self._vectors is not None:  # the float16 copies, row = id
-            f16 = open_rows(self._vectors.path, m.next_id, self.dim)
-
-            def vectors(ids: np.ndarray) -> np.ndarray:
-                return np.asarray(f16[ids], dtype=np.float32)
-        else:  # Flat without float16 copies: the Flat index holds the exact vectors
-            exact = np.zeros((m.next_id, self.dim), dtype=np.float32)
-            exact[held] = index.exact_vectors()  # in the order of ids()
-
-            def vectors(ids: np.ndarray) -> np.ndarray:
-                return exact[ids]
-        rng = np.random.default_rng(1234)
-        live_ids = np.flatnonzero(live)
-        size = VectorIndex.training_size(n, self.dim, st)
-        sample = np.sort(rng.choice(live_ids, size, replace=False)) if size < n else live_ids
-        with native_stderr_to_log():  # FAISS's k-means warnings: debug log, counted
+            return index, False
+        elif self.background_training and not wait:  # started once this commit is made
+            if flat:
+                info.chosen = (f"auto: Flat (exact) until the IVF-PQ being trained from {n} "
+                               "vectors is ready")
+            return index, False
+        else:
+            sample, vectors = self._training_sample(index, m)
+            t = time.perf_counter()
             empty, params = VectorIndex.train_ivfpq(vectors(sample), n, st)
+            self.training_s += time.perf_counter() - t
+            codes, trained_at = np.zeros((0, empty.code_size), dtype=np.uint8), n
+        if note := VectorIndex.training_note(params):
+            logs.note(note)
         for k, v in params.items():
             setattr(info, k, v)
         why = (f"store.ivf_min_vectors = {st.ivf_min_vectors}" if flat else
                f"re-trained: grew {st.retrain_growth:g}x past the last training")
-        info.chosen = f"auto: IVF-PQ trained at {n} vectors ({why})"
-        return self._ann.rewrite(m, empty, lambda lo, hi: (
-            empty.encode(vectors(np.arange(lo, hi))), live[lo:hi]))
+        info.chosen = f"auto: IVF-PQ trained at {trained_at} vectors ({why})"
+        live = np.zeros(m.next_id, dtype=bool)
+        live[index.ids()] = True
+        vectors = self._vectors_by_id(index, m)
+
+        def codes_of(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+            """Codes of ids lo..hi-1: those the training thread encoded, the rest now."""
+            known = codes[lo:hi]
+            if len(known) < hi - lo:
+                known = np.concatenate([known, empty.encode(vectors(np.arange(
+                    lo + len(known), hi)))])
+            return known, live[lo:hi]
+
+        return self._ann.rewrite(m, empty, codes_of), True
+
+    def _vectors_by_id(self, index: VectorIndex, m: Manifest):
+        """vectors(ids) -> float32 rows: from the float16 copies (row = id), or, for a Flat
+        index without them, from the Flat index itself."""
+        if self._vectors is not None:
+            f16 = open_rows(self._vectors.path, m.next_id, self.dim)
+            return lambda ids: np.asarray(f16[ids], dtype=np.float32)
+        exact = np.zeros((m.next_id, self.dim), dtype=np.float32)
+        exact[index.ids()] = index.exact_vectors()  # in the order of ids()
+        return lambda ids: exact[ids]
+
+    def _training_sample(self, index: VectorIndex, m: Manifest):
+        """(the ids to train on: a seeded random sample of the live ids, sorted; vectors(ids))."""
+        live_ids = np.sort(index.ids())
+        n = len(live_ids)
+        size = VectorIndex.training_size(n, self.dim, self.settings)
+        rng = np.random.default_rng(1234)
+        sample = np.sort(rng.choice(live_ids, size, replace=False)) if size < n else live_ids
+        return sample, self._vectors_by_id(index, m)
+
+    def _start_training(self) -> BackgroundTraining:
+        """Training of the committed index on a thread of its own (see training.py)."""
+        sample, vectors = self._training_sample(self.index, self.m)
+        exact = None
+        if self._vectors is None:  # a Flat index without float16 copies: its vectors now
+            exact = vectors(np.arange(self.m.next_id))
+        return BackgroundTraining(vectors(sample), self.index.ntotal, self.settings,
+                                  rows=lambda: self.m.next_id,
+                                  source=self._vectors.path if self._vectors else None,
+                                  exact=exact)
 
     def close(self) -> None:
+        if self._trainer is not None:  # not taken by a commit: the next run trains again
+            self._trainer.stop()
         if self._vectors is not None:
             self._vectors.close()
         self._ann.close()
