@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,10 @@ class SatelliteEncoder:
             mean, std = pcfg["mean"], pcfg["std"]
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add on the uint8 pixels (prepare)
+        m64, s64 = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        self._scale = (1.0 / (255.0 * s64)).float().to(self.device).view(1, 3, 1, 1)
+        self._shift = (-m64 / s64).float().to(self.device).view(1, 3, 1, 1)
         self.tokenizer = open_clip.get_tokenizer(name)
         self.prompts: PromptSet = get_prompt_set(
             spec.prompt_set or (self.preset.prompt_set if self.preset else ""))
@@ -125,9 +130,12 @@ class SatelliteEncoder:
             return torch.autocast("cuda", dtype=dtype)
         return torch.autocast("cpu", enabled=False)
 
-    def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 batch [N, 3, H, W] or [N, H, W, 3] -> the model's normalised input, float32
-        on the encoder's device (resized there when not the model's size)."""
+    def prepare(self, images: np.ndarray | torch.Tensor,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 batch [N, 3, H, W] or [N, H, W, 3] -> the model's normalised input, in
+        `dtype` on the encoder's device (resized there when not the model's size). At the
+        model's size one pass: the uint8 pixels times 1 / (255 std) plus -mean / std,
+        computed in float32 and written in `dtype`."""
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise EncoderError(
@@ -138,26 +146,69 @@ class SatelliteEncoder:
             x = x.permute(0, 3, 1, 2)
         if x.shape[1] != 3:
             raise EncoderError(f"encode_images: expected 3 channels, got shape {tuple(x.shape)}")
-        x = x.to(self.device, non_blocking=True).float().div_(255.0)
+        x = self._to_device(x)
         s = self.image_size
         if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        return (x - self._mean) / self._std
+            x = F.interpolate(x.float().div_(255.0), size=(s, s), mode="bilinear",
+                              antialias=True, align_corners=False)
+            return ((x - self._mean) / self._std).to(dtype)
+        out = torch.empty(x.shape, dtype=dtype, device=x.device)
+        return torch.addcmul(self._shift, x, self._scale, out=out)
 
-    @torch.inference_mode()
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Host pixels onto a CUDA device through a copy stream of their own, so that the
+        copy of one batch overlaps the encoding of the one before (encode_images_later);
+        elsewhere a plain copy."""
+        if self.device.type != "cuda" or x.device.type == "cuda":
+            return x.to(self.device, non_blocking=True)
+        if getattr(self, "_copy_stream", None) is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            y = x.to(self.device, non_blocking=True)
+        compute.wait_stream(self._copy_stream)
+        y.record_stream(compute)  # its memory is not reused while `compute` still reads it
+        return y
+
     def encode_images(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 batch -> float32 [N, D], L2-normalised."""
+        return self.encode_images_later(images)()
+
+    @torch.inference_mode()
+    def encode_images_later(self, images: np.ndarray | torch.Tensor
+                            ) -> Callable[[], np.ndarray]:
+        """Start encoding a uint8 batch; returns a function that waits for its vectors (as
+        encode_images gives them). On CUDA the work is queued on the GPU and this returns at
+        once: a caller that starts batch i+1 before it waits for batch i keeps the GPU busy
+        while it hands batch i on. Pixels in pageable memory are copied before this returns;
+        page-locked ones may still be on their way (torch's pinned allocator keeps them until
+        the copy is done: drop them, but do not write into them). On the CPU the work is
+        done here."""
         if len(images) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        feats = self._encode_image(self.prepare(images).to(self.dtype))
-        return F.normalize(feats.float(), dim=-1).cpu().numpy()
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            return lambda: empty
+        feats = F.normalize(self._encode_image(self.prepare(images, self.dtype)).float(),
+                            dim=-1)
+        if self.device.type != "cuda":
+            out = feats.cpu().numpy()
+            return lambda: out
+        host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(feats, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def vectors() -> np.ndarray:
+            done.synchronize()
+            return host.numpy()
+
+        return vectors
 
     @torch.inference_mode()
     def similarity_map(self, tile: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Where in one tile a query embedding matches: cosine similarity of each ViT patch
         token (projected into the joint space, as GRAFT's pixel-level loss trains it) with
         `query` [D]. tile: uint8 [3, H, W] or [H, W, 3] -> float32 [grid, grid]."""
-        x = self.prepare(np.asarray(tile)[None]).to(self.dtype)
+        x = self.prepare(np.asarray(tile)[None], self.dtype)
         _, tokens = image_tokens(self.model.visual, x)
         q = torch.as_tensor(np.asarray(query, dtype=np.float32), device=self.device)
         sim = F.normalize(tokens[0].float(), dim=-1) @ F.normalize(q, dim=0)

@@ -77,9 +77,12 @@ def test_device_preprocessing_matches_the_cpu(encoder, settings):
 
     gpu = SatelliteEncoder(dc.replace(settings.encoder, device="cuda"))
     cpu = SatelliteEncoder(dc.replace(settings.encoder, device="cpu"))
-    tiles = torch.randint(0, 256, (8, 3, 80, 80), dtype=torch.uint8).pin_memory()
-    np.testing.assert_allclose(gpu.prepare(tiles).cpu().numpy(),
-                               cpu.prepare(tiles).numpy(), atol=1e-5)
+    for px in (80, gpu.image_size):  # resized on the device, or one multiply-add
+        tiles = torch.randint(0, 256, (8, 3, px, px), dtype=torch.uint8).pin_memory()
+        np.testing.assert_allclose(gpu.prepare(tiles).cpu().numpy(),
+                                   cpu.prepare(tiles).numpy(), atol=1e-5)
+        np.testing.assert_allclose(gpu.prepare(tiles, torch.bfloat16).float().cpu().numpy(),
+                                   cpu.prepare(tiles).numpy(), atol=2e-2)
 
 
 def test_the_writer_thread_overlaps_and_hands_back_its_error():
@@ -162,3 +165,66 @@ def test_a_read_batch_splits_into_encoder_batches_tile_for_tile(tmp_path, settin
                 assert p.thumbs[p.pixel_row[j]] == whole.thumbs[whole.pixel_row[i]]
             i += 1
     assert whole.split(len(whole)) == [whole]
+
+
+class _QueuedEncoder:
+    """Stands in for a CUDA encoder: encode_images_later queues a batch (recorded), the
+    returned function 'waits' for it (recorded) and gives the real encoder's vectors."""
+
+    def __init__(self, real):
+        self.real, self.events = real, []
+        self.device = torch.device("cuda")  # only its type is looked at
+
+    def encode_images(self, images):
+        raise AssertionError("on CUDA the runner queues batches with encode_images_later")
+
+    def encode_images_later(self, images):
+        i = sum(1 for e in self.events if e[0] == "start")
+        self.events.append(("start", i))
+        vectors = self.real.encode_images(images)
+
+        def wait():
+            self.events.append(("wait", i))
+            return vectors
+
+        return wait
+
+
+def test_on_cuda_the_next_batch_is_queued_before_the_last_one_is_handed_on(
+        tmp_path, settings, encoder):
+    from collections import defaultdict
+
+    from indexer.job.runner import LocalRunner
+
+    px = encoder.image_size
+    plans = _plans(make_raster(tmp_path / "a.tif", size=600, seed=6), settings, px)
+    job = dataclasses.replace(settings.job, workers=0, batch_size=16, read_batch=16)
+    runner = LocalRunner(settings.tiling, job, px)
+    want = [(b.x.tolist(), b.y.tolist(), encoder.encode_images(b.rgb))
+            for b in runner.batches(plans)]
+    fake, stages = _QueuedEncoder(encoder), defaultdict(float)
+    got, seen = [], []
+    for batch, vectors in runner.embedded(plans, fake, stages):
+        seen.append(list(fake.events))
+        got.append((batch.x.tolist(), batch.y.tolist(), vectors))
+    assert len(got) == len(want) > 3
+    for (gx, gy, gv), (wx, wy, wv) in zip(got, want, strict=True):  # same order, same vectors
+        assert (gx, gy) == (wx, wy)
+        np.testing.assert_allclose(gv, wv, atol=1e-6)
+    # Batch i is handed on only after batch i+1 was queued (the last one: after the end).
+    for i, events in enumerate(seen[:-1]):
+        assert ("start", i + 1) in events and events[-1] == ("wait", i)
+    assert stages["encode"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_queued_batches_give_the_vectors_encode_images_gives(encoder, settings):
+    from encoder.model import SatelliteEncoder
+
+    gpu = SatelliteEncoder(dataclasses.replace(settings.encoder, device="cuda"))
+    tiles = [torch.randint(0, 256, (32, 3, 64, 64), dtype=torch.uint8).pin_memory()
+             for _ in range(4)]
+    want = [gpu.encode_images(t) for t in tiles]
+    queued = [gpu.encode_images_later(t) for t in tiles]  # all four in flight at once
+    for w, q in zip(want, queued, strict=True):
+        np.testing.assert_allclose(q(), w, atol=1e-3)

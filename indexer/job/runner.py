@@ -59,16 +59,31 @@ class LocalRunner:
     def embedded(self, plans: list[RasterPlan], encoder, stages: defaultdict[str, float]
                  ) -> Iterator[tuple[TileBatch, object]]:
         """(batch, vectors) for every batch of `batches()`, embedded by `encoder` in this
-        thread; the time waiting for tiles, reading and encoding added to `stages`."""
+        thread; the time waiting for tiles, reading and encoding added to `stages`. On CUDA
+        batch i+1 is queued on the GPU (encode_images_later) before batch i's vectors are
+        waited for and handed on, so the GPU is not idle meanwhile; a stop between batches
+        drops the one in flight (not committed: the next run reads it again)."""
+        cuda = getattr(getattr(encoder, "device", None), "type", "cpu") == "cuda"
+        ahead = getattr(encoder, "encode_images_later", None) if cuda else None
+        in_flight: tuple[TileBatch, object] | None = None
         t = time.perf_counter()
         for batch in self.batches(plans):
             stages["wait for tiles"] += time.perf_counter() - t
             stages["read (worker seconds)"] += batch.read_s
             t = time.perf_counter()
-            vectors = encoder.encode_images(batch.rgb)
+            if ahead is None:
+                out = [(batch, encoder.encode_images(batch.rgb))]
+            else:
+                started = ahead(batch.rgb)
+                out = [] if in_flight is None else [(in_flight[0], in_flight[1]())]
+                in_flight = (batch, started)
             stages["encode"] += time.perf_counter() - t
-            yield batch, vectors
+            yield from out
             t = time.perf_counter()
+        if in_flight is not None:
+            vectors = in_flight[1]()
+            stages["encode"] += time.perf_counter() - t
+            yield in_flight[0], vectors
 
 
 def worker_death(e: RuntimeError) -> JobError | None:
