@@ -4,6 +4,7 @@ be read (an interrupted run's committed tiles are not read again)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -59,8 +60,9 @@ class Identity:
 
 
 # Local files hashed at once: hashlib and file reads release the GIL, so a few threads
-# hash a few files in parallel (bench/plan.py; one thread: 1.4 GB/s on the 2-core VM).
-HASH_THREADS = 4
+# hash a few files in parallel (bench/plan.py; one thread: 1.4 GB/s on the 2-core VM): 4,
+# or half the cores up to 8 on a machine of more than 8 cores (e.g. a GPU machine's).
+HASH_THREADS = min(8, max(4, (os.cpu_count() or 1) // 2))
 
 
 def _no_progress(items, **_):
