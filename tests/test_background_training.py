@@ -118,3 +118,24 @@ def test_a_training_that_fails_is_raised_by_a_commit_and_started_again(tmp_path,
         w.commit(wait_for_training=True)
         assert w.m.index.factory.startswith("IVF")
     assert IndexSnapshot.open(tmp_path).ntotal == 1110
+
+
+def test_without_float16_copies_it_trains_from_the_flat_index_the_same(tmp_path):
+    """keep_float16 = false: the vectors come from the Flat index itself, taken when the
+    training starts; the result is the commit's own training, bit for bit."""
+    settings = StoreSettings(ivf_min_vectors=1000, retrain_growth=0, keep_float16=False)
+    for d, background in ((tmp_path / "sync", False), (tmp_path / "bg", True)):
+        with IndexWriter(d, IDENT, settings, background_training=background) as w:
+            _add(w, 700, "a", 0)
+            _add(w, 500, "b", 1)
+            w.commit()
+            w.remove("a")
+            _add(w, 100, "c", 2)
+            w.commit(wait_for_training=True)
+            assert w.m.index.factory.startswith("IVF") and w.m.index.trained_at == 1200
+    (t_sync, c_sync), (t_bg, c_bg) = _ann_files(tmp_path / "sync"), _ann_files(tmp_path / "bg")
+    assert t_bg == t_sync
+    np.testing.assert_array_equal(c_bg[700:], c_sync[700:])  # the live tiles' codes
+    held = np.sort(np.concatenate([s.ids() for s in IndexSnapshot.open(tmp_path / "bg")
+                                   .segments]))
+    np.testing.assert_array_equal(held, np.arange(700, 1300))

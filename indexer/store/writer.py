@@ -298,9 +298,10 @@ class IndexWriter:
                                "vectors is ready")
             return index, False
         else:
-            sample, vectors = self._training_sample(index, m)
+            vectors = self._vectors_by_id(index, m)
             t = time.perf_counter()
-            empty, params = VectorIndex.train_ivfpq(vectors(sample), n, st)
+            empty, params = VectorIndex.train_ivfpq(vectors(self._training_sample(index)), n,
+                                                    st)
             self.training_s += time.perf_counter() - t
             codes, trained_at = np.zeros((0, empty.code_size), dtype=np.uint8), n
         if note := VectorIndex.training_note(params):
@@ -312,7 +313,8 @@ class IndexWriter:
         info.chosen = f"auto: IVF-PQ trained at {trained_at} vectors ({why})"
         live = np.zeros(m.next_id, dtype=bool)
         live[index.ids()] = True
-        vectors = self._vectors_by_id(index, m)
+        if self._trainer is not None:
+            vectors = self._vectors_by_id(index, m)
 
         def codes_of(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
             """Codes of ids lo..hi-1: those the training thread encoded, the rest now."""
@@ -330,29 +332,33 @@ class IndexWriter:
         if self._vectors is not None:
             f16 = open_rows(self._vectors.path, m.next_id, self.dim)
             return lambda ids: np.asarray(f16[ids], dtype=np.float32)
-        exact = np.zeros((m.next_id, self.dim), dtype=np.float32)
-        exact[index.ids()] = index.exact_vectors()  # in the order of ids()
+        exact = self._exact_by_id(index, m)
         return lambda ids: exact[ids]
 
-    def _training_sample(self, index: VectorIndex, m: Manifest):
-        """(the ids to train on: a seeded random sample of the live ids, sorted; vectors(ids))."""
+    def _exact_by_id(self, index: VectorIndex, m: Manifest) -> np.ndarray:
+        """A Flat index's vectors as float32 rows, row = id (zeros for removed ids)."""
+        exact = np.zeros((m.next_id, self.dim), dtype=np.float32)
+        exact[index.ids()] = index.exact_vectors()  # in the order of ids()
+        return exact
+
+    def _training_sample(self, index: VectorIndex) -> np.ndarray:
+        """The ids to train on: a seeded random sample of the live ids, sorted."""
         live_ids = np.sort(index.ids())
         n = len(live_ids)
         size = VectorIndex.training_size(n, self.dim, self.settings)
         rng = np.random.default_rng(1234)
-        sample = np.sort(rng.choice(live_ids, size, replace=False)) if size < n else live_ids
-        return sample, self._vectors_by_id(index, m)
+        return np.sort(rng.choice(live_ids, size, replace=False)) if size < n else live_ids
 
     def _start_training(self) -> BackgroundTraining:
         """Training of the committed index on a thread of its own (see training.py)."""
-        sample, vectors = self._training_sample(self.index, self.m)
-        exact = None
+        sample = self._training_sample(self.index)
         if self._vectors is None:  # a Flat index without float16 copies: its vectors now
-            exact = vectors(np.arange(self.m.next_id))
+            exact = self._exact_by_id(self.index, self.m)
+            return BackgroundTraining(exact[sample], self.index.ntotal, self.settings,
+                                      rows=lambda: self.m.next_id, exact=exact)
+        vectors = self._vectors_by_id(self.index, self.m)
         return BackgroundTraining(vectors(sample), self.index.ntotal, self.settings,
-                                  rows=lambda: self.m.next_id,
-                                  source=self._vectors.path if self._vectors else None,
-                                  exact=exact)
+                                  rows=lambda: self.m.next_id, source=self._vectors.path)
 
     def close(self) -> None:
         if self._trainer is not None:  # not taken by a commit: the next run trains again
