@@ -90,6 +90,7 @@ class SatelliteEncoder:
         m64, s64 = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
         self._scale = (1.0 / (255.0 * s64)).float().to(self.device).view(1, 3, 1, 1)
         self._shift = (-m64 / s64).float().to(self.device).view(1, 3, 1, 1)
+        self._copy_stream = None  # CUDA: host-to-device copies (_to_device), made at first use
         self.tokenizer = open_clip.get_tokenizer(name)
         self.prompts: PromptSet = get_prompt_set(
             spec.prompt_set or (self.preset.prompt_set if self.preset else ""))
@@ -161,7 +162,7 @@ class SatelliteEncoder:
         elsewhere a plain copy."""
         if self.device.type != "cuda" or x.device.type == "cuda":
             return x.to(self.device, non_blocking=True)
-        if getattr(self, "_copy_stream", None) is None:
+        if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(self.device)
         compute = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self._copy_stream):

@@ -297,11 +297,11 @@ class IndexWriter:
                 info.chosen = (f"auto: Flat (exact) until the IVF-PQ being trained from {n} "
                                "vectors is ready")
             return index, False
-        else:
-            vectors = self._vectors_by_id(index, m)
+        held = index.ids()
+        vectors = self._vectors_by_id(index, m, held)
+        if self._trainer is None:  # trained here
             t = time.perf_counter()
-            empty, params = VectorIndex.train_ivfpq(vectors(self._training_sample(index)), n,
-                                                    st)
+            empty, params = VectorIndex.train_ivfpq(vectors(self._training_sample(held)), n, st)
             self.training_s += time.perf_counter() - t
             codes, trained_at = np.zeros((0, empty.code_size), dtype=np.uint8), n
         if note := VectorIndex.training_note(params):
@@ -312,9 +312,7 @@ class IndexWriter:
                f"re-trained: grew {st.retrain_growth:g}x past the last training")
         info.chosen = f"auto: IVF-PQ trained at {trained_at} vectors ({why})"
         live = np.zeros(m.next_id, dtype=bool)
-        live[index.ids()] = True
-        if self._trainer is not None:
-            vectors = self._vectors_by_id(index, m)
+        live[held] = True
 
         def codes_of(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
             """Codes of ids lo..hi-1: those the training thread encoded, the rest now."""
@@ -326,24 +324,25 @@ class IndexWriter:
 
         return self._ann.rewrite(m, empty, codes_of), True
 
-    def _vectors_by_id(self, index: VectorIndex, m: Manifest):
+    def _vectors_by_id(self, index: VectorIndex, m: Manifest, held: np.ndarray):
         """vectors(ids) -> float32 rows: from the float16 copies (row = id), or, for a Flat
-        index without them, from the Flat index itself."""
+        index without them, from the Flat index itself (`held`: its ids())."""
         if self._vectors is not None:
             f16 = open_rows(self._vectors.path, m.next_id, self.dim)
             return lambda ids: np.asarray(f16[ids], dtype=np.float32)
-        exact = self._exact_by_id(index, m)
+        exact = self._exact_by_id(index, m, held)
         return lambda ids: exact[ids]
 
-    def _exact_by_id(self, index: VectorIndex, m: Manifest) -> np.ndarray:
-        """A Flat index's vectors as float32 rows, row = id (zeros for removed ids)."""
+    def _exact_by_id(self, index: VectorIndex, m: Manifest, held: np.ndarray) -> np.ndarray:
+        """A Flat index's vectors as float32 rows, row = id (zeros for removed ids);
+        `held`: its ids(), the order exact_vectors() gives them in."""
         exact = np.zeros((m.next_id, self.dim), dtype=np.float32)
-        exact[index.ids()] = index.exact_vectors()  # in the order of ids()
+        exact[held] = index.exact_vectors()
         return exact
 
-    def _training_sample(self, index: VectorIndex) -> np.ndarray:
-        """The ids to train on: a seeded random sample of the live ids, sorted."""
-        live_ids = np.sort(index.ids())
+    def _training_sample(self, held: np.ndarray) -> np.ndarray:
+        """The ids to train on: a seeded random sample of the live ids `held`, sorted."""
+        live_ids = np.sort(held)
         n = len(live_ids)
         size = VectorIndex.training_size(n, self.dim, self.settings)
         rng = np.random.default_rng(1234)
@@ -351,12 +350,13 @@ class IndexWriter:
 
     def _start_training(self) -> BackgroundTraining:
         """Training of the committed index on a thread of its own (see training.py)."""
-        sample = self._training_sample(self.index)
+        held = self.index.ids()
+        sample = self._training_sample(held)
         if self._vectors is None:  # a Flat index without float16 copies: its vectors now
-            exact = self._exact_by_id(self.index, self.m)
+            exact = self._exact_by_id(self.index, self.m, held)
             return BackgroundTraining(exact[sample], self.index.ntotal, self.settings,
                                       rows=lambda: self.m.next_id, exact=exact)
-        vectors = self._vectors_by_id(self.index, self.m)
+        vectors = self._vectors_by_id(self.index, self.m, held)
         return BackgroundTraining(vectors(sample), self.index.ntotal, self.settings,
                                   rows=lambda: self.m.next_id, source=self._vectors.path)
 
