@@ -128,6 +128,33 @@ def test_outside_a_reader_process_there_is_no_buffer():
     assert batch.slot == -1 and not batch.rgb.is_shared()
 
 
+def test_collate_copies_the_kept_tiles_in_order_from_strip_views():
+    """Tiles dropped anywhere in a strip (first, middle, last, all): the kept ones land in
+    plan order, each with its own pixels, cut from the strided strip views the reader
+    makes ([3, px, n * px] seen as [n, 3, px, px])."""
+    px, keeps = 8, [[1, 0, 1, 1, 0], [0, 0], [1], [0, 1, 0, 1, 1, 1, 0, 1]]
+    strips, want = [], []
+    for s, keep in enumerate(keeps):
+        n = len(keep)
+        strip = np.empty((3, px, n * px), np.uint8)
+        for i in range(n):
+            for b in range(3):
+                strip[b, :, i * px:(i + 1) * px] = 40 * b + 5 * s + i
+        tiles = strip.reshape(3, px, n, px).transpose(2, 0, 1, 3)
+        has = np.array(keep, bool)
+        want += [tiles[i].copy() for i in np.flatnonzero(has)]
+        strips.append({"raster": 0, "z": 1, "x": np.arange(n), "y": s,
+                       "done": np.zeros(n, bool), "nodata": np.zeros(n, np.float32),
+                       "has": has, "rgb": tiles, "thumbs": [b""] * int(has.sum()),
+                       "error": None, "warnings": [], "read_s": 0.0})
+    batch = collate(strips)
+    assert batch.rgb.shape == (len(want), 3, px, px)
+    np.testing.assert_array_equal(batch.rgb.numpy(), np.stack(want))
+    has = np.concatenate([np.array(k, bool) for k in keeps])
+    np.testing.assert_array_equal(batch.pixel_row[has], np.arange(len(want)))
+    assert (batch.pixel_row[~has] == -1).all()
+
+
 def _texture(px: int, seed: int) -> np.ndarray:
     """uint8 [3, px, px] like imagery: detail at every scale (noise smoothed at 4 sizes),
     the bands correlated."""

@@ -203,9 +203,11 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
             rgb = torch.empty(shape, dtype=torch.uint8)
         out, a = rgb.numpy(), 0
         for tiles, keep in parts:
-            k = int(keep.sum())
-            np.compress(keep, tiles, axis=0, out=out[a:a + k])
-            a += k
+            # Runs of kept tiles copied by slice: a strided block copy (np.compress on these
+            # strip views gathers 24x slower: bench/collate.py).
+            for i0, i1 in _runs(keep):
+                out[a:a + i1 - i0] = tiles[i0:i1]
+                a += i1 - i0
     else:
         rgb = NO_PIXELS
     errors: dict[int, str] = {}
@@ -224,6 +226,14 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
         errors=errors, warnings=[w for s in strips for w in s["warnings"]],
         read_s=sum(s["read_s"] for s in strips) + time.perf_counter() - t0, slot=slot,
     )
+
+
+def _runs(keep: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, end)] of the runs of True in a bool vector."""
+    if keep.all():
+        return [(0, len(keep))]
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], keep, [False])).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 def read_tiles(job: JobSettings) -> int:

@@ -21,10 +21,13 @@ def finite_mask(data: np.ndarray) -> np.ndarray:
 def valid_mask(data: np.ndarray, mask: np.ndarray, tiling: TilingSettings) -> np.ndarray:
     """Pixels of `data` [3, H, W] that are valid: inside the raster and not nodata (GDAL's
     mask), finite, and not 0 in every band when tiling.zero_is_nodata."""
-    valid = (mask > 0) & finite_mask(data)
+    valid = mask > 0  # a new array (the caller's mask is left as it is)
+    if data.dtype.kind in "fc":
+        valid &= finite_mask(data)
     if tiling.zero_is_nodata:
         if data.dtype.kind in "iu":  # the bands OR-ed: a quarter of np.any's time
-            valid &= functools.reduce(np.bitwise_or, data) != 0
+            # logical_and reads the OR's integers as "not 0" itself: one pass, not two
+            np.logical_and(valid, functools.reduce(np.bitwise_or, data), out=valid)
         else:
             valid &= np.any(data != 0, axis=0)
     return valid

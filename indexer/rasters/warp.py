@@ -246,8 +246,17 @@ def _warp_piece(p: _Piece, data: np.ndarray, mask: np.ndarray | None,
             src = band if native else band.astype(np.float64)
             if sigma:
                 src = cv2.GaussianBlur(src, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
-            res = cv2.warpAffine(src, m, dsize, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-            out[b, rows, cols] = res if native else _cast(res, band.dtype)
+            if not native:
+                res = cv2.warpAffine(src, m, dsize, flags=flags,
+                                     borderMode=cv2.BORDER_REPLICATE)
+                out[b, rows, cols] = _cast(res, band.dtype)
+                continue
+            # Straight into the window (OpenCV writes into a strided view of its type).
+            dst = out[b, rows, cols]
+            res = cv2.warpAffine(src, m, dsize, dst=dst, flags=flags,
+                                 borderMode=cv2.BORDER_REPLICATE)
+            if res is not dst:  # OpenCV made an array of its own (another type)
+                dst[...] = res
         valid[rows, cols] = True
         return
     # Some samples invalid or outside: resample value x weight and weight, renormalise.
