@@ -62,7 +62,8 @@ class LocalRunner:
         thread; the time waiting for tiles, reading and encoding added to `stages`. On CUDA
         batch i+1 is queued on the GPU (encode_images_later) before batch i's vectors are
         waited for and handed on, so the GPU is not idle meanwhile; a stop between batches
-        drops the one in flight (not committed: the next run reads it again)."""
+        drops the one in flight (not committed: the next run reads it again). Batches come
+        without their pixels (`rgb` empty): only the vectors are needed from here on."""
         cuda = getattr(getattr(encoder, "device", None), "type", "cpu") == "cuda"
         ahead = getattr(encoder, "encode_images_later", None) if cuda else None
         in_flight: tuple[TileBatch, object] | None = None
@@ -78,12 +79,22 @@ class LocalRunner:
                 out = [] if in_flight is None else [(in_flight[0], in_flight[1]())]
                 in_flight = (batch, started)
             stages["encode"] += time.perf_counter() - t
-            yield from out
+            yield from _without_pixels(out)
             t = time.perf_counter()
         if in_flight is not None:
             vectors = in_flight[1]()
             stages["encode"] += time.perf_counter() - t
-            yield in_flight[0], vectors
+            yield from _without_pixels([(in_flight[0], vectors)])
+
+
+def _without_pixels(done: list[tuple[TileBatch, object]]
+                    ) -> Iterator[tuple[TileBatch, object]]:
+    """Embedded batches handed on without their pixels (encoded by now, their copy to the
+    GPU done): the writer's queue would otherwise hold each batch's page-locked pixels
+    (77 MB per 512 tiles of 224 px) until the batch is committed."""
+    for batch, vectors in done:
+        batch.rgb = NO_PIXELS
+        yield batch, vectors
 
 
 def worker_death(e: RuntimeError) -> JobError | None:
