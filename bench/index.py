@@ -153,6 +153,8 @@ def main() -> int:
                    "waits for it), not on a thread of its own as the job does")
     p.add_argument("--warp", choices=("auto", "fast", "gdal"), default="auto",
                    help="tiling.warp (auto: fast for a new index)")
+    p.add_argument("--warp-on", choices=("auto", "device", "readers"), default="auto",
+                   help="job.warp_on: where the fast warp resamples plain tiles")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
     args = p.parse_args()
     if args.runner == "ray" and args.model == "null":
@@ -171,6 +173,8 @@ def main() -> int:
                               batch_size=args.batch_size or base.job.batch_size)
     if hasattr(job, "for_device"):  # batch_size 0 = by device (older checkouts: a number)
         job = job.for_device(enc.device.type)
+    if hasattr(job, "warp_on"):  # older checkouts warp in the readers only
+        job = dataclasses.replace(job, warp_on=args.warp_on)
     if args.read_batch and hasattr(job, "read_batch"):  # older checkouts have none
         job = dataclasses.replace(job, read_batch=args.read_batch)
     settings = dataclasses.replace(base, encoder=spec, job=job)
@@ -255,7 +259,10 @@ def main() -> int:
         os.link(raster, names[-1])
     total *= args.copies
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job's reader processes
-    report = IndexJob(work / "idx", settings, enc, progress=False).run([str(raster.parent)])
+    index_job = IndexJob(work / "idx", settings, enc, progress=False)
+    where = getattr(index_job.runner, "warp_device", None)
+    print(f"the fast warp's plain tiles resampled on: {where or 'the readers'}")
+    report = index_job.run([str(raster.parent)])
     job_s = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     gpu_busy = busy()

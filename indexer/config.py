@@ -146,6 +146,13 @@ class JobSettings:
     # A raster that would give more tiles than this is skipped in one line (a 1 MB file can
     # claim 100000 x 100000 pixels); raise it for huge mosaics.
     max_tiles_per_raster: int = ranged(1_000_000, "[1, 1e12]")
+    # Where the fast warp resamples the tiles that are one plain piece (a uint8 raster read
+    # as it is, not downsampled, no nodata in reach: most tiles of most rasters): "auto" =
+    # on the encoder's GPU when it has one (the readers then only read, cut the source
+    # pixels and make thumbnails), else in the reader processes; "device" = on the encoder's
+    # device even on a CPU (slower there: for tests); "readers" = always in the readers.
+    # Within 1 grey level of the readers' warp (tests/test_device_warp.py).
+    warp_on: str = "auto"
     # Where tiles are read and embedded: "local" (worker processes on this machine) or "ray"
     # (a Ray cluster; needs the `cluster` extra). Ray: the cluster's address ("" =
     # RAY_ADDRESS or a new local Ray, "auto", "ray://host:10001"), encoder actors (0 = one
@@ -305,6 +312,9 @@ def _validate(s: Settings) -> None:
     if t.warp == "fast" and t.resampling not in FAST_RESAMPLINGS:
         raise ConfigError(f"{where}: tiling.warp fast resamples nearest or bilinear, not "
                           f"{t.resampling!r}; use warp = \"gdal\" for it")
+    if s.job.warp_on not in {"auto", "device", "readers"}:
+        raise ConfigError(f"{where}: job.warp_on must be auto, device or readers, got "
+                          f"{s.job.warp_on!r}")
     if s.job.runner not in {"local", "ray"}:
         raise ConfigError(f"{where}: job.runner must be local or ray, got {s.job.runner!r}")
     if 0 < s.store.retrain_growth <= 1:

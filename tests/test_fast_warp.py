@@ -242,9 +242,13 @@ def test_a_window_the_fast_warp_cannot_take_is_gdals(monkeypatch, shared_geotiff
     gdal = _tiling(settings, "gdal")
     info = _info(shared_geotiff / "haiti_rgbn_5m.tif", fast)
     grid, strip = job_strips(info, fast, 64)[0]
-    monkeypatch.setattr(reader_mod, "warp_window", lambda *a, **k: None)
+    monkeypatch.setattr(reader_mod, "warp_or_defer", lambda *a, **k: None)
     got = RasterReader(fast).read_masked(info, strip, grid)
     want = RasterReader(gdal).read_masked(info, strip, grid)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # Reading for the device's warp too: nothing deferred, GDAL's pixels.
+    *got, deferred = RasterReader(fast).read_deferring(info, strip, grid, 64)
+    assert not deferred
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 

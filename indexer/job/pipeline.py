@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from encoder.model import SatelliteEncoder
@@ -36,6 +37,16 @@ def _tiling_for(index_dir: Path, tiling: TilingSettings) -> TilingSettings:
         return tiling
     exists, recipe = recorded_recipe(index_dir)
     return tiling.for_index(recipe) if exists else tiling.with_warp()
+
+
+def warp_device(settings: Settings, encoder) -> torch.device | None:
+    """Where the readers leave the fast warp's plain tiles (job.warp_on): the encoder's
+    device where that is a GPU ("auto") or always ("device"); None: the readers warp all."""
+    device = getattr(encoder, "device", None)
+    if settings.tiling.resolved_warp() != "fast" or not isinstance(device, torch.device):
+        return None
+    on = settings.job.warp_on
+    return device if on == "device" or (on == "auto" and device.type == "cuda") else None
 
 
 class IndexJob:
@@ -66,7 +77,8 @@ class IndexJob:
             device = getattr(encoder.device, "type", "cpu")
             self.job = j.for_device(device)
             self.runner = LocalRunner(settings.tiling, self.job, encoder.image_size,
-                                      pin_memory=device == "cuda", remote=settings.remote)
+                                      pin_memory=device == "cuda", remote=settings.remote,
+                                      warp_device=warp_device(settings, encoder))
 
     def run(self, archives: list[str], search: StacSearch | None = None) -> JobReport:
         """Index the ARCHIVE arguments (paths, URLs, STAC files) and the items of a STAC API

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.job.slots import SharedSlots, new_shared
-from indexer.job.thumbnails import jpeg_thumbnail
+from indexer.job.thumbnails import jpeg_crop_thumbnail, jpeg_thumbnail
 from indexer.logs import captured
 from indexer.rasters import vsi
 from indexer.rasters.grid import TileBlock, block_window, strip_window
@@ -68,6 +68,13 @@ class TileBatch:
     # The reader process whose reused buffer holds `rgb` (-1: a buffer of its own): the
     # runner hands it back (SharedSlots.release) once done with the pixels.
     slot: int = -1
+    # Tiles left to the encoder's device (TileDataset(defer=True)): `deferred` [K] marks the
+    # kept tiles (in order) that are still source pixels, `crops` [D, 3, C, C] (uint8, each
+    # from its top left corner) and `maps` [D, 2, 3] (tile pixel -> crop pixel); `rgb` then
+    # holds the K - D others. device_warp.resample_deferred makes them tiles. None: all in rgb.
+    deferred: np.ndarray | None = None
+    crops: torch.Tensor | None = None
+    maps: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.raster)
@@ -75,6 +82,8 @@ class TileBatch:
     def split(self, n: int) -> list[TileBatch]:
         """Consecutive batches of at most n tiles (their pixels are views of this batch's);
         a raster's error, the warnings and the read time go with the first part."""
+        if self.deferred is not None:
+            raise ValueError("TileBatch.split: resample the deferred tiles first")
         if len(self) <= n:
             return [self]
         out, told = [], set()
@@ -100,6 +109,8 @@ class TileBatch:
         """DataLoader(pin_memory=True) calls this: page-locked pixels copy to a GPU
         asynchronously."""
         self.rgb = self.rgb.pin_memory()
+        if self.crops is not None:
+            self.crops = self.crops.pin_memory()
         return self
 
 
@@ -109,9 +120,11 @@ class TileDataset(Dataset):
     A strip is read as one window; `collate` makes a TileBatch of several."""
 
     def __init__(self, plans: list[RasterPlan], tile_px: int, tiling: TilingSettings,
-                 job: JobSettings, remote: RemoteSettings | None = None):
+                 job: JobSettings, remote: RemoteSettings | None = None, defer: bool = False):
+        """`defer`: tiles that are one plain piece of the fast warp are not resampled here:
+        their source pixels travel instead (TileBatch.crops), for the encoder's device."""
         self.plans, self.px = plans, tile_px
-        self.tiling, self.job, self.remote = tiling, job, remote
+        self.tiling, self.job, self.remote, self.defer = tiling, job, remote, defer
         self.strip = max(1, min(STRIP_TILES, job.batch_size or STRIP_TILES))
         self._per_row = [-(-p.block.width // self.strip) for p in plans]
         counts = [n * (p.block.y1 - p.block.y0 + 1) for n, p in zip(self._per_row, plans,
@@ -141,7 +154,7 @@ class TileDataset(Dataset):
         done = np.array([(x, y) in plan.done for x in xs.tolist()], dtype=bool)
         out = {"raster": plan.source, "z": plan.block.zoom, "x": xs, "y": y, "done": done,
                "nodata": np.ones(n, dtype=np.float32), "rgb": None, "has": np.zeros(n, bool),
-               "thumbs": [], "error": None, "warnings": []}
+               "deferred": {}, "thumbs": [], "error": None, "warnings": []}
         if done.all():
             out["read_s"] = time.perf_counter() - t0
             return out
@@ -149,9 +162,14 @@ class TileDataset(Dataset):
             with captured() as out["warnings"]:
                 if self._reader is None:
                     self._reader = RasterReader(self.tiling, remote=self.remote)
-                rgb, valid = self._reader.read_masked(
-                    plan.info, strip_window(plan.block, self.px, x0, y, n),
-                    grid=block_window(plan.block, self.px))
+                window = strip_window(plan.block, self.px, x0, y, n)
+                grid = block_window(plan.block, self.px)
+                if self.defer:
+                    rgb, valid, deferred = self._reader.read_deferring(plan.info, window,
+                                                                       grid, self.px)
+                    out["deferred"] = {d.tile: d for d in deferred}
+                else:
+                    rgb, valid = self._reader.read_masked(plan.info, window, grid=grid)
         except (RasterioError, OSError) as e:
             z = plan.block.zoom
             if is_remote(plan.info.path):
@@ -171,8 +189,9 @@ class TileDataset(Dataset):
         # The strip's tiles as views (no copy): collate copies the kept ones, once, into
         # the batch's tensor; the thumbnails read them where they are.
         out["rgb"] = rgb.reshape(3, px, n, px).transpose(2, 0, 1, 3)  # [n, 3, px, px]
-        out["thumbs"] = [jpeg_thumbnail(out["rgb"][i], self.job.thumbnail_size,
-                                        self.job.thumbnail_quality)
+        size, quality, later = self.job.thumbnail_size, self.job.thumbnail_quality, out["deferred"]
+        out["thumbs"] = [jpeg_crop_thumbnail(later[i].crop, later[i].matrix, px, size, quality)
+                         if i in later else jpeg_thumbnail(out["rgb"][i], size, quality)
                          for i in np.flatnonzero(out["has"]).tolist()]
         out["read_s"] = time.perf_counter() - t0
         return out
@@ -189,18 +208,29 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
     kept = int(has.sum())
     pixel_row[has] = np.arange(kept)
     slot = -1
-    parts = [(s["rgb"], s["has"]) for s in strips if s["rgb"] is not None and s["has"].any()]
-    if parts:
-        px = parts[0][0].shape[-1]
-        shape = (kept, 3, px, px)
-        if slots is not None and (got := slots.take(shape)) is not None:
-            rgb, slot = got
-        elif torch.utils.data.get_worker_info() is not None:
-            # In a DataLoader worker: straight into shared memory (as torch's own
-            # default_collate does), or the queue would copy the tensor there once more.
-            rgb = new_shared(shape)
+    # Kept tiles whose source pixels travel instead (TileDataset(defer=True)), in order.
+    later = [s["deferred"][i] for s in strips if s.get("deferred")
+             for i in np.flatnonzero(s["has"]).tolist() if i in s["deferred"]]
+    parts = [(s["rgb"], _without(s["has"], s["deferred"]) if s.get("deferred") else s["has"])
+             for s in strips if s["rgb"] is not None and s["has"].any()]
+    parts = [(tiles, keep) for tiles, keep in parts if keep.any()]
+    rgb, crops = NO_PIXELS, None
+    if parts or later:
+        px = _px(strips)
+        side = max((max(d.crop.shape[1:]) for d in later), default=0)
+        room = kept * 3 * px * px  # a batch's tiles: the crops fit beside the others when
+        rows = kept - len(later)  # they are no larger than tiles (upsampled, or at par)
+        need = rows * 3 * px * px + len(later) * 3 * side * side
+        if slots is not None and need <= room and (got := slots.take((kept, 3, px, px))):
+            flat, slot = got[0].view(-1), got[1]
         else:
-            rgb = torch.empty(shape, dtype=torch.uint8)
+            flat = _shared_or_not(need)
+        rgb = flat[:rows * 3 * px * px].view(rows, 3, px, px)
+        if later:
+            crops = flat[rows * 3 * px * px:need].view(len(later), 3, side, side)
+            c = crops.numpy()
+            for i, d in enumerate(later):  # each from its top left corner
+                c[i, :, :d.crop.shape[1], :d.crop.shape[2]] = d.crop
         out, a = rgb.numpy(), 0
         for tiles, keep in parts:
             # Runs of kept tiles copied by slice: a strided block copy (np.compress on these
@@ -208,8 +238,11 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
             for i0, i1 in _runs(keep):
                 out[a:a + i1 - i0] = tiles[i0:i1]
                 a += i1 - i0
-    else:
-        rgb = NO_PIXELS
+    deferred = None
+    if later:
+        deferred = np.concatenate([np.array([i in s.get("deferred", ()) for i in
+                                             np.flatnonzero(s["has"]).tolist()], dtype=bool)
+                                   for s in strips])
     errors: dict[int, str] = {}
     for s in strips:
         if s["error"] and s["raster"] not in errors:
@@ -225,7 +258,29 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
         thumbs=[t for s in strips for t in s["thumbs"]],
         errors=errors, warnings=[w for s in strips for w in s["warnings"]],
         read_s=sum(s["read_s"] for s in strips) + time.perf_counter() - t0, slot=slot,
+        deferred=deferred, crops=crops,
+        maps=(np.stack([d.matrix for d in later]).astype(np.float32) if later else None),
     )
+
+
+def _without(has: np.ndarray, deferred: dict) -> np.ndarray:
+    """The kept tiles of a strip that were resampled in the reader."""
+    keep = has.copy()
+    keep[list(deferred)] = False
+    return keep
+
+
+def _px(strips: list[dict]) -> int:
+    """The tile side of the strips that were read."""
+    return next(s["rgb"].shape[-1] for s in strips if s["rgb"] is not None)
+
+
+def _shared_or_not(n: int) -> torch.Tensor:
+    """n bytes: in a DataLoader worker straight into shared memory (as torch's own
+    default_collate does), or the queue would copy the tensor there once more."""
+    if torch.utils.data.get_worker_info() is not None:
+        return new_shared((n,))
+    return torch.empty(n, dtype=torch.uint8)
 
 
 def _runs(keep: np.ndarray) -> list[tuple[int, int]]:

@@ -9,29 +9,37 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 
+import torch
+
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import JobError
+from indexer.job.device_warp import resample_deferred
 from indexer.job.read import NO_PIXELS, RasterPlan, TileBatch, TileDataset, read_tiles, tile_loader
 from indexer.job.slots import SLOTS, SharedSlots
 
 
 class LocalRunner:
     def __init__(self, tiling: TilingSettings, job: JobSettings, tile_px: int,
-                 pin_memory: bool = False, remote: RemoteSettings | None = None):
+                 pin_memory: bool = False, remote: RemoteSettings | None = None,
+                 warp_device: torch.device | None = None):
         """`pin_memory`: batches arrive in page-locked memory (for non-blocking copies to a
-        GPU); `remote`: GDAL settings and retries for remote rasters."""
+        GPU); `remote`: GDAL settings and retries for remote rasters; `warp_device`: the
+        readers leave the tiles that are one plain piece of the fast warp to this device
+        (job.warp_on), and batches come with their pixels there."""
         if job.batch_size < 1 or job.workers < 0:
             raise ValueError("LocalRunner: job.batch_size 0 and job.workers -1 mean 'by "
                              "device': resolve them with JobSettings.for_device first")
         self.tiling, self.job, self.tile_px = tiling, job, tile_px
-        self.pin_memory, self.remote = pin_memory, remote
+        self.pin_memory, self.remote, self.warp_device = pin_memory, remote, warp_device
 
-    def batches(self, plans: list[RasterPlan]) -> Iterator[TileBatch]:
+    def batches(self, plans: list[RasterPlan],
+                stages: defaultdict[str, float] | None = None) -> Iterator[TileBatch]:
         """Every tile of the plans, in plan order, in batches of at most job.batch_size
         tiles (each reader call reads job.read_batch of them, split here). A reader process
         that dies surfaces as torch's RuntimeError: see `worker_death`."""
-        dataset = TileDataset(plans, self.tile_px, self.tiling, self.job, self.remote)
+        dataset = TileDataset(plans, self.tile_px, self.tiling, self.job, self.remote,
+                              defer=self.warp_device is not None)
         if len(dataset) == 0:
             return
         # Each reader's pixels travel in a few buffers of its own, reused (slots.py).
@@ -43,11 +51,19 @@ class LocalRunner:
         with deferred_interrupts():
             it = iter(tile_loader(dataset, self.job, self.pin_memory, slots))
         for read in it:
-            parts = read.split(self.job.batch_size)
             reused = slots is not None and read.slot >= 0
             if reused and read.rgb.is_pinned():
                 slots.release(read.slot)  # the pin thread copied its pixels to page-locked
                 reused = False  # memory (CUDA): the buffer is free already
+            if read.deferred is not None:
+                t = time.perf_counter()
+                read = resample_deferred(read, self.warp_device)
+                if stages is not None:  # on CUDA: queueing it (the GPU's time is the encoder's)
+                    stages["warp on the device"] += time.perf_counter() - t
+                if reused:  # its pixels are on the device now, or copied there
+                    slots.release(read.slot)
+                    reused = False
+            parts = read.split(self.job.batch_size)
             yield from parts
             if reused:
                 # The reader writes its next batches into this buffer: no batch handed out
@@ -67,9 +83,12 @@ class LocalRunner:
         cuda = getattr(getattr(encoder, "device", None), "type", "cpu") == "cuda"
         ahead = getattr(encoder, "encode_images_later", None) if cuda else None
         in_flight: tuple[TileBatch, object] | None = None
-        t = time.perf_counter()
-        for batch in self.batches(plans):
-            stages["wait for tiles"] += time.perf_counter() - t
+        t, warped = time.perf_counter(), 0.0
+        for batch in self.batches(plans, stages):
+            # (the device's warp is timed apart, inside batches())
+            now = stages.get("warp on the device", 0.0)
+            stages["wait for tiles"] += time.perf_counter() - t - (now - warped)
+            warped = now
             stages["read (worker seconds)"] += batch.read_s
             t = time.perf_counter()
             if ahead is None:

@@ -41,7 +41,7 @@ from indexer.rasters.grid import METRES_PER_DEGREE, Window
 from indexer.rasters.inspect import RasterInfo
 from indexer.rasters.remote import gdal_path, with_retries
 from indexer.rasters.scaling import to_uint8, valid_mask
-from indexer.rasters.warp import warp_window
+from indexer.rasters.warp import Deferred, warp_or_defer
 
 OPEN_DATASETS = 8  # per reading process
 FULL = -1  # the overview "level" of the full-resolution pixels
@@ -221,10 +221,27 @@ class RasterReader:
                             lambda: self._read_masked(info, window, grid),
                             reset=lambda: self.forget(info.path))
 
-    def _read_masked(self, info: RasterInfo, window: Window, grid: Window | None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        if self.warp == "fast" and (got := self._read_fast(info, window, grid)) is not None:
+    def read_deferring(self, info: RasterInfo, window: Window, grid: Window, px: int
+                       ) -> tuple[np.ndarray, np.ndarray, list[Deferred]]:
+        """read_masked of a window one tile of `px` pixels high, with the tiles that are one
+        plain piece of the fast warp (warp.warp_or_defer) left unresampled and handed back
+        as Deferred (their pixels 0, valid): for a uint8 raster read as it is (scaling
+        identity) through the fast warp; otherwise every tile is resampled here."""
+        if not (self.warp == "fast" and tuple(info.scale_lo) == (0.0, 0.0, 0.0)
+                and tuple(info.scale_hi) == (255.0, 255.0, 255.0)):
+            return (*self.read_masked(info, window, grid), [])
+        return with_retries(info.path, self.remote,
+                            lambda: self._read_masked(info, window, grid, px),
+                            reset=lambda: self.forget(info.path))
+
+    def _read_masked(self, info: RasterInfo, window: Window, grid: Window | None,
+                     defer_px: int = 0):
+        """(rgb, valid), or with `defer_px` (rgb, valid, deferred tiles)."""
+        if self.warp == "fast" and (got := self._read_fast(info, window, grid,
+                                                           defer_px)) is not None:
             return got
+        if defer_px:
+            return (*self._read_masked(info, window, grid), [])
         if grid is not None and (offset := window.offset_in(grid)) is not None:
             view = self._view(info, grid)
             col, row = offset
@@ -234,8 +251,8 @@ class RasterReader:
         with vrt:
             return self._read(vrt, _MaskRule.of(vrt), None, info)
 
-    def _read_fast(self, info: RasterInfo, window: Window, grid: Window | None
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    def _read_fast(self, info: RasterInfo, window: Window, grid: Window | None,
+                   defer_px: int = 0):
         """The window through the fast warp (warp.py), or None where it cannot take it
         (complex values, a projection that fails, a huge source rectangle): GDAL's warp
         then. The overview level and longitude span are the grid's when there is one (as
@@ -246,11 +263,24 @@ class RasterReader:
         src = self._dataset(info.path, level)
         if np.dtype(src.dtypes[0]).kind not in "iuf":
             return None  # complex values
-        got = warp_window(src, list(self.tiling.bands), window, _shift(info, where),
-                          self.tiling.resampling)
+        got = warp_or_defer(src, list(self.tiling.bands), window, _shift(info, where),
+                            self.tiling.resampling, defer_px, self.tiling.zero_is_nodata)
         if got is None:
             return None
-        return self._scaled(*got, info)
+        data, mask, deferred = got
+        if not deferred:
+            rgb, valid = self._scaled(data, mask, info)
+            return (rgb, valid, []) if defer_px else (rgb, valid)
+        # The tiles resampled here scaled and checked as usual; the deferred ones are valid
+        # (warp_or_defer checked) and their pixels (0) are not looked at.
+        todo = np.ones(data.shape[2] // defer_px, dtype=bool)
+        todo[[d.tile for d in deferred]] = False
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], todo, [0])).astype(np.int8)))
+        rgb = to_uint8(data, info.scale_lo, info.scale_hi)  # uint8 as it is: no copy
+        for t0, t1 in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            cols = slice(t0 * defer_px, t1 * defer_px)
+            rgb[:, :, cols], mask[:, cols] = self._scaled(data[:, :, cols], mask[:, cols], info)
+        return rgb, mask, deferred
 
     def _read(self, vrt: WarpedVRT, rule: _MaskRule, win: PixelWindow | None,
               info: RasterInfo) -> tuple[np.ndarray, np.ndarray]:

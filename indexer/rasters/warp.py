@@ -27,6 +27,11 @@ What differs from GDAL's bilinear (measured in tests/test_fast_warp.py and BENCH
   source pixels (inside the raster and valid in GDAL's mask of the source); its value is
   the mean of the valid ones only (as GDAL renormalises), so nodata never bleeds in.
 
+`warp_or_defer` can leave the plain tiles of a strip unresampled (a whole tile that is one
+piece, of a uint8 raster, bilinear, not downsampled, every sample valid): their source
+crops and maps go to the encoder's GPU, which resamples them at the same positions
+(indexer/job/device_warp.py, job.warp_on).
+
 `warp_window` returns None where the projection fails at a fitted point (e.g. a UTM raster
 far outside its zone), or where the window's source rectangle is over MAX_SOURCE_PIXELS:
 the reader then warps that window with GDAL.
@@ -34,6 +39,7 @@ the reader then warps that window with GDAL.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -191,10 +197,34 @@ def has_mask(src: DatasetReader) -> bool:
     return any(set(f) != {MaskFlags.all_valid} for f in src.mask_flag_enums)
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A tile of a window left to be resampled elsewhere (the encoder's device: warp_tiles
+    in indexer/job/device_warp.py): its source pixels and its affine map."""
+
+    tile: int  # the tile's index in the window: its columns tile * px .. (tile + 1) * px
+    crop: np.ndarray  # uint8 [bands, h, w]: a view of the window's source read
+    matrix: np.ndarray  # [2, 3] float64: tile pixel (col, row) -> crop pixel (centres at 0)
+
+
 def warp_window(src: DatasetReader, bands: list[int], window: Window, shift: float,
                 resampling: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(data [len(bands), H, W] in the raster's type, valid bool [H, W]) of an EPSG:3857
     window, or None where the projection fails (read it with GDAL then)."""
+    got = warp_or_defer(src, bands, window, shift, resampling)
+    return None if got is None else got[:2]
+
+
+def warp_or_defer(src: DatasetReader, bands: list[int], window: Window, shift: float,
+                  resampling: str, defer_px: int = 0, zero_is_nodata: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, list[Deferred]] | None:
+    """warp_window, and with `defer_px` (the tile side of a window one tile high) the tiles
+    that are one plain piece each are not resampled here but handed back as Deferred: their
+    pixels in `data` stay 0 and valid True. A plain piece: a whole tile, of a uint8 raster,
+    bilinear, not downsampled (no blur), every sample inside the raster and valid in its
+    mask, and (`zero_is_nodata`) no source pixel whose bands are all below 2, so no
+    resampled pixel can be 0 in every band (its bands sum to at least 2 - 3 x 0.5 before
+    rounding) and every pixel of the tile is valid, as the warp here would find."""
     pieces = _pieces(window, src, shift, resampling)
     if pieces is None:
         return None
@@ -205,7 +235,7 @@ def warp_window(src: DatasetReader, bands: list[int], window: Window, shift: flo
     rects = np.array([p.source for p in pieces if p.source[0] < p.source[2]
                       and p.source[1] < p.source[3]]).reshape(-1, 4)
     if not len(rects):
-        return out, valid  # wholly outside the raster
+        return out, valid, []  # wholly outside the raster
     c0, r0 = rects[:, :2].min(axis=0).tolist()
     c1, r1 = rects[:, 2:].max(axis=0).tolist()
     if (c1 - c0) * (r1 - r0) > MAX_SOURCE_PIXELS:
@@ -216,9 +246,37 @@ def warp_window(src: DatasetReader, bands: list[int], window: Window, shift: flo
     data = raw if unique == bands else raw[[unique.index(b) for b in bands]]
     mask = src.dataset_mask(window=win) if has_mask(src) else None
     flag = FLAGS[resampling]
+    deferred: list[Deferred] = []
+    plain = (defer_px and window.height == defer_px and dtype == np.uint8
+             and resampling == "bilinear")
     for p in pieces:
+        if plain and (d := _deferred(p, data, mask, (c0, r0), defer_px, zero_is_nodata)):
+            deferred.append(d)
+            valid[:, p.col:p.col + p.width] = True
+            continue
         _warp_piece(p, data, mask, (c0, r0), flag, out, valid)
-    return out, valid
+    return out, valid, deferred
+
+
+def _deferred(p: _Piece, data: np.ndarray, mask: np.ndarray | None, origin: tuple[int, int],
+              px: int, zero_is_nodata: bool) -> Deferred | None:
+    """The piece as a Deferred tile when it is a plain one (warp_or_defer), else None."""
+    if not (p.inside and not p.sigma and p.width == px and p.height == px
+            and p.col % px == 0 and p.row == 0):
+        return None
+    sc0, sr0, sc1, sr1 = p.source
+    view = (slice(sr0 - origin[1], sr1 - origin[1]), slice(sc0 - origin[0], sc1 - origin[0]))
+    if mask is not None and cv2.minMaxLoc(mask[view])[0] == 0:
+        return None
+    crop = data[(slice(None), *view)]
+    # Some band at least 2 everywhere (most often the first looked at), else every pixel's.
+    if zero_is_nodata and all(cv2.minMaxLoc(band)[0] < 2 for band in crop) and \
+            functools.reduce(np.maximum, crop).min() < 2:
+        return None
+    m = p.matrix.copy()
+    m[0, 2] -= sc0
+    m[1, 2] -= sr0
+    return Deferred(p.col // px, crop, m)
 
 
 def _warp_piece(p: _Piece, data: np.ndarray, mask: np.ndarray | None,

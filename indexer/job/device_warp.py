@@ -1,0 +1,76 @@
+"""The fast warp's last step on the encoder's device: tiles that the readers left as source
+pixels (TileBatch.crops, TileDataset(defer=True)) resampled there, so that a reader process
+only reads, cuts and makes thumbnails (job.warp_on). Bilinear by `grid_sample` at the same
+sample positions as OpenCV's warpAffine in the readers (indexer/rasters/warp.py), within
+1 grey level of it (OpenCV rounds positions to 1/32 px: tests/test_device_warp.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from indexer.job.read import TileBatch
+
+_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int) -> torch.Tensor:
+    """uint8 crops [D, 3, C, C] and maps [D, 2, 3] (tile pixel (col, row) -> crop pixel,
+    pixel centres at integers: warpAffine's inverse map) on one device -> uint8 tiles
+    [D, 3, px, px] there. Every sample and its bilinear neighbours are inside its crop (the
+    readers defer only such tiles), so the crops' padding is never read."""
+    d, _, h, w = crops.shape
+    ar = torch.arange(px, device=crops.device, dtype=torch.float32)
+    m = maps.to(crops.device, torch.float32)
+    cols, rows = ar.view(1, 1, px), ar.view(1, px, 1)
+    x = m[:, 0, 0].view(d, 1, 1) * cols + m[:, 0, 1].view(d, 1, 1) * rows + m[:, 0, 2].view(d, 1, 1)
+    y = m[:, 1, 0].view(d, 1, 1) * cols + m[:, 1, 1].view(d, 1, 1) * rows + m[:, 1, 2].view(d, 1, 1)
+    # align_corners=True: -1 and 1 are the centres of the first and last pixels.
+    grid = torch.stack([x.mul_(2 / max(w - 1, 1)).sub_(1), y.mul_(2 / max(h - 1, 1)).sub_(1)],
+                       dim=-1)
+    out = F.grid_sample(crops.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resample_deferred(batch: TileBatch, device: torch.device) -> TileBatch:
+    """The batch with every kept tile in `rgb`, on `device`: the readers' tiles copied there,
+    the deferred ones resampled there, in the batch's order. On CUDA the copies run on a
+    stream of their own (the encoding of the batch before goes on meanwhile); the returned
+    pixels are not views of the batch's host buffers, which are free to reuse on return."""
+    if batch.deferred is None:
+        return batch
+    px = batch.rgb.shape[-1]  # [K - D, 3, px, px], K - D >= 0
+    # Everything the device needs goes by the copy stream, the small arrays too (a copy
+    # from pageable memory on the encoder's stream would wait for the batch it encodes),
+    # and rows are placed by index (a boolean mask would wait for the GPU to count it).
+    rows, later = np.flatnonzero(~batch.deferred), np.flatnonzero(batch.deferred)
+    maps, rows_d, later_d, crops, rgb = _to(
+        device, torch.from_numpy(np.ascontiguousarray(batch.maps)), torch.from_numpy(rows),
+        torch.from_numpy(later), batch.crops, batch.rgb)
+    out = torch.empty((len(batch.deferred), 3, px, px), dtype=torch.uint8, device=device)
+    if len(rows):
+        out.index_copy_(0, rows_d, rgb)
+    out.index_copy_(0, later_d, warp_tiles(crops, maps, px))
+    batch.rgb, batch.crops, batch.maps, batch.deferred = out, None, None, None
+    return batch
+
+
+def _to(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Host tensors onto `device`; on CUDA through a copy stream of their own (the current
+    stream waits for it, and their memory is not reused while it reads them)."""
+    if device.type != "cuda":
+        return [t.to(device) for t in tensors]
+    stream = _streams.get(device)
+    if stream is None:
+        stream = _streams[device] = torch.cuda.Stream(device)
+    current = torch.cuda.current_stream(device)
+    with torch.cuda.stream(stream):
+        # From pageable memory a copy waits for the stream's copies before it: page-locked.
+        out = [(t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+               for t in tensors]
+    current.wait_stream(stream)
+    for t in out:
+        t.record_stream(current)
+    return out

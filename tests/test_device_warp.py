@@ -1,0 +1,270 @@
+"""The fast warp's plain tiles resampled on the encoder's device (job.warp_on): the readers
+hand over source crops and affine maps, `grid_sample` makes the tiles. The same tiles as
+the readers' warp within 1 grey level, the same validity, the same job output."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from indexer.config import ConfigError, DiscoverySettings, load_settings
+from indexer.job.device_warp import resample_deferred, warp_tiles
+from indexer.job.pipeline import IndexJob, warp_device
+from indexer.job.read import RasterPlan, TileDataset, collate
+from indexer.job.runner import LocalRunner
+from indexer.rasters.grid import choose_zoom, raster_blocks
+from indexer.rasters.inspect import inspect_raster
+from indexer.rasters.sources import RasterSource
+from indexer.store.snapshot import IndexSnapshot
+from tests.helpers import make_raster, patterned_raster
+
+CPU = torch.device("cpu")
+DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+def _smooth(size: int) -> np.ndarray:
+    """uint8 [3, size, size] of smooth gradients (2..220: no pixel near 0)."""
+    yy, xx = np.mgrid[0:size, 0:size] / 37.0
+    return np.stack([120 + 100 * np.sin(xx + 0.3 * yy), 120 + 100 * np.cos(0.8 * yy),
+                     120 + 90 * np.sin(0.5 * (xx - yy))]).round().astype(np.uint8)
+
+
+def _fast(settings, **tiling):
+    return dataclasses.replace(settings, tiling=dataclasses.replace(
+        settings.tiling, warp="fast", **tiling))
+
+
+def _plans(path, tiling, px):
+    info = inspect_raster(RasterSource(str(path)), DiscoverySettings(), tiling)
+    zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, tiling)
+    return [RasterPlan(info, b, 0) for b in raster_blocks(info, zoom)]
+
+
+def _both(plans, px, tiling, job, device=CPU):
+    """The batch of every strip read by the readers' warp, and with plain tiles deferred
+    (before and after resampling them on `device`)."""
+    ref = TileDataset(plans, px, tiling, job)
+    dev = TileDataset(plans, px, tiling, job, defer=True)
+    a = collate([ref[i] for i in range(len(ref))])
+    b = collate([dev[i] for i in range(len(dev))])
+    deferred = 0 if b.deferred is None else int(b.deferred.sum())
+    return a, resample_deferred(b, device), deferred
+
+
+def _same_batch(a, b, mean_thumb=4.0):
+    """Same tiles, validity and rows; pixels within 1 grey level; thumbnails alike."""
+    for k in ("raster", "z", "x", "y", "done", "pixel_row"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    np.testing.assert_allclose(a.nodata, b.nodata, atol=1e-6)
+    diff = np.abs(a.rgb.numpy().astype(np.int16) - b.rgb.cpu().numpy().astype(np.int16))
+    assert diff.size == 0 or (diff.max() <= 1 and diff.mean() < 0.01), (diff.max(), diff.mean())
+    assert len(a.thumbs) == len(b.thumbs) == len(a.rgb)
+    for ta, tb in zip(a.thumbs, b.thumbs, strict=True):
+        ia = cv2.imdecode(np.frombuffer(ta, np.uint8), cv2.IMREAD_COLOR).astype(np.int16)
+        ib = cv2.imdecode(np.frombuffer(tb, np.uint8), cv2.IMREAD_COLOR).astype(np.int16)
+        assert ia.shape == ib.shape
+        assert np.abs(ia - ib).mean() < mean_thumb
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_deferred_tiles_are_the_readers_tiles(tmp_path, settings, device):
+    """A UTM raster with a nodata corner at 224 px: the tiles inside are resampled on the
+    device, those at the edges and the nodata corner in the readers; together the batch is
+    the readers' batch."""
+    s = _fast(settings, target_gsd_m=4.0)
+    path = patterned_raster(tmp_path / "r.tif", 1536, nodata=0)
+    plans = _plans(path, s.tiling, 224)
+    job = dataclasses.replace(s.job, batch_size=64)
+    a, b, deferred = _both(plans, 224, s.tiling, job, device)
+    assert 0 < deferred < len(a.rgb)  # both kinds in one batch
+    assert b.rgb.device.type == device.type and b.deferred is None and b.crops is None
+    _same_batch(a, b)
+
+
+def test_deferred_tiles_of_the_shared_rasters(shared_geotiff, settings):
+    """Every shared raster (any CRS) at the test model's tile size and at 224 px: deferred
+    tiles, where a raster has any, are the readers' within 1 grey level."""
+    s = _fast(settings)
+    job = dataclasses.replace(s.job, batch_size=64)
+    deferred = 0
+    for path in sorted(shared_geotiff.glob("*.tif")):
+        for px in (64, 224):
+            a, b, n = _both(_plans(path, s.tiling, px), px, s.tiling, job)
+            deferred += n
+            _same_batch(a, b, mean_thumb=10.0)  # sharper from the source: up to 8.9
+    assert deferred > 0
+
+
+def test_crops_larger_than_tiles_travel_beside_them(tmp_path, settings):
+    """Tiles 1.04x the raster's pixel (no blur yet) need source crops larger than the tile:
+    they are deferred too, and cross from a worker process in memory of their own."""
+    s = _fast(settings, zoom=15)  # 3.96 m tiles of 224 px at 43.46 N
+    data = np.random.default_rng(3).integers(2, 255, (3, 1200, 1200), dtype=np.uint8)
+    path = make_raster(tmp_path / "r.tif", size=1200, res=3.963 / 1.04, data=data)
+    plans = _plans(path, s.tiling, 224)
+    job = dataclasses.replace(s.job, batch_size=32, read_batch=32, workers=1)
+    ds = TileDataset(plans, 224, s.tiling, job, defer=True)
+    strip = ds[len(ds) // 2]
+    assert strip["deferred"] and max(max(d.crop.shape[1:]) for d in
+                                     strip["deferred"].values()) > 224
+    ref = LocalRunner(s.tiling, job, 224).batches(plans)
+    got = LocalRunner(s.tiling, job, 224, warp_device=CPU).batches(plans)
+    n = 0
+    for a, b in zip(ref, got, strict=True):  # side by side: a reader's buffer is reused
+        np.testing.assert_array_equal(a.pixel_row, b.pixel_row)
+        diff = np.abs(a.rgb.numpy().astype(np.int16) - b.rgb.numpy().astype(np.int16))
+        assert diff.size == 0 or diff.max() <= 1
+        n += len(b.rgb)
+    assert n > 0
+
+
+def test_a_deferred_tiles_thumbnail_is_the_tiles_thumbnail(tmp_path, settings):
+    """A web-mercator raster on the tile grid at the tiles' own pixel size: each tile is
+    its source crop as it is, so the thumbnail made from the crop must be the thumbnail the
+    readers make from the tile (a bilinear resize) within rounding; an offset or a wrong
+    scale of its sample grid would show on these gradients."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from indexer.job.thumbnails import crop_thumbnail_bands, thumbnail_bands
+    from indexer.rasters.grid import ORIGIN
+
+    z, px, tx, ty = 14, 224, 8700, 5900
+    tile_m = 2 * ORIGIN / 2**z
+    size = 5 * px
+    data = _smooth(size)
+    path = tmp_path / "m.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3,
+                       dtype="uint8", crs="EPSG:3857",
+                       transform=from_origin(-ORIGIN + tx * tile_m, ORIGIN - ty * tile_m,
+                                             tile_m / px, tile_m / px)) as dst:
+        dst.write(data)
+    s = _fast(settings, zoom=z)
+    ds = TileDataset(_plans(path, s.tiling, px), px, s.tiling, s.job, defer=True)
+    checked = 0
+    for i in range(len(ds)):
+        strip = ds[i]
+        for d in strip["deferred"].values():
+            tile = d.crop[:, round(d.matrix[1, 2]):round(d.matrix[1, 2]) + px,
+                          round(d.matrix[0, 2]):round(d.matrix[0, 2]) + px]
+            np.testing.assert_allclose(d.matrix[:, :2], np.eye(2), atol=1e-6)
+            want = np.stack(thumbnail_bands(tile, 128)).astype(np.int16)
+            got = np.stack(crop_thumbnail_bands(d.crop, d.matrix, px, 128)).astype(np.int16)
+            assert np.abs(got - want).max() <= 2, np.abs(got - want).max()
+            checked += 1
+    assert checked >= 4
+
+
+@pytest.mark.parametrize("case", ["uint16", "downsampled", "nearest", "dark"])
+def test_tiles_that_are_not_plain_are_resampled_by_the_readers(tmp_path, settings, case):
+    """Not deferred: a raster scaled to uint8 (uint16), tiles coarser than the raster (the
+    warp blurs first), nearest resampling, and (zero_is_nodata) tiles whose source has
+    pixels that could resample to 0 in every band. The batch is the readers' all the same."""
+    tiling = {"target_gsd_m": 4.0}
+    size, dtype = 1024, "uint8"
+    data = _smooth(size)
+    if case == "uint16":
+        dtype, data = "uint16", data.astype(np.uint16) * 13
+    elif case == "downsampled":
+        tiling = {"target_gsd_m": 8.0}
+    elif case == "nearest":
+        tiling["resampling"] = "nearest"
+    else:  # dark: pixels of (1, 0, 0) and (0, 1, 0) everywhere in the left half
+        data[:, :, : size // 2] = 0
+        data[0, 0::2, : size // 2] = 1
+        data[1, 1::2, : size // 2] = 1
+    s = _fast(settings, **tiling)
+    path = make_raster(tmp_path / "r.tif", size=size, data=data, dtype=dtype)
+    job = dataclasses.replace(s.job, batch_size=64)
+    plans = _plans(path, s.tiling, 224)
+    a, b, deferred = _both(plans, 224, s.tiling, job)
+    if case == "dark":
+        ds = TileDataset(plans, 224, s.tiling, job, defer=True)
+        left = [d for i in range(len(ds)) for t, d in ds[i]["deferred"].items()
+                if ds[i]["x"][t] < (plans[0].block.x0 + plans[0].block.x1) / 2 - 1]
+        assert deferred > 0 and not left  # the right half is deferred, the left is not
+    else:
+        assert deferred == 0
+    _same_batch(a, b)
+
+
+def test_warp_tiles_samples_where_the_maps_say():
+    """Identity maps give the crops back; half a pixel to the right, the mean of two
+    neighbours (rounded half up, as warpAffine)."""
+    crops = torch.randint(0, 256, (3, 3, 20, 20), dtype=torch.uint8)
+    ident = torch.tensor([[1.0, 0, 0], [0, 1, 0]]).expand(3, 2, 3)
+    assert torch.equal(warp_tiles(crops, ident, 16), crops[:, :, :16, :16])
+    half = ident.clone()
+    half[:, 0, 2] = 0.5
+    want = ((crops[:, :, :16, :16].int() + crops[:, :, :16, 1:17].int()) / 2).round()
+    got = warp_tiles(crops, half, 16).int()
+    assert (got - want).abs().max() <= 1
+    ref = cv2.warpAffine(crops[0, 0].numpy(), half[0].numpy().astype(np.float64), (16, 16),
+                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    assert np.abs(got[0, 0].numpy() - ref).max() <= 1
+
+
+def test_the_job_gives_the_same_index_either_way(tmp_path, settings, encoder):
+    """Two reader processes, the test model: the index with plain tiles resampled on the
+    device (here the CPU) holds the same tiles, nodata counts and, within float tolerance,
+    the same vectors as the index of the readers' warp."""
+    path = patterned_raster(tmp_path / "archive" / "r.tif", 1024, nodata=0)
+    reports, snaps = [], []
+    for where in ("readers", "device"):
+        s = _fast(settings, target_gsd_m=4.0)  # 5 m pixels, upsampled: no blur
+        s = dataclasses.replace(s, job=dataclasses.replace(s.job, workers=2, warp_on=where,
+                                                           batch_size=32, read_batch=64))
+        job = IndexJob(tmp_path / where, s, encoder, progress=False)
+        assert (job.runner.warp_device is None) == (where == "readers")
+        reports.append(job.run([str(path.parent)]))
+        snaps.append(IndexSnapshot.open(tmp_path / where))
+    a, b = reports
+    assert "warp on the device" not in a.stages and b.stages["warp on the device"] > 0
+    assert a.tiles_written == b.tiles_written > 0 and a.tiles_nodata == b.tiles_nodata
+    ta, tb = (s.tiles(["id", "z", "x", "y"]).to_pandas().sort_values(["x", "y"]) for s in snaps)
+    np.testing.assert_array_equal(ta[["z", "x", "y"]].to_numpy(), tb[["z", "x", "y"]].to_numpy())
+    va = snaps[0].get_vectors(ta["id"].to_numpy())
+    vb = snaps[1].get_vectors(tb["id"].to_numpy())
+    assert (va * vb).sum(axis=1).min() > 0.999
+    thumbs = snaps[1].thumbnails(tb["id"].to_numpy()[:5])
+    assert len(thumbs) == 5 and all(t[:2] == b"\xff\xd8" for t in thumbs.values())
+
+
+def test_where_the_warp_runs_is_a_setting(tmp_path, settings):
+    """auto: the encoder's GPU, never a CPU; device: the encoder's device whatever it is;
+    readers, or GDAL's warp: the readers. A wrong value is one line."""
+    s = _fast(settings)
+
+    class On:
+        def __init__(self, kind):
+            self.device = torch.device(kind)
+
+    def where(on, kind, warp="fast"):
+        t = dataclasses.replace(s.tiling, warp=warp)
+        return warp_device(dataclasses.replace(s, tiling=t, job=dataclasses.replace(
+            s.job, warp_on=on)), On(kind))
+
+    assert where("auto", "cpu") is None and where("readers", "cpu") is None
+    assert where("device", "cpu") == CPU and where("device", "cpu", "gdal") is None
+    assert where("auto", "cuda") == torch.device("cuda") and where("readers", "cuda") is None
+    assert where("auto", "cuda", "gdal") is None
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[job]\nwarp_on = "gpu"\n')
+    with pytest.raises(ConfigError, match="job.warp_on must be auto, device or readers"):
+        load_settings(bad)
+
+
+def test_a_batch_with_deferred_tiles_is_not_split_before_they_are_resampled(tmp_path,
+                                                                            settings):
+    s = _fast(settings, target_gsd_m=4.0)
+    path = patterned_raster(tmp_path / "r.tif", 1024)
+    ds = TileDataset(_plans(path, s.tiling, 224), 224, s.tiling, s.job, defer=True)
+    batch = collate([ds[i] for i in range(len(ds))])
+    assert batch.deferred is not None
+    with pytest.raises(ValueError, match="resample the deferred tiles first"):
+        batch.split(4)
+    assert len(resample_deferred(batch, CPU).split(4)) > 1
