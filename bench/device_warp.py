@@ -8,7 +8,7 @@ On the tiles of a synthetic 5 m UTM raster (smooth patterns + noise, as bench/re
 (TileDataset strips collated into batches):
 
     python bench/device_warp.py                       # on the GPU when there is one
-    python bench/device_warp.py --device cpu --tiles 1024
+    python bench/device_warp.py --device cpu --tiles 1024 [--dtype uint16]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def main() -> int:
     ap.add_argument("--tiles", type=int, default=4096, help="about this many tiles")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8",
+                    help="the raster's type (uint16: x150 + 400, scaled by its percentiles)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     cv2.setNumThreads(1)
@@ -58,6 +60,14 @@ def main() -> int:
     side = int(np.sqrt(args.tiles) * px * 4.0 / 5.0) + 256
     with tempfile.TemporaryDirectory() as tmp:
         path = patterned_raster(Path(tmp) / "utm5m.tif", side)
+        if args.dtype == "uint16":
+            import rasterio
+
+            with rasterio.open(path) as src:
+                profile, data = src.profile, src.read()
+            path = Path(tmp) / "utm5m-16.tif"
+            with rasterio.open(path, "w", **{**profile, "dtype": "uint16"}) as dst:
+                dst.write(data.astype(np.uint16) * 150 + 400)
         info = inspect_raster(RasterSource(str(path)), base.discovery, tiling)
         zoom = choose_zoom(info.native_gsd_m, info.centre_lat, px, tiling)
         plans = [RasterPlan(info, b, 0) for b in raster_blocks(info, zoom)]
@@ -78,10 +88,11 @@ def main() -> int:
         kept = sum(len(b.pixel_row[b.pixel_row >= 0]) for b in ref)
         deferred = sum(int(b.deferred.sum()) for b in mine if b.deferred is not None)
         crop = max(b.crops.shape[-1] for b in mine if b.crops is not None)
+        nbytes = max(b.crops.element_size() for b in mine if b.crops is not None)
         name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"
         print(f"device {dev} ({name}); zoom {zoom}, {total} tiles of {px} px, {kept} kept, "
               f"{deferred} of them deferred ({deferred / kept:.0%}); crops {crop} px: "
-              f"{crop * crop / (px * px):.2f}x a tile's bytes")
+              f"{crop * crop * nbytes / (px * px):.2f}x a tile's bytes")
         r, d = times["readers"] / total * 1e3, times["device"] / total * 1e3
         print(f"a reader's work per tile (read, warp or cut, thumbnails, collate; one "
               f"process): readers' warp {r:.3f} ms, deferring {d:.3f} ms ({r / d:.2f}x)")

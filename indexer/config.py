@@ -146,8 +146,8 @@ class JobSettings:
     # A raster that would give more tiles than this is skipped in one line (a 1 MB file can
     # claim 100000 x 100000 pixels); raise it for huge mosaics.
     max_tiles_per_raster: int = ranged(1_000_000, "[1, 1e12]")
-    # Where the fast warp resamples the tiles that are one plain piece (a uint8 raster read
-    # as it is, not downsampled, no nodata in reach: most tiles of most rasters): "auto" =
+    # Where the fast warp resamples the tiles that are one plain piece (a uint8 or uint16
+    # raster, not downsampled, no nodata in reach: most tiles of most rasters): "auto" =
     # on the encoder's GPU when it has one (the readers then only read, cut the source
     # pixels and make thumbnails), else in the reader processes; "device" = on the encoder's
     # device even on a CPU (slower there: for tests); "readers" = always in the readers.

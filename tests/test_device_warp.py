@@ -159,16 +159,16 @@ def test_a_deferred_tiles_thumbnail_is_the_tiles_thumbnail(tmp_path, settings):
     assert checked >= 4
 
 
-@pytest.mark.parametrize("case", ["uint16", "downsampled", "nearest", "dark"])
+@pytest.mark.parametrize("case", ["float32", "int16", "downsampled", "nearest", "dark"])
 def test_tiles_that_are_not_plain_are_resampled_by_the_readers(tmp_path, settings, case):
-    """Not deferred: a raster scaled to uint8 (uint16), tiles coarser than the raster (the
-    warp blurs first), nearest resampling, and (zero_is_nodata) tiles whose source has
-    pixels that could resample to 0 in every band. The batch is the readers' all the same."""
+    """Not deferred: float and signed rasters, tiles coarser than the raster (the warp blurs
+    first), nearest resampling, and (zero_is_nodata) tiles whose source has pixels that
+    could resample to 0 in every band. The batch is the readers' all the same."""
     tiling = {"target_gsd_m": 4.0}
     size, dtype = 1024, "uint8"
     data = _smooth(size)
-    if case == "uint16":
-        dtype, data = "uint16", data.astype(np.uint16) * 13
+    if case in ("float32", "int16"):
+        dtype, data = case, data.astype(case) * 13
     elif case == "downsampled":
         tiling = {"target_gsd_m": 8.0}
     elif case == "nearest":
@@ -189,6 +189,28 @@ def test_tiles_that_are_not_plain_are_resampled_by_the_readers(tmp_path, setting
         assert deferred > 0 and not left  # the right half is deferred, the left is not
     else:
         assert deferred == 0
+    _same_batch(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_uint16_rasters_are_scaled_on_the_device_as_the_readers_scale(tmp_path, settings,
+                                                                      device):
+    """A uint16 raster (scaled by its percentiles) and a uint8 one in the same batches:
+    the uint16 crops travel as 16-bit values, the uint8 ones widened beside them, and both
+    become the readers' uint8 tiles within 1 grey level (thumbnails scaled alike)."""
+    s = _fast(settings, target_gsd_m=4.0)
+    wide = make_raster(tmp_path / "a" / "wide.tif", size=900, dtype="uint16",
+                       data=(_smooth(900).astype(np.uint16) * 150 + 400))  # past 32767
+    narrow = make_raster(tmp_path / "a" / "narrow.tif", size=900, lon=11.95, data=_smooth(900))
+    plans = _plans(wide, s.tiling, 224) + [
+        dataclasses.replace(p, source=1) for p in _plans(narrow, s.tiling, 224)]
+    assert plans[0].info.scale_hi[0] > 255  # percentiles of the 16-bit values
+    job = dataclasses.replace(s.job, batch_size=4096)
+    dev = TileDataset(plans, 224, s.tiling, job, defer=True)
+    batch = collate([dev[i] for i in range(len(dev))])
+    assert batch.crops.dtype == torch.int16  # 16 bits for all, in one batch
+    assert set(batch.raster[batch.pixel_row >= 0][batch.deferred].tolist()) == {0, 1}
+    a, b, _ = _both(plans, 224, s.tiling, job, device)
     _same_batch(a, b)
 
 

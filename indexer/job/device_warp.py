@@ -15,11 +15,15 @@ from indexer.job.read import TileBatch
 _streams: dict[torch.device, torch.cuda.Stream] = {}
 
 
-def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int) -> torch.Tensor:
-    """uint8 crops [D, 3, C, C] and maps [D, 2, 3] (tile pixel (col, row) -> crop pixel,
-    pixel centres at integers: warpAffine's inverse map) on one device -> uint8 tiles
-    [D, 3, px, px] there. Every sample and its bilinear neighbours are inside its crop (the
-    readers defer only such tiles), so the crops' padding is never read."""
+def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int,
+               scales: torch.Tensor | None = None) -> torch.Tensor:
+    """Crops [D, 3, C, C] (uint8, or uint16 pixels as int16) and maps [D, 2, 3] (tile pixel
+    (col, row) -> crop pixel, pixel centres at integers: warpAffine's inverse map) on one
+    device -> uint8 tiles [D, 3, px, px] there. Every sample and its bilinear neighbours are
+    inside its crop (the readers defer only such tiles), so the crops' padding is never
+    read. `scales` [D, 2, 3]: (value mapped to 0, 255 / (value mapped to 255 - it)) per band,
+    applied as the readers' to_uint8 does, to the resampled values rounded to the raster's
+    integers as the readers' warp gives them (None: uint8 as it is)."""
     d, _, h, w = crops.shape
     ar = torch.arange(px, device=crops.device, dtype=torch.float32)
     m = maps.to(crops.device, torch.float32)
@@ -29,9 +33,13 @@ def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int) -> torch.Tensor
     # align_corners=True: -1 and 1 are the centres of the first and last pixels.
     grid = torch.stack([x.mul_(2 / max(w - 1, 1)).sub_(1), y.mul_(2 / max(h - 1, 1)).sub_(1)],
                        dim=-1)
-    out = F.grid_sample(crops.float(), grid, mode="bilinear", padding_mode="border",
-                        align_corners=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    src = crops.float() if crops.dtype == torch.uint8 else \
+        crops.int().bitwise_and_(0xFFFF).float()  # int16 -> its uint16 value
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border",
+                        align_corners=True).round_()
+    if scales is not None:
+        out.sub_(scales[:, 0].view(d, 3, 1, 1)).mul_(scales[:, 1].view(d, 3, 1, 1)).round_()
+    return out.clamp_(0, 255).to(torch.uint8)
 
 
 def resample_deferred(batch: TileBatch, device: torch.device) -> TileBatch:
@@ -46,15 +54,31 @@ def resample_deferred(batch: TileBatch, device: torch.device) -> TileBatch:
     # from pageable memory on the encoder's stream would wait for the batch it encodes),
     # and rows are placed by index (a boolean mask would wait for the GPU to count it).
     rows, later = np.flatnonzero(~batch.deferred), np.flatnonzero(batch.deferred)
-    maps, rows_d, later_d, crops, rgb = _to(
-        device, torch.from_numpy(np.ascontiguousarray(batch.maps)), torch.from_numpy(rows),
-        torch.from_numpy(later), batch.crops, batch.rgb)
+    scales = _factors(batch.scales)
+    host = [torch.from_numpy(np.ascontiguousarray(batch.maps)), torch.from_numpy(rows),
+            torch.from_numpy(later), batch.crops, batch.rgb]
+    if scales is not None:
+        host.append(torch.from_numpy(scales))
+    maps, rows_d, later_d, crops, rgb, *scale = _to(device, *host)
     out = torch.empty((len(batch.deferred), 3, px, px), dtype=torch.uint8, device=device)
     if len(rows):
         out.index_copy_(0, rows_d, rgb)
-    out.index_copy_(0, later_d, warp_tiles(crops, maps, px))
+    out.index_copy_(0, later_d, warp_tiles(crops, maps, px, scale[0] if scale else None))
     batch.rgb, batch.crops, batch.maps, batch.deferred = out, None, None, None
+    batch.scales = None
     return batch
+
+
+def _factors(scales: np.ndarray | None) -> np.ndarray | None:
+    """[D, 2, 3] (value mapped to 0, value mapped to 255) -> (the first, 255 / their
+    difference) in float32, as scaling.to_uint8 computes them; None where every tile is
+    uint8 as it is."""
+    if scales is None:
+        return None
+    lo, hi = scales[:, 0].astype(np.float32), scales[:, 1].astype(np.float32)
+    if not lo.any() and (hi == 255).all():
+        return None
+    return np.ascontiguousarray(np.stack([lo, 255.0 / (hi - lo)], axis=1), dtype=np.float32)
 
 
 def _to(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -69,12 +69,15 @@ class TileBatch:
     # runner hands it back (SharedSlots.release) once done with the pixels.
     slot: int = -1
     # Tiles left to the encoder's device (TileDataset(defer=True)): `deferred` [K] marks the
-    # kept tiles (in order) that are still source pixels, `crops` [D, 3, C, C] (uint8, each
-    # from its top left corner) and `maps` [D, 2, 3] (tile pixel -> crop pixel); `rgb` then
+    # kept tiles (in order) that are still source pixels, `crops` [D, 3, C, C] (each from its
+    # top left corner), `maps` [D, 2, 3] (tile pixel -> crop pixel) and `scales`
+    # (the uint8 scaling of their rasters, as the readers scale tiles); `rgb` then
     # holds the K - D others. device_warp.resample_deferred makes them tiles. None: all in rgb.
     deferred: np.ndarray | None = None
-    crops: torch.Tensor | None = None
+    crops: torch.Tensor | None = None  # uint8; uint16 pixels as int16 (torch's own uint16
+    # type has few operations, on CUDA fewer): device_warp reads them back
     maps: np.ndarray | None = None
+    scales: np.ndarray | None = None  # [D, 2, 3]: values mapped to 0 and to 255, per band
 
     def __len__(self) -> int:
         return len(self.raster)
@@ -168,6 +171,7 @@ class TileDataset(Dataset):
                     rgb, valid, deferred = self._reader.read_deferring(plan.info, window,
                                                                        grid, self.px)
                     out["deferred"] = {d.tile: d for d in deferred}
+                    out["scale"] = (plan.info.scale_lo, plan.info.scale_hi)
                 else:
                     rgb, valid = self._reader.read_masked(plan.info, window, grid=grid)
         except (RasterioError, OSError) as e:
@@ -190,7 +194,8 @@ class TileDataset(Dataset):
         # the batch's tensor; the thumbnails read them where they are.
         out["rgb"] = rgb.reshape(3, px, n, px).transpose(2, 0, 1, 3)  # [n, 3, px, px]
         size, quality, later = self.job.thumbnail_size, self.job.thumbnail_quality, out["deferred"]
-        out["thumbs"] = [jpeg_crop_thumbnail(later[i].crop, later[i].matrix, px, size, quality)
+        out["thumbs"] = [jpeg_crop_thumbnail(later[i].crop, later[i].matrix, px, size, quality,
+                                             out["scale"])
                          if i in later else jpeg_thumbnail(out["rgb"][i], size, quality)
                          for i in np.flatnonzero(out["has"]).tolist()]
         out["read_s"] = time.perf_counter() - t0
@@ -208,9 +213,14 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
     kept = int(has.sum())
     pixel_row[has] = np.arange(kept)
     slot = -1
-    # Kept tiles whose source pixels travel instead (TileDataset(defer=True)), in order.
-    later = [s["deferred"][i] for s in strips if s.get("deferred")
-             for i in np.flatnonzero(s["has"]).tolist() if i in s["deferred"]]
+    # Kept tiles whose source pixels travel instead (TileDataset(defer=True)), in order,
+    # with their raster's scaling.
+    later, scales = [], []
+    for s in strips:
+        for i in np.flatnonzero(s["has"]).tolist() if s.get("deferred") else ():
+            if i in s["deferred"]:
+                later.append(s["deferred"][i])
+                scales.append(s["scale"])
     parts = [(s["rgb"], _without(s["has"], s["deferred"]) if s.get("deferred") else s["has"])
              for s in strips if s["rgb"] is not None and s["has"].any()]
     parts = [(tiles, keep) for tiles, keep in parts if keep.any()]
@@ -218,17 +228,22 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
     if parts or later:
         px = _px(strips)
         side = max((max(d.crop.shape[1:]) for d in later), default=0)
+        # One type for the batch's crops: uint16 if any raster's is (uint8 ones widened).
+        wide = any(d.crop.dtype != np.uint8 for d in later)
         room = kept * 3 * px * px  # a batch's tiles: the crops fit beside the others when
         rows = kept - len(later)  # they are no larger than tiles (upsampled, or at par)
-        need = rows * 3 * px * px + len(later) * 3 * side * side
+        a0 = -(-rows * 3 * px * px // 8) * 8  # the crops start 8-byte aligned
+        need = a0 + len(later) * 3 * side * side * (2 if wide else 1)
         if slots is not None and need <= room and (got := slots.take((kept, 3, px, px))):
             flat, slot = got[0].view(-1), got[1]
         else:
             flat = _shared_or_not(need)
         rgb = flat[:rows * 3 * px * px].view(rows, 3, px, px)
         if later:
-            crops = flat[rows * 3 * px * px:need].view(len(later), 3, side, side)
-            c = crops.numpy()
+            crops = flat[a0:need]
+            crops = (crops.view(torch.int16) if wide else crops).view(len(later), 3, side,
+                                                                       side)
+            c = crops.numpy().view(np.uint16) if wide else crops.numpy()
             for i, d in enumerate(later):  # each from its top left corner
                 c[i, :, :d.crop.shape[1], :d.crop.shape[2]] = d.crop
         out, a = rgb.numpy(), 0
@@ -260,6 +275,7 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
         read_s=sum(s["read_s"] for s in strips) + time.perf_counter() - t0, slot=slot,
         deferred=deferred, crops=crops,
         maps=(np.stack([d.matrix for d in later]).astype(np.float32) if later else None),
+        scales=np.asarray(scales, dtype=np.float32) if later else None,
     )
 
 

@@ -8,6 +8,8 @@ import math
 import cv2
 import numpy as np
 
+from indexer.rasters.scaling import to_uint8
+
 
 def thumbnail_bands(rgb: np.ndarray, size: int) -> list[np.ndarray]:
     """uint8 [3, H, W] (rows may be strided: a strip's tiles) -> its R, G, B bands at `size`
@@ -34,14 +36,16 @@ def jpeg_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
     return _jpeg(thumbnail_bands(rgb, size), quality)
 
 
-def crop_thumbnail_bands(crop: np.ndarray, matrix: np.ndarray, px: int, size: int
+def crop_thumbnail_bands(crop: np.ndarray, matrix: np.ndarray, px: int, size: int,
+                         scale: tuple[tuple[float, ...], tuple[float, ...]] | None = None
                          ) -> list[np.ndarray]:
     """The R, G, B bands at `size` px of the thumbnail of a tile not resampled yet (a
-    Deferred tile of indexer/rasters/warp.py: uint8 source pixels [3, h, w] and the map from
-    tile pixel to source pixel), resampled straight from the source: thumbnail pixel (u, v)
-    is tile pixel ((u + 0.5) k - 0.5, (v + 0.5) k - 0.5), k = px / size, sampled bilinearly.
+    Deferred tile of indexer/rasters/warp.py: source pixels [3, h, w] and the map from tile
+    pixel to source pixel), resampled straight from the source: thumbnail pixel (u, v) is
+    tile pixel ((u + 0.5) k - 0.5, (v + 0.5) k - 0.5), k = px / size, sampled bilinearly.
     Under 2x from the source, as thumbnail_bands resizes a tile (bilinear, no blur); from 2x
-    first blurred as the fast warp blurs a downsampled tile."""
+    first blurred as the fast warp blurs a downsampled tile. `scale`: (values mapped to 0,
+    values mapped to 255) per band, as the tile is scaled (None: uint8 as it is)."""
     k = px / size
     m = matrix @ np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2], [0.0, 0.0, 1.0]])
     ratio = math.sqrt(abs(np.linalg.det(m[:, :2])))
@@ -53,13 +57,17 @@ def crop_thumbnail_bands(crop: np.ndarray, matrix: np.ndarray, px: int, size: in
                                     borderType=cv2.BORDER_REPLICATE)
         out.append(cv2.warpAffine(band, m, (size, size), flags=flags,
                                   borderMode=cv2.BORDER_REPLICATE))
+    if scale is not None:
+        out = list(to_uint8(np.stack(out), *scale))
     return out
 
 
 def jpeg_crop_thumbnail(crop: np.ndarray, matrix: np.ndarray, px: int, size: int,
-                        quality: int) -> bytes:
+                        quality: int,
+                        scale: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+                        ) -> bytes:
     """jpeg_thumbnail of a tile not resampled yet (crop_thumbnail_bands)."""
-    return _jpeg(crop_thumbnail_bands(crop, matrix, px, size), quality)
+    return _jpeg(crop_thumbnail_bands(crop, matrix, px, size, scale), quality)
 
 
 def _jpeg(bands: list[np.ndarray], quality: int) -> bytes:

@@ -225,10 +225,9 @@ class RasterReader:
                        ) -> tuple[np.ndarray, np.ndarray, list[Deferred]]:
         """read_masked of a window one tile of `px` pixels high, with the tiles that are one
         plain piece of the fast warp (warp.warp_or_defer) left unresampled and handed back
-        as Deferred (their pixels 0, valid): for a uint8 raster read as it is (scaling
-        identity) through the fast warp; otherwise every tile is resampled here."""
-        if not (self.warp == "fast" and tuple(info.scale_lo) == (0.0, 0.0, 0.0)
-                and tuple(info.scale_hi) == (255.0, 255.0, 255.0)):
+        as Deferred (their pixels 0, valid; scaled to uint8 where they are resampled, by
+        info.scale_lo / scale_hi): through the fast warp only."""
+        if self.warp != "fast":
             return (*self.read_masked(info, window, grid), [])
         return with_retries(info.path, self.remote,
                             lambda: self._read_masked(info, window, grid, px),
@@ -276,7 +275,9 @@ class RasterReader:
         todo = np.ones(data.shape[2] // defer_px, dtype=bool)
         todo[[d.tile for d in deferred]] = False
         edges = np.flatnonzero(np.diff(np.concatenate(([0], todo, [0])).astype(np.int8)))
-        rgb = to_uint8(data, info.scale_lo, info.scale_hi)  # uint8 as it is: no copy
+        identity = (data.dtype == np.uint8 and tuple(info.scale_lo) == (0.0, 0.0, 0.0)
+                    and tuple(info.scale_hi) == (255.0, 255.0, 255.0))
+        rgb = data if identity else np.zeros(data.shape, dtype=np.uint8)  # (no copy)
         for t0, t1 in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
             cols = slice(t0 * defer_px, t1 * defer_px)
             rgb[:, :, cols], mask[:, cols] = self._scaled(data[:, :, cols], mask[:, cols], info)

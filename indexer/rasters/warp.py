@@ -28,8 +28,8 @@ What differs from GDAL's bilinear (measured in tests/test_fast_warp.py and BENCH
   the mean of the valid ones only (as GDAL renormalises), so nodata never bleeds in.
 
 `warp_or_defer` can leave the plain tiles of a strip unresampled (a whole tile that is one
-piece, of a uint8 raster, bilinear, not downsampled, every sample valid): their source
-crops and maps go to the encoder's GPU, which resamples them at the same positions
+piece, of a uint8 or uint16 raster, bilinear, not downsampled, every sample valid): their
+source crops and maps go to the encoder's GPU, which resamples them at the same positions
 (indexer/job/device_warp.py, job.warp_on).
 
 `warp_window` returns None where the projection fails at a fitted point (e.g. a UTM raster
@@ -67,6 +67,8 @@ NATIVE = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64"
 # overviews: tiling.max_downsample raised) is left to GDAL, which warps it in chunks.
 MAX_SOURCE_PIXELS = 32 * 1024 * 1024
 FLAGS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}  # FAST_RESAMPLINGS
+# Types whose plain tiles warp_or_defer can leave to the encoder's device (scaled there).
+DEFERRABLE = {np.dtype("uint8"), np.dtype("uint16")}
 # The 9 fitting points of a piece, in units of its side (pixel centres of its corners).
 _UNIT = np.array([0.0, 0.5, 1.0])
 
@@ -203,7 +205,7 @@ class Deferred:
     in indexer/job/device_warp.py): its source pixels and its affine map."""
 
     tile: int  # the tile's index in the window: its columns tile * px .. (tile + 1) * px
-    crop: np.ndarray  # uint8 [bands, h, w]: a view of the window's source read
+    crop: np.ndarray  # [bands, h, w] in the raster's type: a view of the window's source read
     matrix: np.ndarray  # [2, 3] float64: tile pixel (col, row) -> crop pixel (centres at 0)
 
 
@@ -220,9 +222,9 @@ def warp_or_defer(src: DatasetReader, bands: list[int], window: Window, shift: f
                   ) -> tuple[np.ndarray, np.ndarray, list[Deferred]] | None:
     """warp_window, and with `defer_px` (the tile side of a window one tile high) the tiles
     that are one plain piece each are not resampled here but handed back as Deferred: their
-    pixels in `data` stay 0 and valid True. A plain piece: a whole tile, of a uint8 raster,
-    bilinear, not downsampled (no blur), every sample inside the raster and valid in its
-    mask, and (`zero_is_nodata`) no source pixel whose bands are all below 2, so no
+    pixels in `data` stay 0 and valid True. A plain piece: a whole tile, of a uint8 or uint16
+    raster, bilinear, not downsampled (no blur), every sample inside the raster and valid in
+    its mask, and (`zero_is_nodata`) no source pixel whose bands are all below 2, so no
     resampled pixel can be 0 in every band (its bands sum to at least 2 - 3 x 0.5 before
     rounding) and every pixel of the tile is valid, as the warp here would find."""
     pieces = _pieces(window, src, shift, resampling)
@@ -247,7 +249,7 @@ def warp_or_defer(src: DatasetReader, bands: list[int], window: Window, shift: f
     mask = src.dataset_mask(window=win) if has_mask(src) else None
     flag = FLAGS[resampling]
     deferred: list[Deferred] = []
-    plain = (defer_px and window.height == defer_px and dtype == np.uint8
+    plain = (defer_px and window.height == defer_px and dtype in DEFERRABLE
              and resampling == "bilinear")
     for p in pieces:
         if plain and (d := _deferred(p, data, mask, (c0, r0), defer_px, zero_is_nodata)):
