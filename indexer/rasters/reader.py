@@ -239,8 +239,11 @@ class RasterReader:
         if self.warp == "fast" and (got := self._read_fast(info, window, grid,
                                                            defer_px)) is not None:
             return got
-        if defer_px:
-            return (*self._read_masked(info, window, grid), [])
+        got = self._read_gdal(info, window, grid)
+        return (*got, []) if defer_px else got
+
+    def _read_gdal(self, info: RasterInfo, window: Window, grid: Window | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
         if grid is not None and (offset := window.offset_in(grid)) is not None:
             view = self._view(info, grid)
             col, row = offset
