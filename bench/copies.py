@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.read import best  # noqa: E402
-from indexer.job.read import STRIP_TILES, _runs  # noqa: E402
+from indexer.job.read import STRIP_TILES  # noqa: E402
+from indexer.rasters.grid import tile_runs  # noqa: E402
 
 
 def main() -> int:
@@ -53,7 +54,7 @@ def main() -> int:
     def runs():
         a = 0
         for tiles, keep in zip(views, keeps, strict=True):
-            for i0, i1 in _runs(keep):
+            for i0, i1 in tile_runs(keep):
                 out[a:a + i1 - i0] = tiles[i0:i1]
                 a += i1 - i0
 

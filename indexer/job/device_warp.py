@@ -64,8 +64,7 @@ def resample_deferred(batch: TileBatch, device: torch.device) -> TileBatch:
     if len(rows):
         out.index_copy_(0, rows_d, rgb)
     out.index_copy_(0, later_d, warp_tiles(crops, maps, px, scale[0] if scale else None))
-    batch.rgb, batch.crops, batch.maps, batch.deferred = out, None, None, None
-    batch.scales = None
+    batch.rgb, batch.crops, batch.maps, batch.scales, batch.deferred = out, None, None, None, None
     return batch
 
 

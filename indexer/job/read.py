@@ -24,7 +24,7 @@ from indexer.job.slots import SharedSlots, new_shared
 from indexer.job.thumbnails import jpeg_crop_thumbnail, jpeg_thumbnail
 from indexer.logs import captured
 from indexer.rasters import vsi
-from indexer.rasters.grid import TileBlock, block_window, strip_window
+from indexer.rasters.grid import TileBlock, block_window, strip_window, tile_runs
 from indexer.rasters.inspect import RasterInfo
 from indexer.rasters.reader import RasterReader
 from indexer.rasters.remote import describe, is_remote
@@ -215,11 +215,14 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
     slot = -1
     # Kept tiles whose source pixels travel instead (TileDataset(defer=True)), in order,
     # with their raster's scaling.
-    later, scales = [], []
+    later, scales, flags = [], [], []
     for s in strips:
-        for i in np.flatnonzero(s["has"]).tolist() if s.get("deferred") else ():
-            if i in s["deferred"]:
-                later.append(s["deferred"][i])
+        mine = s.get("deferred") or {}
+        kept_here = np.flatnonzero(s["has"]).tolist()
+        flags.append(np.array([i in mine for i in kept_here], dtype=bool))
+        for i in kept_here if mine else ():
+            if i in mine:
+                later.append(mine[i])
                 scales.append(s["scale"])
     parts = [(s["rgb"], _without(s["has"], s["deferred"]) if s.get("deferred") else s["has"])
              for s in strips if s["rgb"] is not None and s["has"].any()]
@@ -250,14 +253,9 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
         for tiles, keep in parts:
             # Runs of kept tiles copied by slice: a strided block copy (np.compress on these
             # strip views gathers row by row, 7x slower with every tile kept: bench/copies.py).
-            for i0, i1 in _runs(keep):
+            for i0, i1 in tile_runs(keep):
                 out[a:a + i1 - i0] = tiles[i0:i1]
                 a += i1 - i0
-    deferred = None
-    if later:
-        deferred = np.concatenate([np.array([i in s.get("deferred", ()) for i in
-                                             np.flatnonzero(s["has"]).tolist()], dtype=bool)
-                                   for s in strips])
     errors: dict[int, str] = {}
     for s in strips:
         if s["error"] and s["raster"] not in errors:
@@ -273,7 +271,7 @@ def collate(strips: list[dict], slots: SharedSlots | None = None) -> TileBatch:
         thumbs=[t for s in strips for t in s["thumbs"]],
         errors=errors, warnings=[w for s in strips for w in s["warnings"]],
         read_s=sum(s["read_s"] for s in strips) + time.perf_counter() - t0, slot=slot,
-        deferred=deferred, crops=crops,
+        deferred=np.concatenate(flags) if later else None, crops=crops,
         maps=(np.stack([d.matrix for d in later]).astype(np.float32) if later else None),
         scales=np.asarray(scales, dtype=np.float32) if later else None,
     )
@@ -297,14 +295,6 @@ def _shared_or_not(n: int) -> torch.Tensor:
     if torch.utils.data.get_worker_info() is not None:
         return new_shared((n,))
     return torch.empty(n, dtype=torch.uint8)
-
-
-def _runs(keep: np.ndarray) -> list[tuple[int, int]]:
-    """[(start, end)] of the runs of True in a bool vector."""
-    if keep.all():
-        return [(0, len(keep))]
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], keep, [False])).astype(np.int8)))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 def read_tiles(job: JobSettings) -> int:

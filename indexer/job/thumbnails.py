@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from indexer.rasters.scaling import to_uint8
+from indexer.rasters.warp import blur_sigma
 
 
 def thumbnail_bands(rgb: np.ndarray, size: int) -> list[np.ndarray]:
@@ -53,7 +54,7 @@ def crop_thumbnail_bands(crop: np.ndarray, matrix: np.ndarray, px: int, size: in
     out = []
     for band in crop:
         if ratio >= 2:
-            band = cv2.GaussianBlur(band, (0, 0), math.sqrt((ratio * ratio - 1) / 6),
+            band = cv2.GaussianBlur(band, (0, 0), blur_sigma(ratio),
                                     borderType=cv2.BORDER_REPLICATE)
         out.append(cv2.warpAffine(band, m, (size, size), flags=flags,
                                   borderMode=cv2.BORDER_REPLICATE))

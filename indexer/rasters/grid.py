@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import mercantile
+import numpy as np
 from affine import Affine
 
 from indexer.config import TilingSettings
@@ -180,3 +181,12 @@ class Window:
         if c < 0 or r < 0 or c + self.width > grid.width or r + self.height > grid.height:
             return None
         return c, r
+
+
+def tile_runs(keep: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, end)] of the runs of True in a bool vector (e.g. the tiles of a strip to
+    copy, or to scale, as blocks)."""
+    if keep.all():
+        return [(0, len(keep))]
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], keep, [False])).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))

@@ -37,7 +37,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window as PixelWindow
 
 from indexer.config import RemoteSettings, TilingSettings
-from indexer.rasters.grid import METRES_PER_DEGREE, Window
+from indexer.rasters.grid import METRES_PER_DEGREE, Window, tile_runs
 from indexer.rasters.inspect import RasterInfo
 from indexer.rasters.remote import gdal_path, with_retries
 from indexer.rasters.scaling import to_uint8, valid_mask
@@ -277,11 +277,10 @@ class RasterReader:
         # (warp_or_defer checked) and their pixels (0) are not looked at.
         todo = np.ones(data.shape[2] // defer_px, dtype=bool)
         todo[[d.tile for d in deferred]] = False
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], todo, [0])).astype(np.int8)))
         identity = (data.dtype == np.uint8 and tuple(info.scale_lo) == (0.0, 0.0, 0.0)
                     and tuple(info.scale_hi) == (255.0, 255.0, 255.0))
         rgb = data if identity else np.zeros(data.shape, dtype=np.uint8)  # (no copy)
-        for t0, t1 in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+        for t0, t1 in tile_runs(todo):
             cols = slice(t0 * defer_px, t1 * defer_px)
             rgb[:, :, cols], mask[:, cols] = self._scaled(data[:, :, cols], mask[:, cols], info)
         return rgb, mask, deferred

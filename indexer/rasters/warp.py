@@ -101,13 +101,19 @@ def _piece(col: int, row: int, width: int, height: int, m: np.ndarray, resamplin
     ratio = math.sqrt(abs(np.linalg.det(m[:, :2])))
     sigma = 0.0
     if resampling == "bilinear" and ratio > DOWNSAMPLE_FROM:
-        sigma = math.sqrt((ratio * ratio - 1) / 6)
+        sigma = blur_sigma(ratio)
     # Bilinear's far neighbour, and the reach of OpenCV's float Gaussian kernel (4 sigma).
     pad = 1 + (math.ceil(4 * sigma) if sigma else 0)
     source = (max(math.floor(lo_c) - pad, 0), max(math.floor(lo_r) - pad, 0),
               min(math.ceil(hi_c) + 1 + pad, size[0]), min(math.ceil(hi_r) + 1 + pad, size[1]))
     inside = lo_c >= 0 and lo_r >= 0 and hi_c + 1 <= size[0] - 1 and hi_r + 1 <= size[1] - 1
     return _Piece(col, row, width, height, m, sigma, source, bool(inside))
+
+
+def blur_sigma(ratio: float) -> float:
+    """The Gaussian standing in for GDAL's bilinear kernel widened to `ratio` source pixels
+    (the variance the wider tent adds)."""
+    return math.sqrt((ratio * ratio - 1) / 6)
 
 
 def _source_transform(src: DatasetReader, shift: float) -> Affine:
