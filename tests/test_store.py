@@ -87,6 +87,42 @@ def test_remove_source_everywhere(tmp_path):
     assert not np.isin(found, np.arange(20)).any()
 
 
+def test_rows_as_a_table_are_the_rows_as_dicts(tmp_path):
+    """The job hands the writer its rows column-wise (writer.tile_rows: bounds bit for bit
+    mercantile's, a source's values given once); dicts give the same table, and a buffered
+    table loses a removed source's rows as dicts do."""
+    import pyarrow as pa
+
+    from indexer.store.writer import tile_rows as rows_of
+
+    dicts = tile_rows(1500, "a") + tile_rows(40, "b", start=7000)
+    dicts[3]["nodata_fraction"] = 0.25
+    source = np.array([0] * 1500 + [1] * 40)
+    table = rows_of(np.array([r["z"] for r in dicts]), np.array([r["x"] for r in dicts]),
+                    np.array([r["y"] for r in dicts]),
+                    np.array([r["nodata_fraction"] for r in dicts]), source,
+                    {name: [dicts[0][name], dicts[-1][name]]
+                     for name in ("source", "source_key", "acquired", "sensor", "gsd_m",
+                                  "native_gsd_m")})
+    assert isinstance(table, pa.Table)
+    got = []
+    for d, rows in enumerate((dicts, table)):
+        with IndexWriter(tmp_path / str(d), IDENT, StoreSettings()) as w:
+            w.add(rows, _vecs(len(dicts), 0), [b"jpeg"] * len(dicts))
+            w.add(tile_rows(5, "c", start=9000), _vecs(5, 1), [b"jpeg"] * 5)
+            assert w.pending == len(dicts) + 5
+            assert w.remove("b") == 40 and w.pending == 1500 + 5
+            w.commit()
+        got.append(IndexSnapshot.open(tmp_path / str(d)).tiles())
+    assert got[0].equals(got[1]) and got[0].num_rows == 1505
+    assert got[1]["nodata_fraction"][3].as_py() == 0.25
+    for bad in ([{k: v for k, v in dicts[0].items() if k != "sensor"}],
+                table.drop_columns(["sensor"])[:1]):
+        with IndexWriter(tmp_path / "bad", IDENT, StoreSettings()) as w:
+            with pytest.raises(ValueError, match="tile rows lack column"):
+                w.add(bad, _vecs(1, 0), [b"jpeg"])
+
+
 def test_foreign_encoder_is_refused(tmp_path):
     with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
         w.commit()

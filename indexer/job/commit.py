@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import mercantile
 import numpy as np
+import pyarrow as pa
 
 from indexer.errors import InputError
 from indexer.job.plan import Pending
 from indexer.job.read import TileBatch
 from indexer.job.report import JobReport
-from indexer.store.writer import IndexWriter
+from indexer.store.writer import IndexWriter, tile_rows
 
 
 class Committer:
@@ -30,37 +30,45 @@ class Committer:
             p = self.pendings[r]
             if not p.finished:
                 p.error = p.error or err
-        failed = np.array([p.finished or p.error is not None for p in self.pendings])
-        keep = np.flatnonzero((batch.pixel_row >= 0) & ~batch.done & ~failed[batch.raster])
+        present = np.unique(batch.raster)  # (not every raster of the job: per batch)
+        failed = np.array([self.pendings[r].finished or self.pendings[r].error is not None
+                           for r in present.tolist()], dtype=bool)
+        keep = np.flatnonzero((batch.pixel_row >= 0) & ~batch.done
+                              & ~failed[np.searchsorted(present, batch.raster)])
         if len(keep):
             self._add(batch, keep, vectors[batch.pixel_row[keep]])
         self._account(batch)
 
     def _add(self, batch: TileBatch, keep: np.ndarray, vectors: np.ndarray) -> None:
-        rows = []
-        for i in keep.tolist():
-            p = self.pendings[int(batch.raster[i])]
+        raster = batch.raster[keep]
+        present, first, counts = np.unique(raster, return_index=True, return_counts=True)
+        order = np.argsort(first)  # the rasters in the order the batch holds them
+        for r, n in zip(present[order].tolist(), counts[order].tolist(), strict=True):
+            p = self.pendings[r]
             if p.key not in self.writer.sources:  # first tile: the source becomes "partial"
                 self.writer.begin(p.key, p.entry)
-            p.written += 1
-            rows.append(_row(p, int(batch.z[i]), int(batch.x[i]), int(batch.y[i]),
-                             float(batch.nodata[i])))
-        self.writer.add(rows, vectors, [batch.thumbs[batch.pixel_row[i]] for i in keep])
+            p.written += n
+        self.writer.add(_rows(self.pendings, present, batch, keep), vectors,
+                        [batch.thumbs[j] for j in batch.pixel_row[keep].tolist()])
         self.report.tiles_written += len(keep)
 
     def _account(self, batch: TileBatch) -> None:
         """Every tile of the batch went through: count nodata, finish complete rasters.
         (Only after the batch's tiles were added, so an interrupt before leaves `remaining`
         untouched and nothing is finished early.)"""
-        for i in range(len(batch)):
-            r = int(batch.raster[i])
+        present, first, at = np.unique(batch.raster, return_index=True, return_inverse=True)
+        counts = np.bincount(at.reshape(-1), minlength=len(present))
+        empty = np.bincount(at.reshape(-1), minlength=len(present),
+                            weights=(batch.pixel_row < 0) & ~batch.done).astype(np.int64)
+        order = np.argsort(first)  # the rasters in the order the batch holds them
+        for r, n, nodata in zip(present[order].tolist(), counts[order].tolist(),
+                                empty[order].tolist(), strict=True):
             p = self.pendings[r]
-            p.remaining -= 1
-            if (batch.pixel_row[i] < 0 and not batch.done[i] and r not in batch.errors
-                    and not p.finished):
-                p.nodata += 1
-                self.report.tiles_nodata += 1
-        for r in dict.fromkeys(batch.raster.tolist()):
+            p.remaining -= n
+            if r not in batch.errors and not p.finished:
+                p.nodata += nodata
+                self.report.tiles_nodata += nodata
+        for r in present[order].tolist():
             p = self.pendings[r]
             if not p.finished and (p.error is not None or p.remaining == 0):
                 self.finish(p)
@@ -86,13 +94,16 @@ class Committer:
         self.report.rasters_indexed += 1
 
 
-def _row(p: Pending, z: int, x: int, y: int, nodata_fraction: float) -> dict:
-    b = mercantile.bounds(x, y, z)
-    return {
-        "z": z, "x": x, "y": y,
-        "west": b.west, "south": b.south, "east": b.east, "north": b.north,
-        "source": p.entry.path, "source_key": p.key,
-        "acquired": p.info.acquired, "sensor": p.info.sensor,
-        "gsd_m": p.entry.gsd_m, "native_gsd_m": p.entry.native_gsd_m,
-        "nodata_fraction": nodata_fraction,
-    }
+def _rows(pendings: list[Pending], present: np.ndarray, batch: TileBatch, keep: np.ndarray
+          ) -> pa.Table:
+    """The kept tiles' rows, column-wise: a raster's values once per raster, not once per
+    tile (the writer thread's Python per tile holds the GIL the encoding thread needs:
+    bench/writer_gil.py)."""
+    ps = [pendings[r] for r in present.tolist()]
+    return tile_rows(
+        batch.z[keep], batch.x[keep], batch.y[keep], batch.nodata[keep],
+        np.searchsorted(present, batch.raster[keep]),  # present: sorted
+        {"source": [p.entry.path for p in ps], "source_key": [p.key for p in ps],
+         "acquired": [p.info.acquired for p in ps], "sensor": [p.info.sensor for p in ps],
+         "gsd_m": [p.entry.gsd_m for p in ps],
+         "native_gsd_m": [p.entry.native_gsd_m for p in ps]})

@@ -68,3 +68,19 @@ def cell_bounds(z: np.ndarray, x: np.ndarray, y: np.ndarray
         return np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * yy / n))))
 
     return x / n * 360.0 - 180.0, lat(y + 1), (x + 1) / n * 360.0 - 180.0, lat(y)
+
+
+def exact_cell_bounds(z: np.ndarray, x: np.ndarray, y: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """west, south, east, north of cells, each bit for bit `mercantile.bounds` (what the
+    tile table stores, and `x_range`/`y_range` search): mercantile is called once per
+    distinct (z, x) for the longitudes and (z, y) for the latitudes, not once per cell
+    (a batch of tiles covers a few rows and columns)."""
+    z = np.asarray(z, dtype=np.int64) << 32  # x, y < 2**z <= 2**31: one int64 per pair
+    cols, col = np.unique(z | np.asarray(x, dtype=np.int64), return_inverse=True)
+    rows, row = np.unique(z | np.asarray(y, dtype=np.int64), return_inverse=True)
+    lon = np.array([mercantile.bounds(k & 0xFFFFFFFF, 0, k >> 32)[::2]  # (west, east)
+                    for k in cols.tolist()], dtype=np.float64).reshape(-1, 2)
+    lat = np.array([mercantile.bounds(0, k & 0xFFFFFFFF, k >> 32)[1::2]  # (south, north)
+                    for k in rows.tolist()], dtype=np.float64).reshape(-1, 2)
+    return lon[col, 0], lat[row, 0], lon[col, 1], lat[row, 1]

@@ -16,7 +16,8 @@ from indexer.store.layout import THUMB_SCHEMA, THUMBS_DIR, TILE_SCHEMA, TILES_DI
 from indexer.store.manifest import Manifest, Part
 from indexer.store.rows import arrow_path, write_arrow
 
-TILE_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "id"]
+# A tile's row as the writer takes it: every column but the id (given at commit).
+ROW_SCHEMA = pa.schema([f for f in TILE_SCHEMA if f.name != "id"])
 
 
 def read_part(path: Path, columns: list[str] | None = None, filters=None) -> pa.Table:
@@ -54,22 +55,38 @@ def write_part(d: Path, m: Manifest, tiles: pa.Table, thumbs: pa.Table) -> Part:
                 id_max=int(ids.max()), sources=keys, arrow=True)
 
 
-def new_tables(first_id: int, rows: list[dict], thumbs: list[bytes]) -> tuple[pa.Table,
-                                                                              pa.Table]:
-    ids = np.arange(first_id, first_id + len(rows), dtype=np.int64)
-    cols = {c: [r[c] for r in rows] for c in TILE_COLUMNS}
-    return (pa.table({"id": ids, **cols}, schema=TILE_SCHEMA),
-            pa.table({"id": ids, "jpeg": thumbs}, schema=THUMB_SCHEMA))
+def rows_table(rows: list[dict] | pa.Table) -> pa.Table:
+    """Tile rows as a table of ROW_SCHEMA: a table (the job's, built column-wise) as it is,
+    its columns put in order; dicts (one per tile) converted, every column required."""
+    if isinstance(rows, pa.Table):
+        missing = [f.name for f in ROW_SCHEMA if f.name not in rows.column_names]
+        if missing:
+            raise ValueError(f"tile rows lack column(s) {', '.join(missing)}")
+        t = rows.select(ROW_SCHEMA.names)
+        return t if t.schema.equals(ROW_SCHEMA) else t.cast(ROW_SCHEMA)
+    missing = {f.name for f in ROW_SCHEMA} - set().union(*(r.keys() for r in rows))
+    if rows and missing:
+        raise ValueError(f"tile rows lack column(s) {', '.join(sorted(missing))}")
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def check_cells(rows: list[dict]) -> None:
+def new_tables(first_id: int, rows: pa.Table, thumbs: list[bytes]) -> tuple[pa.Table,
+                                                                           pa.Table]:
+    """The part's two tables: `rows` (ROW_SCHEMA) and the thumbnails under ids from
+    `first_id` on."""
+    ids = pa.array(np.arange(first_id, first_id + rows.num_rows, dtype=np.int64))
+    return (rows.add_column(0, TILE_SCHEMA.field("id"), ids),
+            pa.table({"id": ids, "jpeg": pa.array(thumbs, pa.binary())}, schema=THUMB_SCHEMA))
+
+
+def check_cells(rows: pa.Table) -> None:
     """A tile's bounds are its web-mercator cell's (readers filter by z/x/y alone)."""
-    if not rows:
+    if not rows.num_rows:
         return
-    cols = {c: [r[c] for r in rows] for c in ("z", "x", "y", "west", "south", "east", "north")}
-    want = cells.cell_bounds(*(np.asarray(cols[c], dtype=np.int64) for c in ("z", "x", "y")))
+    cols = {c: rows[c].to_numpy() for c in ("z", "x", "y", "west", "south", "east", "north")}
+    want = cells.cell_bounds(*(cols[c].astype(np.int64) for c in ("z", "x", "y")))
     for name, w in zip(("west", "south", "east", "north"), want, strict=True):
-        bad = ~np.isclose(np.asarray(cols[name], dtype=np.float64), w, rtol=0, atol=1e-9)
+        bad = ~np.isclose(cols[name].astype(np.float64), w, rtol=0, atol=1e-9)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"tile {cols['z'][i]}/{cols['x'][i]}/{cols['y'][i]}: {name} "

@@ -11,6 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from encoder.identity import EncoderIdentity
 from indexer import logs
@@ -18,19 +20,48 @@ from indexer.config import StoreSettings, TileRecipe
 from indexer.critical import deferred_interrupts
 from indexer.errors import IndexError_
 from indexer.store import ann, directory
+from indexer.store.cells import exact_cell_bounds
 from indexer.store.layout import FORMAT_VERSION, THUMBS_DIR, TILES_DIR, VECTORS_F16, fsync_dir
 from indexer.store.manifest import Manifest, SourceEntry, now, read_manifest, write_manifest
-from indexer.store.parts import check_cells, new_tables, source_tiles, without_source, write_part
+from indexer.store.parts import (
+    ROW_SCHEMA,
+    check_cells,
+    new_tables,
+    rows_table,
+    source_tiles,
+    without_source,
+    write_part,
+)
 from indexer.store.training import BackgroundTraining
 from indexer.store.vector_index import VectorIndex
 from indexer.store.vectors import RowFileWriter, open_rows
 
 
 def warm_up() -> None:
-    """Pay pyarrow's one-time cost of building a table from Python lists: the first one
-    imports pandas (0.2-0.4 s). The indexing job calls this on a thread of its own while it
-    hashes the rasters, so that its first commit does not stall the readers for it."""
-    new_tables(0, [], [])
+    """Pay pyarrow's one-time cost of converting Python values (datetimes with a time zone,
+    a table from dicts): the first conversion imports pandas (0.2-0.4 s). The indexing job
+    calls this on a thread of its own while it hashes the rasters, so that its first commit
+    does not stall the readers for it."""
+    new_tables(0, rows_table([]), [])
+
+
+def tile_rows(z: np.ndarray, x: np.ndarray, y: np.ndarray, nodata_fraction: np.ndarray,
+              source: np.ndarray, per_source: dict[str, list]) -> pa.Table:
+    """Rows for `IndexWriter.add`, built column-wise: tiles' cells z/x/y (their bounds are
+    computed here, bit for bit mercantile's), nodata fractions, and `source` [T] indexing
+    the lists of `per_source` (source, source_key, acquired, sensor, gsd_m, native_gsd_m:
+    one value per source, not per tile)."""
+    west, south, east, north = exact_cell_bounds(z, x, y)
+    at = pa.array(np.asarray(source, dtype=np.int64))
+    cols = {name: pa.array(per_source[name], ROW_SCHEMA.field(name).type).take(at)
+            for name in ("source", "source_key", "acquired", "sensor", "gsd_m",
+                         "native_gsd_m")}
+    return pa.table({
+        "z": np.asarray(z).astype(np.int8), "x": np.asarray(x).astype(np.int32),
+        "y": np.asarray(y).astype(np.int32),
+        "west": west, "south": south, "east": east, "north": north, **cols,
+        "nodata_fraction": np.asarray(nodata_fraction, dtype=np.float32)},
+        schema=ROW_SCHEMA)
 
 
 class IndexWriter:
@@ -86,7 +117,7 @@ class IndexWriter:
         self._ann = ann.AnnFiles(self.dir, m)
         directory.clean_garbage(self.dir, m)
         # Each entry is one add(): (rows, float32 vectors, thumbnails), appended in one step.
-        self._buf: list[tuple[list[dict], np.ndarray, list[bytes]]] = []
+        self._buf: list[tuple[pa.Table, np.ndarray, list[bytes]]] = []
         self._dead: list[np.ndarray] = []  # ids removed since the last commit
         # A new index commits even when empty; an old-format one is converted at once.
         self._dirty = m.generation == 0 or m.version < FORMAT_VERSION
@@ -109,7 +140,7 @@ class IndexWriter:
 
     @property
     def pending(self) -> int:
-        return sum(len(rows) for rows, _, _ in self._buf)
+        return sum(rows.num_rows for rows, _, _ in self._buf)
 
     @property
     def generation(self) -> int:
@@ -134,16 +165,20 @@ class IndexWriter:
                                                   tiles=tiles, skipped_nodata=skipped_nodata)
         self._dirty = True
 
-    def add(self, rows: list[dict], vectors: np.ndarray, thumbs: list[bytes]) -> None:
+    def add(self, rows: list[dict] | pa.Table, vectors: np.ndarray, thumbs: list[bytes]
+            ) -> None:
+        """Tiles to commit: their rows (every column of the tile table but `id`: one dict
+        per tile, or a table, as the job builds them column-wise), vectors and JPEGs."""
         if not (len(rows) == len(vectors) == len(thumbs)):
             raise ValueError("rows, vectors and thumbs must have the same length")
         if len(rows) == 0:
             return
         if vectors.shape[1] != self.dim:
             raise ValueError(f"expected {self.dim}-d vectors, got {vectors.shape[1]}")
-        check_cells(rows)
+        table = rows_table(rows)
+        check_cells(table)
         # One list append: an interrupt leaves the batch either wholly in or wholly out.
-        self._buf.append((list(rows), np.asarray(vectors, dtype=np.float32), list(thumbs)))
+        self._buf.append((table, np.asarray(vectors, dtype=np.float32), list(thumbs)))
         self._dirty = True
 
     def remove(self, key: str) -> int:
@@ -151,10 +186,10 @@ class IndexWriter:
         New parts are written first; the in-memory state changes in one uninterruptible step."""
         buf, removed = [], 0
         for rows, vecs, thumbs in self._buf:
-            keep = [i for i, r in enumerate(rows) if r["source_key"] != key]
-            removed += len(rows) - len(keep)
-            if keep:
-                buf.append(([rows[i] for i in keep], vecs[keep], [thumbs[i] for i in keep]))
+            keep = np.flatnonzero(pc.not_equal(rows["source_key"], key).to_numpy())
+            removed += rows.num_rows - len(keep)
+            if len(keep):
+                buf.append((rows.take(keep), vecs[keep], [thumbs[i] for i in keep]))
         new_parts, ids = without_source(self.dir, self.m, key)
         with deferred_interrupts():
             self._buf = buf
@@ -226,7 +261,7 @@ class IndexWriter:
     def _append(self, new: Manifest, index: VectorIndex) -> tuple[int, int]:
         """Write the buffered tiles as a new part of `new` (their float16 rows and ANN
         codes too), add them to the in-memory index; returns the id range added."""
-        rows = [r for b in self._buf for r in b[0]]
+        rows = pa.concat_tables([b[0] for b in self._buf])
         vecs = np.concatenate([b[1] for b in self._buf])
         thumbs = [t for b in self._buf for t in b[2]]
         first = new.next_id
