@@ -153,6 +153,12 @@ class JobSettings:
     # device even on a CPU (slower there: for tests); "readers" = always in the readers.
     # Within 1 grey level of the readers' warp (tests/test_device_warp.py).
     warp_on: str = "auto"
+    # Whether rasters at paths new to the index are hashed (SHA-256 of every byte: the
+    # source key) while their tiles are read, not before the first tile: "auto" = where the
+    # encoder is a GPU (the readers leave it CPU to spare: job.warp_on), "yes", "no". Their
+    # tiles wait in memory for the hash before they are committed (16,384 at most).
+    # On the 2-core VM hashing beside the readers made the job slower (BENCHMARKS.md).
+    hash_while_reading: str = "auto"
     # Where tiles are read and embedded: "local" (worker processes on this machine) or "ray"
     # (a Ray cluster; needs the `cluster` extra). Ray: the cluster's address ("" =
     # RAY_ADDRESS or a new local Ray, "auto", "ray://host:10001"), encoder actors (0 = one
@@ -312,6 +318,9 @@ def _validate(s: Settings) -> None:
     if t.warp == "fast" and t.resampling not in FAST_RESAMPLINGS:
         raise ConfigError(f"{where}: tiling.warp fast resamples nearest or bilinear, not "
                           f"{t.resampling!r}; use warp = \"gdal\" for it")
+    if s.job.hash_while_reading not in {"auto", "yes", "no"}:
+        raise ConfigError(f"{where}: job.hash_while_reading must be auto, yes or no, got "
+                          f"{s.job.hash_while_reading!r}")
     if s.job.warp_on not in {"auto", "device", "readers"}:
         raise ConfigError(f"{where}: job.warp_on must be auto, device or readers, got "
                           f"{s.job.warp_on!r}")

@@ -4,16 +4,25 @@ writer thread (see background.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import wait
 
 import numpy as np
 import pyarrow as pa
 
 from indexer.errors import InputError
-from indexer.job.plan import Pending
+from indexer.job.plan import Pending, source_key
 from indexer.job.read import TileBatch
 from indexer.job.report import JobReport
 from indexer.store.writer import IndexWriter, tile_rows
+
+# Tiles held at most while their rasters are still being hashed (Pending.identity): a
+# tile's vector and thumbnail, ~7 KB at 512-d (115 MB); beyond it the committer waits.
+HELD_TILES = 16384
 
 
 class Committer:
@@ -21,11 +30,80 @@ class Committer:
                  max_nodata_fraction: float, problem: Callable[[InputError], None]):
         self.writer, self.pendings, self.report = writer, pendings, report
         self.max_nodata_fraction, self.problem = max_nodata_fraction, problem
+        # Batches waiting for a raster's hash, in order (a raster's tiles go to the store
+        # in read order: its `through` counts them), and how many tiles they hold.
+        self._held: deque[tuple[TileBatch, np.ndarray]] = deque()
+        self._held_tiles = 0
+        self.hash_wait_s = 0.0  # seconds waited for a raster's hash
+        self._abandon = threading.Event()  # the job stops: wait for no more hashes
 
     def take(self, batch: TileBatch, vectors: np.ndarray) -> None:
         """Everything about one read batch, once its pixels are embedded (`vectors`: one per
         row of batch.rgb): its tiles go to the store (a raster that failed, in this batch or
-        before, keeps none), every tile is accounted for, complete rasters are finished."""
+        before, keeps none), every tile is accounted for, complete rasters are finished. A
+        batch with a raster still being hashed (and every batch after it) is held until the
+        hash is in, HELD_TILES at most before this waits for it."""
+        if self._held or not self._hashed(batch):
+            self._held.append((batch, vectors))
+            self._held_tiles += len(batch)
+        else:
+            self._take(batch, vectors)
+        self._release(beyond=HELD_TILES)
+
+    def flush(self, wait: bool = True) -> None:
+        """The held batches to the store: all of them, their hashes waited for; or
+        (wait=False: an interrupted job) those whose hashes are in, in order."""
+        self._release(beyond=-1 if wait else float("inf"))
+
+    def abandon(self) -> None:
+        """The job is stopping (any thread): a wait for a hash ends now, its batch held."""
+        self._abandon.set()
+
+    def _release(self, beyond: float) -> None:
+        """Held batches to the store, in order: while the first one's hashes are in, and
+        (waiting for them) while more than `beyond` tiles are held."""
+        while self._held and (self._held_tiles > beyond or self._hashed(self._held[0][0])):
+            batch, vectors = self._held[0]
+            if not self._wait_for_hashes(batch):
+                return  # abandoned: it stays held (an interrupted job drops it)
+            self._held.popleft()
+            self._held_tiles -= len(batch)
+            self._take(batch, vectors)
+
+    def _hashed(self, batch: TileBatch) -> bool:
+        return all(self.pendings[r].identity is None or self.pendings[r].identity.done()
+                   for r in np.unique(batch.raster).tolist())
+
+    def _wait_for_hashes(self, batch: TileBatch) -> bool:
+        """Wait until the hashes of the batch's rasters are in; False if abandoned first."""
+        t = time.perf_counter()
+        try:
+            for r in np.unique(batch.raster).tolist():
+                p = self.pendings[r]
+                while p.identity is not None and not p.identity.done():
+                    if self._abandon.is_set():
+                        return False
+                    wait([p.identity], timeout=0.05)
+            return True
+        finally:
+            self.hash_wait_s += time.perf_counter() - t
+
+    def _identify(self, p: Pending) -> None:
+        """A raster hashed while it was read: its key and entry from its hash (in by now),
+        or the error that drops it."""
+        got = p.identity.result()
+        p.identity = None
+        if isinstance(got, OSError):
+            p.error = p.error or f"cannot read file ({got.strerror or got})"
+            return
+        sha, size, mtime = got
+        p.key = source_key(p.entry.path, sha)
+        p.entry = dataclasses.replace(p.entry, content_sha256=sha, size=size, mtime_ns=mtime)
+
+    def _take(self, batch: TileBatch, vectors: np.ndarray) -> None:
+        for r in np.unique(batch.raster).tolist():
+            if self.pendings[r].identity is not None:
+                self._identify(self.pendings[r])
         for r, err in batch.errors.items():
             p = self.pendings[r]
             if not p.finished:
@@ -78,12 +156,14 @@ class Committer:
     def finish(self, p: Pending) -> None:
         p.finished = True
         if p.error is not None:
-            self.writer.remove(p.key)
+            if p.key:  # ("": a raster whose hash failed has nothing in the store)
+                self.writer.remove(p.key)
             self.report.tiles_written -= p.written - p.resumed  # they are gone again
             self.problem(InputError(p.entry.path, p.error))
             return
         if p.written == 0:
-            self.writer.remove(p.key)
+            if p.key:
+                self.writer.remove(p.key)
             self.problem(InputError(
                 p.entry.path, f"no tile has at most {self.max_nodata_fraction:.0%} nodata "
                 "(raster too small at this zoom, or mostly empty)"))

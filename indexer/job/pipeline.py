@@ -21,7 +21,7 @@ from indexer.critical import stop_between_steps
 from indexer.errors import InputError, JobError
 from indexer.job.background import BackgroundWriter
 from indexer.job.commit import Committer
-from indexer.job.plan import Pending, plan_line, plan_sources
+from indexer.job.plan import Hasher, Pending, known_hashes, plan_line, plan_sources
 from indexer.job.read import RasterPlan, TileBatch
 from indexer.job.report import JobReport
 from indexer.job.runner import LocalRunner, worker_death
@@ -47,6 +47,15 @@ def warp_device(settings: Settings, encoder) -> torch.device | None:
         return None
     on = settings.job.warp_on
     return device if on == "device" or (on == "auto" and device.type == "cuda") else None
+
+
+def hash_while_reading(settings: Settings, encoder, strict: bool) -> bool:
+    """Whether new rasters are hashed while their tiles are read (job.hash_while_reading):
+    "auto" where the encoder is a GPU; never with --strict (a file that cannot be hashed
+    stops the run before its first tile)."""
+    on = settings.job.hash_while_reading
+    device = getattr(getattr(encoder, "device", None), "type", "cpu")
+    return not strict and (on == "yes" or (on == "auto" and device == "cuda"))
 
 
 class IndexJob:
@@ -98,13 +107,15 @@ class IndexJob:
             return report
         # The ANN's training runs on a thread of its own: the encoder never waits for it.
         with IndexWriter(self.index_dir, self.encoder.identity, self.s.store,
-                         recipe=self.recipe, background_training=True) as writer:
+                         recipe=self.recipe, background_training=True) as writer, \
+                Hasher(known_hashes(writer)) as hasher:
             plans, pendings = plan_sources(
                 writer, sources, self.s, self.encoder.image_size, report, problem,
                 progress=lambda xs, desc, total: tqdm(xs, desc=desc, total=total,
                                                       unit="raster", leave=False,
                                                       disable=not self.progress),
-                warn=self.log)
+                warn=self.log, hasher=hasher,
+                later=hash_while_reading(self.s, self.encoder, self.strict))
             # Discovery, opening and hashing the rasters, planning: once per run, whatever
             # its size (benchmarks keep it apart from the per-tile costs).
             report.stages["plan (main thread)"] = time.perf_counter() - t0
@@ -130,8 +141,11 @@ class IndexJob:
                 raise
             except KeyboardInterrupt:
                 # Nothing is finished here: a source is complete only once every one of its
-                # tiles went through; the rest stay "partial" and resume next run.
+                # tiles went through; the rest stay "partial" and resume next run. Tiles
+                # still held for a raster's hash are kept if it is in, else read again.
                 report.interrupted = True
+                commits.flush(wait=False)
+            report.stages["wait for hashes (writer thread)"] = commits.hash_wait_s
             t = time.perf_counter()
             # A finished run's index ends trained (an interrupted one's trains next run).
             writer.commit(wait_for_training=not report.interrupted)
@@ -155,8 +169,11 @@ class IndexJob:
             writer.commit()
             report.stages["commit"] += time.perf_counter() - t
 
-        def write(batch: TileBatch, vectors) -> None:
-            commits.take(batch, vectors)
+        def write(batch: TileBatch | None, vectors) -> None:
+            if batch is None:  # the end: batches held for a raster's hash, waited for
+                commits.flush()
+            else:
+                commits.take(batch, vectors)
             if writer.pending >= every:
                 commit()
 
@@ -176,6 +193,10 @@ class IndexJob:
                         if report.problems:
                             break
                     stop.check()  # Ctrl-C / SIGTERM: stop here, between two batches
+            out.put(None, None)
+        except BaseException:
+            commits.abandon()  # a writer waiting for a raster's hash stops waiting
+            raise
         finally:
             try:
                 out.close()  # everything encoded is written before the job's last commit

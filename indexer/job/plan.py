@@ -7,7 +7,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,10 @@ class Pending:
     error: str | None = None
     finished: bool = False
     resumed: int = 0  # tiles committed by an earlier, interrupted run
+    # A raster at a path new to the index, hashed while its tiles are read (the job's
+    # hash_while_reading): (content hash, size, mtime) or the OSError, to come. Until then
+    # `key` is "" and the entry has no hash; the committer holds the raster's tiles for it.
+    identity: Future | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Identity:
     size: int = 0
     mtime_ns: int = 0
     version: str = ""  # remote version
+    later: Future | None = None  # a local hash still being computed (key "" until then)
 
 
 # Local files hashed at once: hashlib and file reads release the GIL, so a few threads
@@ -69,49 +74,80 @@ def _no_progress(items, **_):
     return items
 
 
-def _local_identities(paths: list[str], known: dict, progress: Callable
-                      ) -> dict[str, tuple[str, int, int] | OSError]:
-    """(content hash, size, mtime) of each local file, hashed HASH_THREADS at a time (the
-    hash recorded for an unchanged path, size and mtime is taken as it is), or why not. An
-    exception here (Ctrl-C) stops the threads at their next chunk, not after their files."""
-    stop = threading.Event()
+class Hasher:
+    """Content hashes of local files, HASH_THREADS at a time, on threads that live as long
+    as the job (files hashed while their tiles are read are waited for at commit time).
+    `close()` stops them at their next chunk."""
 
-    def one(path: str) -> tuple[str, int, int] | OSError:
+    def __init__(self, known: dict):
+        self.known = known  # (path, size, mtime) -> the hash recorded for it
+        self.stop = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, path: str) -> Future:
+        """The future (content hash, size, mtime) of a local file, or its OSError."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=HASH_THREADS,
+                                            thread_name_prefix="satfind-hash")
+        return self._pool.submit(self._one, path)
+
+    def _one(self, path: str) -> tuple[str, int, int] | OSError:
         try:
-            sha = known_or_file_sha256(path, known, stop)
+            sha = known_or_file_sha256(path, self.known, self.stop)
             return (sha, *file_stat(path))
         except OSError as e:
             return e
 
-    out: dict[str, tuple[str, int, int] | OSError] = {}
-    unique = list(dict.fromkeys(paths))
-    if not unique:
-        return out
-    pool = ThreadPoolExecutor(max_workers=min(HASH_THREADS, len(unique)),
-                              thread_name_prefix="satfind-hash")
-    try:
-        futures = {pool.submit(one, p): p for p in unique}
-        for f in progress(as_completed(futures), desc="hashing rasters", total=len(futures)):
-            out[futures[f]] = f.result()
-    finally:
-        stop.set()  # (set once all is done too: nothing is left to stop then)
-        pool.shutdown(wait=True, cancel_futures=True)
-    return out
+    def close(self) -> None:
+        self.stop.set()  # (set once all is done too: nothing is left to stop then)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Hasher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _local_identities(paths: list[str], hasher: Hasher, progress: Callable
+                      ) -> dict[str, tuple[str, int, int] | OSError]:
+    """(content hash, size, mtime) of each local file (the hash recorded for an unchanged
+    path, size and mtime taken as it is), or why not, waited for under a progress bar."""
+    futures = {hasher.submit(p): p for p in dict.fromkeys(paths)}
+    if not futures:
+        return {}
+    return {futures[f]: f.result() for f in progress(as_completed(futures),
+                                                      desc="hashing rasters",
+                                                      total=len(futures))}
+
+
+def known_hashes(writer: IndexWriter) -> dict[tuple[str, int, int], str]:
+    """(path, size, mtime) -> content hash, as the index recorded them."""
+    return {(e.path, e.size, e.mtime_ns): e.content_sha256 for e in writer.sources.values()}
 
 
 def identify(writer: IndexWriter, sources: list[RasterSource], remote: RemoteSettings,
-             problem: Callable[[InputError], None], progress: Callable = _no_progress
+             problem: Callable[[InputError], None], progress: Callable = _no_progress,
+             hasher: Hasher | None = None, later: bool = False
              ) -> list[tuple[RasterSource, Identity]]:
     """Each source's identity (remote ones asked for concurrently, local files hashed
-    HASH_THREADS at a time); unreadable ones go to `problem`. `progress(items, desc=,
-    total=)` wraps the hashing (e.g. in a progress bar)."""
-    known = {(e.path, e.size, e.mtime_ns): e.content_sha256 for e in writer.sources.values()}
+    HASH_THREADS at a time by `hasher`, or by one of its own); unreadable ones go to
+    `problem`. `later`: local files at paths the index has no source at are not waited for
+    (their Identity.later; they can have no tiles in the index, whatever their content).
+    `progress(items, desc=, total=)` wraps the hashing waited for (e.g. in a bar)."""
+    if hasher is None:
+        with Hasher(known_hashes(writer)) as own:
+            return identify(writer, sources, remote, problem, progress, own, later=False)
     far = [s for s in sources if is_remote(s.path)]
     answers = dict(zip([s.path for s in far],
                        identities([(s.path, s.checksum, s.size) for s in far], remote),
                        strict=True))
-    near = _local_identities([s.path for s in sources if not is_remote(s.path)], known,
+    indexed = {e.path for e in writer.sources.values()} if later else None
+    local = [s.path for s in sources if not is_remote(s.path)]
+    near = _local_identities([p for p in local if indexed is None or p in indexed], hasher,
                              progress)
+    coming = {p: hasher.submit(p) for p in dict.fromkeys(local) if p not in near}
     out = []
     for src in sources:
         if is_remote(src.path):
@@ -122,6 +158,8 @@ def identify(writer: IndexWriter, sources: list[RasterSource], remote: RemoteSet
             name = public(src.path)
             ident = Identity(source_key(name, f"{src.item_id or ''}\n{got.version}"), name,
                              size=got.size, version=got.version)
+        elif src.path in coming:
+            ident = Identity("", src.path, later=coming[src.path])
         else:
             got = near[src.path]
             if isinstance(got, OSError):
@@ -136,18 +174,20 @@ def identify(writer: IndexWriter, sources: list[RasterSource], remote: RemoteSet
 def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Settings,
                  tile_px: int, report: JobReport, problem: Callable[[InputError], None],
                  progress: Callable = _no_progress,
-                 warn: Callable[[str], None] = lambda _: None
+                 warn: Callable[[str], None] = lambda _: None,
+                 hasher: Hasher | None = None, later: bool = False
                  ) -> tuple[list[RasterPlan], list[Pending]]:
     """Read plans (blocks of tiles) and per-raster bookkeeping for the sources that are new,
     changed or partly indexed; unchanged ones are counted, changed ones replace their old
     tiles, bad ones go to `problem`. `progress(items, desc=, total=)` wraps the hashing and
-    the checking of the rasters."""
+    the checking of the rasters. `hasher` and `later`: see `identify` (a Pending of a file
+    hashed later has its `identity` to wait for)."""
     by_path: dict[str, list[str]] = {}
     for key, e in writer.sources.items():
         by_path.setdefault(e.path, []).append(key)
     plans: list[RasterPlan] = []
     pendings: list[Pending] = []
-    identified = identify(writer, sources, settings.remote, problem, progress)
+    identified = identify(writer, sources, settings.remote, problem, progress, hasher, later)
     for src, ident in progress(identified, desc="checking rasters", total=len(identified)):
         key = ident.key
         old = writer.sources.get(key)
@@ -194,7 +234,7 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
             plans.append(RasterPlan(info, block, r, mine))
         pendings.append(Pending(key, entry, info, remaining=count, total=count,
                                 written=len(committed), nodata=len(done - committed),
-                                resumed=len(committed)))
+                                resumed=len(committed), identity=ident.later))
     return plans, pendings
 
 
