@@ -224,6 +224,9 @@ def main() -> int:
         # the kept ones only).
         batch = np.concatenate([s["rgb"][s["has"]] if len(s["rgb"]) == len(s["has"])
                                 else s["rgb"] for s in strips if s["rgb"] is not None])
+    if not len(batch):
+        sys.exit(f"the first {tiles} tiles read (--sample) have no pixels to encode (nodata): "
+                 "raise --sample")
     total = sum(p.block.count for p in plans)
     per_worker = tiles / read_s
     print(f"{total} tiles at zoom {zoom}; reading + warping + thumbnails in one process "

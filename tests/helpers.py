@@ -208,3 +208,13 @@ def shared_raster_tiles(px: int, finer: int = 0, limit: int = 0) -> np.ndarray:
             if limit and len(out) >= limit:
                 return np.stack(out[:limit])
     return np.stack(out) if out else np.zeros((0, 3, px, px), np.uint8)
+
+
+def rasters_sharing_batches(d: Path, sizes: tuple[int, ...]) -> Path:
+    """d/archive: one raster per size (random pixels, its top-left ninth nodata), side by
+    side: small enough that their tiles share batches of a few tiles. Returns the folder."""
+    for i, size in enumerate(sizes):
+        data = np.random.default_rng(i).integers(1, 255, (3, size, size)).astype(np.uint8)
+        data[:, : size // 3, : size // 3] = 0  # nodata tiles too
+        make_raster(d / "archive" / f"r{i}.tif", size=size, lon=11.88 + i * 0.05, data=data)
+    return d / "archive"

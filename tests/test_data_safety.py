@@ -20,6 +20,7 @@ from indexer.job.pipeline import IndexJob
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.writer import IndexWriter
 from tests.conftest import OFFLINE_CONFIG, make_raster
+from tests.helpers import rasters_sharing_batches
 from tests.test_store import IDENT, _add
 
 
@@ -146,10 +147,7 @@ class _InterruptingEncoder:
 def interrupt_world(tmp_path_factory, settings, encoder):
     """Three rasters whose tiles share batches, and their uninterrupted index."""
     d = tmp_path_factory.mktemp("interrupt")
-    for i, size in enumerate((600, 300, 520)):
-        data = np.random.default_rng(i).integers(1, 255, (3, size, size)).astype(np.uint8)
-        data[:, : size // 3, : size // 3] = 0  # nodata tiles too
-        make_raster(d / "archive" / f"r{i}.tif", size=size, lon=11.88 + i * 0.05, data=data)
+    rasters_sharing_batches(d, (600, 300, 520))
     s = dataclasses.replace(settings, job=dataclasses.replace(settings.job, batch_size=7,
                                                                commit_every=10))
     IndexJob(d / "ref", s, encoder, progress=False).run([str(d / "archive")])

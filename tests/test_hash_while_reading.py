@@ -11,7 +11,6 @@ import shutil
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,7 +18,7 @@ from indexer.config import ConfigError, load_settings
 from indexer.job import commit, plan
 from indexer.job.pipeline import IndexJob, hash_while_reading
 from indexer.store.snapshot import IndexSnapshot
-from tests.helpers import make_raster
+from tests.helpers import rasters_sharing_batches
 from tests.test_data_safety import _InterruptingEncoder
 
 
@@ -27,10 +26,7 @@ from tests.test_data_safety import _InterruptingEncoder
 def world(tmp_path_factory, settings, encoder):
     """Three rasters whose tiles share batches, and their index hashed before reading."""
     d = tmp_path_factory.mktemp("late-hash")
-    for i, size in enumerate((420, 260, 380)):
-        data = np.random.default_rng(i).integers(1, 255, (3, size, size)).astype(np.uint8)
-        data[:, : size // 3, : size // 3] = 0  # nodata tiles too
-        make_raster(d / "archive" / f"r{i}.tif", size=size, lon=11.88 + i * 0.05, data=data)
+    rasters_sharing_batches(d, (420, 260, 380))
     s = dataclasses.replace(settings, job=dataclasses.replace(
         settings.job, batch_size=7, commit_every=10, hash_while_reading="no"))
     report = IndexJob(d / "ref", s, encoder, progress=False).run([str(d / "archive")])
@@ -131,12 +127,15 @@ def test_a_raster_that_cannot_be_hashed_is_dropped_alone(world, encoder, tmp_pat
     assert _contents(tmp_path / "idx") == expected
 
 
-@pytest.mark.parametrize("call,held", [(3, commit.HELD_TILES), (9, commit.HELD_TILES), (9, 10)])
+@pytest.mark.parametrize("call,held", [(3, commit.HELD_TILES), (9, commit.HELD_TILES),
+                                       (12, commit.HELD_TILES), (9, 10)])
 def test_interrupted_while_tiles_wait_for_a_hash(world, encoder, tmp_path, monkeypatch, call,
                                                  held):
-    """r1's hash never comes before Ctrl-C (at the encoder's 3rd or 9th batch): r0's tiles
-    are kept as far as they went, r1's and r2's held ones are dropped (read again next run),
-    the hashing threads stop, and the rerun gives the uninterrupted index. With 10 tiles
+    """r1's hash never comes before Ctrl-C (at the encoder's 3rd, 9th or 12th batch of 12):
+    r0's tiles are kept as far as they went; r1's and r2's are dropped (read again next run),
+    r2's too though its hash is in (a raster's tiles go to the store in read order, and
+    its first ones share a batch with r1's); the hashing threads stop, and the rerun gives
+    the uninterrupted index. With 10 tiles
     held at most, the writer thread is waiting for the hash when Ctrl-C comes: it stops
     waiting at once."""
     d, s, expected = world
@@ -195,3 +194,31 @@ def test_the_setting(tmp_path, settings):
     bad.write_text('[job]\nhash_while_reading = "later"\n')
     with pytest.raises(ConfigError, match="job.hash_while_reading must be auto, yes or no"):
         load_settings(bad)
+
+
+class _HashThenInterrupt(_InterruptingEncoder):
+    """Lets r0's hash in (`gate`), gives it time to land, then Ctrl-C on the n-th call."""
+
+    def __init__(self, real, n: int, gate: threading.Event):
+        super().__init__(real, n)
+        self.gate = gate
+
+    def encode_images(self, images):
+        if self.calls + 1 == self.n:
+            self.gate.set()
+            time.sleep(0.3)  # a small file's hash: ~1 ms
+        return super().encode_images(images)
+
+
+def test_tiles_whose_hash_came_before_ctrl_c_are_kept(world, encoder, tmp_path, monkeypatch):
+    """Every batch of r0 is held (its hash is let in just before Ctrl-C): the interrupted
+    run commits them, as far as they were encoded, instead of reading them again."""
+    d, s, expected = world
+    gate = threading.Event()
+    _slow_hashes(monkeypatch, hold={"r0.tif": gate})
+    first = IndexJob(tmp_path / "idx", s, _HashThenInterrupt(encoder, 6, gate),
+                     progress=False).run([str(d / "archive")])
+    assert first.interrupted
+    tiles, _ = _contents(tmp_path / "idx")
+    assert tiles and all(t[0].endswith("r0.tif") for t in tiles)
+    assert set(tiles) <= set(expected[0]) and first.tiles_written == len(tiles)
