@@ -3,6 +3,9 @@ paths, synthetic GeoTIFFs, store rows, and SQL over a snapshot as an independent
 
 from __future__ import annotations
 
+import errno
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -218,3 +221,30 @@ def rasters_sharing_batches(d: Path, sizes: tuple[int, ...]) -> Path:
         data[:, : size // 3, : size // 3] = 0  # nodata tiles too
         make_raster(d / "archive" / f"r{i}.tif", size=size, lon=11.88 + i * 0.05, data=data)
     return d / "archive"
+
+
+def slow_hashes(monkeypatch, hold: dict[str, threading.Event] | None = None,
+                 delay: float = 0.0, fail: str = ""):
+    """The plan's hashing, each file's hash held back `delay` seconds or until its event
+    (`hold`, by file name) is set, or failing for the file named `fail`; a stopped hashing
+    thread gives up as the real one does. Returns the names hashed, in order."""
+    from indexer.job import plan
+
+    real = plan.known_or_file_sha256
+    hashed: list[str] = []
+
+    def slow(path, known, stop=None):
+        name = path.rsplit("/", 1)[-1]
+        hashed.append(name)
+        gate = (hold or {}).get(name)
+        end = time.monotonic() + delay
+        while (gate is not None and not gate.is_set()) or time.monotonic() < end:
+            if stop is not None and stop.is_set():
+                raise InterruptedError(errno.EINTR, "hashing stopped", path)
+            time.sleep(0.005)
+        if name == fail:
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real(path, known, stop)
+
+    monkeypatch.setattr(plan, "known_or_file_sha256", slow)
+    return hashed

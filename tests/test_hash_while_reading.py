@@ -5,7 +5,6 @@ that cannot be hashed dropped alone; an interrupt while tiles wait leaves a resu
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import shutil
 import threading
@@ -18,7 +17,7 @@ from indexer.config import ConfigError, load_settings
 from indexer.job import commit, plan
 from indexer.job.pipeline import IndexJob, hash_while_reading
 from indexer.store.snapshot import IndexSnapshot
-from tests.helpers import rasters_sharing_batches
+from tests.helpers import rasters_sharing_batches, slow_hashes
 from tests.test_data_safety import _InterruptingEncoder
 
 
@@ -46,31 +45,6 @@ def _contents(idx) -> tuple[list, dict]:
     return tiles, sources
 
 
-def _slow_hashes(monkeypatch, hold: dict[str, threading.Event] | None = None,
-                 delay: float = 0.0, fail: str = ""):
-    """The plan's hashing, each file's hash held back `delay` seconds or until its event
-    (`hold`, by file name) is set, or failing for the file named `fail`; a stopped hashing
-    thread gives up as the real one does. Returns the names hashed, in order."""
-    real = plan.known_or_file_sha256
-    hashed: list[str] = []
-
-    def slow(path, known, stop=None):
-        name = path.rsplit("/", 1)[-1]
-        hashed.append(name)
-        gate = (hold or {}).get(name)
-        end = time.monotonic() + delay
-        while (gate is not None and not gate.is_set()) or time.monotonic() < end:
-            if stop is not None and stop.is_set():
-                raise InterruptedError(errno.EINTR, "hashing stopped", path)
-            time.sleep(0.005)
-        if name == fail:
-            raise OSError(errno.EIO, "Input/output error", path)
-        return real(path, known, stop)
-
-    monkeypatch.setattr(plan, "known_or_file_sha256", slow)
-    return hashed
-
-
 @pytest.mark.parametrize("held", [commit.HELD_TILES, 10])
 def test_hashed_while_read_the_index_is_the_same(world, encoder, tmp_path, monkeypatch, held):
     """Each hash arrives after the raster's tiles are encoded (0.3 s late): the committer
@@ -78,7 +52,7 @@ def test_hashed_while_read_the_index_is_the_same(world, encoder, tmp_path, monke
     the key and hash the plan would have given them."""
     d, s, expected = world
     monkeypatch.setattr(commit, "HELD_TILES", held)
-    hashed = _slow_hashes(monkeypatch, delay=0.3)
+    hashed = slow_hashes(monkeypatch, delay=0.3)
     waited = {"take": 0, "flush": 0}  # hashes waited for, in take() (the limit) and at the end
     where = ["take"]
     wait_for, flush = commit.Committer._wait_for_hashes, commit.Committer.flush
@@ -114,7 +88,7 @@ def test_hashed_while_read_the_index_is_the_same(world, encoder, tmp_path, monke
 def test_a_raster_that_cannot_be_hashed_is_dropped_alone(world, encoder, tmp_path,
                                                          monkeypatch):
     d, s, expected = world
-    _slow_hashes(monkeypatch, delay=0.05, fail="r1.tif")
+    slow_hashes(monkeypatch, delay=0.05, fail="r1.tif")
     report = IndexJob(tmp_path / "idx", s, encoder, progress=False).run([str(d / "archive")])
     assert [e.path.rsplit("/", 1)[-1] for e in report.problems] == ["r1.tif"]
     assert "cannot read file (Input/output error)" in str(report.problems[0])
@@ -141,7 +115,7 @@ def test_interrupted_while_tiles_wait_for_a_hash(world, encoder, tmp_path, monke
     d, s, expected = world
     monkeypatch.setattr(commit, "HELD_TILES", held)
     never = threading.Event()
-    _slow_hashes(monkeypatch, hold={"r1.tif": never})
+    slow_hashes(monkeypatch, hold={"r1.tif": never})
     t = time.monotonic()
     first = IndexJob(tmp_path / "idx", s, _InterruptingEncoder(encoder, call),
                      progress=False).run([str(d / "archive")])
@@ -215,7 +189,7 @@ def test_tiles_whose_hash_came_before_ctrl_c_are_kept(world, encoder, tmp_path, 
     run commits them, as far as they were encoded, instead of reading them again."""
     d, s, expected = world
     gate = threading.Event()
-    _slow_hashes(monkeypatch, hold={"r0.tif": gate})
+    slow_hashes(monkeypatch, hold={"r0.tif": gate})
     first = IndexJob(tmp_path / "idx", s, _HashThenInterrupt(encoder, 6, gate),
                      progress=False).run([str(d / "archive")])
     assert first.interrupted

@@ -13,7 +13,7 @@ from PIL import Image
 
 from indexer.job.pipeline import IndexJob
 from indexer.store.snapshot import IndexSnapshot
-from tests.helpers import snapshot_sql
+from tests.helpers import slow_hashes, snapshot_sql
 
 NAIP_2009 = "naip_nd_20090818.tif"
 NAIP_2014 = "naip_nd_20140720.tif"
@@ -101,3 +101,32 @@ def test_new_acquisition_of_indexed_place(tmp_path, shared_geotiff, settings, en
     assert len(rows) == first.tiles_written + second.tiles_written
     overlap = by_year[2009] & by_year[2014]
     assert len(overlap) >= 0.9 * len(by_year[2014])  # same place, same tile grid
+
+
+def test_hashing_while_reading_gives_the_same_index(real_index, shared_geotiff, settings,
+                                                    encoder, tmp_path, monkeypatch):
+    """The six shared rasters with job.hash_while_reading = "yes" (each file hashed while
+    its tiles are read, each hash 0.2 s late: its tiles held until then): the same sources,
+    content hashes, tiles and vectors as hashing first."""
+    import dataclasses
+
+    slow_hashes(monkeypatch, delay=0.2)
+    s = dataclasses.replace(settings, job=dataclasses.replace(settings.job,
+                                                               hash_while_reading="yes"))
+    report = IndexJob(tmp_path / "idx", s, encoder, progress=False).run([str(shared_geotiff)])
+    assert report.problems == [] and report.rasters_indexed == 6
+    assert report.stages["wait for hashes (writer thread)"] > 0.05
+    got, ref = IndexSnapshot.open(tmp_path / "idx"), IndexSnapshot.open(real_index[0])
+    assert ({k: (e.path, e.content_sha256, e.tiles) for k, e in got.sources.items()}
+            == {k: (e.path, e.content_sha256, e.tiles) for k, e in ref.sources.items()})
+
+    def by_tile(snap):
+        t = snap.tiles(["id", "source_key", "z", "x", "y"]).to_pylist()
+        ids = np.array([r["id"] for r in t])
+        return [(r["source_key"], r["z"], r["x"], r["y"]) for r in t], snap.get_vectors(ids)
+
+    (keys_a, vec_a), (keys_b, vec_b) = by_tile(got), by_tile(ref)
+    assert sorted(keys_a) == sorted(keys_b)
+    order_a = sorted(range(len(keys_a)), key=keys_a.__getitem__)
+    order_b = sorted(range(len(keys_b)), key=keys_b.__getitem__)
+    np.testing.assert_allclose(vec_a[order_a], vec_b[order_b], atol=1e-3)
