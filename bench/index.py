@@ -155,6 +155,8 @@ def main() -> int:
                    help="tiling.warp (auto: fast for a new index)")
     p.add_argument("--warp-on", choices=("auto", "device", "readers"), default="auto",
                    help="job.warp_on: where the fast warp resamples plain tiles")
+    p.add_argument("--ramp-rounds", type=int, default=-1, help="read.RAMP_ROUNDS: the "
+                   "readers' first calls smaller (0: none, as before; -1: the code's)")
     p.add_argument("--hash-while-reading", choices=("auto", "yes", "no"), default="auto",
                    help="job.hash_while_reading: new rasters hashed while read, or before")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
@@ -177,6 +179,10 @@ def main() -> int:
         job = job.for_device(enc.device.type)
     if hasattr(job, "warp_on"):  # older checkouts warp in the readers only
         job = dataclasses.replace(job, warp_on=args.warp_on)
+    if args.ramp_rounds >= 0:
+        import indexer.job.read as read_module
+
+        read_module.RAMP_ROUNDS = args.ramp_rounds
     if hasattr(job, "hash_while_reading"):  # older checkouts hash before reading
         job = dataclasses.replace(job, hash_while_reading=args.hash_while_reading)
     if args.read_batch and hasattr(job, "read_batch"):  # older checkouts have none

@@ -248,3 +248,32 @@ def test_queued_batches_give_the_vectors_encode_images_gives(encoder, settings):
     queued = [gpu.encode_images_later(t) for t in tiles]  # all four in flight at once
     for w, q in zip(want, queued, strict=True):
         np.testing.assert_allclose(q(), w, atol=1e-3)
+
+
+def test_the_readers_first_calls_are_smaller_then_full():
+    """With 3 readers and calls of 64 tiles: rounds of 3 calls of at most 4, 8, 16, 32
+    tiles, then 64; every strip once, in order; without readers, all calls full."""
+    from indexer.job.read import RAMP_ROUNDS, StripBatches
+
+    class Strips:
+        sizes = [16, 16, 5] * 40
+
+        def __len__(self):
+            return len(self.sizes)
+
+        def tiles(self, i):
+            return self.sizes[i]
+
+    ds = Strips()
+    for readers in (0, 3):
+        groups = list(StripBatches(ds, 64, readers=readers))
+        assert [i for g in groups for i in g] == list(range(len(ds)))
+        sums = [sum(ds.tiles(i) for i in g) for g in groups]
+        for k, n in enumerate(sums[:-1]):
+            limit = 64 if not readers else 64 >> max(0, RAMP_ROUNDS - k // readers)
+            # at most the limit (a strip larger than it goes alone), and as full as it goes
+            assert n <= max(limit, 16) and n + ds.tiles(groups[k + 1][0]) > limit
+        if readers:
+            assert sums[:3] == [16, 16, 5] and max(sums[:12]) < 64 and max(sums) > 32
+        else:
+            assert sums[0] == 53

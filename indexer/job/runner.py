@@ -87,7 +87,10 @@ class LocalRunner:
         for batch in self.batches(plans, stages):
             # (the device's warp is timed apart, inside batches())
             now = stages.get("warp on the device", 0.0)
-            stages["wait for tiles"] += time.perf_counter() - t - (now - warped)
+            waited = time.perf_counter() - t - (now - warped)
+            stages["wait for tiles"] += waited
+            if "first tiles (in wait for tiles)" not in stages:  # the readers' start
+                stages["first tiles (in wait for tiles)"] = waited
             warped = now
             stages["read (worker seconds)"] += batch.read_s
             t = time.perf_counter()
