@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.errors import InputError
-from indexer.job.plan import Pending, source_key
+from indexer.job.plan import Pending, local_identity
 from indexer.job.read import TileBatch
 from indexer.job.report import JobReport
 from indexer.store.writer import IndexWriter, tile_rows
@@ -91,24 +91,24 @@ class Committer:
     def _identify(self, p: Pending) -> None:
         """A raster hashed while it was read: its key and entry from its hash (in by now),
         or the error that drops it."""
-        got = p.identity.result()
+        ident = local_identity(p.entry.path, p.identity.result())
         p.identity = None
-        if isinstance(got, OSError):
-            p.error = p.error or f"cannot read file ({got.strerror or got})"
+        if isinstance(ident, str):
+            p.error = p.error or ident
             return
-        sha, size, mtime = got
-        p.key = source_key(p.entry.path, sha)
-        p.entry = dataclasses.replace(p.entry, content_sha256=sha, size=size, mtime_ns=mtime)
+        p.key = ident.key
+        p.entry = dataclasses.replace(p.entry, content_sha256=ident.sha256, size=ident.size,
+                                      mtime_ns=ident.mtime_ns)
 
     def _take(self, batch: TileBatch, vectors: np.ndarray) -> None:
-        for r in np.unique(batch.raster).tolist():
+        present = np.unique(batch.raster)  # (not every raster of the job: per batch)
+        for r in present.tolist():
             if self.pendings[r].identity is not None:
                 self._identify(self.pendings[r])
         for r, err in batch.errors.items():
             p = self.pendings[r]
             if not p.finished:
                 p.error = p.error or err
-        present = np.unique(batch.raster)  # (not every raster of the job: per batch)
         failed = np.array([self.pendings[r].finished or self.pendings[r].error is not None
                            for r in present.tolist()], dtype=bool)
         keep = np.flatnonzero((batch.pixel_row >= 0) & ~batch.done

@@ -161,14 +161,21 @@ def identify(writer: IndexWriter, sources: list[RasterSource], remote: RemoteSet
         elif src.path in coming:
             ident = Identity("", src.path, later=coming[src.path])
         else:
-            got = near[src.path]
-            if isinstance(got, OSError):
-                problem(InputError(src.path, f"cannot read file ({got.strerror})"))
+            ident = local_identity(src.path, near[src.path])
+            if isinstance(ident, str):
+                problem(InputError(src.path, ident))
                 continue
-            sha, size, mtime = got
-            ident = Identity(source_key(src.path, sha), src.path, sha, size, mtime)
         out.append((src, ident))
     return out
+
+
+def local_identity(path: str, hashed: tuple[str, int, int] | OSError) -> Identity | str:
+    """A local file's identity from what the Hasher gave (its hash, size and mtime), or
+    why it has none."""
+    if isinstance(hashed, OSError):
+        return f"cannot read file ({hashed.strerror or hashed})"
+    sha, size, mtime = hashed
+    return Identity(source_key(path, sha), path, sha, size, mtime)
 
 
 def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Settings,

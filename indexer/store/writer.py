@@ -53,9 +53,8 @@ def tile_rows(z: np.ndarray, x: np.ndarray, y: np.ndarray, nodata_fraction: np.n
     one value per source, not per tile)."""
     west, south, east, north = exact_cell_bounds(z, x, y)
     at = pa.array(np.asarray(source, dtype=np.int64))
-    cols = {name: pa.array(per_source[name], ROW_SCHEMA.field(name).type).take(at)
-            for name in ("source", "source_key", "acquired", "sensor", "gsd_m",
-                         "native_gsd_m")}
+    cols = {name: pa.array(values, ROW_SCHEMA.field(name).type).take(at)
+            for name, values in per_source.items()}
     return pa.table({
         "z": np.asarray(z).astype(np.int8), "x": np.asarray(x).astype(np.int32),
         "y": np.asarray(y).astype(np.int32),
