@@ -47,12 +47,13 @@ def _contents(idx) -> tuple[list, dict]:
 
 @pytest.mark.parametrize("held", [commit.HELD_TILES, 10])
 def test_hashed_while_read_the_index_is_the_same(world, encoder, tmp_path, monkeypatch, held):
-    """Each hash arrives after the raster's tiles are encoded (0.3 s late): the committer
-    holds them (all of them, or 10 tiles at most and then waits), then commits them under
+    """No hash is in until the committer first waits for one: it holds the tiles (all of
+    them until the job's end, or 10 tiles at most and then waits), then commits them under
     the key and hash the plan would have given them."""
     d, s, expected = world
     monkeypatch.setattr(commit, "HELD_TILES", held)
-    hashed = slow_hashes(monkeypatch, delay=0.3)
+    gate = threading.Event()  # every hash held back until the committer first waits
+    hashed = slow_hashes(monkeypatch, hold={f"r{i}.tif": gate for i in range(3)})
     waited = {"take": 0, "flush": 0}  # hashes waited for, in take() (the limit) and at the end
     where = ["take"]
     wait_for, flush = commit.Committer._wait_for_hashes, commit.Committer.flush
@@ -61,6 +62,7 @@ def test_hashed_while_read_the_index_is_the_same(world, encoder, tmp_path, monke
         waited[where[0]] += any(self.pendings[r].identity is not None
                                 and not self.pendings[r].identity.done()
                                 for r in set(batch.raster.tolist()))
+        gate.set()
         return wait_for(self, batch)
 
     def spy_flush(self, wait=True):
@@ -72,7 +74,7 @@ def test_hashed_while_read_the_index_is_the_same(world, encoder, tmp_path, monke
     report = IndexJob(tmp_path / "idx", s, encoder, progress=False).run([str(d / "archive")])
     assert not report.problems and not report.interrupted
     assert hashed == ["r0.tif", "r1.tif", "r2.tif"]  # in read order
-    assert report.stages["wait for hashes (writer thread)"] > 0.1  # the tiles were held
+    assert report.stages["wait for hashes (writer thread)"] > 0  # reported
     # Held, not waited for, until the end or until more than `held` tiles wait.
     if held == 10:
         assert waited["take"] >= 1
@@ -171,16 +173,18 @@ def test_the_setting(tmp_path, settings):
 
 
 class _HashThenInterrupt(_InterruptingEncoder):
-    """Lets r0's hash in (`gate`), gives it time to land, then Ctrl-C on the n-th call."""
+    """Lets r0's hash in (`gate`), waits until it is computed (`landed`), then Ctrl-C on
+    the n-th call."""
 
-    def __init__(self, real, n: int, gate: threading.Event):
+    def __init__(self, real, n: int, gate: threading.Event, landed: threading.Event):
         super().__init__(real, n)
-        self.gate = gate
+        self.gate, self.landed = gate, landed
 
     def encode_images(self, images):
         if self.calls + 1 == self.n:
             self.gate.set()
-            time.sleep(0.3)  # a small file's hash: ~1 ms
+            assert self.landed.wait(20)
+            time.sleep(0.02)  # from the hash's return to its future's result: microseconds
         return super().encode_images(images)
 
 
@@ -188,9 +192,18 @@ def test_tiles_whose_hash_came_before_ctrl_c_are_kept(world, encoder, tmp_path, 
     """Every batch of r0 is held (its hash is let in just before Ctrl-C): the interrupted
     run commits them, as far as they were encoded, instead of reading them again."""
     d, s, expected = world
-    gate = threading.Event()
+    gate, landed = threading.Event(), threading.Event()
     slow_hashes(monkeypatch, hold={"r0.tif": gate})
-    first = IndexJob(tmp_path / "idx", s, _HashThenInterrupt(encoder, 6, gate),
+    held_back = plan.known_or_file_sha256
+
+    def hash_and_tell(path, known, stop=None):
+        out = held_back(path, known, stop)
+        if path.endswith("r0.tif"):
+            landed.set()
+        return out
+
+    monkeypatch.setattr(plan, "known_or_file_sha256", hash_and_tell)
+    first = IndexJob(tmp_path / "idx", s, _HashThenInterrupt(encoder, 6, gate, landed),
                      progress=False).run([str(d / "archive")])
     assert first.interrupted
     tiles, _ = _contents(tmp_path / "idx")

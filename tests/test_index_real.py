@@ -105,17 +105,32 @@ def test_new_acquisition_of_indexed_place(tmp_path, shared_geotiff, settings, en
 
 def test_hashing_while_reading_gives_the_same_index(real_index, shared_geotiff, settings,
                                                     encoder, tmp_path, monkeypatch):
-    """The six shared rasters with job.hash_while_reading = "yes" (each file hashed while
-    its tiles are read, each hash 0.2 s late: its tiles held until then): the same sources,
-    content hashes, tiles and vectors as hashing first."""
+    """The six shared rasters with job.hash_while_reading = "yes", every hash held back
+    until the last batch is embedded (so every tile is held until the job's end): the same
+    sources, content hashes, tiles and vectors as hashing first."""
     import dataclasses
+    import threading
 
-    slow_hashes(monkeypatch, delay=0.2)
+    from indexer.job.commit import Committer
+
+    gate = threading.Event()
+    hashed = slow_hashes(monkeypatch, hold={p.name: gate for p in shared_geotiff.iterdir()})
+    held_at_end: list[int] = []
+    real_flush = Committer.flush
+
+    def flush(self, wait=True):
+        held_at_end.append(self._held_tiles)
+        gate.set()
+        return real_flush(self, wait)
+
+    monkeypatch.setattr(Committer, "flush", flush)
     s = dataclasses.replace(settings, job=dataclasses.replace(settings.job,
                                                                hash_while_reading="yes"))
     report = IndexJob(tmp_path / "idx", s, encoder, progress=False).run([str(shared_geotiff)])
     assert report.problems == [] and report.rasters_indexed == 6
-    assert report.stages["wait for hashes (writer thread)"] > 0.05
+    assert sorted(hashed) == sorted(p.name for p in shared_geotiff.iterdir())
+    # every tile read (written or nodata) was held: none went to the store before its hash
+    assert held_at_end == [report.tiles_written + report.tiles_nodata]
     got, ref = IndexSnapshot.open(tmp_path / "idx"), IndexSnapshot.open(real_index[0])
     assert ({k: (e.path, e.content_sha256, e.tiles) for k, e in got.sources.items()}
             == {k: (e.path, e.content_sha256, e.tiles) for k, e in ref.sources.items()})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -86,19 +85,19 @@ def test_device_preprocessing_matches_the_cpu(encoder, settings):
 
 
 def test_the_writer_thread_overlaps_and_hands_back_its_error():
-    seen, started = [], threading.Event()
+    seen, started, go = [], threading.Event(), threading.Event()
 
     def write(i):
         started.set()
-        time.sleep(0.05)
+        assert go.wait(20)
         seen.append(i)
         if i == 3:
             raise OSError("disk full")
 
     out = BackgroundWriter(write, depth=2)
-    t = time.perf_counter()
-    out.put(0)
-    assert started.wait(5) and time.perf_counter() - t < 0.05  # put() did not wait for it
+    out.put(0)  # returns while write(0) is blocked: put() does not wait for it
+    assert started.wait(20) and seen == []
+    go.set()
     out.put(1)
     out.drain()
     assert seen == [0, 1]
