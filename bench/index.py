@@ -5,6 +5,7 @@ whether reading or the model is the limit.
     python bench/index.py --model tiny             # small test model: read-bound
     python bench/index.py --model vit-b-16 --tiles 96   # ViT-B-16, random weights: compute-bound
     python bench/index.py --model null --tiles 3000     # no model: the pipeline's ceiling
+    python bench/index.py ... --timeline    # when the encoder's device was idle, and why
 
 The same file runs against an older checkout too (copy it there), for side-by-side
 numbers of the code before a change (see BENCHMARKS.md).
@@ -159,8 +160,12 @@ def main() -> int:
                    "readers' first calls smaller (0: none, as before; -1: the code's)")
     p.add_argument("--hash-while-reading", choices=("auto", "yes", "no"), default="auto",
                    help="job.hash_while_reading: new rasters hashed while read, or before")
+    p.add_argument("--timeline", action="store_true", help="where the encoder's device "
+                   "spent the job's time, batch by batch (bench/timeline.py; local runner)")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
     args = p.parse_args()
+    if args.timeline and args.runner != "local":
+        p.error("--timeline: the local runner only")
     if args.runner == "ray" and args.model == "null":
         p.error("--runner ray: the actors build the encoder from its spec; use --model tiny")
     work = Path(args.out)
@@ -275,6 +280,11 @@ def main() -> int:
     index_job = IndexJob(work / "idx", settings, enc, progress=False)
     where = getattr(index_job.runner, "warp_device", None)
     print(f"the fast warp's plain tiles resampled on: {where or 'the readers'}")
+    timeline = None
+    if args.timeline:
+        from bench.timeline import Timeline
+
+        timeline = Timeline(enc).install()
     report = index_job.run([str(raster.parent)])
     job_s = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -303,6 +313,9 @@ def main() -> int:
     if enc.device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}; utilisation during the job (nvml, every "
               f"0.2 s): {gpu_busy}")
+    if timeline is not None:
+        timeline.uninstall()
+        print(timeline.summary())
     # What one process of each kind costs per tile, and the ceiling with more cores: W
     # reader processes at the measured per-process rate, one main thread and one writer
     # thread at their measured costs per tile (each a limit of its own).

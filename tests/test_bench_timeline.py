@@ -1,0 +1,65 @@
+"""bench/timeline.py: the device's busy and idle time per batch, and what the main thread did
+while the device was idle (bench/index.py --timeline)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import indexer.job.runner as runner
+from bench.timeline import HOST, Timeline, summarise
+from indexer.job.pipeline import IndexJob
+from tests.helpers import make_raster
+
+
+def test_idle_time_is_split_by_what_the_host_was_doing():
+    device = {"encode": [(0.0, 1.0), (1.5, 2.5), (2.5, 3.0)], "warp": [(1.2, 1.5)]}
+    host = {"waiting for the readers": [(1.0, 1.1), (2.0, 2.2)],  # the 2nd overlaps work
+            "queueing the warp": [(1.1, 1.15)],
+            "queueing the encode": [(0.0, 0.1), (1.5, 1.6)],
+            "waiting for vectors": []}
+    s = summarise(host, device)
+    assert s["batches"] == 3 and s["span"] == pytest.approx(3.0)
+    assert s["device"] == pytest.approx({"encode": 2.5, "warp": 0.3})
+    assert s["idle"] == pytest.approx(0.2) and s["gaps_over_1ms"] == 1
+    assert s["largest_gap"] == pytest.approx(0.2)
+    assert s["idle_while"] == pytest.approx({"waiting for the readers": 0.1,
+                                             "queueing the warp": 0.05,
+                                             "queueing the encode": 0.0,
+                                             "waiting for vectors": 0.0, "elsewhere": 0.05})
+    assert s["host_total"]["waiting for the readers"] == pytest.approx(0.3)
+    assert "waiting for vectors" not in s["host_median_ms"]  # no call: no median
+
+
+def test_overlapping_host_spans_count_once():
+    s = summarise({"waiting for the readers": [(0.0, 2.0), (0.5, 1.5)]},
+                  {"encode": [(0.0, 0.5), (1.5, 2.0)]})
+    assert s["idle"] == pytest.approx(1.0)
+    assert s["idle_while"] == pytest.approx({"waiting for the readers": 1.0, "elsewhere": 0.0})
+
+
+def test_a_job_with_the_timeline_installed(tmp_path, settings, encoder):
+    """On the CPU: one encode span per batch the encoder saw, as long as the job's encode
+    stage says; the runner and the encoder are as before once it is uninstalled."""
+    make_raster(tmp_path / "a" / "one.tif", size=400, seed=3)
+    settings = dataclasses.replace(settings, job=dataclasses.replace(settings.job,
+                                                                      batch_size=8))
+    before = (runner.resample_deferred, runner.tile_loader)
+    timeline = Timeline(encoder).install()
+    try:
+        report = IndexJob(tmp_path / "idx", settings, encoder, progress=False).run(
+            [str(tmp_path / "a")])
+    finally:
+        timeline.uninstall()
+    assert (runner.resample_deferred, runner.tile_loader) == before
+    assert "encode_images" not in vars(encoder) and "encode_images_later" not in vars(encoder)
+    s = summarise(timeline.host, timeline.device_spans())
+    assert report.tiles_written > 0 and s["batches"] >= 2
+    assert sum(len(b) for b in timeline.host.values()) > s["batches"]
+    encode = report.stages["encode"]
+    assert s["device"]["encode"] <= encode and s["device"]["encode"] > 0.8 * encode
+    assert set(s["idle_while"]) == {*HOST, "elsewhere"}
+    assert sum(s["idle_while"].values()) == pytest.approx(s["idle"], abs=1e-9)
+    assert s["span"] == pytest.approx(s["idle"] + sum(s["device"].values()), abs=1e-6)
+    assert timeline.summary().startswith("timeline of the encoder (the CPU")
