@@ -6,6 +6,7 @@ whether reading or the model is the limit.
     python bench/index.py --model vit-b-16 --tiles 96   # ViT-B-16, random weights: compute-bound
     python bench/index.py --model null --tiles 3000     # no model: the pipeline's ceiling
     python bench/index.py ... --timeline    # when the encoder's device was idle, and why
+    python bench/index.py ... --profile 20  # torch.profiler's table over 20 encoder calls
 
 The same file runs against an older checkout too (copy it there), for side-by-side
 numbers of the code before a change (see BENCHMARKS.md).
@@ -162,10 +163,13 @@ def main() -> int:
                    help="job.hash_while_reading: new rasters hashed while read, or before")
     p.add_argument("--timeline", action="store_true", help="where the encoder's device "
                    "spent the job's time, batch by batch (bench/timeline.py; local runner)")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="torch.profiler "
+                   "over N encoder calls after the first 20: the table of where the time went")
+    p.add_argument("--trace", default="", help="with --profile: a Chrome trace file too")
     p.add_argument("--out", default="/tmp/satfind-bench-index")
     args = p.parse_args()
-    if args.timeline and args.runner != "local":
-        p.error("--timeline: the local runner only")
+    if (args.timeline or args.profile) and args.runner != "local":
+        p.error("--timeline, --profile: the local runner only")
     if args.runner == "ray" and args.model == "null":
         p.error("--runner ray: the actors build the encoder from its spec; use --model tiny")
     work = Path(args.out)
@@ -285,6 +289,11 @@ def main() -> int:
         from bench.timeline import Timeline
 
         timeline = Timeline(enc).install()
+    profile = None
+    if args.profile:
+        from bench.timeline import Profile
+
+        profile = Profile(enc, batches=args.profile, trace=args.trace).install()
     report = index_job.run([str(raster.parent)])
     job_s = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -313,6 +322,9 @@ def main() -> int:
     if enc.device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}; utilisation during the job (nvml, every "
               f"0.2 s): {gpu_busy}")
+    if profile is not None:
+        profile.uninstall()
+        print(profile.table())
     if timeline is not None:
         timeline.uninstall()
         print(timeline.summary())

@@ -115,8 +115,7 @@ class Timeline:
 
                 return wait
 
-            enc.encode_images_later = later
-            self._undo.append(lambda: delattr(enc, "encode_images_later"))
+            self._undo.append(_replace(enc, "encode_images_later", later))
         else:
             real_encode = enc.encode_images
 
@@ -127,8 +126,7 @@ class Timeline:
                 host["queueing the encode"].append((t, time.perf_counter()))
                 return out
 
-            enc.encode_images = encode
-            self._undo.append(lambda: delattr(enc, "encode_images"))
+            self._undo.append(_replace(enc, "encode_images", encode))
         return self
 
     def uninstall(self) -> None:
@@ -143,6 +141,66 @@ class Timeline:
 
     def summary(self) -> str:
         return format_summary(summarise(self.host, self.device_spans()), self.clock.cuda)
+
+
+def _replace(obj, name: str, value) -> Callable[[], None]:
+    """obj.name = value (an instance attribute, over the method); returns its undo, which
+    puts back whatever the instance had (a wrapper installed before this one)."""
+    had = vars(obj).get(name)
+    setattr(obj, name, value)
+    return (lambda: delattr(obj, name)) if had is None else (lambda: setattr(obj, name, had))
+
+
+class Profile:
+    """torch.profiler over `batches` of the job's encoder calls after the first `skip`:
+    which calls take the time (the CPU ops of every thread of this process, and on CUDA
+    the runtime's calls and the kernels), as a table; `trace`: a Chrome trace file too."""
+
+    def __init__(self, encoder, skip: int = 20, batches: int = 20, trace: str = ""):
+        self.encoder, self.trace = encoder, trace
+        cuda = getattr(encoder, "device", torch.device("cpu")).type == "cuda"
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.done: torch.profiler.profile | None = None
+        self._prof = torch.profiler.profile(
+            activities=activities,
+            schedule=torch.profiler.schedule(skip_first=skip, wait=0, warmup=1,
+                                             active=batches, repeat=1),
+            on_trace_ready=self._ready)
+        self._undo: Callable[[], None] | None = None
+
+    def _ready(self, prof) -> None:
+        self.done = prof
+        if self.trace:
+            prof.export_chrome_trace(self.trace)
+
+    def install(self) -> Profile:
+        enc = self.encoder
+        name = ("encode_images_later" if getattr(enc, "device", None) is not None
+                and enc.device.type == "cuda" and hasattr(enc, "encode_images_later")
+                else "encode_images")
+        real = getattr(enc, name)
+
+        def call(images):
+            self._prof.step()
+            return real(images)
+
+        self._prof.start()
+        self._undo = _replace(enc, name, call)
+        return self
+
+    def uninstall(self) -> None:
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+            self._prof.stop()
+
+    def table(self, rows: int = 25) -> str:
+        if self.done is None:
+            return "profile: the job had too few batches for the profile's window"
+        return self.done.key_averages().table(sort_by="self_cpu_time_total",
+                                              row_limit=rows)
 
 
 def _merge(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 import indexer.job.runner as runner
-from bench.timeline import HOST, Timeline, summarise
+from bench.timeline import HOST, Profile, Timeline, summarise
 from indexer.job.pipeline import IndexJob
 from tests.helpers import make_raster
 
@@ -47,10 +47,13 @@ def test_a_job_with_the_timeline_installed(tmp_path, settings, encoder):
                                                                       batch_size=8))
     before = (runner.resample_deferred, runner.tile_loader)
     timeline = Timeline(encoder).install()
+    profile = Profile(encoder, skip=1, batches=2).install()  # over the timeline's wrapper
     try:
         report = IndexJob(tmp_path / "idx", settings, encoder, progress=False).run(
             [str(tmp_path / "a")])
     finally:
+        profile.uninstall()
+        assert vars(encoder)["encode_images"].__qualname__.startswith("Timeline.")
         timeline.uninstall()
     assert (runner.resample_deferred, runner.tile_loader) == before
     assert "encode_images" not in vars(encoder) and "encode_images_later" not in vars(encoder)
@@ -63,3 +66,16 @@ def test_a_job_with_the_timeline_installed(tmp_path, settings, encoder):
     assert sum(s["idle_while"].values()) == pytest.approx(s["idle"], abs=1e-9)
     assert s["span"] == pytest.approx(s["idle"] + sum(s["device"].values()), abs=1e-6)
     assert timeline.summary().startswith("timeline of the encoder (the CPU")
+    table = profile.table()
+    assert "ProfilerStep*" in table and "aten::" in table  # the 2 calls after the first
+
+
+def test_a_profile_window_the_job_never_reached_says_so(tmp_path, settings, encoder):
+    make_raster(tmp_path / "a" / "one.tif", size=200, seed=3)
+    profile = Profile(encoder, skip=50, batches=2).install()
+    try:
+        IndexJob(tmp_path / "idx", settings, encoder, progress=False).run([str(tmp_path / "a")])
+    finally:
+        profile.uninstall()
+    assert "encode_images" not in vars(encoder)
+    assert profile.table().startswith("profile: the job had too few batches")
