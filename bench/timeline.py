@@ -97,36 +97,30 @@ class Timeline:
         self._undo.append(lambda: setattr(runner, "resample_deferred", real_warp))
         self._undo.append(lambda: setattr(runner, "tile_loader", real_loader))
 
+        # The call the runner makes: on CUDA it queues the batch and returns a function
+        # that waits for its vectors (timed apart); on the CPU it encodes.
         enc = self.encoder
-        if clock.cuda and hasattr(enc, "encode_images_later"):
-            real_later = enc.encode_images_later
+        name = _encode_call(enc)
+        later = name == "encode_images_later"
+        real_encode = getattr(enc, name)
 
-            def later(images):
-                t, m = time.perf_counter(), clock.mark()
-                vectors = real_later(images)
-                marks["encode"].append((m, clock.mark()))
-                host["queueing the encode"].append((t, time.perf_counter()))
-
-                def wait():
-                    t = time.perf_counter()
-                    out = vectors()
-                    host["waiting for vectors"].append((t, time.perf_counter()))
-                    return out
-
-                return wait
-
-            self._undo.append(_replace(enc, "encode_images_later", later))
-        else:
-            real_encode = enc.encode_images
-
-            def encode(images):
-                t, m = time.perf_counter(), clock.mark()
-                out = real_encode(images)
-                marks["encode"].append((m, clock.mark()))
-                host["queueing the encode"].append((t, time.perf_counter()))
+        def encode(images):
+            t, m = time.perf_counter(), clock.mark()
+            out = real_encode(images)
+            marks["encode"].append((m, clock.mark()))
+            host["queueing the encode"].append((t, time.perf_counter()))
+            if not later:
                 return out
 
-            self._undo.append(_replace(enc, "encode_images", encode))
+            def wait():
+                t = time.perf_counter()
+                vectors = out()
+                host["waiting for vectors"].append((t, time.perf_counter()))
+                return vectors
+
+            return wait
+
+        self._undo.append(_replace(enc, name, encode))
         return self
 
     def uninstall(self) -> None:
@@ -141,6 +135,13 @@ class Timeline:
 
     def summary(self) -> str:
         return format_summary(summarise(self.host, self.device_spans()), self.clock.cuda)
+
+
+def _encode_call(encoder) -> str:
+    """The encoder's method the job's runner calls per batch (runner.LocalRunner.embedded)."""
+    cuda = getattr(getattr(encoder, "device", None), "type", "cpu") == "cuda"
+    return ("encode_images_later" if cuda and hasattr(encoder, "encode_images_later")
+            else "encode_images")
 
 
 def _replace(obj, name: str, value) -> Callable[[], None]:
@@ -177,9 +178,7 @@ class Profile:
 
     def install(self) -> Profile:
         enc = self.encoder
-        name = ("encode_images_later" if getattr(enc, "device", None) is not None
-                and enc.device.type == "cuda" and hasattr(enc, "encode_images_later")
-                else "encode_images")
+        name = _encode_call(enc)
         real = getattr(enc, name)
 
         def call(images):
