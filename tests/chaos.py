@@ -222,11 +222,13 @@ class Zygote:
                     self._started.append(msg["pid"])
                 self._cv.notify_all()
 
-    def run(self, args: list[str], cfg: Path) -> _ForkedJob:
+    def run(self, args: list[str], cfg: Path, killpoint: str = "") -> _ForkedJob:
+        """satfind-index ARGS --config CFG -q in a forked child; `killpoint`: SIGKILLed at
+        that tests/killpoint.py scenario's point."""
         self._n += 1
         out, err = self.work / f"run{self._n}.out", self.work / f"run{self._n}.err"
         req = {"args": [*args, "--config", str(cfg), "-q"], "stdout": str(out),
-               "stderr": str(err)}
+               "stderr": str(err), "killpoint": killpoint}
         with self._cv:
             before = len(self._started)
             self.proc.stdin.write(json.dumps(req) + "\n")

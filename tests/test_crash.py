@@ -16,6 +16,7 @@ import pytest
 from indexer.job.pipeline import IndexJob
 from indexer.store.layout import THUMBS_DIR, TILES_DIR
 from indexer.store.snapshot import IndexSnapshot
+from tests import chaos
 from tests.conftest import OFFLINE_CONFIG, ROOT, make_raster
 
 KILL_DEADLINE_S = 120
@@ -189,8 +190,17 @@ def store_world(tmp_path_factory, settings, encoder):
     return archive, expected, root / "ref"
 
 
+@pytest.fixture(scope="module")
+def zygote(tmp_path_factory):
+    """Real processes forked from one interpreter that imported torch once (tests/zygote.py):
+    each scenario's two runs skip ~4 s of imports each."""
+    z = chaos.Zygote(tmp_path_factory.mktemp("zygote"))
+    yield z
+    z.close()
+
+
 @pytest.mark.parametrize("scenario", ["append", "part", "manifest", "retrain", "training"])
-def test_sigkill_inside_the_store_then_resume(tmp_path, store_world, scenario):
+def test_sigkill_inside_the_store_then_resume(tmp_path, store_world, zygote, scenario):
     """SIGKILL at chosen points of a commit (mid-append of the row files, before a part, with
     the new manifest not yet renamed, mid-rewrite of the ANN codes when the IVF is trained,
     on the ANN's training thread):
@@ -200,17 +210,13 @@ def test_sigkill_inside_the_store_then_resume(tmp_path, store_world, scenario):
     cfg.write_text(cfg.read_text().replace("ivf_min_vectors = 50000", "ivf_min_vectors = 1000"))
 
     idx = tmp_path / "idx"
-    run = [sys.executable, "-m", "tests.killpoint", scenario, str(archive), "--index",
-           str(idx), "--config", str(cfg), "-q"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    killed = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    args = [str(archive), "--index", str(idx)]
+    killed = zygote.run(args, cfg, killpoint=scenario)
+    assert killed.finish() == -signal.SIGKILL, killed.stderr
     _opens_and_searches(idx, len(expected), last=3)
 
-    proc = _start(archive, idx, cfg)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    resumed = zygote.run(args, cfg)
+    assert resumed.finish() == 0, resumed.stderr
     snap = IndexSnapshot.open(idx)
     rows = snap.tiles(["id", "z", "x", "y"]).to_pylist()
     ids = [r["id"] for r in rows]

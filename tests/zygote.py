@@ -3,7 +3,8 @@ real child process per run (`python -m tests.zygote`). Signals sent to a child h
 process at a real point of its work; only the ~5 s of imports are shared, which is what lets
 the CI reliability suite kill 20 runs in well under a minute each.
 
-Protocol (JSON lines): stdin gets {"args": [...], "stdout": path, "stderr": path}; stdout
+Protocol (JSON lines): stdin gets {"args": [...], "stdout": path, "stderr": path} (and
+"killpoint": a tests/killpoint.py scenario, installed in the child before the run); stdout
 answers {"pid": N} when the child is started and {"pid": N, "exit": code} when it ends
 (code < 0: killed by that signal). No torch code runs before a fork (no thread pools yet).
 """
@@ -17,7 +18,7 @@ import sys
 import threading
 
 
-def _child(args: list[str], out: str, err: str) -> None:
+def _child(args: list[str], out: str, err: str, killpoint: str = "") -> None:
     os.setpgid(0, 0)  # the run and its reader processes form one process group
     for fd, path in ((1, out), (2, err)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -30,6 +31,10 @@ def _child(args: list[str], out: str, err: str) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     code = 1
     try:
+        if killpoint:  # SIGKILLed at that point inside the store (tests/killpoint.py)
+            from tests import killpoint as kp
+
+            kp._install(killpoint)
         from indexer import cli
 
         code = cli.main(args)
@@ -69,7 +74,7 @@ def main() -> None:
         req = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _child(req["args"], req["stdout"], req["stderr"])
+            _child(req["args"], req["stdout"], req["stderr"], req.get("killpoint", ""))
         say({"pid": pid})
         threading.Thread(target=reap, args=(pid,), daemon=True).start()
 
