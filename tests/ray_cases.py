@@ -128,7 +128,7 @@ def main(work: Path) -> int:
 
     th = threading.Thread(target=index_it)
     th.start()
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + 3 * DEADLINE_S  # (a hang guard: 256 tiles take seconds)
     while time.monotonic() < deadline and th.is_alive():
         c = committed(idx)
         if c and c[1] >= 256:
@@ -157,7 +157,7 @@ def main(work: Path) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + 3 * DEADLINE_S  # (a hang guard: 256 tiles take seconds)
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
         c = committed(idx)

@@ -87,19 +87,21 @@ def test_sigkill_then_resume(tmp_path, settings, encoder):
         while time.monotonic() < deadline:  # bounded in time
             m = _committed(idx)
             if m and m["counts"]["tiles"] > 0:
+                enough = m["counts"]["tiles"] >= 192
+                if enough:  # killed at once (not after this read: the job might end first)
+                    proc.send_signal(signal.SIGKILL)
                 # Another process (this one) opens and searches while the job writes.
                 snap = IndexSnapshot.open(idx)
                 some = snap.tiles(["id"])["id"].to_numpy()[:3]
                 _, found = snap.search(snap.get_vectors(some), 1)
                 assert (found[:, 0] == some).all()
                 reads += 1
-                if m["counts"]["tiles"] >= 192:
+                if enough:
                     break
             assert proc.poll() is None, f"job ended before it could be killed: {proc.stderr.read()}"
             time.sleep(0.02)
         else:
             pytest.fail("the job committed nothing within the deadline")
-        proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
