@@ -309,7 +309,7 @@ def run_kill_trials(archive: Path, idx: Path, cfg: Path, expected: set, kills: i
     report = ChaosReport()
     t_end = time.monotonic() + deadline_s
     sources = sorted(str(p) for p in archive.glob("*.tif"))
-    n = 0
+    n = completes = 0
     while len(report.kills) < kills and time.monotonic() < t_end:
         n += 1
         complete = False
@@ -318,8 +318,11 @@ def run_kill_trials(archive: Path, idx: Path, cfg: Path, expected: set, kills: i
             complete = len(entries) == len(sources) and all(
                 e["status"] == "complete" for e in entries)
         stage = "index"
-        if complete:  # nothing left to index: remove a source, or start a new index
-            stage = rng.choice(["remove", "new index"])
+        if complete:  # nothing left to index: remove a source, or start a new index, in
+            # turn (not drawn: which trials find the index complete depends on timing, and
+            # every run must try both)
+            stage = ("remove", "new index")[completes % 2]
+            completes += 1
             if stage == "new index":
                 shutil.rmtree(idx)
         sig = rng.choice(["SIGKILL", "SIGINT"])
