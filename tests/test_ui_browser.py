@@ -203,10 +203,14 @@ def test_the_map_draws_the_archive_imagery_offline(servers, driver):
     assert len(first) == K
     _wait(lambda: _loaded_tiles(driver, "imagery") >= 2, 60, "imagery map tiles")
     leaflet = _map(driver)
-    png = Image.open(io.BytesIO(leaflet.screenshot_as_png)).convert("RGB")
-    colours = png.resize((64, 64)).getcolors(64 * 64) or []
-    # a blank canvas has one or two colours; the NAIP imagery has hundreds
-    assert len(colours) > 200, len(colours)
+
+    def colours() -> int:
+        png = Image.open(io.BytesIO(leaflet.screenshot_as_png)).convert("RGB")
+        return len(png.resize((64, 64)).getcolors(64 * 64) or [])
+
+    # a blank canvas has one or two colours; the NAIP imagery has hundreds (tiles fade in
+    # once loaded: screenshots until it is drawn)
+    _wait(lambda: colours() > 200, 30, "the imagery drawn on the map")
     footprints = driver.find_elements(By.CSS_SELECTOR, ".satfind-rank")
     assert len(footprints) == K  # every result numbered on the map, none cut off
     size = leaflet.size
@@ -285,10 +289,14 @@ def test_an_external_basemap_draws_under_the_imagery(servers, driver):
         _wait(lambda: _loaded_tiles(driver, "basemap") >= 4, 60, "basemap tiles")
         _wait(lambda: _loaded_tiles(driver, "imagery") >= 2, 60, "imagery over it")
         assert all(re.fullmatch(r"/\d+/\d+/\d+\.png", p) for p in basemap.hits)
-        png = Image.open(io.BytesIO(_map(driver).screenshot_as_png)).convert("RGB")
-        px = np.asarray(png.resize((64, 64))).astype(int)
-        magenta = ((px[..., 0] > 200) & (px[..., 1] < 60) & (px[..., 2] > 200)).mean()
-        assert 0.05 < magenta < 0.95  # the basemap, and imagery over part of it
+
+        def magenta() -> float:
+            png = Image.open(io.BytesIO(_map(driver).screenshot_as_png)).convert("RGB")
+            px = np.asarray(png.resize((64, 64))).astype(int)
+            return ((px[..., 0] > 200) & (px[..., 1] < 60) & (px[..., 2] > 200)).mean()
+
+        # the basemap, and imagery over part of it (screenshots until both are drawn)
+        _wait(lambda: 0.05 < magenta() < 0.95, 30, "the basemap under the imagery")
     finally:
         basemap.close()
 
