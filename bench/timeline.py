@@ -8,7 +8,7 @@ This records, around each call of the job's main thread:
   warp of each read batch (its copies included: the stream waits for them) and the encode
   of each batch;
 - on the host: waiting for the readers, queueing the warp, queueing the encode, waiting for
-  the vectors.
+  the vectors, handing each batch to the writer thread.
 
 and then says how long the device was busy with each and idle between batches, and what
 the main thread was doing while it was idle. On the CPU the "device" is the main thread
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 HOST = ("waiting for the readers", "queueing the warp", "queueing the encode",
-        "waiting for vectors")
+        "waiting for vectors", "handing to the writer")
 DEVICE = ("warp", "encode")
 
 
@@ -96,6 +96,18 @@ class Timeline:
         runner.resample_deferred, runner.tile_loader = warp, loader
         self._undo.append(lambda: setattr(runner, "resample_deferred", real_warp))
         self._undo.append(lambda: setattr(runner, "tile_loader", real_loader))
+
+        from indexer.job.background import BackgroundWriter
+
+        real_put = BackgroundWriter.put
+
+        def put(writer, *args):  # the job's hand-off of each embedded batch
+            t = time.perf_counter()
+            real_put(writer, *args)
+            host["handing to the writer"].append((t, time.perf_counter()))
+
+        BackgroundWriter.put = put
+        self._undo.append(lambda: setattr(BackgroundWriter, "put", real_put))
 
         # The call the runner makes: on CUDA it queues the batch and returns a function
         # that waits for its vectors (timed apart); on the CPU it encodes.

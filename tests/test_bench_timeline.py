@@ -9,6 +9,7 @@ import pytest
 
 import indexer.job.runner as runner
 from bench.timeline import HOST, Profile, Timeline, summarise
+from indexer.job.background import BackgroundWriter
 from indexer.job.pipeline import IndexJob
 from tests.helpers import make_raster
 
@@ -45,7 +46,7 @@ def test_a_job_with_the_timeline_installed(tmp_path, settings, encoder, monkeypa
     make_raster(tmp_path / "a" / "one.tif", size=400, seed=3)
     settings = dataclasses.replace(settings, job=dataclasses.replace(settings.job,
                                                                       batch_size=8))
-    before = (runner.resample_deferred, runner.tile_loader)
+    before = (runner.resample_deferred, runner.tile_loader, BackgroundWriter.put)
     calls = []
     encode = encoder.encode_images
 
@@ -63,12 +64,13 @@ def test_a_job_with_the_timeline_installed(tmp_path, settings, encoder, monkeypa
         profile.uninstall()
         assert vars(encoder)["encode_images"].__qualname__.startswith("Timeline.")
         timeline.uninstall()
-    assert (runner.resample_deferred, runner.tile_loader) == before
+    assert (runner.resample_deferred, runner.tile_loader, BackgroundWriter.put) == before
     assert vars(encoder)["encode_images"] is counted and "encode_images_later" not in vars(encoder)
     s = summarise(timeline.host, timeline.device_spans())
     assert report.tiles_written > 0 and s["batches"] == len(calls) >= 2
     assert len(timeline.host["queueing the encode"]) == len(calls)
     assert len(timeline.host["waiting for the readers"]) >= 1
+    assert len(timeline.host["handing to the writer"]) == len(calls) + 1  # + the end marker
     assert 0 < s["device"]["encode"] <= report.stages["encode"]  # inside the job's timer
     assert set(s["idle_while"]) == {*HOST, "elsewhere"}
     assert sum(s["idle_while"].values()) == pytest.approx(s["idle"], abs=1e-9)
