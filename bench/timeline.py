@@ -53,14 +53,19 @@ class _Clock:
             return mark
         return self.host0 + self.ref.elapsed_time(mark) / 1e3
 
+    def settle(self) -> None:
+        """Every mark made so far has its time (the device's queued work is done)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+
 
 class Timeline:
     """Install before the job runs (it wraps the runner's loader and device warp and the
     encoder's calls), `summary()` after it."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, clock: _Clock | None = None):
         self.encoder = encoder
-        self.clock = _Clock(getattr(encoder, "device", torch.device("cpu")))
+        self.clock = clock or _Clock(getattr(encoder, "device", torch.device("cpu")))
         self.host: dict[str, list[tuple[float, float]]] = {k: [] for k in HOST}
         self._marks: dict[str, list[tuple[object, object]]] = {k: [] for k in DEVICE}
         self._undo: list[Callable[[], None]] = []
@@ -140,8 +145,7 @@ class Timeline:
             self._undo.pop()()
 
     def device_spans(self) -> dict[str, list[tuple[float, float]]]:
-        if self.clock.cuda:
-            torch.cuda.synchronize()
+        self.clock.settle()
         return {k: [(self.clock.seconds(a), self.clock.seconds(b)) for a, b in v]
                 for k, v in self._marks.items()}
 

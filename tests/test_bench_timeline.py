@@ -4,7 +4,10 @@ while the device was idle (bench/index.py --timeline)."""
 from __future__ import annotations
 
 import dataclasses
+import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import indexer.job.runner as runner
@@ -89,3 +92,52 @@ def test_a_profile_window_the_job_never_reached_says_so(tmp_path, settings, enco
         profile.uninstall()
     assert "encode_images" not in vars(encoder)
     assert profile.table().startswith("profile: the job had too few batches")
+
+
+class _QueuedEncoder:
+    """Stands in for a CUDA encoder: encode_images_later queues (returns at once) and the
+    returned function waits for the vectors."""
+
+    device = SimpleNamespace(type="cuda")
+
+    def __init__(self):
+        self.waited = 0
+
+    def encode_images_later(self, images):
+        def vectors():
+            time.sleep(0.01)
+            self.waited += 1
+            return np.zeros((len(images), 4), np.float32)
+
+        return vectors
+
+
+class _HostClock:
+    """The CUDA clock's interface with host times for marks (no GPU here)."""
+
+    cuda = True
+
+    def mark(self):
+        return time.perf_counter()
+
+    def seconds(self, mark):
+        return mark
+
+    def settle(self):
+        pass
+
+
+def test_on_cuda_the_queued_call_and_the_wait_for_vectors_are_timed_apart():
+    enc = _QueuedEncoder()
+    timeline = Timeline(enc, clock=_HostClock()).install()
+    try:
+        wait = enc.encode_images_later(np.zeros((3, 3, 8, 8), np.uint8))  # as the runner calls
+        assert enc.waited == 0  # queued, not waited for
+        assert wait().shape == (3, 4) and enc.waited == 1
+    finally:
+        timeline.uninstall()
+    assert "encode_images_later" not in vars(enc)
+    (queued,) = timeline.host["queueing the encode"]
+    (waited,) = timeline.host["waiting for vectors"]
+    assert queued[1] <= waited[0] and waited[1] - waited[0] >= 0.01
+    assert len(timeline.device_spans()["encode"]) == 1
