@@ -116,11 +116,11 @@ def test_rows_as_a_table_are_the_rows_as_dicts(tmp_path):
         got.append(IndexSnapshot.open(tmp_path / str(d)).tiles())
     assert got[0].equals(got[1]) and got[0].num_rows == 1505
     assert got[1]["nodata_fraction"][3].as_py() == 0.25
-    for bad in ([{k: v for k, v in dicts[0].items() if k != "sensor"}],
-                table.drop_columns(["sensor"])[:1]):
+    without_sensor = {k: v for k, v in dicts[0].items() if k != "sensor"}
+    for bad in ([without_sensor], [dicts[1], without_sensor], table.drop_columns(["sensor"])[:1]):
         with IndexWriter(tmp_path / "bad", IDENT, StoreSettings()) as w:
             with pytest.raises(ValueError, match="tile rows lack column"):
-                w.add(bad, _vecs(1, 0), [b"jpeg"])
+                w.add(bad, _vecs(len(bad), 0), [b"jpeg"] * len(bad))
 
 
 def test_foreign_encoder_is_refused(tmp_path):

@@ -64,8 +64,9 @@ def rows_table(rows: list[dict] | pa.Table) -> pa.Table:
             raise ValueError(f"tile rows lack column(s) {', '.join(missing)}")
         t = rows.select(ROW_SCHEMA.names)
         return t if t.schema.equals(ROW_SCHEMA) else t.cast(ROW_SCHEMA)
-    missing = {f.name for f in ROW_SCHEMA} - set().union(*(r.keys() for r in rows))
-    if rows and missing:
+    # Every row has every column (a column some rows lack would be filled with nulls).
+    missing = {f.name for f in ROW_SCHEMA} - set.intersection(*map(set, rows)) if rows else ()
+    if missing:
         raise ValueError(f"tile rows lack column(s) {', '.join(sorted(missing))}")
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
