@@ -98,9 +98,8 @@ class Timeline:
 
             return timed()
 
-        runner.resample_deferred, runner.tile_loader = warp, loader
-        self._undo.append(lambda: setattr(runner, "resample_deferred", real_warp))
-        self._undo.append(lambda: setattr(runner, "tile_loader", real_loader))
+        self._undo.append(_replace(runner, "resample_deferred", warp))
+        self._undo.append(_replace(runner, "tile_loader", loader))
 
         from indexer.job.background import BackgroundWriter
 
@@ -111,8 +110,7 @@ class Timeline:
             real_put(writer, *args)
             host["handing to the writer"].append((t, time.perf_counter()))
 
-        BackgroundWriter.put = put
-        self._undo.append(lambda: setattr(BackgroundWriter, "put", real_put))
+        self._undo.append(_replace(BackgroundWriter, "put", put))
 
         # The call the runner makes: on CUDA it queues the batch and returns a function
         # that waits for its vectors (timed apart); on the CPU it encodes.
@@ -161,8 +159,9 @@ def _encode_call(encoder) -> str:
 
 
 def _replace(obj, name: str, value) -> Callable[[], None]:
-    """obj.name = value (an instance attribute, over the method); returns its undo, which
-    puts back whatever the instance had (a wrapper installed before this one)."""
+    """obj.name = value (a module's or class's attribute, or an instance's over its class's
+    method); returns its undo, which puts back what `obj` itself had (on an instance, a
+    wrapper installed before this one, or nothing)."""
     had = vars(obj).get(name)
     setattr(obj, name, value)
     return (lambda: delattr(obj, name)) if had is None else (lambda: setattr(obj, name, had))
