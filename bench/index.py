@@ -71,6 +71,13 @@ class NullEncoder:
         return self._bank[rows]
 
 
+def _width(path: Path) -> int:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.width
+
+
 def gpu_sampler(device: torch.device):
     """Samples the GPU's utilisation (nvml) every 0.2 s until the returned function is
     called; it returns "mean N % (M samples)" or why there is none."""
@@ -155,12 +162,27 @@ def main() -> int:
                    "waits for it), not on a thread of its own as the job does")
     p.add_argument("--warp", choices=("auto", "fast", "gdal"), default="auto",
                    help="tiling.warp (auto: fast for a new index)")
-    p.add_argument("--warp-on", choices=("auto", "device", "readers"), default="auto",
-                   help="job.warp_on: where the fast warp resamples plain tiles")
-    p.add_argument("--ramp-rounds", type=int, default=-1, help="read.RAMP_ROUNDS: the "
-                   "readers' first calls smaller (0: none, as before; -1: the code's)")
-    p.add_argument("--hash-while-reading", choices=("auto", "yes", "no"), default="auto",
+    p.add_argument("--warp-on", choices=("auto", "device", "readers"), nargs="+",
+                   default=["auto"], help="job.warp_on: where the fast warp resamples plain "
+                   "tiles (several: each, alternated, as --rounds says)")
+    p.add_argument("--ramp-rounds", type=int, nargs="+", default=[-1], help="read.RAMP_ROUNDS: "
+                   "the readers' first calls smaller (0: none, as before; -1: the code's)")
+    p.add_argument("--hash-while-reading", choices=("auto", "yes", "no"), nargs="+",
+                   default=["auto"],
                    help="job.hash_while_reading: new rasters hashed while read, or before")
+    p.add_argument("--fixed-batches", choices=("yes", "no"), nargs="+", default=["yes"],
+                   help="on CUDA: the GPU gets chunks of exactly the batch size (yes, the "
+                   "runner's FixedBatches) or each batch as the readers made it (no: before)")
+    p.add_argument("--cuda-graphs", choices=("config", "yes", "no"), nargs="+",
+                   default=["config"], help="encoder.cuda_graphs for the encoder alone and "
+                   "the job (config: as the config file says)")
+    p.add_argument("--writer-depth", type=int, nargs="+", default=[0], help="batches queued "
+                   "for the writer thread (pipeline.WRITER_DEPTH; 0: the code's)")
+    p.add_argument("--keep-raster", action="store_true", help="reuse the synthetic raster "
+                   "of an earlier run in --out if it has the size asked for")
+    p.add_argument("--rounds", type=int, default=1, help="run the job this many times; with "
+                   "several values of --ramp-rounds / --hash-while-reading, every combination "
+                   "once per round, alternated, on the same raster and encoder")
     p.add_argument("--timeline", action="store_true", help="where the encoder's device "
                    "spent the job's time, batch by batch (bench/timeline.py; local runner)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="torch.profiler "
@@ -173,8 +195,12 @@ def main() -> int:
     if args.runner == "ray" and args.model == "null":
         p.error("--runner ray: the actors build the encoder from its spec; use --model tiny")
     work = Path(args.out)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if args.keep_raster:  # the indexes and links go; the raster stays if it fits (below)
+        for old in [*work.glob("idx*"), *work.glob("archive/scene-*.tif")]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
 
     base = load_settings(OFFLINE_CONFIG)
     spec = dataclasses.replace(MODELS[args.model] or base.encoder, device="auto")
@@ -186,14 +212,6 @@ def main() -> int:
                               batch_size=args.batch_size or base.job.batch_size)
     if hasattr(job, "for_device"):  # batch_size 0 = by device (older checkouts: a number)
         job = job.for_device(enc.device.type)
-    if hasattr(job, "warp_on"):  # older checkouts warp in the readers only
-        job = dataclasses.replace(job, warp_on=args.warp_on)
-    if args.ramp_rounds >= 0:
-        import indexer.job.read as read_module
-
-        read_module.RAMP_ROUNDS = args.ramp_rounds
-    if hasattr(job, "hash_while_reading"):  # older checkouts hash before reading
-        job = dataclasses.replace(job, hash_while_reading=args.hash_while_reading)
     if args.read_batch and hasattr(job, "read_batch"):  # older checkouts have none
         job = dataclasses.replace(job, read_batch=args.read_batch)
     settings = dataclasses.replace(base, encoder=spec, job=job)
@@ -217,7 +235,14 @@ def main() -> int:
     # A raster that yields about --tiles tiles at this model's tile size (5 m target).
     tile_m = 6.9 * enc.image_size  # tile width at zoom 16, 43.5 N
     side = int(math.sqrt(args.tiles) * tile_m / 5.0)
-    raster = make_raster(work / "archive" / "scene.tif", size=side, res=5.0, seed=1)
+    # Random pixels drawn as uint8 (make_raster's default draws int64 first: ~4x the time,
+    # 8x the memory, at 1.7 GB of pixels).
+    raster = work / "archive" / "scene.tif"
+    if not (args.keep_raster and raster.exists() and _width(raster) == side):
+        pixels = np.random.default_rng(1).integers(1, 255, size=(3, side, side),
+                                                   dtype=np.uint8)
+        make_raster(raster, size=side, res=5.0, data=pixels)
+        del pixels
     info = inspect_raster(RasterSource(str(raster)), settings.discovery, settings.tiling)
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, enc.image_size, settings.tiling)
     plans = [RasterPlan(info, block, 0) for block in raster_blocks(info, zoom)]
@@ -251,13 +276,68 @@ def main() -> int:
     pixels = torch.from_numpy(batch)
     if enc.device.type == "cuda":
         pixels = pixels.pin_memory()  # as the job's readers hand them over
-    enc.encode_images(pixels[: min(bs, len(pixels))])  # warm-up
-    # On CUDA with one batch queued ahead, as the job's runner encodes (older checkouts
-    # and the CPU: each batch waited for).
+    graphs = {}  # encoder-only tiles/s per --cuda-graphs choice
+    for g in dict.fromkeys(args.cuda_graphs):
+        with_graphs(enc, g)
+        graphs[g] = encoder_rate(enc, pixels, bs, min(total, 20 * args.sample))
+        print(f"encoder only, cuda graphs {g}: {graphs[g]:,.1f} tiles/s")
+    names = [raster]
+    for i in range(1, args.copies):
+        names.append(raster.with_name(f"scene-{i}.tif"))
+        os.link(raster, names[-1])
+    total *= args.copies
+    variants = [dict(warp_on=w, ramp=r, hash=h, fixed=f, graphs=g, depth=d)
+                for w in args.warp_on for r in args.ramp_rounds
+                for h in args.hash_while_reading for f in args.fixed_batches
+                for g in args.cuda_graphs for d in args.writer_depth]
+    rows = []
+    for round_ in range(args.rounds):
+        for n, v in enumerate(variants):
+            label = ", ".join(f"{k} {x}" for k, x in v.items())
+            print(f"\n=== round {round_ + 1}, job {n + 1}: {label}")
+            with_graphs(enc, v["graphs"])
+            row = one_job(args, settings, enc, v, raster.parent, work / f"idx-{round_}-{n}",
+                          total, graphs[v["graphs"]], bs)
+            rows.append((round_ + 1, label, row))
+    if len(rows) > 1:
+        print("\nthe jobs side by side (full / encoder: against the encoder alone with the "
+              "same cuda graphs choice: " + ", ".join(f"{g} {r:,.0f}" for g, r in graphs.items())
+              + " tiles/s):")
+        keys = ["tiles/s", "full / encoder", "wall s", "plan", "first tiles", "wait tiles",
+                "warp", "encode", "last commit", "idle", "before", "after"]
+        print("| round | job | " + " | ".join(keys) + " |")
+        print("|---" * (len(keys) + 2) + "|")
+        for round_, label, row in rows:
+            print(f"| {round_} | {label} | " + " | ".join(
+                "-" if row.get(k) is None else f"{row[k]:,.2f}" if k != "tiles/s"
+                else f"{row[k]:,.0f}" for k in keys) + " |")
+    return 0
+
+
+def with_graphs(enc, choice: str) -> None:
+    """encoder.cuda_graphs on or off on a built encoder (CUDA; "config": as built)."""
+    if choice == "config" or getattr(enc.device, "type", "cpu") != "cuda":
+        return
+    if not hasattr(enc, "graphs"):
+        sys.exit("--cuda-graphs: this checkout's encoder has no CUDA graphs")
+    from encoder.graphs import GraphedTower
+
+    if choice == "no":
+        enc.graphs = None
+    elif enc.graphs is None:
+        enc.graphs = GraphedTower(enc._vectors)
+
+
+def encoder_rate(enc, pixels: torch.Tensor, bs: int, tiles: int) -> float:
+    """tiles/s of the encoder alone on pre-loaded tiles, at most `tiles` or 10 s: on CUDA
+    with one batch queued ahead, as the job's runner encodes (older checkouts and the CPU:
+    each batch waited for)."""
+    enc.encode_images(pixels[: min(bs, len(pixels))])  # warm-up (and CUDA graphs: 2 calls)
+    enc.encode_images(pixels[: min(bs, len(pixels))])
     later = getattr(enc, "encode_images_later", None) if enc.device.type == "cuda" else None
     pending = None
     t0, n_enc = time.perf_counter(), 0
-    while n_enc < min(total, 20 * args.sample) and time.perf_counter() - t0 < 10:
+    while n_enc < tiles and time.perf_counter() - t0 < 10:
         for s in range(0, len(pixels), bs):
             if later is None:
                 enc.encode_images(pixels[s:s + bs])
@@ -271,22 +351,55 @@ def main() -> int:
         pending()
     if enc.device.type == "cuda":
         torch.cuda.synchronize()
-    enc_rate = n_enc / (time.perf_counter() - t0)
+    return n_enc / (time.perf_counter() - t0)
 
+
+def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total: int,
+            enc_rate: float, bs: int) -> dict:
+    """One run of the job over `archive` into a new index `idx` with the variant's
+    job.warp_on, read.RAMP_ROUNDS and job.hash_while_reading; prints what it measured and
+    returns the numbers for the side-by-side table."""
+    job = settings.job
+    if hasattr(job, "warp_on"):  # older checkouts warp in the readers only
+        job = dataclasses.replace(job, warp_on=variant["warp_on"])
+    if hasattr(job, "hash_while_reading"):  # older checkouts hash before reading
+        job = dataclasses.replace(job, hash_while_reading=variant["hash"])
+    settings = dataclasses.replace(settings, job=job)
+    import indexer.job.pipeline as pipeline_module
+    import indexer.job.read as read_module
+    import indexer.job.runner as runner_module
+
+    ramp = getattr(read_module, "RAMP_ROUNDS", 0)
+    fixed = getattr(runner_module, "FIXED_BATCHES", False)
+    depth = getattr(pipeline_module, "WRITER_DEPTH", 2)
+    if variant["depth"] and hasattr(pipeline_module, "WRITER_DEPTH"):
+        pipeline_module.WRITER_DEPTH = variant["depth"]
+    if variant["ramp"] >= 0:
+        read_module.RAMP_ROUNDS = variant["ramp"]
+    if hasattr(runner_module, "FIXED_BATCHES"):  # older checkouts: each batch as it comes
+        runner_module.FIXED_BATCHES = variant["fixed"] == "yes"
+    try:
+        return _one_job(args, settings, enc, archive, idx, total, enc_rate, bs)
+    finally:
+        if hasattr(read_module, "RAMP_ROUNDS"):
+            read_module.RAMP_ROUNDS = ramp
+        if hasattr(runner_module, "FIXED_BATCHES"):
+            runner_module.FIXED_BATCHES = fixed
+        if hasattr(pipeline_module, "WRITER_DEPTH"):
+            pipeline_module.WRITER_DEPTH = depth
+
+
+def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate: float,
+             bs: int) -> dict:
     busy = gpu_sampler(enc.device)
     t0 = time.perf_counter()
-    names = [raster]
-    for i in range(1, args.copies):
-        names.append(raster.with_name(f"scene-{i}.tif"))
-        os.link(raster, names[-1])
-    total *= args.copies
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job's reader processes
-    index_job = IndexJob(work / "idx", settings, enc, progress=False)
+    index_job = IndexJob(idx, settings, enc, progress=False)
     where = getattr(index_job.runner, "warp_device", None)
     print(f"the fast warp's plain tiles resampled on: {where or 'the readers'}")
     timeline = None
     if args.timeline:
-        from bench.timeline import Timeline
+        from bench.timeline import Timeline, format_summary, summarise
 
         timeline = Timeline(enc).install()
     profile = None
@@ -294,7 +407,7 @@ def main() -> int:
         from bench.timeline import Profile
 
         profile = Profile(enc, batches=args.profile, trace=args.trace).install()
-    report = index_job.run([str(raster.parent)])
+    report = index_job.run([str(archive)])
     job_s = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     gpu_busy = busy()
@@ -313,9 +426,10 @@ def main() -> int:
               f"ms per tile), {(r1.ru_minflt - r0.ru_minflt) / done:.0f} page faults per tile")
     st = dict(getattr(report, "stages", {}))
     if args.runner == "ray":
-        ray_vs_local(args, settings, enc, raster.parent, work, total, job_rate)
+        ray_vs_local(args, settings, enc, archive, idx.parent, total, job_rate)
+    row = {"tiles/s": job_rate, "full / encoder": job_rate / enc_rate, "wall s": job_s}
     if not st:  # the code before per-stage times (--baseline runs)
-        return 0
+        return row
     print("\nwhere the time went (s): " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()))
     print(f"job wall time {job_s:.2f} s; the encoder was busy {st.get('encode', 0) / job_s:.0%} "
           "of it (on CUDA: the GPU's busy share, encode_images waits for its results)")
@@ -327,7 +441,10 @@ def main() -> int:
         print(profile.table())
     if timeline is not None:
         timeline.uninstall()
-        print(timeline.summary())
+        s = summarise(timeline.host, timeline.device_spans(), (t0, t0 + job_s))
+        print(format_summary(s, timeline.clock.cuda))
+        if s["batches"]:
+            row.update(idle=s["idle"], before=s["before"], after=s["after"])
     # What one process of each kind costs per tile, and the ceiling with more cores: W
     # reader processes at the measured per-process rate, one main thread and one writer
     # thread at their measured costs per tile (each a limit of its own).
@@ -348,7 +465,10 @@ def main() -> int:
         print(f"extrapolated ceiling on {cores} cores ({w} readers): {ceiling:,.0f} tiles/s "
               f"(readers {w / worker_per_tile:,.0f}, main {1 / main_per_tile:,.0f}, writer "
               f"{1 / writer_per_tile:,.0f})")
-    return 0
+    row.update({"plan": plan_s, "first tiles": st.get("first tiles (in wait for tiles)"),
+                "wait tiles": st.get("wait for tiles"), "warp": st.get("warp on the device"),
+                "encode": st.get("encode"), "last commit": st.get("last commit")})
+    return row
 
 
 if __name__ == "__main__":

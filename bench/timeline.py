@@ -147,8 +147,11 @@ class Timeline:
         return {k: [(self.clock.seconds(a), self.clock.seconds(b)) for a, b in v]
                 for k, v in self._marks.items()}
 
-    def summary(self) -> str:
-        return format_summary(summarise(self.host, self.device_spans()), self.clock.cuda)
+    def summary(self, window: tuple[float, float] | None = None) -> str:
+        """`window`: the job's start and end (perf_counter): the device's time before its
+        first work and after its last is said too."""
+        return format_summary(summarise(self.host, self.device_spans(), window),
+                              self.clock.cuda)
 
 
 def _encode_call(encoder) -> str:
@@ -232,10 +235,12 @@ def _overlap(a: float, b: float, spans: list[tuple[float, float]]) -> float:
 
 
 def summarise(host: dict[str, list[tuple[float, float]]],
-              device: dict[str, list[tuple[float, float]]]) -> dict:
+              device: dict[str, list[tuple[float, float]]],
+              window: tuple[float, float] | None = None) -> dict:
     """Host and device spans (seconds, one clock) -> the device's busy time per kind, its
     idle time between its first and last work and the gaps, and what the host was doing
-    during the gaps (time in each host kind; the rest "elsewhere")."""
+    during the gaps (time in each host kind; the rest "elsewhere"). `window`: the job's
+    start and end on that clock: the idle time before the first work and after the last."""
     busy = _merge([s for spans in device.values() for s in spans])
     if not busy:
         return {"batches": 0}
@@ -256,6 +261,8 @@ def summarise(host: dict[str, list[tuple[float, float]]],
         "host_median_ms": {k: statistics.median(b - a for a, b in v) * 1e3
                            for k, v in host.items() if v},
         "host_total": {k: sum(b - a for a, b in v) for k, v in host.items()},
+        "before": busy[0][0] - window[0] if window else None,
+        "after": window[1] - busy[-1][1] if window else None,
     }
 
 
@@ -277,4 +284,7 @@ def format_summary(s: dict, cuda: bool) -> str:
         "  main thread per call (median ms): " + ", ".join(
             f"{k} {v:.2f}" for k, v in s["host_median_ms"].items()),
     ]
+    if s.get("before") is not None:
+        lines.insert(2, f"  before its first work: {s['before']:.2f} s of the job; after its "
+                        f"last: {s['after']:.2f} s")
     return "\n".join(lines)
