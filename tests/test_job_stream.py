@@ -167,8 +167,9 @@ def test_a_read_batch_splits_into_encoder_batches_tile_for_tile(tmp_path, settin
 
 
 class _QueuedEncoder:
-    """Stands in for a CUDA encoder: encode_images_later queues a batch (recorded), the
-    returned function 'waits' for it (recorded) and gives the real encoder's vectors."""
+    """Stands in for a CUDA encoder: encode_images_later queues a chunk (recorded with its
+    size), the returned function 'waits' for it (recorded) and gives the real encoder's
+    vectors."""
 
     def __init__(self, real):
         self.real, self.events = real, []
@@ -179,42 +180,59 @@ class _QueuedEncoder:
 
     def encode_images_later(self, images):
         i = sum(1 for e in self.events if e[0] == "start")
-        self.events.append(("start", i))
+        self.events.append(("start", i, len(images)))
         vectors = self.real.encode_images(images)
 
         def wait():
-            self.events.append(("wait", i))
+            self.events.append(("wait", i, len(images)))
             return vectors
 
         return wait
 
 
-def test_on_cuda_the_next_batch_is_queued_before_the_last_one_is_handed_on(
+def test_on_cuda_tiles_go_in_chunks_of_one_size_the_next_queued_before_a_wait(
         tmp_path, settings, encoder):
+    """The readers' batches vary in size (tiles without pixels are dropped); on CUDA the
+    encoder gets chunks of exactly job.batch_size, chunk i+1 queued before chunk i is
+    waited for, and every batch comes back in order with its own tiles' vectors."""
     from collections import defaultdict
 
     from indexer.job.runner import LocalRunner
 
     px = encoder.image_size
-    plans = _plans(make_raster(tmp_path / "a.tif", size=600, seed=6), settings, px)
+    plans = _plans(make_raster(tmp_path / "a.tif", size=600, seed=6, nodata=0,
+                               data=_with_nodata_corner(600, seed=6)), settings, px)
     job = dataclasses.replace(settings.job, workers=0, batch_size=16, read_batch=16)
     runner = LocalRunner(settings.tiling, job, px)
-    want = [(b.x.tolist(), b.y.tolist(), encoder.encode_images(b.rgb))
+    want = [(b.x.tolist(), b.y.tolist(), len(b.rgb), encoder.encode_images(b.rgb))
             for b in runner.batches(plans)]
+    assert len({n for *_, n, _ in want}) > 2  # batches of several sizes
     fake, stages = _QueuedEncoder(encoder), defaultdict(float)
-    got, seen = [], []
+    got = []
     for batch, vectors in runner.embedded(plans, fake, stages):
-        seen.append(list(fake.events))
-        got.append((batch.x.tolist(), batch.y.tolist(), vectors))
+        got.append((batch.x.tolist(), batch.y.tolist(), len(vectors), vectors))
         assert len(batch.rgb) == 0  # handed on without its (encoded) pixels
     assert len(got) == len(want) > 3
-    for (gx, gy, gv), (wx, wy, wv) in zip(got, want, strict=True):  # same order, same vectors
-        assert (gx, gy) == (wx, wy)
-        np.testing.assert_allclose(gv, wv, atol=1e-6)
-    # Batch i is handed on only after batch i+1 was queued (the last one: after the end).
-    for i, events in enumerate(seen[:-1]):
-        assert ("start", i + 1) in events and events[-1] == ("wait", i)
+    for (gx, gy, gn, gv), (wx, wy, wn, wv) in zip(got, want, strict=True):
+        assert (gx, gy, gn) == (wx, wy, wn)  # same order, same tiles
+        np.testing.assert_allclose(gv, wv, atol=1e-5)
+    starts = [n for kind, _, n in fake.events if kind == "start"]
+    assert sum(starts) == sum(n for *_, n, _ in want)
+    assert set(starts[:-1]) == {16} and 0 < starts[-1] <= 16
+    waits = [i for kind, i, _ in fake.events if kind == "wait"]
+    assert waits == list(range(len(starts)))
+    for i in range(len(starts) - 1):  # chunk i+1 was queued before chunk i was waited for
+        assert fake.events.index(("start", i + 1, starts[i + 1])) < \
+            fake.events.index(("wait", i, starts[i]))
     assert stages["encode"] > 0
+
+
+def _with_nodata_corner(size: int, seed: int) -> np.ndarray:
+    """Random pixels with a nodata (0) triangle: tiles there have no pixels to encode."""
+    data = np.random.default_rng(seed).integers(1, 255, (3, size, size)).astype(np.uint8)
+    rows, cols = np.indices((size, size))
+    data[:, rows + cols < size // 2] = 0
+    return data
 
 
 def test_embedded_batches_come_without_their_pixels(tmp_path, settings, encoder):
@@ -248,6 +266,31 @@ def test_queued_batches_give_the_vectors_encode_images_gives(encoder, settings):
     for w, q in zip(want, queued, strict=True):
         np.testing.assert_allclose(q(), w, atol=1e-3)
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fixed_chunks_on_the_gpu_give_each_batch_its_vectors(settings):
+    """Batches whose pixels are on the GPU (the device's warp) or page-locked on the host
+    (the readers' warp), mixed, in chunks of 32: each batch gets the vectors of its tiles
+    encoded alone (one chunk ahead, as the runner queues them)."""
+    from types import SimpleNamespace
+
+    from encoder.model import SatelliteEncoder
+    from indexer.job.fixed_batches import FixedBatches
+
+    gpu = SatelliteEncoder(dataclasses.replace(settings.encoder, device="cuda"))
+    px = gpu.image_size
+    sizes = [20, 0, 45, 7, 31, 64, 3]
+    tiles = [torch.randint(0, 256, (n, 3, px, px), dtype=torch.uint8) for n in sizes]
+    want = [gpu.encode_images(t) for t in tiles]
+    batches = [SimpleNamespace(rgb=t.cuda() if i % 2 else t.pin_memory())
+               for i, t in enumerate(tiles)]
+    fixed = FixedBatches(gpu.encode_images_later, 32, ahead=1)
+    got = [out for b in batches for out in fixed.add(b)] + fixed.finish()
+    assert [b for b, _ in got] == batches
+    for (_, v), w in zip(got, want, strict=True):
+        assert v.shape == w.shape  # bf16 on the GPU, other batch sizes: not bit for bit
+        assert len(v) == 0 or (v * w).sum(axis=1).min() > 0.999
 
 def test_the_readers_first_calls_are_smaller_then_full():
     """With 3 readers and calls of 64 tiles: rounds of 3 calls of at most 4, 8, 16, 32

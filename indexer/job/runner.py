@@ -15,8 +15,14 @@ from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import JobError
 from indexer.job.device_warp import resample_deferred
+from indexer.job.fixed_batches import FixedBatches
 from indexer.job.read import NO_PIXELS, RasterPlan, TileBatch, TileDataset, read_tiles, tile_loader
 from indexer.job.slots import SLOTS, SharedSlots
+
+# Chunks queued on the GPU while the oldest one's vectors are waited for (FixedBatches).
+AHEAD = 1
+# False: each batch goes to the GPU as the readers made it (the code before; benchmarks).
+FIXED_BATCHES = True
 
 
 class LocalRunner:
@@ -76,13 +82,15 @@ class LocalRunner:
                  ) -> Iterator[tuple[TileBatch, object]]:
         """(batch, vectors) for every batch of `batches()`, embedded by `encoder` in this
         thread; the time waiting for tiles, reading and encoding added to `stages`. On CUDA
-        batch i+1 is queued on the GPU (encode_images_later) before batch i's vectors are
-        waited for and handed on, so the GPU is not idle meanwhile; a stop between batches
-        drops the one in flight (not committed: the next run reads it again). Batches come
+        the tiles go to the GPU in chunks of exactly job.batch_size (FixedBatches: one
+        shape, one plan of the GPU's libraries), chunk i+1 queued before chunk i's vectors
+        are waited for, so the GPU is not idle meanwhile; a stop between batches drops the
+        ones in flight (not committed: the next run reads them again). Batches come
         without their pixels (`rgb` empty): only the vectors are needed from here on."""
         cuda = getattr(getattr(encoder, "device", None), "type", "cpu") == "cuda"
-        ahead = getattr(encoder, "encode_images_later", None) if cuda else None
-        in_flight: tuple[TileBatch, object] | None = None
+        later = getattr(encoder, "encode_images_later", None) if cuda else None
+        fixed = None if later is None else FixedBatches(
+            later, self.job.batch_size if FIXED_BATCHES else None, AHEAD)
         t, warped = time.perf_counter(), 0.0
         for batch in self.batches(plans, stages):
             # (the device's warp is timed apart, inside batches())
@@ -94,19 +102,17 @@ class LocalRunner:
             warped = now
             stages["read (worker seconds)"] += batch.read_s
             t = time.perf_counter()
-            if ahead is None:
+            if fixed is None:
                 out = [(batch, encoder.encode_images(batch.rgb))]
             else:
-                started = ahead(batch.rgb)
-                out = [] if in_flight is None else [(in_flight[0], in_flight[1]())]
-                in_flight = (batch, started)
+                out = fixed.add(batch)
             stages["encode"] += time.perf_counter() - t
             yield from _without_pixels(out)
             t = time.perf_counter()
-        if in_flight is not None:
-            vectors = in_flight[1]()
+        if fixed is not None:
+            out = fixed.finish()
             stages["encode"] += time.perf_counter() - t
-            yield from _without_pixels([(in_flight[0], vectors)])
+            yield from _without_pixels(out)
 
 
 def _without_pixels(done: list[tuple[TileBatch, object]]
