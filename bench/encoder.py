@@ -10,8 +10,10 @@ kernels ran, and (--agree) how closely each path's vectors agree with float32's.
 Paths: `amp` = float32 weights under bf16 autocast (what SatelliteEncoder did on CUDA before
 encoder.precision); `fp32`, `bf16`, `fp16` = the weights in that type (`auto` picks bf16 on
 CUDA, fp32 on CPU); `+compile` = the same with encoder.compile (torch.compile of the image
-tower; its first call, the compile, is timed apart); `+sdpa` = with nn.MultiheadAttention's
-inference fast path off (attention through F.scaled_dot_product_attention instead).
+tower; its first call, the compile, is timed apart); `+graphs` = with encoder.cuda_graphs
+(each batch shape captured as a CUDA graph at its second call, untimed); `+sdpa` = with
+nn.MultiheadAttention's inference fast path off (attention through
+F.scaled_dot_product_attention instead).
 Tiles are uint8 [3, 224, 224] in page-locked host memory, as the job hands them over
 (`host`: each batch waited for before the next; `host, 1 ahead`: the next batch queued
 before the last one is waited for, as the job's runner does on CUDA), and already on the
@@ -48,7 +50,7 @@ def build(model: str, path: str) -> SatelliteEncoder:
     torch.backends.mha.set_fastpath_enabled(option != "sdpa")
     spec = EncoderSpec(model=MODELS[model], random_weights=True, device="auto",
                        precision="fp32" if precision == "amp" else precision,
-                       compile=option == "compile")
+                       compile=option == "compile", cuda_graphs=option == "graphs")
     enc = SatelliteEncoder(spec)
     if precision == "amp":  # the code before encoder.precision: fp32 weights, bf16 autocast
         plain = enc.model.encode_image

@@ -51,6 +51,10 @@ class EncoderSpec:
     # torch.compile the image tower (CUDA: compiles once per batch shape, tens of seconds at
     # start; bench/encoder.py says whether a job earns it back).
     compile: bool = False
+    # On CUDA: each image batch shape that comes back runs as a CUDA graph (encoder.graphs),
+    # one launch instead of ~150 and the host work around them; no effect on the CPU or
+    # with `compile`.
+    cuda_graphs: bool = False
 
     def resolved(self) -> EncoderSpec:
         """This spec with the documented defaults filled in: no preset and no model = the

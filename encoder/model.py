@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from encoder.build import build
 from encoder.checkpoints import check_sidecar, state_dict_sha256
+from encoder.graphs import GraphedTower
 from encoder.identity import EncoderError, EncoderIdentity, EncoderSpec
 from encoder.precision import dtype_name, weight_dtype
 from encoder.prompts import PromptSet, get_prompt_set
@@ -116,6 +117,13 @@ class SatelliteEncoder:
         self._encode_image = self.model.encode_image
         if self.spec.compile:
             self._encode_image = torch.compile(self.model.encode_image, dynamic=False)
+        # Graphs read the weights where they were when captured: new ones for new weights.
+        self.graphs = (GraphedTower(self._vectors) if self.spec.cuda_graphs and
+                       self.device.type == "cuda" and not self.spec.compile else None)
+
+    def _vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """The prepared batch -> L2-normalised float32 vectors, on its device."""
+        return F.normalize(self._encode_image(x).float(), dim=-1)
 
     @property
     def precision(self) -> str:
@@ -188,13 +196,16 @@ class SatelliteEncoder:
         if len(images) == 0:
             empty = np.zeros((0, self.dim), dtype=np.float32)
             return lambda: empty
-        feats = F.normalize(self._encode_image(self.prepare(images, self.dtype)).float(),
-                            dim=-1)
+        x = self.prepare(images, self.dtype)
         if self.device.type != "cuda":
-            out = feats.cpu().numpy()
+            out = self._vectors(x).cpu().numpy()
             return lambda: out
-        host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)
-        host.copy_(feats, non_blocking=True)
+        host = torch.empty((len(x), self.dim), dtype=torch.float32, pin_memory=True)
+        if self.graphs is None:
+            host.copy_(self._vectors(x), non_blocking=True)
+        else:
+            with self.graphs.lock:  # a graph's output is its next replay's: copied first
+                host.copy_(self.graphs(x), non_blocking=True)
         done = torch.cuda.Event()
         done.record()
 

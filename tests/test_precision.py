@@ -148,3 +148,33 @@ def test_cuda_compiled_tower_gives_the_same_vectors():
     plain, compiled = tiny("auto", "cuda"), tiny("auto", "cuda", compile=True)
     cos = (plain.encode_images(x) * compiled.encode_images(x)).sum(1)
     assert cos.min() >= 0.999
+
+
+def test_cuda_graphs_are_off_on_the_cpu():
+    enc = tiny("auto", cuda_graphs=True)
+    assert enc.graphs is None  # a CPU encoder: nothing to capture
+    x = np.random.default_rng(1).integers(0, 256, (4, 3, 64, 64), dtype=np.uint8)
+    np.testing.assert_array_equal(enc.encode_images(x), tiny("auto").encode_images(x))
+
+
+@needs_cuda
+def test_cuda_graphs_give_the_plain_paths_vectors_and_keep_queued_batches_apart():
+    """A shape is captured at its second call; replays give the plain path's vectors, also
+    for two batches queued before either is waited for (one graph, one output buffer); new
+    weights (set_precision) get new graphs."""
+    rng = np.random.default_rng(2)
+    xs = [rng.integers(0, 256, (16, 3, 64, 64), dtype=np.uint8) for _ in range(4)]
+    plain, graphed = tiny("auto", "cuda"), tiny("auto", "cuda", cuda_graphs=True)
+    want = [plain.encode_images(x) for x in xs]
+    assert graphed.graphs.shapes == 0
+    first = graphed.encode_images(xs[0])  # seen once: the plain path
+    assert graphed.graphs.shapes == 0
+    queued = [graphed.encode_images_later(x) for x in xs]  # captured, then replayed
+    assert graphed.graphs.shapes == 1 and not graphed.graphs.failed
+    for got, w in zip([first, *(q() for q in queued)], [want[0], *want], strict=True):
+        assert (got * w).sum(1).min() >= 0.9999
+    odd = rng.integers(0, 256, (5, 3, 64, 64), dtype=np.uint8)  # once: never captured
+    assert (graphed.encode_images(odd) * plain.encode_images(odd)).sum(1).min() >= 0.9999
+    assert graphed.graphs.shapes == 1
+    graphed.set_precision("fp32")
+    assert graphed.graphs.shapes == 0
