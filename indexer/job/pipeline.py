@@ -29,6 +29,12 @@ from indexer.rasters.discovery import discover
 from indexer.rasters.stac_api import StacSearch
 from indexer.store.writer import IndexWriter, recorded_recipe, warm_up
 
+# Embedded batches queued for the writer thread. A commit that adopts the IVF-PQ trained in
+# the background (store/training.py) holds the writer ~0.5-0.9 s (H200 job, --timeline):
+# room for that many batches of the GPU's (~47 ms each at 512 tiles) keeps the encoder
+# going meanwhile. A queued batch is its vectors and thumbnails, ~3.5 MB at 512 tiles.
+WRITER_DEPTH = 24
+
 
 def _tiling_for(index_dir: Path, tiling: TilingSettings) -> TilingSettings:
     """`tiling` with warp "auto" decided: an existing index keeps its own warp
@@ -177,7 +183,7 @@ class IndexJob:
             if writer.pending >= every:
                 commit()
 
-        out = BackgroundWriter(write)
+        out = BackgroundWriter(write, depth=WRITER_DEPTH)
         stages = report.stages
         try:
             with stop_between_steps() as stop:
