@@ -303,7 +303,8 @@ def main() -> int:
         print("\nthe jobs side by side (full / encoder: against the encoder alone with the "
               "same cuda graphs choice: " + ", ".join(f"{g} {r:,.0f}" for g, r in graphs.items())
               + " tiles/s):")
-        keys = ["tiles/s", "full / encoder", "wall s", "plan", "first tiles", "wait tiles",
+        keys = ["tiles/s", "full / encoder", "wall s", "plan", "start readers", "first tiles",
+                "wait tiles",
                 "warp", "encode", "last commit", "idle", "before", "after"]
         print("| round | job | " + " | ".join(keys) + " |")
         print("|---" * (len(keys) + 2) + "|")
@@ -466,6 +467,7 @@ def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate
               f"(readers {w / worker_per_tile:,.0f}, main {1 / main_per_tile:,.0f}, writer "
               f"{1 / writer_per_tile:,.0f})")
     row.update({"plan": plan_s, "first tiles": st.get("first tiles (in wait for tiles)"),
+                "start readers": st.get("start the readers (in first tiles)"),
                 "wait tiles": st.get("wait for tiles"), "warp": st.get("warp on the device"),
                 "encode": st.get("encode"), "last commit": st.get("last commit")})
     return row

@@ -116,8 +116,11 @@ def test_the_report_says_where_the_time_went(tmp_path, settings, encoder):
         [str(tmp_path / "a")])
     assert report.tiles_written > 0
     for stage in ("plan (main thread)", "wait for tiles", "read (worker seconds)", "encode",
-                  "write + commit (writer thread)"):
+                  "write + commit (writer thread)", "start the readers (in first tiles)"):
         assert report.stages[stage] > 0, report.stages
+    st = report.stages  # the readers' start is part of the first tiles' wait, part of all
+    assert st["start the readers (in first tiles)"] <= st["first tiles (in wait for tiles)"] \
+        <= st["wait for tiles"]
     assert report.stage_line().startswith("stages: ")
 
 

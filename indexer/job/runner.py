@@ -54,8 +54,11 @@ class LocalRunner:
         # Starting the reader processes forks: a second Ctrl-C (or torch's SIGCHLD handler)
         # raising inside the fork handlers would be printed and lost ("Exception ignored in
         # _releaseLock"), so it waits until the workers are up.
+        t = time.perf_counter()
         with deferred_interrupts():
             it = iter(tile_loader(dataset, self.job, self.pin_memory, slots))
+        if stages is not None:  # forking the readers: part of the first tiles' wait
+            stages["start the readers (in first tiles)"] = time.perf_counter() - t
         for read in it:
             reused = slots is not None and read.slot >= 0
             if reused and read.rgb.is_pinned():
