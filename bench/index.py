@@ -281,10 +281,8 @@ def main() -> int:
         with_graphs(enc, g)
         graphs[g] = encoder_rate(enc, pixels, bs, min(total, 20 * args.sample))
         print(f"encoder only, cuda graphs {g}: {graphs[g]:,.1f} tiles/s")
-    names = [raster]
     for i in range(1, args.copies):
-        names.append(raster.with_name(f"scene-{i}.tif"))
-        os.link(raster, names[-1])
+        os.link(raster, raster.with_name(f"scene-{i}.tif"))
     total *= args.copies
     variants = [dict(warp_on=w, ramp=r, hash=h, fixed=f, graphs=g, depth=d)
                 for w in args.warp_on for r in args.ramp_rounds
@@ -304,8 +302,7 @@ def main() -> int:
               "same cuda graphs choice: " + ", ".join(f"{g} {r:,.0f}" for g, r in graphs.items())
               + " tiles/s):")
         keys = ["tiles/s", "full / encoder", "wall s", "plan", "start readers", "first tiles",
-                "wait tiles",
-                "warp", "encode", "last commit", "idle", "before", "after"]
+                "wait tiles", "warp", "encode", "last commit", "idle", "before", "after"]
         print("| round | job | " + " | ".join(keys) + " |")
         print("|---" * (len(keys) + 2) + "|")
         for round_, label, row in rows:
@@ -319,14 +316,9 @@ def with_graphs(enc, choice: str) -> None:
     """encoder.cuda_graphs on or off on a built encoder (CUDA; "config": as built)."""
     if choice == "config" or getattr(enc.device, "type", "cpu") != "cuda":
         return
-    if not hasattr(enc, "graphs"):
+    if not hasattr(enc, "set_cuda_graphs"):
         sys.exit("--cuda-graphs: this checkout's encoder has no CUDA graphs")
-    from encoder.graphs import GraphedTower
-
-    if choice == "no":
-        enc.graphs = None
-    elif enc.graphs is None:
-        enc.graphs = GraphedTower(enc._vectors)
+    enc.set_cuda_graphs(choice == "yes")
 
 
 def encoder_rate(enc, pixels: torch.Tensor, bs: int, tiles: int) -> float:
@@ -358,8 +350,12 @@ def encoder_rate(enc, pixels: torch.Tensor, bs: int, tiles: int) -> float:
 def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total: int,
             enc_rate: float, bs: int) -> dict:
     """One run of the job over `archive` into a new index `idx` with the variant's
-    job.warp_on, read.RAMP_ROUNDS and job.hash_while_reading; prints what it measured and
-    returns the numbers for the side-by-side table."""
+    job.warp_on, job.hash_while_reading, read.RAMP_ROUNDS, runner.FIXED_BATCHES and
+    pipeline.WRITER_DEPTH (the module constants put back after it; an older checkout
+    without one runs as it is); prints what it measured and returns the numbers for the
+    side-by-side table."""
+    from bench.timeline import _replace
+
     job = settings.job
     if hasattr(job, "warp_on"):  # older checkouts warp in the readers only
         job = dataclasses.replace(job, warp_on=variant["warp_on"])
@@ -370,24 +366,16 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
     import indexer.job.read as read_module
     import indexer.job.runner as runner_module
 
-    ramp = getattr(read_module, "RAMP_ROUNDS", 0)
-    fixed = getattr(runner_module, "FIXED_BATCHES", False)
-    depth = getattr(pipeline_module, "WRITER_DEPTH", 2)
-    if variant["depth"] and hasattr(pipeline_module, "WRITER_DEPTH"):
-        pipeline_module.WRITER_DEPTH = variant["depth"]
-    if variant["ramp"] >= 0:
-        read_module.RAMP_ROUNDS = variant["ramp"]
-    if hasattr(runner_module, "FIXED_BATCHES"):  # older checkouts: each batch as it comes
-        runner_module.FIXED_BATCHES = variant["fixed"] == "yes"
+    constants = [(read_module, "RAMP_ROUNDS", variant["ramp"], variant["ramp"] >= 0),
+                 (runner_module, "FIXED_BATCHES", variant["fixed"] == "yes", True),
+                 (pipeline_module, "WRITER_DEPTH", variant["depth"], variant["depth"] > 0)]
+    undo = [_replace(module, name, value) for module, name, value, given in constants
+            if given and hasattr(module, name)]
     try:
         return _one_job(args, settings, enc, archive, idx, total, enc_rate, bs)
     finally:
-        if hasattr(read_module, "RAMP_ROUNDS"):
-            read_module.RAMP_ROUNDS = ramp
-        if hasattr(runner_module, "FIXED_BATCHES"):
-            runner_module.FIXED_BATCHES = fixed
-        if hasattr(pipeline_module, "WRITER_DEPTH"):
-            pipeline_module.WRITER_DEPTH = depth
+        for put_back in reversed(undo):
+            put_back()
 
 
 def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate: float,

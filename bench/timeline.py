@@ -147,11 +147,8 @@ class Timeline:
         return {k: [(self.clock.seconds(a), self.clock.seconds(b)) for a, b in v]
                 for k, v in self._marks.items()}
 
-    def summary(self, window: tuple[float, float] | None = None) -> str:
-        """`window`: the job's start and end (perf_counter): the device's time before its
-        first work and after its last is said too."""
-        return format_summary(summarise(self.host, self.device_spans(), window),
-                              self.clock.cuda)
+    def summary(self) -> str:
+        return format_summary(summarise(self.host, self.device_spans()), self.clock.cuda)
 
 
 def _encode_call(encoder) -> str:

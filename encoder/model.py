@@ -118,8 +118,16 @@ class SatelliteEncoder:
         if self.spec.compile:
             self._encode_image = torch.compile(self.model.encode_image, dynamic=False)
         # Graphs read the weights where they were when captured: new ones for new weights.
-        self.graphs = (GraphedTower(self._vectors) if self.spec.cuda_graphs and
-                       self.device.type == "cuda" and not self.spec.compile else None)
+        self.graphs = None
+        self.set_cuda_graphs(self.spec.cuda_graphs)
+
+    def set_cuda_graphs(self, on: bool) -> None:
+        """Image batches as CUDA graphs (encoder.cuda_graphs) or not; graphs already
+        captured are kept while on. No effect on the CPU or with encoder.compile."""
+        if not (on and self.device.type == "cuda" and not self.spec.compile):
+            self.graphs = None
+        elif self.graphs is None:
+            self.graphs = GraphedTower(self._vectors)
 
     def _vectors(self, x: torch.Tensor) -> torch.Tensor:
         """The prepared batch -> L2-normalised float32 vectors, on its device."""
