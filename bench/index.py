@@ -173,6 +173,11 @@ def main() -> int:
     p.add_argument("--fixed-batches", choices=("yes", "no"), nargs="+", default=["yes"],
                    help="on CUDA: the GPU gets chunks of exactly the batch size (yes, the "
                    "runner's FixedBatches) or each batch as the readers made it (no: before)")
+    p.add_argument("--device-thumbnails", choices=("yes", "no"), nargs="+", default=["yes"],
+                   help="with the warp on the device: the deferred tiles' thumbnails "
+                   "resampled there and JPEG-encoded on the job's threads (yes: on any "
+                   "device, the CPU too, where the code does it on CUDA only; "
+                   "runner.DEVICE_THUMBNAILS) or made by the readers (no: before)")
     p.add_argument("--cuda-graphs", choices=("config", "yes", "no"), nargs="+",
                    default=["config"], help="encoder.cuda_graphs for the encoder alone and "
                    "the job (config: as the config file says)")
@@ -284,9 +289,10 @@ def main() -> int:
     for i in range(1, args.copies):
         os.link(raster, raster.with_name(f"scene-{i}.tif"))
     total *= args.copies
-    variants = [dict(warp_on=w, ramp=r, hash=h, fixed=f, graphs=g, depth=d)
+    variants = [dict(warp_on=w, ramp=r, hash=h, fixed=f, thumbs=t, graphs=g, depth=d)
                 for w in args.warp_on for r in args.ramp_rounds
                 for h in args.hash_while_reading for f in args.fixed_batches
+                for t in args.device_thumbnails
                 for g in args.cuda_graphs for d in args.writer_depth]
     rows = []
     for round_ in range(args.rounds):
@@ -301,7 +307,8 @@ def main() -> int:
         print("\nthe jobs side by side (full / encoder: against the encoder alone with the "
               "same cuda graphs choice: " + ", ".join(f"{g} {r:,.0f}" for g, r in graphs.items())
               + " tiles/s):")
-        keys = ["tiles/s", "full / encoder", "wall s", "plan", "start readers", "first tiles",
+        keys = ["tiles/s", "full / encoder", "wall s", "readers CPU ms", "job process CPU ms",
+                "plan", "start readers", "first tiles",
                 "wait tiles", "warp", "encode", "last commit", "idle", "before", "after"]
         print("| round | job | " + " | ".join(keys) + " |")
         print("|---" * (len(keys) + 2) + "|")
@@ -350,10 +357,10 @@ def encoder_rate(enc, pixels: torch.Tensor, bs: int, tiles: int) -> float:
 def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total: int,
             enc_rate: float, bs: int) -> dict:
     """One run of the job over `archive` into a new index `idx` with the variant's
-    job.warp_on, job.hash_while_reading, read.RAMP_ROUNDS, runner.FIXED_BATCHES and
-    pipeline.WRITER_DEPTH (the module constants put back after it; an older checkout
-    without one runs as it is); prints what it measured and returns the numbers for the
-    side-by-side table."""
+    job.warp_on, job.hash_while_reading, read.RAMP_ROUNDS, runner.FIXED_BATCHES,
+    runner.DEVICE_THUMBNAILS and pipeline.WRITER_DEPTH (the module constants put back after
+    it; an older checkout without one runs as it is); prints what it measured and returns
+    the numbers for the side-by-side table."""
     from bench.timeline import _replace
 
     job = settings.job
@@ -368,6 +375,8 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
 
     constants = [(read_module, "RAMP_ROUNDS", variant["ramp"], variant["ramp"] >= 0),
                  (runner_module, "FIXED_BATCHES", variant["fixed"] == "yes", True),
+                 (runner_module, "DEVICE_THUMBNAILS",
+                  ("cuda", "cpu") if variant["thumbs"] == "yes" else (), True),
                  (pipeline_module, "WRITER_DEPTH", variant["depth"], variant["depth"] > 0)]
     undo = [_replace(module, name, value) for module, name, value, given in constants
             if given and hasattr(module, name)]
@@ -383,6 +392,7 @@ def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate
     busy = gpu_sampler(enc.device)
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job's reader processes
+    s0 = resource.getrusage(resource.RUSAGE_SELF)  # this one: the job's own threads
     index_job = IndexJob(idx, settings, enc, progress=False)
     where = getattr(index_job.runner, "warp_device", None)
     print(f"the fast warp's plain tiles resampled on: {where or 'the readers'}")
@@ -399,6 +409,7 @@ def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate
     report = index_job.run([str(archive)])
     job_s = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s1 = resource.getrusage(resource.RUSAGE_SELF)
     gpu_busy = busy()
     job_rate = report.tiles_written / job_s
     assert report.tiles_written + report.tiles_nodata == total, (report, total)
@@ -408,6 +419,10 @@ def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate
     print(f"full job / encoder only = {job_rate / enc_rate:.2f} "
           f"(workers={args.workers}, batch={bs}, {os.cpu_count()} CPUs)")
     done = report.tiles_written + report.tiles_nodata
+    own = (s1.ru_utime + s1.ru_stime - s0.ru_utime - s0.ru_stime) / done * 1e3
+    readers = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / done * 1e3
+    print(f"the job's process (main, writer, pin, JPEG, training, hashing threads): {own:.2f} "
+          "ms of CPU per tile")
     if args.runner == "local" and args.workers:
         print(f"reader processes, all together: user {r1.ru_utime - r0.ru_utime:.2f} s, "
               f"system {r1.ru_stime - r0.ru_stime:.2f} s "
@@ -416,7 +431,9 @@ def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate
     st = dict(getattr(report, "stages", {}))
     if args.runner == "ray":
         ray_vs_local(args, settings, enc, archive, idx.parent, total, job_rate)
-    row = {"tiles/s": job_rate, "full / encoder": job_rate / enc_rate, "wall s": job_s}
+    row = {"tiles/s": job_rate, "full / encoder": job_rate / enc_rate, "wall s": job_s,
+           "readers CPU ms": readers if args.runner == "local" else None,
+           "job process CPU ms": own}
     if not st:  # the code before per-stage times (--baseline runs)
         return row
     print("\nwhere the time went (s): " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()))

@@ -16,6 +16,7 @@ from indexer.job.device_warp import resample_deferred, warp_tiles
 from indexer.job.pipeline import IndexJob, warp_device
 from indexer.job.read import RasterPlan, TileDataset, collate
 from indexer.job.runner import LocalRunner
+from indexer.job.thumbnails import crop_thumbnail_bands, device_thumbnails, thumbnail_maps
 from indexer.rasters.grid import choose_zoom, raster_blocks
 from indexer.rasters.inspect import inspect_raster
 from indexer.rasters.sources import RasterSource
@@ -44,15 +45,20 @@ def _plans(path, tiling, px):
     return [RasterPlan(info, b, 0) for b in raster_blocks(info, zoom)]
 
 
-def _both(plans, px, tiling, job, device=CPU):
+def _both(plans, px, tiling, job, device=CPU, device_thumbs=True):
     """The batch of every strip read by the readers' warp, and with plain tiles deferred
-    (before and after resampling them on `device`)."""
+    (before and after resampling them on `device`), their thumbnails made there too where
+    the runner would (`device_thumbs`) or by the readers."""
     ref = TileDataset(plans, px, tiling, job)
-    dev = TileDataset(plans, px, tiling, job, defer=True)
+    thumbs = (job.thumbnail_size, job.thumbnail_quality)
+    on_device = device_thumbs and device_thumbnails(px, thumbs[0])
+    dev = TileDataset(plans, px, tiling, job, defer=True, device_thumbs=on_device)
     a = collate([ref[i] for i in range(len(ref))])
     b = collate([dev[i] for i in range(len(dev))])
     deferred = 0 if b.deferred is None else int(b.deferred.sum())
-    return a, resample_deferred(b, device), deferred
+    left = [i for i, t in enumerate(b.thumbs) if t is None]
+    assert left == (np.flatnonzero(b.deferred).tolist() if on_device and deferred else [])
+    return a, resample_deferred(b, device, thumbs if on_device else None), deferred
 
 
 def _same_batch(a, b, mean_thumb=4.0):
@@ -63,23 +69,24 @@ def _same_batch(a, b, mean_thumb=4.0):
     diff = np.abs(a.rgb.numpy().astype(np.int16) - b.rgb.cpu().numpy().astype(np.int16))
     assert diff.size == 0 or (diff.max() <= 1 and diff.mean() < 0.01), (diff.max(), diff.mean())
     assert len(a.thumbs) == len(b.thumbs) == len(a.rgb)
-    for ta, tb in zip(a.thumbs, b.thumbs, strict=True):
+    for ta, tb in zip(a.thumbs, b.thumbnails(), strict=True):
         ia = cv2.imdecode(np.frombuffer(ta, np.uint8), cv2.IMREAD_COLOR).astype(np.int16)
         ib = cv2.imdecode(np.frombuffer(tb, np.uint8), cv2.IMREAD_COLOR).astype(np.int16)
         assert ia.shape == ib.shape
         assert np.abs(ia - ib).mean() < mean_thumb
 
 
+@pytest.mark.parametrize("thumbs", ["device", "readers"])
 @pytest.mark.parametrize("device", DEVICES, ids=str)
-def test_deferred_tiles_are_the_readers_tiles(tmp_path, settings, device):
+def test_deferred_tiles_are_the_readers_tiles(tmp_path, settings, device, thumbs):
     """A UTM raster with a nodata corner at 224 px: the tiles inside are resampled on the
     device, those at the edges and the nodata corner in the readers; together the batch is
-    the readers' batch."""
+    the readers' batch, thumbnails too (made on the device or by the readers)."""
     s = _fast(settings, target_gsd_m=4.0)
     path = patterned_raster(tmp_path / "r.tif", 1536, nodata=0)
     plans = _plans(path, s.tiling, 224)
     job = dataclasses.replace(s.job, batch_size=64)
-    a, b, deferred = _both(plans, 224, s.tiling, job, device)
+    a, b, deferred = _both(plans, 224, s.tiling, job, device, thumbs == "device")
     assert 0 < deferred < len(a.rgb)  # both kinds in one batch
     assert b.rgb.device.type == device.type and b.deferred is None and b.crops is None
     _same_batch(a, b)
@@ -230,30 +237,42 @@ def test_warp_tiles_samples_where_the_maps_say():
     assert np.abs(got[0, 0].numpy() - ref).max() <= 1
 
 
-def test_the_job_gives_the_same_index_either_way(tmp_path, settings, encoder):
+def test_the_job_gives_the_same_index_either_way(tmp_path, settings, encoder, monkeypatch):
     """Two reader processes, the test model: the index with plain tiles resampled on the
-    device (here the CPU) holds the same tiles, nodata counts and, within float tolerance,
-    the same vectors as the index of the readers' warp."""
+    device (here the CPU), their thumbnails made by the readers or (as on a GPU) on the
+    device too, holds the same tiles, nodata counts, within float tolerance the same
+    vectors, and alike thumbnails, as the index of the readers' warp."""
+    import indexer.job.runner as runner
+
     path = patterned_raster(tmp_path / "archive" / "r.tif", 1024, nodata=0)
     reports, snaps = [], []
-    for where in ("readers", "device"):
+    for where, thumbs in (("readers", ()), ("device", ()), ("device", ("cpu",))):
+        monkeypatch.setattr(runner, "DEVICE_THUMBNAILS", thumbs)
         s = _fast(settings, target_gsd_m=4.0)  # 5 m pixels, upsampled: no blur
         s = dataclasses.replace(s, job=dataclasses.replace(s.job, workers=2, warp_on=where,
                                                            batch_size=32, read_batch=64))
-        job = IndexJob(tmp_path / where, s, encoder, progress=False)
+        out = tmp_path / f"{where}-{len(thumbs)}"
+        job = IndexJob(out, s, encoder, progress=False)
         assert (job.runner.warp_device is None) == (where == "readers")
         reports.append(job.run([str(path.parent)]))
-        snaps.append(IndexSnapshot.open(tmp_path / where))
-    a, b = reports
-    assert "warp on the device" not in a.stages and b.stages["warp on the device"] > 0
-    assert a.tiles_written == b.tiles_written > 0 and a.tiles_nodata == b.tiles_nodata
-    ta, tb = (s.tiles(["id", "z", "x", "y"]).to_pandas().sort_values(["x", "y"]) for s in snaps)
-    np.testing.assert_array_equal(ta[["z", "x", "y"]].to_numpy(), tb[["z", "x", "y"]].to_numpy())
-    va = snaps[0].get_vectors(ta["id"].to_numpy())
-    vb = snaps[1].get_vectors(tb["id"].to_numpy())
-    assert (va * vb).sum(axis=1).min() > 0.999
-    thumbs = snaps[1].thumbnails(tb["id"].to_numpy()[:5])
-    assert len(thumbs) == 5 and all(t[:2] == b"\xff\xd8" for t in thumbs.values())
+        snaps.append(IndexSnapshot.open(out))
+    a = reports[0]
+    assert "warp on the device" not in a.stages
+    tiles = [s.tiles(["id", "z", "x", "y"]).to_pandas().sort_values(["x", "y"]) for s in snaps]
+    for b, snap, tb in zip(reports[1:], snaps[1:], tiles[1:], strict=True):
+        assert b.stages["warp on the device"] > 0
+        assert a.tiles_written == b.tiles_written > 0 and a.tiles_nodata == b.tiles_nodata
+        np.testing.assert_array_equal(tiles[0][["z", "x", "y"]].to_numpy(),
+                                      tb[["z", "x", "y"]].to_numpy())
+        va = snaps[0].get_vectors(tiles[0]["id"].to_numpy())
+        assert (va * snap.get_vectors(tb["id"].to_numpy())).sum(axis=1).min() > 0.999
+        ref = snaps[0].thumbnails(tiles[0]["id"].to_numpy())
+        got = snap.thumbnails(tb["id"].to_numpy())
+        assert len(got) == len(ref) == len(tb)
+        for i, j in zip(tiles[0]["id"].tolist(), tb["id"].tolist(), strict=True):
+            ia = cv2.imdecode(np.frombuffer(ref[i], np.uint8), cv2.IMREAD_COLOR)
+            ib = cv2.imdecode(np.frombuffer(got[j], np.uint8), cv2.IMREAD_COLOR)
+            assert np.abs(ia.astype(np.int16) - ib).mean() < 4
 
 
 def test_where_the_warp_runs_is_a_setting(tmp_path, settings):
@@ -290,3 +309,66 @@ def test_a_batch_with_deferred_tiles_is_not_split_before_they_are_resampled(tmp_
     with pytest.raises(ValueError, match="resample the deferred tiles first"):
         batch.split(4)
     assert len(resample_deferred(batch, CPU).split(4)) > 1
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_thumbnails_made_on_the_device_are_the_readers(tmp_path, settings, device, dtype):
+    """The thumbnail pixels the device resamples from a deferred tile's crop are within 1
+    grey level of the readers' (crop_thumbnail_bands, scaled alike), before JPEG."""
+    s = _fast(settings, target_gsd_m=4.0)
+    data = _smooth(900) if dtype == "uint8" else _smooth(900).astype(np.uint16) * 150 + 400
+    path = make_raster(tmp_path / "r.tif", size=900, dtype=dtype, data=data)
+    plans = _plans(path, s.tiling, 224)
+    ds = TileDataset(plans, 224, s.tiling, s.job, defer=True)
+    strips = [ds[i] for i in range(len(ds))]
+    tiles = [(d, st["scale"]) for st in strips for d in st["deferred"].values()]
+    assert len(tiles) >= 4
+    scale = None if dtype == "uint8" else tiles[0][1]
+    want = np.stack([np.stack(crop_thumbnail_bands(d.crop, d.matrix, 224, 128, scale))
+                     for d, _ in tiles]).astype(np.int16)
+    batch = collate(strips)
+    maps = thumbnail_maps(batch.maps, 224, 128)
+    from indexer.job.device_warp import _factors
+    factors = _factors(batch.scales)
+    got = warp_tiles(batch.crops.to(device), torch.from_numpy(maps).to(device), 128,
+                     None if factors is None else torch.from_numpy(factors).to(device))
+    diff = np.abs(got.cpu().numpy().astype(np.int16) - want)
+    assert diff.max() <= 1 and diff.mean() < 0.05, (diff.max(), diff.mean())
+
+
+def test_a_batch_split_keeps_each_tiles_thumbnail(tmp_path, settings):
+    """Thumbnails still being made when the batch is split reach the right parts."""
+    s = _fast(settings, target_gsd_m=4.0)
+    path = patterned_raster(tmp_path / "r.tif", 1024, nodata=0)
+    job = dataclasses.replace(s.job, batch_size=4096)
+    a, b, deferred = _both(_plans(path, s.tiling, 224), 224, s.tiling, job)
+    assert 0 < deferred < len(a.rgb) and b.later_thumbs is not None
+    parts = b.split(5)
+    assert len(parts) > 2
+    assert sum(len(p.later_thumbs.rows) for p in parts) == len(b.later_thumbs.rows)
+    got = [t for p in parts for t in p.thumbnails()]
+    assert got == b.thumbnails() and all(t[:2] == b"\xff\xd8" for t in got)
+
+
+def test_which_thumbnails_the_device_can_make():
+    """Under 2x from the source (no blur): 224 -> 128 px yes; 224 -> 64 and 336 -> 128 no
+    (the readers blur those first)."""
+    assert device_thumbnails(224, 128) and device_thumbnails(64, 128)
+    assert not device_thumbnails(224, 64) and not device_thumbnails(336, 128)
+
+
+def test_a_thumbnail_that_fails_to_encode_fails_the_batch(tmp_path, settings):
+    """An error on a JPEG thread is raised where the thumbnails are taken (the writer)."""
+    from concurrent.futures import Future
+
+    from indexer.job.read import LaterThumbs
+
+    s = _fast(settings, target_gsd_m=4.0)
+    path = patterned_raster(tmp_path / "r.tif", 1024)
+    _, b, _ = _both(_plans(path, s.tiling, 224), 224, s.tiling, s.job)
+    failed = Future()
+    failed.set_exception(ValueError("cannot JPEG-encode a 128 px thumbnail"))
+    b.later_thumbs = LaterThumbs(failed, b.later_thumbs.pick, b.later_thumbs.rows)
+    with pytest.raises(ValueError, match="cannot JPEG-encode"):
+        b.thumbnails()

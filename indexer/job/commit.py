@@ -126,8 +126,9 @@ class Committer:
             if p.key not in self.writer.sources:  # first tile: the source becomes "partial"
                 self.writer.begin(p.key, p.entry)
             p.written += n
+        thumbs = batch.thumbnails()
         self.writer.add(_rows(self.pendings, present, batch, keep), vectors,
-                        [batch.thumbs[j] for j in batch.pixel_row[keep].tolist()])
+                        [thumbs[j] for j in batch.pixel_row[keep].tolist()])
         self.report.tiles_written += len(keep)
 
     def _account(self, batch: TileBatch) -> None:

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from indexer.job.read import TileBatch
+from indexer.job.read import LaterThumbs, TileBatch
+from indexer.job.thumbnails import jpegs_later, thumbnail_maps
 
-_streams: dict[torch.device, torch.cuda.Stream] = {}
+_streams: dict[tuple[torch.device, bool], torch.cuda.Stream] = {}
 
 
 def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int,
@@ -42,11 +43,15 @@ def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int,
     return out.clamp_(0, 255).to(torch.uint8)
 
 
-def resample_deferred(batch: TileBatch, device: torch.device) -> TileBatch:
+def resample_deferred(batch: TileBatch, device: torch.device,
+                      thumbs: tuple[int, int] | None = None) -> TileBatch:
     """The batch with every kept tile in `rgb`, on `device`: the readers' tiles copied there,
     the deferred ones resampled there, in the batch's order. On CUDA the copies run on a
     stream of their own (the encoding of the batch before goes on meanwhile); the returned
-    pixels are not views of the batch's host buffers, which are free to reuse on return."""
+    pixels are not views of the batch's host buffers, which are free to reuse on return.
+    `thumbs` (size, JPEG quality): the thumbnails the readers left (None in `thumbs`, all
+    of deferred tiles) resampled here too, from the same crops, then copied back and
+    JPEG-encoded on threads of this process (batch.later_thumbs, thumbnails.jpegs_later)."""
     if batch.deferred is None:
         return batch
     px = batch.rgb.shape[-1]  # [K - D, 3, px, px], K - D >= 0
@@ -54,16 +59,32 @@ def resample_deferred(batch: TileBatch, device: torch.device) -> TileBatch:
     # from pageable memory on the encoder's stream would wait for the batch it encodes),
     # and rows are placed by index (a boolean mask would wait for the GPU to count it).
     rows, later = np.flatnonzero(~batch.deferred), np.flatnonzero(batch.deferred)
+    # The thumbnails to make here: the deferred tiles' the readers did not make.
+    todo = np.array([batch.thumbs[r] is None for r in later.tolist()], dtype=bool)
+    if todo.any() and thumbs is None:
+        raise ValueError("resample_deferred: the readers left thumbnails (device_thumbs): "
+                         "say their size and quality")
     scales = _factors(batch.scales)
     host = [torch.from_numpy(np.ascontiguousarray(batch.maps)), torch.from_numpy(rows),
             torch.from_numpy(later), batch.crops, batch.rgb]
+    if todo.any():
+        host.append(torch.from_numpy(thumbnail_maps(batch.maps[todo], px, thumbs[0])))
+        host.append(torch.from_numpy(np.flatnonzero(todo)))
     if scales is not None:
         host.append(torch.from_numpy(scales))
-    maps, rows_d, later_d, crops, rgb, *scale = _to(device, *host)
+    maps, rows_d, later_d, crops, rgb, *more = _to(device, *host)
+    thumb_maps, todo_d = more[:2] if todo.any() else (None, None)
+    scale = more[-1] if scales is not None else None
     out = torch.empty((len(batch.deferred), 3, px, px), dtype=torch.uint8, device=device)
     if len(rows):
         out.index_copy_(0, rows_d, rgb)
-    out.index_copy_(0, later_d, warp_tiles(crops, maps, px, scale[0] if scale else None))
+    out.index_copy_(0, later_d, warp_tiles(crops, maps, px, scale))
+    if todo.any():
+        some = todo_d if not todo.all() else slice(None)
+        pixels = warp_tiles(crops[some], thumb_maps, thumbs[0],
+                            None if scale is None else scale[some])
+        batch.later_thumbs = LaterThumbs(jpegs_later(*_to_host(pixels), thumbs[1]),
+                                         np.arange(int(todo.sum())), later[todo])
     batch.rgb, batch.crops, batch.maps, batch.scales, batch.deferred = out, None, None, None, None
     return batch
 
@@ -80,14 +101,38 @@ def _factors(scales: np.ndarray | None) -> np.ndarray | None:
     return np.ascontiguousarray(np.stack([lo, 255.0 / (hi - lo)], axis=1), dtype=np.float32)
 
 
+def _to_host(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """(t on the CPU, the event after which it is there: None if it is already). On CUDA
+    copied into page-locked memory on the copy stream, once the current stream has made
+    it: the current stream goes on with the next encoding meanwhile."""
+    if t.device.type != "cuda":
+        return t, None
+    stream = _copy_stream(t.device, back=True)
+    stream.wait_stream(torch.cuda.current_stream(t.device))
+    with torch.cuda.stream(stream):
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        ready = torch.cuda.Event(blocking=True)  # a thread waiting on it sleeps, not spins
+        ready.record(stream)
+    t.record_stream(stream)  # its memory is not reused before the copy has read it
+    return host, ready
+
+
+def _copy_stream(device: torch.device, back: bool = False) -> torch.cuda.Stream:
+    """The stream of the copies to `device` (or, `back`, from it: a copy back waits for the
+    work that makes its tensor, which the next batch's copies there should not)."""
+    stream = _streams.get((device, back))
+    if stream is None:
+        stream = _streams[(device, back)] = torch.cuda.Stream(device)
+    return stream
+
+
 def _to(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
     """Host tensors onto `device`; on CUDA through a copy stream of their own (the current
     stream waits for it, and their memory is not reused while it reads them)."""
     if device.type != "cuda":
         return [t.to(device) for t in tensors]
-    stream = _streams.get(device)
-    if stream is None:
-        stream = _streams[device] = torch.cuda.Stream(device)
+    stream = _copy_stream(device)
     current = torch.cuda.current_stream(device)
     with torch.cuda.stream(stream):
         # From pageable memory a copy waits for the stream's copies before it: page-locked.

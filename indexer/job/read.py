@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,16 @@ STRIP_TILES = 16  # tiles of one row read as one window and cut in numpy
 
 
 @dataclass
+class LaterThumbs:
+    """JPEG thumbnails still being made (device_warp.resample_deferred): item pick[i] of
+    the list `future` gives is the thumbnail of the batch's pixel row rows[i]."""
+
+    future: Future
+    pick: np.ndarray  # int64 [L]
+    rows: np.ndarray  # int64 [L]
+
+
+@dataclass
 class TileBatch:
     """Tiles read by a worker process, as arrays. The pixels are one uint8 tensor (rows =
     tiles with pixels), which reaches the main process through shared memory, not pickled;
@@ -61,7 +72,9 @@ class TileBatch:
     done: np.ndarray  # bool [T]: committed by an earlier run, not read again
     pixel_row: np.ndarray  # int64 [T]: the tile's row in `rgb` and `thumbs`, -1 for none
     rgb: torch.Tensor  # uint8 [K, 3, px, px]
-    thumbs: list[bytes]  # [K] JPEG thumbnails
+    # [K] JPEG thumbnails; None where the encoder's device makes it (TileDataset(
+    # device_thumbs=True)), until `thumbnails()` gets it from `later_thumbs`.
+    thumbs: list[bytes | None]
     errors: dict[int, str] = field(default_factory=dict)  # raster -> why it cannot be read
     warnings: list[str] = field(default_factory=list)
     read_s: float = 0.0  # worker seconds spent on this batch
@@ -78,9 +91,19 @@ class TileBatch:
     # type has few operations, on CUDA fewer): device_warp reads them back
     maps: np.ndarray | None = None
     scales: np.ndarray | None = None  # [D, 2, 3]: values mapped to 0 and to 255, per band
+    later_thumbs: LaterThumbs | None = None
 
     def __len__(self) -> int:
         return len(self.raster)
+
+    def thumbnails(self) -> list[bytes]:
+        """`thumbs`, those still being made waited for (and raised from, if that failed)."""
+        if self.later_thumbs is not None:
+            later, self.later_thumbs = self.later_thumbs, None
+            jpegs = later.future.result()
+            for p, r in zip(later.pick.tolist(), later.rows.tolist(), strict=True):
+                self.thumbs[r] = jpegs[p]
+        return self.thumbs
 
     def split(self, n: int) -> list[TileBatch]:
         """Consecutive batches of at most n tiles (their pixels are views of this batch's);
@@ -99,13 +122,17 @@ class TileBatch:
             here = set(self.raster[a:b].tolist())
             errors = {r: e for r, e in self.errors.items() if r in here and r not in told}
             told |= errors.keys()
+            later = self.later_thumbs
+            if later is not None:
+                mine = (later.rows >= p0) & (later.rows < p1)
+                later = LaterThumbs(later.future, later.pick[mine], later.rows[mine] - p0)
             out.append(TileBatch(
                 raster=self.raster[a:b], z=self.z[a:b], x=self.x[a:b], y=self.y[a:b],
                 nodata=self.nodata[a:b], done=self.done[a:b],
                 pixel_row=np.where(rows >= 0, rows - p0, -1), rgb=self.rgb[p0:p1],
                 thumbs=self.thumbs[p0:p1], errors=errors,
                 warnings=self.warnings if a == 0 else [],
-                read_s=self.read_s if a == 0 else 0.0))
+                read_s=self.read_s if a == 0 else 0.0, later_thumbs=later))
         return out
 
     def pin_memory(self) -> TileBatch:
@@ -123,11 +150,15 @@ class TileDataset(Dataset):
     A strip is read as one window; `collate` makes a TileBatch of several."""
 
     def __init__(self, plans: list[RasterPlan], tile_px: int, tiling: TilingSettings,
-                 job: JobSettings, remote: RemoteSettings | None = None, defer: bool = False):
+                 job: JobSettings, remote: RemoteSettings | None = None, defer: bool = False,
+                 device_thumbs: bool = False):
         """`defer`: tiles that are one plain piece of the fast warp are not resampled here:
-        their source pixels travel instead (TileBatch.crops), for the encoder's device."""
+        their source pixels travel instead (TileBatch.crops), for the encoder's device;
+        `device_thumbs`: nor are their thumbnails made here (their `thumbs` are None:
+        resample_deferred makes them, thumbnails.device_thumbnails says where it can)."""
         self.plans, self.px = plans, tile_px
         self.tiling, self.job, self.remote, self.defer = tiling, job, remote, defer
+        self.device_thumbs = defer and device_thumbs
         self.strip = max(1, min(STRIP_TILES, job.batch_size or STRIP_TILES))
         self._per_row = [-(-p.block.width // self.strip) for p in plans]
         counts = [n * (p.block.y1 - p.block.y0 + 1) for n, p in zip(self._per_row, plans,
@@ -194,8 +225,9 @@ class TileDataset(Dataset):
         # the batch's tensor; the thumbnails read them where they are.
         out["rgb"] = rgb.reshape(3, px, n, px).transpose(2, 0, 1, 3)  # [n, 3, px, px]
         size, quality, later = self.job.thumbnail_size, self.job.thumbnail_quality, out["deferred"]
-        out["thumbs"] = [jpeg_crop_thumbnail(later[i].crop, later[i].matrix, px, size, quality,
-                                             out["scale"])
+        out["thumbs"] = [(None if self.device_thumbs else
+                          jpeg_crop_thumbnail(later[i].crop, later[i].matrix, px, size, quality,
+                                              out["scale"]))
                          if i in later else jpeg_thumbnail(out["rgb"][i], size, quality)
                          for i in np.flatnonzero(out["has"]).tolist()]
         out["read_s"] = time.perf_counter() - t0

@@ -18,11 +18,17 @@ from indexer.job.device_warp import resample_deferred
 from indexer.job.fixed_batches import FixedBatches
 from indexer.job.read import NO_PIXELS, RasterPlan, TileBatch, TileDataset, read_tiles, tile_loader
 from indexer.job.slots import SLOTS, SharedSlots
+from indexer.job.thumbnails import device_thumbnails
 
 # Chunks queued on the GPU while the oldest one's vectors are waited for (FixedBatches).
 AHEAD = 1
 # False: each batch goes to the GPU as the readers made it (the code before; benchmarks).
 FIXED_BATCHES = True
+# On these kinds of device the thumbnails of the tiles left to the encoder's device are
+# resampled there too, and JPEG-encoded on threads of this process, not in the readers
+# (where thumbnails.device_thumbnails allows). Not on a CPU: grid_sample there costs more
+# than the readers' OpenCV. (): the readers make them all (the code before; benchmarks).
+DEVICE_THUMBNAILS: tuple[str, ...] = ("cuda",)
 
 
 class LocalRunner:
@@ -44,8 +50,13 @@ class LocalRunner:
         """Every tile of the plans, in plan order, in batches of at most job.batch_size
         tiles (each reader call reads job.read_batch of them, split here). A reader process
         that dies surfaces as torch's RuntimeError: see `worker_death`."""
+        thumbs = None
+        if (self.warp_device is not None and self.warp_device.type in DEVICE_THUMBNAILS
+                and device_thumbnails(self.tile_px, self.job.thumbnail_size)):
+            thumbs = (self.job.thumbnail_size, self.job.thumbnail_quality)
         dataset = TileDataset(plans, self.tile_px, self.tiling, self.job, self.remote,
-                              defer=self.warp_device is not None)
+                              defer=self.warp_device is not None,
+                              device_thumbs=thumbs is not None)
         if len(dataset) == 0:
             return
         # Each reader's pixels travel in a few buffers of its own, reused (slots.py).
@@ -66,7 +77,7 @@ class LocalRunner:
                 reused = False  # memory (CUDA): the buffer is free already
             if read.deferred is not None:
                 t = time.perf_counter()
-                read = resample_deferred(read, self.warp_device)
+                read = resample_deferred(read, self.warp_device, thumbs)
                 if stages is not None:  # on CUDA: queueing it (the GPU's time is the encoder's)
                     stages["warp on the device"] += time.perf_counter() - t
                 if reused:  # its pixels are on the device now, or copied there

@@ -1,15 +1,28 @@
 """Tile thumbnails: the small JPEG the store keeps per tile for maps and result lists, made
-by the reader processes (a share of their time per tile, so made cheaply)."""
+by the reader processes (a share of their time per tile, so made cheaply), or, for the tiles
+the readers leave to the encoder's GPU, resampled there and JPEG-encoded on a few threads of
+the job's process (device_warp.resample_deferred, `jpegs_later`)."""
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import cv2
 import numpy as np
+import torch
 
 from indexer.rasters.scaling import to_uint8
-from indexer.rasters.warp import blur_sigma
+from indexer.rasters.warp import DOWNSAMPLE_FROM, blur_sigma
+
+# Threads JPEG-encoding the thumbnails the encoder's device resampled: ~0.05-0.1 ms a 128 px
+# thumbnail (OpenCV lets go of the GIL while it encodes), so 10,000 tiles/s keep about one
+# core busy; more threads take the batches in parallel.
+JPEG_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 def thumbnail_bands(rgb: np.ndarray, size: int) -> list[np.ndarray]:
@@ -35,6 +48,42 @@ def jpeg_thumbnail(rgb: np.ndarray, size: int, quality: int) -> bytes:
     OpenCV's encoder (libjpeg-turbo, 4:2:0 chroma, as PIL's): 0.11 ms per 224 px tile in all,
     against 0.36 for PIL's resize and encoder (bench/thumbs.py)."""
     return _jpeg(thumbnail_bands(rgb, size), quality)
+
+
+def device_thumbnails(px: int, size: int) -> bool:
+    """Whether the encoder's device can make the thumbnails of the tiles the readers defer
+    (`thumbnail_maps`): a deferred tile is at most DOWNSAMPLE_FROM source pixels a pixel, so
+    its `size` px thumbnail is under 2x the source (no blur, as crop_thumbnail_bands would
+    apply from 2x) when px / size is under 2 / DOWNSAMPLE_FROM (224 -> 128 px: 1.75)."""
+    return px / size * DOWNSAMPLE_FROM < 2
+
+
+def thumbnail_maps(maps: np.ndarray, px: int, size: int) -> np.ndarray:
+    """Maps [D, 2, 3] from tile pixel to crop pixel -> from `size` px thumbnail pixel to crop
+    pixel, as crop_thumbnail_bands samples: thumbnail pixel (u, v) is tile pixel
+    ((u + 0.5) k - 0.5, (v + 0.5) k - 0.5), k = px / size (float32)."""
+    k = px / size
+    scale = np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2], [0.0, 0.0, 1.0]])
+    return (maps.astype(np.float64) @ scale).astype(np.float32)
+
+
+def jpegs_later(pixels: torch.Tensor, ready: torch.cuda.Event | None, quality: int
+                ) -> Future:
+    """The future list of JPEG bytes of thumbnails `pixels` (uint8 [T, 3, size, size] on the
+    CPU: page-locked and still being copied from a GPU until `ready` has happened), made on
+    one of JPEG_THREADS threads of this process."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=JPEG_THREADS,
+                                       thread_name_prefix="satfind-jpeg")
+
+    def encode() -> list[bytes]:
+        if ready is not None:
+            ready.synchronize()  # (lets go of the GIL while it waits)
+        return [_jpeg(list(t), quality) for t in pixels.numpy()]
+
+    return _pool.submit(encode)
 
 
 def crop_thumbnail_bands(crop: np.ndarray, matrix: np.ndarray, px: int, size: int,
