@@ -340,6 +340,34 @@ def test_a_killed_reader_process_is_one_line(tmp_path, capfd, monkeypatch):
     assert len(ids) == len(set(ids)) == snap.ntotal  # opens, no duplicates
 
 
+def test_a_reader_dying_mid_hand_over_is_its_death(monkeypatch):
+    """A reader killed while handing a batch over surfaces as the data queue's EOFError (or
+    a ConnectionError) before torch's SIGCHLD handler says which reader died: the job asks
+    torch's check (waiting a bounded time), and reports the death, not the EOFError; with
+    no reader dead, the error is left as it is."""
+    import time
+
+    import torch
+
+    from indexer.job import runner
+
+    def dead():
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+
+    monkeypatch.setattr(torch._C, "_error_if_any_worker_fails", dead)
+    for e in (EOFError(), ConnectionResetError(104, "reset"),
+              RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")):
+        got = runner.reader_death(e)
+        assert got is not None and "worker process died (DataLoader worker (pid 4242) is " \
+            "killed by signal: Killed" in str(got)
+    monkeypatch.setattr(torch._C, "_error_if_any_worker_fails", lambda: None)
+    monkeypatch.setattr(runner, "DEATH_WAIT_S", 0.2)
+    t = time.monotonic()
+    assert runner.reader_death(EOFError()) is None and time.monotonic() - t < 1.0
+    assert runner.reader_death(ValueError("no")) is None
+    assert runner.reader_death(RuntimeError("something else")) is None
+
+
 # --- 10: every numeric key has a range ------------------------------------------------------
 
 def _settings_classes():

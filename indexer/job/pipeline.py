@@ -24,7 +24,7 @@ from indexer.job.commit import Committer
 from indexer.job.plan import Hasher, Pending, known_hashes, plan_line, plan_sources
 from indexer.job.read import RasterPlan, TileBatch
 from indexer.job.report import JobReport
-from indexer.job.runner import LocalRunner, worker_death
+from indexer.job.runner import LocalRunner, reader_death, worker_death
 from indexer.rasters.discovery import discover
 from indexer.rasters.stac_api import StacSearch
 from indexer.store.writer import IndexWriter, recorded_recipe, warm_up
@@ -98,6 +98,17 @@ class IndexJob:
     def run(self, archives: list[str], search: StacSearch | None = None) -> JobReport:
         """Index the ARCHIVE arguments (paths, URLs, STAC files) and the items of a STAC API
         `search`."""
+        try:
+            return self._run(archives, search)
+        except RuntimeError as e:
+            # torch's SIGCHLD handler reports a dead reader wherever the main thread is: here
+            # when that was after the stream (closing the hasher, the writer).
+            died = worker_death(e)
+            if died is None:
+                raise
+            raise died from None
+
+    def _run(self, archives: list[str], search: StacSearch | None) -> JobReport:
         report = JobReport()
         t0 = time.perf_counter()
         threading.Thread(target=warm_up, name="satfind-warm-up", daemon=True).start()
@@ -137,8 +148,8 @@ class IndexJob:
             try:
                 try:
                     self._stream(writer, plans, pendings, commits, report)
-                except RuntimeError as e:
-                    died = worker_death(e)
+                except (RuntimeError, EOFError, ConnectionError) as e:
+                    died = reader_death(e)
                     if died is None:
                         raise
                     raise died from None

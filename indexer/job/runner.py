@@ -139,6 +139,31 @@ def _without_pixels(done: list[tuple[TileBatch, object]]
         yield batch, vectors
 
 
+# How long a lost hand-over waits for the reader's death to be seen (reader_death).
+DEATH_WAIT_S = 2.0
+
+
+def reader_death(e: BaseException) -> JobError | None:
+    """The JobError for a reader process's death however the main thread heard of it:
+    torch's RuntimeError (`worker_death`), or, when the reader died in the middle of handing
+    a batch over, the data queue's EOFError or ConnectionError; torch's own check of its
+    readers then says whether one died (waiting at most DEATH_WAIT_S for the dead process to
+    be seen, and taking its SIGCHLD handler's report meanwhile). None: not a reader's death."""
+    if isinstance(e, RuntimeError):
+        return worker_death(e)
+    if not isinstance(e, (EOFError, ConnectionError)):
+        return None
+    check = getattr(torch._C, "_error_if_any_worker_fails", None)
+    deadline = time.monotonic() + DEATH_WAIT_S
+    try:
+        while check is not None and time.monotonic() < deadline:
+            check()
+            time.sleep(0.02)
+    except RuntimeError as err:
+        return worker_death(err)
+    return None
+
+
 def worker_death(e: RuntimeError) -> JobError | None:
     """The JobError for torch's report of a dead reader process (killed, out of memory),
     which its SIGCHLD handler raises wherever the main thread happens to be (inside
