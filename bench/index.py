@@ -309,7 +309,8 @@ def main() -> int:
               + " tiles/s):")
         keys = ["tiles/s", "full / encoder", "wall s", "readers CPU ms", "job process CPU ms",
                 "plan", "start readers", "first tiles",
-                "wait tiles", "warp", "encode", "last commit", "idle", "before", "after"]
+                "wait tiles", "warp", "encode", "last commit", "idle", "before", "after",
+                "stream / encoder"]
         print("| round | job | " + " | ".join(keys) + " |")
         print("|---" * (len(keys) + 2) + "|")
         for round_, label, row in rows:
@@ -450,7 +451,14 @@ def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate
         s = summarise(timeline.host, timeline.device_spans(), (t0, t0 + job_s))
         print(format_summary(s, timeline.clock.cuda))
         if s["batches"]:
+            # The tiles over the time from the GPU's first work to its last, against the
+            # encoder alone: the job without its fixed start (plan, readers, first chunk)
+            # and end (last batches written, last commit), which a longer job spreads.
+            stream = report.tiles_written / s["span"] / enc_rate
+            print(f"between its first and last work: {report.tiles_written / s['span']:,.0f} "
+                  f"tiles/s = {stream:.2f} of the encoder alone")
             row.update(idle=s["idle"], before=s["before"], after=s["after"])
+            row["stream / encoder"] = stream
     # What one process of each kind costs per tile, and the ceiling with more cores: W
     # reader processes at the measured per-process rate, one main thread and one writer
     # thread at their measured costs per tile (each a limit of its own).
