@@ -6,7 +6,7 @@ faults), the number that bounds the job where the readers are the limit (BENCHMA
 
     python bench/readers.py --tiles 6000 --workers 2 --rounds 3
     python bench/readers.py --pixels real --defer yes no      # real NAIP pixels, both paths
-    python bench/readers.py --device-thumbs yes no            # deferred tiles' thumbnails
+    python bench/readers.py --device-thumbnails yes no            # deferred tiles' thumbnails
 
 Variants run alternated, round after round, on the same raster, each in fresh reader
 processes. `--pixels noise` (uniform random uint8) is the JPEG thumbnails' worst case;
@@ -136,7 +136,7 @@ def main() -> int:
     p.add_argument("--defer", choices=("yes", "no"), nargs="+", default=["yes"],
                    help="yes: the plain tiles left to the encoder's device (job.warp_on = "
                    "device, as on a GPU); no: resampled in the readers")
-    p.add_argument("--device-thumbs", choices=("yes", "no"), nargs="+", default=["no"],
+    p.add_argument("--device-thumbnails", choices=("yes", "no"), nargs="+", default=["yes"],
                    help="with --defer yes: the deferred tiles' thumbnails left to the "
                    "encoder's device (yes: as on a GPU; their JPEG is then the job "
                    "process's, timed apart below) or made by the readers (no)")
@@ -161,11 +161,11 @@ def main() -> int:
           f"tiles at zoom {zoom} ({time.perf_counter() - t:.1f} s to make); {args.workers} "
           f"readers, {args.read_batch} tiles a call")
 
-    if "yes" in args.device_thumbs:
+    if "yes" in args.device_thumbnails:
         print(jpeg_cost(plans, settings))
     rows = []
     for rnd in range(1, args.rounds + 1):
-        for defer, thumbs in itertools.product(args.defer, args.device_thumbs):
+        for defer, thumbs in itertools.product(args.defer, args.device_thumbnails):
             if defer == "no" and thumbs == "yes":
                 continue
             got = run_once(plans, settings, defer == "yes", thumbs == "yes")
