@@ -174,10 +174,9 @@ def main() -> int:
                    help="on CUDA: the GPU gets chunks of exactly the batch size (yes, the "
                    "runner's FixedBatches) or each batch as the readers made it (no: before)")
     p.add_argument("--device-thumbnails", choices=("yes", "no"), nargs="+", default=["yes"],
-                   help="with the warp on the device: the deferred tiles' thumbnails "
-                   "resampled there and JPEG-encoded on the job's threads (yes: on any "
-                   "device, the CPU too, where the code does it on CUDA only; "
-                   "runner.DEVICE_THUMBNAILS) or made by the readers (no: before)")
+                   help="job.thumbnails_on with the warp on the device: the deferred tiles' "
+                   "thumbnails resampled there and JPEG-encoded on the job's threads (yes: "
+                   "device) or made by the readers (no: readers)")
     p.add_argument("--cuda-graphs", choices=("config", "yes", "no"), nargs="+",
                    default=["config"], help="encoder.cuda_graphs for the encoder alone and "
                    "the job (config: as the config file says)")
@@ -358,10 +357,10 @@ def encoder_rate(enc, pixels: torch.Tensor, bs: int, tiles: int) -> float:
 def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total: int,
             enc_rate: float, bs: int) -> dict:
     """One run of the job over `archive` into a new index `idx` with the variant's
-    job.warp_on, job.hash_while_reading, read.RAMP_ROUNDS, runner.FIXED_BATCHES,
-    runner.DEVICE_THUMBNAILS and pipeline.WRITER_DEPTH (the module constants put back after
-    it; an older checkout without one runs as it is); prints what it measured and returns
-    the numbers for the side-by-side table."""
+    job.warp_on, job.hash_while_reading, job.thumbnails_on, read.RAMP_ROUNDS,
+    runner.FIXED_BATCHES and pipeline.WRITER_DEPTH (the module constants put back after it;
+    an older checkout without one runs as it is); prints what it measured and returns the
+    numbers for the side-by-side table."""
     from bench.timeline import _replace
 
     job = settings.job
@@ -369,6 +368,9 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
         job = dataclasses.replace(job, warp_on=variant["warp_on"])
     if hasattr(job, "hash_while_reading"):  # older checkouts hash before reading
         job = dataclasses.replace(job, hash_while_reading=variant["hash"])
+    if hasattr(job, "thumbnails_on"):  # older checkouts make every thumbnail in the readers
+        job = dataclasses.replace(job, thumbnails_on="device" if variant["thumbs"] == "yes"
+                                  else "readers")
     settings = dataclasses.replace(settings, job=job)
     import indexer.job.pipeline as pipeline_module
     import indexer.job.read as read_module
@@ -376,8 +378,6 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
 
     constants = [(read_module, "RAMP_ROUNDS", variant["ramp"], variant["ramp"] >= 0),
                  (runner_module, "FIXED_BATCHES", variant["fixed"] == "yes", True),
-                 (runner_module, "DEVICE_THUMBNAILS",
-                  ("cuda", "cpu") if variant["thumbs"] == "yes" else (), True),
                  (pipeline_module, "WRITER_DEPTH", variant["depth"], variant["depth"] > 0)]
     undo = [_replace(module, name, value) for module, name, value, given in constants
             if given and hasattr(module, name)]

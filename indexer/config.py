@@ -153,6 +153,12 @@ class JobSettings:
     # device even on a CPU (slower there: for tests); "readers" = always in the readers.
     # Within 1 grey level of the readers' warp (tests/test_device_warp.py).
     warp_on: str = "auto"
+    # Where the thumbnails of those tiles are made when the warp is on the device: "device"
+    # = resampled there from the same source pixels (within 1 grey level of the readers')
+    # and JPEG-encoded on a few threads of the job's process (the readers' CPU per tile
+    # 0.69 -> 0.40 ms on the 2-core VM, bench/readers.py); "auto" = so where the encoder is
+    # a GPU; "readers" = by the readers (the default until a GPU run has timed it).
+    thumbnails_on: str = "readers"
     # Whether rasters at paths new to the index are hashed (SHA-256 of every byte: the
     # source key) while their tiles are read, not before the first tile: "auto" = where the
     # encoder is a GPU (the readers leave it CPU to spare: job.warp_on), "yes", "no". Their
@@ -325,6 +331,9 @@ def _validate(s: Settings) -> None:
     if s.job.warp_on not in {"auto", "device", "readers"}:
         raise ConfigError(f"{where}: job.warp_on must be auto, device or readers, got "
                           f"{s.job.warp_on!r}")
+    if s.job.thumbnails_on not in {"auto", "device", "readers"}:
+        raise ConfigError(f"{where}: job.thumbnails_on must be auto, device or readers, got "
+                          f"{s.job.thumbnails_on!r}")
     if s.job.runner not in {"local", "ray"}:
         raise ConfigError(f"{where}: job.runner must be local or ray, got {s.job.runner!r}")
     if 0 < s.store.retrain_growth <= 1:

@@ -237,23 +237,23 @@ def test_warp_tiles_samples_where_the_maps_say():
     assert np.abs(got[0, 0].numpy() - ref).max() <= 1
 
 
-def test_the_job_gives_the_same_index_either_way(tmp_path, settings, encoder, monkeypatch):
+def test_the_job_gives_the_same_index_either_way(tmp_path, settings, encoder):
     """Two reader processes, the test model: the index with plain tiles resampled on the
     device (here the CPU), their thumbnails made by the readers or (as on a GPU) on the
     device too, holds the same tiles, nodata counts, within float tolerance the same
     vectors, and alike thumbnails, as the index of the readers' warp."""
-    import indexer.job.runner as runner
-
     path = patterned_raster(tmp_path / "archive" / "r.tif", 1024, nodata=0)
     reports, snaps = [], []
-    for where, thumbs in (("readers", ()), ("device", ()), ("device", ("cpu",))):
-        monkeypatch.setattr(runner, "DEVICE_THUMBNAILS", thumbs)
+    for where, thumbs in (("readers", "auto"), ("device", "auto"), ("device", "device")):
         s = _fast(settings, target_gsd_m=4.0)  # 5 m pixels, upsampled: no blur
-        s = dataclasses.replace(s, job=dataclasses.replace(s.job, workers=2, warp_on=where,
-                                                           batch_size=32, read_batch=64))
-        out = tmp_path / f"{where}-{len(thumbs)}"
+        s = dataclasses.replace(s, job=dataclasses.replace(
+            s.job, workers=2, warp_on=where, thumbnails_on=thumbs, batch_size=32,
+            read_batch=64))
+        out = tmp_path / f"{where}-{thumbs}"
         job = IndexJob(out, s, encoder, progress=False)
         assert (job.runner.warp_device is None) == (where == "readers")
+        # auto: on a GPU only (on the CPU the readers' OpenCV is cheaper than grid_sample)
+        assert job.runner._thumbnails_on_device() == (thumbs == "device")
         reports.append(job.run([str(path.parent)]))
         snaps.append(IndexSnapshot.open(out))
     a = reports[0]
@@ -297,6 +297,25 @@ def test_where_the_warp_runs_is_a_setting(tmp_path, settings):
     bad.write_text('[job]\nwarp_on = "gpu"\n')
     with pytest.raises(ConfigError, match="job.warp_on must be auto, device or readers"):
         load_settings(bad)
+    bad.write_text('[job]\nthumbnails_on = "gpu"\n')
+    with pytest.raises(ConfigError, match="job.thumbnails_on must be auto, device or readers"):
+        load_settings(bad)
+
+
+def test_where_the_thumbnails_are_made_is_a_setting(settings):
+    """job.thumbnails_on: auto = on the warp's device where that is a GPU; device = there
+    whatever it is; readers = never; and never where the device cannot (2x from the
+    source) or the readers warp everything."""
+    job = dataclasses.replace(settings.job, batch_size=64, workers=0)
+
+    def on(setting, kind, size=128):
+        j = dataclasses.replace(job, thumbnails_on=setting, thumbnail_size=size)
+        device = torch.device(kind) if kind else None
+        return LocalRunner(settings.tiling, j, 224, warp_device=device)._thumbnails_on_device()
+
+    assert on("auto", "cuda") and on("device", "cpu") and on("device", "cuda")
+    assert not on("auto", "cpu") and not on("readers", "cuda") and not on("device", None)
+    assert not on("auto", "cuda", size=64)
 
 
 def test_a_batch_with_deferred_tiles_is_not_split_before_they_are_resampled(tmp_path,

@@ -24,11 +24,6 @@ from indexer.job.thumbnails import device_thumbnails
 AHEAD = 1
 # False: each batch goes to the GPU as the readers made it (the code before; benchmarks).
 FIXED_BATCHES = True
-# On these kinds of device the thumbnails of the tiles left to the encoder's device are
-# resampled there too, and JPEG-encoded on threads of this process, not in the readers
-# (where thumbnails.device_thumbnails allows). Not on a CPU: grid_sample there costs more
-# than the readers' OpenCV. (): the readers make them all (the code before; benchmarks).
-DEVICE_THUMBNAILS: tuple[str, ...] = ("cuda",)
 
 
 class LocalRunner:
@@ -51,8 +46,7 @@ class LocalRunner:
         tiles (each reader call reads job.read_batch of them, split here). A reader process
         that dies surfaces as torch's RuntimeError: see `worker_death`."""
         thumbs = None
-        if (self.warp_device is not None and self.warp_device.type in DEVICE_THUMBNAILS
-                and device_thumbnails(self.tile_px, self.job.thumbnail_size)):
+        if self._thumbnails_on_device():
             thumbs = (self.job.thumbnail_size, self.job.thumbnail_quality)
         dataset = TileDataset(plans, self.tile_px, self.tiling, self.job, self.remote,
                               defer=self.warp_device is not None,
@@ -91,6 +85,15 @@ class LocalRunner:
                 for part in parts:
                     part.rgb = NO_PIXELS
                 slots.release(read.slot)
+
+    def _thumbnails_on_device(self) -> bool:
+        """Whether the deferred tiles' thumbnails are made on the warp's device
+        (job.thumbnails_on: "auto" = where that is a GPU; on a CPU grid_sample costs more
+        than the readers' OpenCV), where thumbnails.device_thumbnails allows."""
+        on, device = self.job.thumbnails_on, self.warp_device
+        return (device is not None and (on == "device" or (on == "auto" and
+                                                           device.type == "cuda"))
+                and device_thumbnails(self.tile_px, self.job.thumbnail_size))
 
     def embedded(self, plans: list[RasterPlan], encoder, stages: defaultdict[str, float]
                  ) -> Iterator[tuple[TileBatch, object]]:
