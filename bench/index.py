@@ -465,14 +465,15 @@ def _one_job(args, settings, enc, archive: Path, idx: Path, total: int, enc_rate
     tiles_done = report.tiles_written + report.tiles_nodata
     worker_per_tile = st.get("read (worker seconds)", 0.0) / tiles_done
     writer_per_tile = st.get("write + commit (writer thread)", 0.0) / tiles_done
+    writer_cpu = st.get("writer thread's CPU (in write + commit)", 0.0) / tiles_done
     plan_s = st.get("plan (main thread)", 0.0)  # once per run (older checkouts: in main)
     main_busy = (job_s - plan_s - st.get("wait for tiles", 0.0)
                  - st.get("wait for the writer", 0.0))
     main_per_tile = main_busy / tiles_done
     print(f"per tile: reader process {worker_per_tile * 1e3:.2f} ms, main thread (encode, "
           f"setup{'' if plan_s else ', plan'}) {main_per_tile * 1e3:.3f} ms, writer thread "
-          f"{writer_per_tile * 1e3:.3f} ms" + (f"; once per run: plan {plan_s:.2f} s "
-                                              "(discovery, hashing)" if plan_s else ""))
+          f"{writer_per_tile * 1e3:.3f} ms (its CPU {writer_cpu * 1e3:.3f})"
+          + (f"; once per run: plan {plan_s:.2f} s (discovery, hashing)" if plan_s else ""))
     for cores in (16,):
         w = cores - 1
         ceiling = min(w / worker_per_tile, 1 / main_per_tile, 1 / writer_per_tile)

@@ -121,6 +121,9 @@ def test_the_report_says_where_the_time_went(tmp_path, settings, encoder):
     st = report.stages  # the readers' start is part of the first tiles' wait, part of all
     assert st["start the readers (in first tiles)"] <= st["first tiles (in wait for tiles)"] \
         <= st["wait for tiles"]
+    # the writer's own CPU time, part of its busy time (the rest: disk, the GIL, waits)
+    cpu = st["writer thread's CPU (in write + commit)"]
+    assert 0 < cpu <= st["write + commit (writer thread)"] * 1.05 + 0.01, st
     assert report.stage_line().startswith("stages: ")
 
 

@@ -27,6 +27,8 @@ class BackgroundWriter:
         self._error: BaseException | None = None  # raised once, in the main thread
         self._failed = False  # for good: nothing more is written
         self.busy_s = 0.0  # seconds spent writing
+        self.cpu_s = 0.0  # of them, this thread's CPU time (the rest: waiting on disk, the
+        # GIL, a raster's hash, thumbnails still being encoded)
         self.wait_s = 0.0  # seconds the main thread waited for room in the queue
         self._thread = threading.Thread(target=self._run, name="satfind-writer", daemon=True)
         self._thread.start()
@@ -39,12 +41,13 @@ class BackgroundWriter:
                     return
                 if self._failed:
                     continue  # failed: drain without writing, until told to stop
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 try:
                     self._write(*job)
                 except BaseException as e:  # noqa: BLE001 - handed to the main thread
                     self._error, self._failed = e, True
                 self.busy_s += time.perf_counter() - t
+                self.cpu_s += time.thread_time() - c
             finally:
                 self._queue.task_done()
 

@@ -219,5 +219,6 @@ class IndexJob:
                 out.close()  # everything encoded is written before the job's last commit
             finally:
                 stages["write + commit (writer thread)"] += out.busy_s
+                stages["writer thread's CPU (in write + commit)"] += out.cpu_s
                 stages["wait for the writer"] += out.wait_s
                 bar.close()
