@@ -63,14 +63,23 @@ def pixels(kind: str, side: int) -> np.ndarray:
     return np.ascontiguousarray(out[:, :side, :side])
 
 
-def raster(work: Path, kind: str, tiles: int, keep: bool) -> Path:
+# --layout: how the raster is stored. "strips": bench/index.py's (uncompressed, a row per
+# strip); the others tiled 512 x 512 as a COG is, compressed as archives often are.
+LAYOUTS = {"strips": {}, "tiled": {"tiled": True, "blockxsize": 512, "blockysize": 512},
+           "deflate": {"tiled": True, "blockxsize": 512, "blockysize": 512,
+                       "compress": "deflate", "predictor": 2},
+           "jpeg": {"tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "jpeg",
+                    "photometric": "ycbcr", "jpeg_quality": 90}}
+
+
+def raster(work: Path, kind: str, tiles: int, keep: bool, layout: str = "strips") -> Path:
     side = int(math.sqrt(tiles) * 6.9 * TILE_PX / 5.0)  # as bench/index.py: 5 m, ~tiles
-    path = work / f"scene-{kind}.tif"
+    path = work / f"scene-{kind}{'' if layout == 'strips' else '-' + layout}.tif"
     if keep and path.exists():
         with rasterio.open(path) as src:
             if src.width == side:
                 return path
-    make_raster(path, size=side, res=5.0, data=pixels(kind, side))
+    make_raster(path, size=side, res=5.0, data=pixels(kind, side), **LAYOUTS[layout])
     return path
 
 
@@ -133,6 +142,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--read-batch", type=int, default=512, help="tiles per reader call")
     p.add_argument("--pixels", choices=("noise", "real"), default="noise")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="strips",
+                   help="how the raster is stored (see LAYOUTS)")
     p.add_argument("--defer", choices=("yes", "no"), nargs="+", default=["yes"],
                    help="yes: the plain tiles left to the encoder's device (job.warp_on = "
                    "device, as on a GPU); no: resampled in the readers")
@@ -153,7 +164,7 @@ def main() -> int:
         job=dataclasses.replace(base.job, workers=args.workers, batch_size=args.read_batch,
                                 read_batch=args.read_batch))
     t = time.perf_counter()
-    path = raster(work, args.pixels, args.tiles, args.keep_raster)
+    path = raster(work, args.pixels, args.tiles, args.keep_raster, args.layout)
     info = inspect_raster(RasterSource(str(path)), settings.discovery, settings.tiling)
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, TILE_PX, settings.tiling)
     plans = [RasterPlan(info, block, 0) for block in raster_blocks(info, zoom)]
