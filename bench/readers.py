@@ -6,7 +6,8 @@ faults), the number that bounds the job where the readers are the limit (BENCHMA
 
     python bench/readers.py --tiles 6000 --workers 2 --rounds 3
     python bench/readers.py --pixels real --defer yes no      # real NAIP pixels, both paths
-    python bench/readers.py --device-thumbnails yes no            # deferred tiles' thumbnails
+    python bench/readers.py --device-thumbnails yes no        # deferred tiles' thumbnails
+    python bench/readers.py --pixels real --layout deflate --workers 1   # a compressed COG
 
 Variants run alternated, round after round, on the same raster, each in fresh reader
 processes. `--pixels noise` (uniform random uint8) is the JPEG thumbnails' worst case;
