@@ -88,6 +88,25 @@ def raster_factory(tmp_path):
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """satfind-index in a real subprocess with the offline config."""
-    cmd = [sys.executable, "-m", "indexer.cli", *args]
+    return run_clis(list(args), timeout=timeout)[0]
+
+
+def run_clis(*commands: list[str], timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Several satfind-index runs (each its arguments), each a real subprocess, all at once
+    (a run is mostly its interpreter's imports): their results in order. Each is killed if
+    it takes over `timeout` s (TimeoutExpired raised, as subprocess.run does)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args in commands]
+    out = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out

@@ -12,7 +12,7 @@ import pytest
 
 from indexer.job.pipeline import IndexJob
 from indexer.store.snapshot import IndexSnapshot
-from tests.conftest import OFFLINE_CONFIG, make_raster, run_cli
+from tests.conftest import OFFLINE_CONFIG, make_raster, run_clis
 
 
 def _job(tmp_path, settings, encoder, archives, **kw):
@@ -164,16 +164,17 @@ def test_cli_exit_codes_and_no_traceback(tmp_path):
     (archive / "bad.tif").write_text("not a raster")
     cfg = ["--config", str(OFFLINE_CONFIG), "-q"]
 
-    mixed = run_cli(str(archive), "--index", str(tmp_path / "a"), *cfg)
+    mixed, strict, only_bad = run_clis(  # three indexes: the runs go at once
+        [str(archive), "--index", str(tmp_path / "a"), *cfg],
+        [str(archive), "--index", str(tmp_path / "b"), "--strict", *cfg],
+        [str(archive / "bad.tif"), str(tmp_path / "nothing"), "--index", str(tmp_path / "c"),
+         *cfg])
     assert mixed.returncode == 0, mixed.stderr
     assert "bad.tif: not a raster" in mixed.stderr
     assert "rasters: 1 indexed, 0 already indexed, 1 skipped" in mixed.stdout
 
-    strict = run_cli(str(archive), "--index", str(tmp_path / "b"), "--strict", *cfg)
     assert strict.returncode == 1 and "--strict" in strict.stderr
 
-    only_bad = run_cli(str(archive / "bad.tif"), str(tmp_path / "nothing"),
-                       "--index", str(tmp_path / "c"), *cfg)
     assert only_bad.returncode == 1
     assert "does not exist" in only_bad.stderr and "not a raster" in only_bad.stderr
     for r in (mixed, strict, only_bad):

@@ -9,7 +9,7 @@ import pytest
 from indexer.rasters import remote
 from indexer.rasters.stac_api import StacSearch, parse_bbox, search_arguments, search_sources
 from indexer.store.snapshot import IndexSnapshot
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_clis
 from tests.helpers import OFFLINE_CONFIG, SHARED_GEOTIFF
 from tests.servers import Nginx, StacApi, free_port, make_cogs, nginx_binary, rustac_binary
 from tests.test_remote import _index
@@ -143,15 +143,16 @@ def test_bad_searches_each_one_line(tmp_path, api, settings):
     assert "STAC item 'other-2023-07' has no asset 'analytic' (has: thumbnail, visual)" in str(
         problems[0])
     # On the command line: exit status 1, one line, no traceback.
-    r = run_cli("--stac-api", dead, "--index", str(tmp_path / "i"), "--config",
-                str(OFFLINE_CONFIG), "-q")
+    r, bad, bad_bbox = run_clis(  # at once: three processes, three index directories
+        ["--stac-api", dead, "--index", str(tmp_path / "i"), "--config", str(OFFLINE_CONFIG),
+         "-q"],
+        ["--collection", "x", "--index", str(tmp_path / "j")],
+        ["--stac-api", stac.url, "--bbox", "1,2,3", "--index", str(tmp_path / "k")])
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("skipped")] == [
         f"skipped {dead}: " + r.stderr.split(f"skipped {dead}: ", 1)[1].splitlines()[0]]
-    bad = run_cli("--collection", "x", "--index", str(tmp_path / "j"))
     assert bad.returncode == 2 and "--collection needs --stac-api URL" in bad.stderr
-    bad = run_cli("--stac-api", stac.url, "--bbox", "1,2,3", "--index", str(tmp_path / "j"))
-    assert bad.returncode == 2 and "expected four numbers W,S,E,N" in bad.stderr
+    assert bad_bbox.returncode == 2 and "expected four numbers W,S,E,N" in bad_bbox.stderr
 
 
 def test_query_and_filter_reach_the_request_in_stac_api_form(api):
