@@ -59,32 +59,33 @@ def resample_deferred(batch: TileBatch, device: torch.device,
     # from pageable memory on the encoder's stream would wait for the batch it encodes),
     # and rows are placed by index (a boolean mask would wait for the GPU to count it).
     rows, later = np.flatnonzero(~batch.deferred), np.flatnonzero(batch.deferred)
-    # The thumbnails to make here: the deferred tiles' the readers did not make.
-    todo = np.array([batch.thumbs[r] is None for r in later.tolist()], dtype=bool)
-    if todo.any() and thumbs is None:
+    # The thumbnails to make here (positions among the deferred tiles): those the readers
+    # left.
+    make = np.flatnonzero([batch.thumbs[r] is None for r in later.tolist()])
+    if len(make) and thumbs is None:
         raise ValueError("resample_deferred: the readers left thumbnails (device_thumbs): "
                          "say their size and quality")
     scales = _factors(batch.scales)
-    host = [torch.from_numpy(np.ascontiguousarray(batch.maps)), torch.from_numpy(rows),
-            torch.from_numpy(later), batch.crops, batch.rgb]
-    if todo.any():
-        host.append(torch.from_numpy(thumbnail_maps(batch.maps[todo], px, thumbs[0])))
-        host.append(torch.from_numpy(np.flatnonzero(todo)))
+    host = {"maps": torch.from_numpy(np.ascontiguousarray(batch.maps)),
+            "rows": torch.from_numpy(rows), "later": torch.from_numpy(later),
+            "crops": batch.crops, "rgb": batch.rgb}
     if scales is not None:
-        host.append(torch.from_numpy(scales))
-    maps, rows_d, later_d, crops, rgb, *more = _to(device, *host)
-    thumb_maps, todo_d = more[:2] if todo.any() else (None, None)
-    scale = more[-1] if scales is not None else None
+        host["scales"] = torch.from_numpy(scales)
+    if len(make):
+        host["thumb_maps"] = torch.from_numpy(thumbnail_maps(batch.maps[make], px, thumbs[0]))
+        host["make"] = torch.from_numpy(make)
+    dev = dict(zip(host, _to(device, *host.values()), strict=True))
+    scale = dev.get("scales")
     out = torch.empty((len(batch.deferred), 3, px, px), dtype=torch.uint8, device=device)
     if len(rows):
-        out.index_copy_(0, rows_d, rgb)
-    out.index_copy_(0, later_d, warp_tiles(crops, maps, px, scale))
-    if todo.any():
-        some = todo_d if not todo.all() else slice(None)
-        pixels = warp_tiles(crops[some], thumb_maps, thumbs[0],
-                            None if scale is None else scale[some])
+        out.index_copy_(0, dev["rows"], dev["rgb"])
+    out.index_copy_(0, dev["later"], warp_tiles(dev["crops"], dev["maps"], px, scale))
+    if len(make):
+        pick = dev["make"]
+        pixels = warp_tiles(dev["crops"][pick], dev["thumb_maps"], thumbs[0],
+                            None if scale is None else scale[pick])
         batch.later_thumbs = LaterThumbs(jpegs_later(*_to_host(pixels), thumbs[1]),
-                                         np.arange(int(todo.sum())), later[todo])
+                                         np.arange(len(make)), later[make])
     batch.rgb, batch.crops, batch.maps, batch.scales, batch.deferred = out, None, None, None, None
     return batch
 
