@@ -71,6 +71,24 @@ class NullEncoder:
         return self._bank[rows]
 
 
+def noise(side: int) -> np.ndarray:
+    """Random pixels [3, side, side], drawn as uint8 (make_raster's default draws int64
+    first: ~4x the time, 8x the memory, at 1.7 GB of pixels)."""
+    return np.random.default_rng(1).integers(1, 255, size=(3, side, side), dtype=np.uint8)
+
+
+def scene_raster(path: Path, tiles: int, px: int, keep: bool, pixels=noise,
+                 **creation) -> Path:
+    """A 5 m UTM GeoTIFF at `path` that yields about `tiles` tiles of `px` pixels, of
+    `pixels(side)`; `keep`: one already there of that size is used as it is. `creation`:
+    GDAL creation options (tiling, compression)."""
+    tile_m = 6.9 * px  # tile width at zoom 16, 43.5 N
+    side = int(math.sqrt(tiles) * tile_m / 5.0)
+    if not (keep and path.exists() and _width(path) == side):
+        make_raster(path, size=side, res=5.0, data=pixels(side), **creation)
+    return path
+
+
 def _width(path: Path) -> int:
     import rasterio
 
@@ -236,17 +254,8 @@ def main() -> int:
         settings = dataclasses.replace(settings, store=dataclasses.replace(
             settings.store, ivf_min_vectors=args.ivf_at or 10**9))  # null: keep it Flat
 
-    # A raster that yields about --tiles tiles at this model's tile size (5 m target).
-    tile_m = 6.9 * enc.image_size  # tile width at zoom 16, 43.5 N
-    side = int(math.sqrt(args.tiles) * tile_m / 5.0)
-    # Random pixels drawn as uint8 (make_raster's default draws int64 first: ~4x the time,
-    # 8x the memory, at 1.7 GB of pixels).
-    raster = work / "archive" / "scene.tif"
-    if not (args.keep_raster and raster.exists() and _width(raster) == side):
-        pixels = np.random.default_rng(1).integers(1, 255, size=(3, side, side),
-                                                   dtype=np.uint8)
-        make_raster(raster, size=side, res=5.0, data=pixels)
-        del pixels
+    raster = scene_raster(work / "archive" / "scene.tif", args.tiles, enc.image_size,
+                          args.keep_raster)
     info = inspect_raster(RasterSource(str(raster)), settings.discovery, settings.tiling)
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, enc.image_size, settings.tiling)
     plans = [RasterPlan(info, block, 0) for block in raster_blocks(info, zoom)]

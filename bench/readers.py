@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import math
 import resource
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import indexer.job.thumbnails as thumbnails  # noqa: E402
+from bench.index import noise, scene_raster  # noqa: E402
 from bench.timeline import _replace  # noqa: E402
 from indexer.config import load_settings  # noqa: E402
 from indexer.job.read import RasterPlan, TileDataset, read_tiles, tile_loader  # noqa: E402
@@ -40,7 +40,7 @@ from indexer.job.thumbnails import crop_thumbnail_bands  # noqa: E402
 from indexer.rasters.grid import choose_zoom, raster_blocks  # noqa: E402
 from indexer.rasters.inspect import inspect_raster  # noqa: E402
 from indexer.rasters.sources import RasterSource  # noqa: E402
-from tests.helpers import OFFLINE_CONFIG, make_raster  # noqa: E402
+from tests.helpers import OFFLINE_CONFIG  # noqa: E402
 
 NAIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "geotiff" / \
     "naip_nd_20090818.tif"
@@ -50,7 +50,7 @@ TILE_PX = 224
 def pixels(kind: str, side: int) -> np.ndarray:
     """uint8 [3, side, side]: uniform noise, or the NAIP scene's RGB mirrored to fill."""
     if kind == "noise":
-        return np.random.default_rng(1).integers(1, 255, size=(3, side, side), dtype=np.uint8)
+        return noise(side)
     if not NAIP.exists():
         sys.exit(f"--pixels real needs {NAIP} (../shared/data is absent here)")
     with rasterio.open(NAIP) as src:
@@ -74,14 +74,10 @@ LAYOUTS = {"strips": {}, "tiled": {"tiled": True, "blockxsize": 512, "blockysize
 
 
 def raster(work: Path, kind: str, tiles: int, keep: bool, layout: str = "strips") -> Path:
-    side = int(math.sqrt(tiles) * 6.9 * TILE_PX / 5.0)  # as bench/index.py: 5 m, ~tiles
+    """bench/index.py's synthetic raster, of these pixels, stored this way."""
     path = work / f"scene-{kind}{'' if layout == 'strips' else '-' + layout}.tif"
-    if keep and path.exists():
-        with rasterio.open(path) as src:
-            if src.width == side:
-                return path
-    make_raster(path, size=side, res=5.0, data=pixels(kind, side), **LAYOUTS[layout])
-    return path
+    return scene_raster(path, tiles, TILE_PX, keep, lambda side: pixels(kind, side),
+                        **LAYOUTS[layout])
 
 
 def run_once(plans, settings, defer: bool, device_thumbs: bool) -> dict:
