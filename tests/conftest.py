@@ -23,6 +23,22 @@ from tests.helpers import (  # noqa: F401  (re-exported for the tests)
     tile_rows,
 )
 
+# The suite runs on two pytest-xdist workers, a file at a time (pyproject.toml's addopts:
+# most files wait on subprocesses, servers and browsers half the time). These files take
+# the longest (measured on the 2-core VM: a minute or more each under the other worker's
+# load); they are handed out first so that the two workers finish together, not one of
+# them alone with the Ray cluster at the end.
+LONGEST_FIRST = ("test_ray_runner.py", "test_ui_browser.py", "test_reliability.py",
+                 "test_crash.py", "test_hardening_index.py", "test_ui_app.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's own order is kept
+
 
 @pytest.fixture(scope="session")
 def shared_geotiff() -> Path:
