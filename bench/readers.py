@@ -8,6 +8,7 @@ faults), the number that bounds the job where the readers are the limit (BENCHMA
     python bench/readers.py --pixels real --defer yes no      # real NAIP pixels, both paths
     python bench/readers.py --device-thumbnails yes no        # deferred tiles' thumbnails
     python bench/readers.py --pixels real --layout deflate --workers 1   # a compressed COG
+    python bench/readers.py --tiles 12000 --pixels real --layout deflate --bands yes no
 
 Variants run alternated, round after round, on the same raster, each in fresh reader
 processes. `--pixels noise` (uniform random uint8) is the JPEG thumbnails' worst case;
@@ -34,10 +35,11 @@ import indexer.job.thumbnails as thumbnails  # noqa: E402
 from bench.index import noise, scene_raster  # noqa: E402
 from bench.timeline import _replace  # noqa: E402
 from indexer.config import load_settings  # noqa: E402
+from indexer.job.plan import BAND_TILES  # noqa: E402
 from indexer.job.read import RasterPlan, TileDataset, read_tiles, tile_loader  # noqa: E402
 from indexer.job.slots import SharedSlots  # noqa: E402
 from indexer.job.thumbnails import crop_thumbnail_bands  # noqa: E402
-from indexer.rasters.grid import choose_zoom, raster_blocks  # noqa: E402
+from indexer.rasters.grid import choose_zoom, column_bands, raster_blocks  # noqa: E402
 from indexer.rasters.inspect import inspect_raster  # noqa: E402
 from indexer.rasters.sources import RasterSource  # noqa: E402
 from tests.helpers import OFFLINE_CONFIG  # noqa: E402
@@ -148,6 +150,9 @@ def main() -> int:
                    help="with --defer yes: the deferred tiles' thumbnails left to the "
                    "encoder's device (yes: as on a GPU; their JPEG is then the job "
                    "process's, timed apart below) or made by the readers (no)")
+    p.add_argument("--bands", choices=("yes", "no"), nargs="+", default=["yes"],
+                   help="yes: a raster stored in blocks read in column bands of BAND_TILES "
+                   "(as the job plans it); no: in whole rows (the order before them)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--keep-raster", action="store_true")
     p.add_argument("--out", default="/tmp/satfind-bench-readers")
@@ -164,20 +169,27 @@ def main() -> int:
     path = raster(work, args.pixels, args.tiles, args.keep_raster, args.layout)
     info = inspect_raster(RasterSource(str(path)), settings.discovery, settings.tiling)
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, TILE_PX, settings.tiling)
-    plans = [RasterPlan(info, block, 0) for block in raster_blocks(info, zoom)]
+    band = BAND_TILES if info.tiled else 0
+    ordered = {b: [RasterPlan(info, block, 0) for block in
+                   column_bands(raster_blocks(info, zoom), band if b == "yes" else 0)]
+               for b in args.bands}
+    plans = next(iter(ordered.values()))
     print(f"{path.name}: {info.width} x {info.height} px, {sum(b.block.count for b in plans)} "
           f"tiles at zoom {zoom} ({time.perf_counter() - t:.1f} s to make); {args.workers} "
-          f"readers, {args.read_batch} tiles a call")
+          f"readers, {args.read_batch} tiles a call; "
+          + (f"stored in blocks: bands of {band} tiles" if band else "stored in strips"))
 
     if "yes" in args.device_thumbnails:
         print(jpeg_cost(plans, settings))
     rows = []
     for rnd in range(1, args.rounds + 1):
-        for defer, thumbs in itertools.product(args.defer, args.device_thumbnails):
+        for b, defer, thumbs in itertools.product(args.bands, args.defer,
+                                                  args.device_thumbnails):
             if defer == "no" and thumbs == "yes":
                 continue
-            got = run_once(plans, settings, defer == "yes", thumbs == "yes")
+            got = run_once(ordered[b], settings, defer == "yes", thumbs == "yes")
             name = f"defer {defer}" + (f", device thumbs {thumbs}" if defer == "yes" else "")
+            name += f", bands {b}" if len(args.bands) > 1 else ""
             rows.append((rnd, name, got))
             print(f"round {rnd}, {name}: {got['tiles/s']:,.0f} tiles/s, "
                   f"readers {got['user ms'] + got['system ms']:.3f} ms CPU a tile", flush=True)

@@ -3,6 +3,7 @@ be read (an interrupted run's committed tiles are not read again)."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import threading
@@ -15,7 +16,13 @@ from indexer.config import RemoteSettings, Settings
 from indexer.errors import InputError
 from indexer.job.read import RasterPlan
 from indexer.job.report import JobReport
-from indexer.rasters.grid import TileBlock, choose_zoom, raster_blocks, tile_gsd_m
+from indexer.rasters.grid import (
+    TileBlock,
+    choose_zoom,
+    column_bands,
+    raster_blocks,
+    tile_gsd_m,
+)
 from indexer.rasters.hashing import file_stat, known_or_file_sha256
 from indexer.rasters.inspect import RasterInfo, inspect_raster
 from indexer.rasters.remote import identities, is_remote, public
@@ -68,6 +75,10 @@ class Identity:
 # hash a few files in parallel (bench/plan.py; one thread: 1.4 GB/s on the 2-core VM): 4,
 # or half the cores up to 8 on a machine of more than 8 cores (e.g. a GPU machine's).
 HASH_THREADS = min(8, max(4, (os.cpu_count() or 1) // 2))
+
+# The column bands of a raster stored in blocks, in tiles (grid.column_bands): two reader
+# strips wide, so a 512-tile read batch is ~32 x 16 tiles instead of a slab of whole rows.
+BAND_TILES = 32
 
 
 def _no_progress(items, **_):
@@ -211,7 +222,11 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
                 writer.remove(stale)
                 report.rasters_replaced += 1
         zoom = choose_zoom(info.native_gsd_m, info.centre_lat, tile_px, settings.tiling)
-        blocks = raster_blocks(info, zoom)
+        # A resumed raster is read in the order its `through` counts (an index from before
+        # the bands: whole rows); a new one in column bands where it is stored in blocks.
+        resumed = old is not None and old.zoom == zoom and old.through > 0
+        band = old.band if resumed else (BAND_TILES if info.tiled else 0)
+        blocks = column_bands(raster_blocks(info, zoom), band)
         count = sum(b.count for b in blocks)
         limit = settings.job.max_tiles_per_raster
         if count > limit:
@@ -226,18 +241,16 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
         done: set[tuple[int, int]] = set()
         if old:
             committed = {(x, y) for z, x, y in writer.committed_tiles(key) if z == zoom}
-            done = committed | (first_tiles(blocks, old.through) if old.zoom == zoom else set())
+            done = committed | (first_tiles(blocks, old.through) if resumed else set())
         entry = SourceEntry(
             path=ident.name, content_sha256=ident.sha256, size=ident.size,
             mtime_ns=ident.mtime_ns, stac_item=src.stac_item, zoom=zoom, gsd_m=gsd,
             native_gsd_m=info.native_gsd_m,
             acquired=info.acquired.isoformat() if info.acquired else None, sensor=info.sensor,
             crs=info.crs, tiles=len(committed), item_id=src.item_id,
-            remote_version=ident.version, through=old.through if old and done else 0)
+            remote_version=ident.version, through=old.through if resumed else 0, band=band)
         r = len(pendings)
-        for block in blocks:
-            mine = frozenset(t for t in done if block.x0 <= t[0] <= block.x1
-                             and block.y0 <= t[1] <= block.y1)
+        for block, mine in zip(blocks, by_block(done, blocks), strict=True):
             plans.append(RasterPlan(info, block, r, mine))
         pendings.append(Pending(key, entry, info, remaining=count, total=count,
                                 written=len(committed), nodata=len(done - committed),
@@ -245,9 +258,24 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
     return plans, pendings
 
 
+def by_block(tiles: set[tuple[int, int]], blocks: list[TileBlock]) -> list[frozenset]:
+    """`tiles` (x, y) split by the block that holds each (the blocks' columns are disjoint:
+    bands, antimeridian spans); one pass, however many bands."""
+    order = sorted(range(len(blocks)), key=lambda i: blocks[i].x0)
+    starts = [blocks[i].x0 for i in order]
+    out: list[set] = [set() for _ in blocks]
+    for x, y in tiles:
+        k = bisect.bisect_right(starts, x) - 1
+        if k >= 0:
+            b = blocks[order[k]]
+            if x <= b.x1 and b.y0 <= y <= b.y1:
+                out[order[k]].add((x, y))
+    return [frozenset(s) for s in out]
+
+
 def first_tiles(blocks: list[TileBlock], n: int) -> set[tuple[int, int]]:
-    """The first n tiles (x, y) in the order the job reads them: block by block, row by row,
-    left to right."""
+    """The first n tiles (x, y) in the order the job reads them: block by block (each a
+    column band where the plan cut them), row by row, left to right."""
     out: set[tuple[int, int]] = set()
     for b in blocks:
         if n <= 0:

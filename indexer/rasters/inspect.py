@@ -46,6 +46,9 @@ class RasterInfo:
     # coordinates into it: a lon/lat raster written as 180.5..181.5 is read at -179.5..-178.5.
     spans: tuple[tuple[float, float, float], ...] = ()
     overviews: tuple[int, ...] = ()  # internal overview factors (band 1)
+    # Stored in internal blocks narrower than the raster (a COG, a tiled GeoTIFF), not in
+    # strips of whole rows: the job reads its tiles in column bands (grid.column_bands).
+    tiled: bool = False
 
     @property
     def centre_lat(self) -> float:
@@ -185,4 +188,5 @@ def _inspect(source: RasterSource, discovery: DiscoverySettings, tiling: TilingS
             sensor=_sensor(source, tags, discovery),
             add_alpha=src.nodata is None and not has_alpha,
             scale_lo=lo, scale_hi=hi, spans=spans, overviews=tuple(src.overviews(1)),
+            tiled=src.block_shapes[0][1] < src.width,
         )

@@ -71,9 +71,13 @@ class SourceEntry:
     skipped_nodata: int = 0
     item_id: str | None = None
     remote_version: str = ""
-    # A partial source: how many of its tiles, in the job's read order (block, row, column),
-    # went through (added or skipped as nodata) by this commit; a resumed run skips them.
+    # A partial source: how many of its tiles, in the job's read order (block or band, row,
+    # column), went through (added or skipped as nodata) by this commit; a resumed run
+    # skips them.
     through: int = 0
+    # The read order's column bands, in tiles (grid.column_bands; 0: whole rows, as every
+    # index before them was read): a resumed run reads in the order `through` counts.
+    band: int = 0
 
     @property
     def complete(self) -> bool:
