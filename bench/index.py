@@ -77,6 +77,15 @@ def noise(side: int) -> np.ndarray:
     return np.random.default_rng(1).integers(1, 255, size=(3, side, side), dtype=np.uint8)
 
 
+# --layout: how the raster is stored. "strips": bench/index.py's (uncompressed, a row per
+# strip); the others tiled 512 x 512 as a COG is, compressed as archives often are.
+LAYOUTS = {"strips": {}, "tiled": {"tiled": True, "blockxsize": 512, "blockysize": 512},
+           "deflate": {"tiled": True, "blockxsize": 512, "blockysize": 512,
+                       "compress": "deflate", "predictor": 2},
+           "jpeg": {"tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "jpeg",
+                    "photometric": "ycbcr", "jpeg_quality": 90}}
+
+
 def scene_raster(path: Path, tiles: int, px: int, keep: bool, pixels=noise,
                  **creation) -> Path:
     """A 5 m UTM GeoTIFF at `path` that yields about `tiles` tiles of `px` pixels, of
@@ -200,6 +209,9 @@ def main() -> int:
                    "the job (config: as the config file says)")
     p.add_argument("--writer-depth", type=int, nargs="+", default=[0], help="batches queued "
                    "for the writer thread (pipeline.WRITER_DEPTH; 0: the code's)")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="strips",
+                   help="how the synthetic raster is stored (LAYOUTS: strips, as every "
+                   "GPU run so far; tiled, deflate or jpeg as COGs are)")
     p.add_argument("--keep-raster", action="store_true", help="reuse the synthetic raster "
                    "of an earlier run in --out if it has the size asked for")
     p.add_argument("--rounds", type=int, default=1, help="run the job this many times; with "
@@ -218,7 +230,7 @@ def main() -> int:
         p.error("--runner ray: the actors build the encoder from its spec; use --model tiny")
     work = Path(args.out)
     if args.keep_raster:  # the indexes and links go; the raster stays if it fits (below)
-        for old in [*work.glob("idx*"), *work.glob("archive/scene-*.tif")]:
+        for old in [*work.glob("idx*"), *work.glob("archive/*.tif")]:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     else:
         shutil.rmtree(work, ignore_errors=True)
@@ -254,8 +266,11 @@ def main() -> int:
         settings = dataclasses.replace(settings, store=dataclasses.replace(
             settings.store, ivf_min_vectors=args.ivf_at or 10**9))  # null: keep it Flat
 
-    raster = scene_raster(work / "archive" / "scene.tif", args.tiles, enc.image_size,
-                          args.keep_raster)
+    stored = scene_raster(work / "rasters" / f"scene-{args.layout}.tif", args.tiles,
+                          enc.image_size, args.keep_raster, **LAYOUTS[args.layout])
+    raster = work / "archive" / "scene.tif"  # a link: the archive holds only this run's
+    raster.parent.mkdir(exist_ok=True)
+    os.link(stored, raster)
     info = inspect_raster(RasterSource(str(raster)), settings.discovery, settings.tiling)
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, enc.image_size, settings.tiling)
     plans = [RasterPlan(info, block, 0) for block in raster_blocks(info, zoom)]

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import indexer.job.thumbnails as thumbnails  # noqa: E402
-from bench.index import noise, scene_raster  # noqa: E402
+from bench.index import LAYOUTS, noise, scene_raster  # noqa: E402
 from bench.timeline import _replace  # noqa: E402
 from indexer.config import load_settings  # noqa: E402
 from indexer.job.plan import BAND_TILES  # noqa: E402
@@ -64,15 +64,6 @@ def pixels(kind: str, side: int) -> np.ndarray:
     out = np.concatenate([across if i % 2 == 0 else across[:, ::-1]
                           for i in range(-(-side // h))], axis=1)
     return np.ascontiguousarray(out[:, :side, :side])
-
-
-# --layout: how the raster is stored. "strips": bench/index.py's (uncompressed, a row per
-# strip); the others tiled 512 x 512 as a COG is, compressed as archives often are.
-LAYOUTS = {"strips": {}, "tiled": {"tiled": True, "blockxsize": 512, "blockysize": 512},
-           "deflate": {"tiled": True, "blockxsize": 512, "blockysize": 512,
-                       "compress": "deflate", "predictor": 2},
-           "jpeg": {"tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "jpeg",
-                    "photometric": "ycbcr", "jpeg_quality": 90}}
 
 
 def raster(work: Path, kind: str, tiles: int, keep: bool, layout: str = "strips") -> Path:
