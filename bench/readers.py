@@ -35,7 +35,7 @@ import indexer.job.thumbnails as thumbnails  # noqa: E402
 from bench.index import LAYOUTS, noise, scene_raster  # noqa: E402
 from bench.timeline import _replace  # noqa: E402
 from indexer.config import load_settings  # noqa: E402
-from indexer.job.plan import BAND_TILES  # noqa: E402
+from indexer.job.plan import new_band  # noqa: E402
 from indexer.job.read import RasterPlan, TileDataset, read_tiles, tile_loader  # noqa: E402
 from indexer.job.slots import SharedSlots  # noqa: E402
 from indexer.job.thumbnails import crop_thumbnail_bands  # noqa: E402
@@ -142,7 +142,7 @@ def main() -> int:
                    "encoder's device (yes: as on a GPU; their JPEG is then the job "
                    "process's, timed apart below) or made by the readers (no)")
     p.add_argument("--bands", choices=("yes", "no"), nargs="+", default=["yes"],
-                   help="yes: a raster stored in blocks read in column bands of BAND_TILES "
+                   help="yes: a raster stored in blocks read in column bands (plan.new_band) "
                    "(as the job plans it); no: in whole rows (the order before them)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--keep-raster", action="store_true")
@@ -160,7 +160,7 @@ def main() -> int:
     path = raster(work, args.pixels, args.tiles, args.keep_raster, args.layout)
     info = inspect_raster(RasterSource(str(path)), settings.discovery, settings.tiling)
     zoom = choose_zoom(info.native_gsd_m, info.centre_lat, TILE_PX, settings.tiling)
-    band = BAND_TILES if info.tiled else 0
+    band = new_band(info)
     ordered = {b: [RasterPlan(info, block, 0) for block in
                    column_bands(raster_blocks(info, zoom), band if b == "yes" else 0)]
                for b in args.bands}

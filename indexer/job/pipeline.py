@@ -21,6 +21,7 @@ from indexer.critical import stop_between_steps
 from indexer.errors import InputError, JobError
 from indexer.job.background import BackgroundWriter
 from indexer.job.commit import Committer
+from indexer.job.device_warp import on_device
 from indexer.job.plan import Hasher, Pending, known_hashes, plan_line, plan_sources
 from indexer.job.read import RasterPlan, TileBatch
 from indexer.job.report import JobReport
@@ -51,8 +52,7 @@ def warp_device(settings: Settings, encoder) -> torch.device | None:
     device = getattr(encoder, "device", None)
     if settings.tiling.resolved_warp() != "fast" or not isinstance(device, torch.device):
         return None
-    on = settings.job.warp_on
-    return device if on == "device" or (on == "auto" and device.type == "cuda") else None
+    return device if on_device(settings.job.warp_on, device) else None
 
 
 def hash_while_reading(settings: Settings, encoder, strict: bool) -> bool:

@@ -225,7 +225,7 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
         # A resumed raster is read in the order its `through` counts (an index from before
         # the bands: whole rows); a new one in column bands where it is stored in blocks.
         resumed = old is not None and old.zoom == zoom and old.through > 0
-        band = old.band if resumed else (BAND_TILES if info.tiled else 0)
+        band = old.band if resumed else new_band(info)
         blocks = column_bands(raster_blocks(info, zoom), band)
         count = sum(b.count for b in blocks)
         limit = settings.job.max_tiles_per_raster
@@ -256,6 +256,13 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
                                 written=len(committed), nodata=len(done - committed),
                                 resumed=len(committed), identity=ident.later))
     return plans, pendings
+
+
+def new_band(info: RasterInfo) -> int:
+    """The column bands a raster new to the index is read in (grid.column_bands): BAND_TILES
+    where it is stored in blocks, 0 (whole rows) where in strips of whole rows, which a band
+    would read once per band."""
+    return BAND_TILES if info.tiled else 0
 
 
 def by_block(tiles: set[tuple[int, int]], blocks: list[TileBlock]) -> list[frozenset]:

@@ -14,7 +14,7 @@ import torch
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import JobError
-from indexer.job.device_warp import resample_deferred
+from indexer.job.device_warp import on_device, resample_deferred
 from indexer.job.fixed_batches import FixedBatches
 from indexer.job.read import NO_PIXELS, RasterPlan, TileBatch, TileDataset, read_tiles, tile_loader
 from indexer.job.slots import SLOTS, SharedSlots
@@ -90,9 +90,8 @@ class LocalRunner:
         """Whether the deferred tiles' thumbnails are made on the warp's device
         (job.thumbnails_on: "auto" = where that is a GPU; on a CPU grid_sample costs more
         than the readers' OpenCV), where thumbnails.device_thumbnails allows."""
-        on, device = self.job.thumbnails_on, self.warp_device
-        return (device is not None and (on == "device" or (on == "auto" and
-                                                           device.type == "cuda"))
+        return (self.warp_device is not None
+                and on_device(self.job.thumbnails_on, self.warp_device)
                 and device_thumbnails(self.tile_px, self.job.thumbnail_size))
 
     def embedded(self, plans: list[RasterPlan], encoder, stages: defaultdict[str, float]
