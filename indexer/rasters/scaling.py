@@ -33,13 +33,19 @@ def valid_mask(data: np.ndarray, mask: np.ndarray, tiling: TilingSettings) -> np
     return valid
 
 
+def scaling_mode(dtype: str, tiling: TilingSettings) -> str:
+    """tiling.scaling with "auto" decided by the pixel type: uint8 as it is, else the
+    percentiles of the raster's pixels."""
+    if tiling.scaling == "auto":
+        return "uint8" if dtype == "uint8" else "percentile"
+    return tiling.scaling
+
+
 def scaling_range(dtype: str, data: np.ndarray, valid: np.ndarray, tiling: TilingSettings
                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per band (value mapped to 0, value mapped to 255) by tiling.scaling; percentiles are
     taken over the `valid` pixels of `data` [3, H, W]."""
-    mode = tiling.scaling
-    if mode == "auto":
-        mode = "uint8" if dtype == "uint8" else "percentile"
+    mode = scaling_mode(dtype, tiling)
     if mode == "uint8":
         return (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
     if mode == "divisor":
