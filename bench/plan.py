@@ -1,14 +1,19 @@
-"""The plan's identity step for local rasters: content hashes of N files one at a time
-against HASH_THREADS at a time, same files, same run (they sit in the page cache after the
-first pass; a cold disk is slower, and gains from parallel reads depend on it).
+"""The plan before the first tile. Its identity step for local rasters: content hashes of N
+files one at a time against HASH_THREADS at a time, same files, same run (they sit in the
+page cache after the first pass; a cold disk is slower, and gains from parallel reads depend
+on it). With --urls: its inspection of N remote COGs (plan.inspected), served by Debian's
+nginx on 127.0.0.1 behind a proxy that holds each answer --delay-ms (a network's round
+trip), with remote.stat_workers 1 and more at once, alternated.
 
     python bench/plan.py                       # 8 files of 256 MB
     python bench/plan.py --files 16 --mb 64 --threads 1 2 4 8
+    python bench/plan.py --urls 48 --delay-ms 50 --threads 1 8 16
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -30,8 +35,14 @@ def main() -> int:
     p.add_argument("--mb", type=int, default=256)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--repeat", type=int, default=3, help="passes per setting; best kept")
+    p.add_argument("--urls", type=int, default=0, help="inspect this many remote COGs "
+                   "instead (the shared NAIP scene as a COG under as many names)")
+    p.add_argument("--delay-ms", type=float, default=50.0, help="with --urls: each answer "
+                   "held this long")
     p.add_argument("--out", default="/tmp/satfind-bench-plan")
     args = p.parse_args()
+    if args.urls:
+        return inspect_urls(args)
     work = Path(args.out)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -59,6 +70,46 @@ def main() -> int:
             base = base or best
             print(f"HASH_THREADS {n}: {best:.2f} s, {total_gb / best:.2f} GB/s, "
                   f"{base / best:.2f}x one thread")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def inspect_urls(args) -> int:
+    """plan.inspected over --urls COG URLs, --delay-ms a request, per remote.stat_workers."""
+    from indexer.config import load_settings
+    from indexer.rasters import vsi
+    from tests.helpers import OFFLINE_CONFIG
+    from tests.servers import FaultProxy, Nginx, make_cogs
+
+    work = Path(args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    root = make_cogs(work / "www")  # (needs ../shared/data)
+    names = [f"scene-{i}.tif" for i in range(args.urls)]
+    for n in names:
+        (root / n).hardlink_to(root / "naip_2009_cog.tif")
+    settings = load_settings(OFFLINE_CONFIG)
+    delay = args.delay_ms / 1000
+    print(f"{args.urls} COG URLs, each answer held {args.delay_ms:.0f} ms; {os.cpu_count()} "
+          "CPUs")
+    with Nginx(root, work / "nginx") as web, \
+            FaultProxy(web.port, lambda method, path, rng: ("delay", delay)) as proxy:
+        sources = [RasterSource(f"{proxy.url}/{n}") for n in names]
+        base = None
+        for rnd in range(1, args.repeat + 1):
+            for n in args.threads:
+                settings = dataclasses.replace(settings, remote=dataclasses.replace(
+                    settings.remote, stat_workers=n))
+                vsi.before_fork()  # nothing cached from the pass before
+                asked = len(proxy.seen)
+                t0 = time.perf_counter()
+                got = list(plan.inspected(sources, settings))
+                took = time.perf_counter() - t0
+                assert not [g for g in got if not hasattr(g, "width")], got
+                base = base or took
+                print(f"round {rnd}, stat_workers {n}: {took:.2f} s, "
+                      f"{took / args.urls * 1e3:.0f} ms a raster, "
+                      f"{(len(proxy.seen) - asked) / args.urls:.1f} requests a raster, "
+                      f"{base / took:.2f}x the first", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -243,7 +243,8 @@ class RemoteSettings:
     # is tried again, reopened, this many times, the delay doubling from retry_delay_s.
     read_retries: int = ranged(3, "[0, 20]")
     retry_delay_s: float = ranged(0.5, "[0, 60]")
-    # Remote sources whose identity (ETag / Last-Modified / size) is asked for at once.
+    # Remote sources whose identity (ETag / Last-Modified / size) is asked for at once, and
+    # then inspected at once (header, directory, an overview: the plan, job/plan.py).
     stat_workers: int = ranged(8, "[1, 64]")
 
     def gdal_options(self) -> dict[str, str]:

@@ -1,0 +1,137 @@
+"""The plan inspects rasters several at a time (plan.inspected): a remote raster waits on
+a few requests in turn, so one at a time an archive of thousands of URLs would wait hours
+before its first tile. Results and problems come in the sources' order."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from indexer.config import StoreSettings
+from indexer.errors import InputError
+from indexer.job import plan
+from indexer.job.report import JobReport
+from indexer.rasters.sources import RasterSource
+from indexer.store.writer import IndexWriter
+from tests.helpers import make_raster
+from tests.test_store import IDENT
+
+
+def _archive(tmp_path, n: int, bad: set[int] = frozenset()) -> list[RasterSource]:
+    out = []
+    for i in range(n):
+        p = tmp_path / f"r{i}.tif"
+        if i in bad:
+            p.write_text("not a raster")
+        else:
+            make_raster(p, size=64, seed=i, lon=11.0 + 0.01 * i)
+        out.append(RasterSource(str(p)))
+    return out
+
+
+def test_rasters_are_inspected_at_once_and_come_back_in_order(tmp_path, settings,
+                                                              monkeypatch):
+    """Three inspections must run at the same time to pass the barrier (one at a time they
+    would wait for each other until its timeout); every result is its own source's."""
+    sources = _archive(tmp_path, 12, bad={5})
+    monkeypatch.setattr(plan, "INSPECT_THREADS", 4)
+    monkeypatch.setattr(plan.os, "cpu_count", lambda: 4)
+    barrier = threading.Barrier(3, timeout=10)
+    real = plan.inspect_raster
+    running = [0, 0]  # now, most at once
+    lock = threading.Lock()
+
+    def inspect(src, *args):
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        try:
+            if src.path.endswith(("r0.tif", "r1.tif", "r2.tif")):
+                barrier.wait()
+            return real(src, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(plan, "inspect_raster", inspect)
+    got = list(plan.inspected(sources, settings))
+    assert 3 <= running[1] <= 4
+    assert isinstance(got[5], InputError) and "r5.tif" in str(got[5])
+    assert [g.path for i, g in enumerate(got) if i != 5] == \
+        [s.path for i, s in enumerate(sources) if i != 5]
+
+
+def test_inspections_run_a_bounded_way_ahead_and_stop_with_the_plan(tmp_path, settings,
+                                                                     monkeypatch):
+    """While the plan works on a raster, at most INSPECT_AHEAD x threads are inspected ahead
+    of it; a plan stopped early (Ctrl-C, an error) starts no more."""
+    sources = _archive(tmp_path, 1) * 200
+    monkeypatch.setattr(plan, "INSPECT_THREADS", 2)
+    monkeypatch.setattr(plan.os, "cpu_count", lambda: 2)
+    calls = []
+    real = plan.inspect_raster
+
+    def inspect(src, *args):
+        calls.append(src)
+        return real(src, *args)
+
+    monkeypatch.setattr(plan, "inspect_raster", inspect)
+    gen = plan.inspected(sources, settings)
+    next(gen)
+    time.sleep(1.0)  # 200 of these take ~0.5 s: unbounded, every one would have run
+    bound = plan.INSPECT_AHEAD * 2 + 1
+    assert len(calls) <= bound
+    gen.close()  # what an exception in the caller's loop does
+    assert len(calls) <= bound
+
+
+def test_the_plan_reports_problems_and_plans_in_source_order(tmp_path, settings):
+    sources = _archive(tmp_path, 9, bad={2, 6})
+    problems: list[InputError] = []
+    with IndexWriter(tmp_path / "idx", IDENT, StoreSettings()) as w:
+        plans, pendings = plan.plan_sources(w, sources, settings, 224, JobReport(),
+                                            problems.append)
+    assert [p.path for p in problems] == [sources[2].path, sources[6].path]
+    assert [p.entry.path for p in pendings] == \
+        [s.path for i, s in enumerate(sources) if i not in (2, 6)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_one_thread_or_several_give_the_same_plan(tmp_path, settings, monkeypatch, threads):
+    sources = _archive(tmp_path, 6)
+    monkeypatch.setattr(plan, "INSPECT_THREADS", threads)
+    with IndexWriter(tmp_path / "idx", IDENT, StoreSettings()) as w:
+        plans, pendings = plan.plan_sources(w, sources, settings, 224, JobReport(),
+                                            lambda e: None)
+    want = [plan.inspect_raster(s, settings.discovery, settings.tiling) for s in sources]
+    assert [p.info for p in pendings] == want
+
+
+def test_remote_rasters_are_inspected_remote_stat_workers_at_once(settings, monkeypatch):
+    """URLs (never asked for here: the inspection is a stand-in) go remote.stat_workers at a
+    time, however few cores the machine has."""
+    s = dataclasses.replace(settings, remote=dataclasses.replace(settings.remote,
+                                                                 stat_workers=5))
+    monkeypatch.setattr(plan.os, "cpu_count", lambda: 1)
+    barrier = threading.Barrier(5, timeout=10)
+    running = [0, 0]
+    lock = threading.Lock()
+
+    def inspect(src, *args):
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        try:
+            barrier.wait()
+            return src.path
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(plan, "inspect_raster", inspect)
+    urls = [RasterSource(f"http://127.0.0.1:9/r{i}.tif") for i in range(20)]
+    assert list(plan.inspected(urls, s)) == [u.path for u in urls]
+    assert running[1] == 5
