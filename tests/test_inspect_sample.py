@@ -83,7 +83,7 @@ def test_the_sample_spreads_over_the_raster_and_takes_its_corners(tmp_path):
     last = blocks[-1]
     assert (last.col_off + last.width, last.row_off + last.height) == (SIDE + 50, SIDE + 50)
     assert all(b.col_off % BLOCK == 0 and b.row_off % BLOCK == 0 for b in blocks)
-    # Strips, overviews, few blocks: the decimated read costs little there; it stays.
+    # Strips, a pyramid, few blocks: the decimated read costs little there; it stays.
     strips = make_raster(tmp_path / "s.tif", size=SIDE, compress="deflate")
     few = make_raster(tmp_path / "f.tif", size=512, **TILED)
     pyramid = make_raster(tmp_path / "p.tif", size=SIDE, **TILED)
@@ -92,6 +92,25 @@ def test_the_sample_spreads_over_the_raster_and_takes_its_corners(tmp_path):
     for other in (strips, few, pyramid):
         with rasterio.open(other) as src:
             assert inspect.sampled_blocks(src) is None, other.name
+
+
+def test_an_overview_of_many_blocks_is_sampled_too(tmp_path, settings, bytes_read,
+                                                   monkeypatch):
+    """Only a 2x overview (as the shared NAIP scenes have): the decimated read decodes every
+    block of it, a fifth of the file; the sample 16 blocks of the raster."""
+    path = make_raster(tmp_path / "r.tif", size=SIDE, **TILED)
+    with rasterio.open(path, "r+") as dst:
+        dst.build_overviews([2])
+    with rasterio.open(path) as src:
+        assert len(inspect.sampled_blocks(src)) == inspect.SAMPLE_GRID ** 2
+    size = path.stat().st_size
+    before = bytes_read()
+    info = _inspect(path, settings)
+    assert bytes_read() - before < 0.08 * size
+    _decimated_only(monkeypatch)
+    before = bytes_read()
+    assert _inspect(path, settings) == info
+    assert bytes_read() - before > 0.18 * size
 
 
 def test_valid_pixels_the_sample_misses_are_found_by_the_whole_read(tmp_path, settings,

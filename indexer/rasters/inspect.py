@@ -24,12 +24,13 @@ from indexer.rasters.sources import RasterSource, parse_tiff_datetime
 
 # Decimated read used for validity checks and percentile statistics (never the full scene).
 OVERVIEW_PX = 512
-# A raster stored in many blocks and without overviews: the decimated read would decompress
-# every block (a 476 MB DEFLATE GeoTIFF: 3.3 s before its first tile; over HTTP, the whole
-# file once more than the readers fetch). Where the scaling needs no statistics (uint8,
-# divisor), the checks read SAMPLE_GRID x SAMPLE_GRID of its blocks, spread over it (its
-# corners among them), each at most SAMPLE_PX on a side. Percentile statistics keep the
-# decimated read: the tiles of a raster resumed by a later run must be scaled as before.
+# A raster stored in many blocks and without overviews (or only fine ones): the decimated
+# read would decompress every block (a 476 MB DEFLATE GeoTIFF: 3.3 s before its first
+# tile; over HTTP, the whole file once more than the readers fetch). Where the scaling needs
+# no statistics (uint8, divisor), the checks read SAMPLE_GRID x SAMPLE_GRID of its blocks,
+# spread over it (its corners among them), each at most SAMPLE_PX on a side. Percentile
+# statistics keep the decimated read: the tiles of a raster resumed by a later run must be
+# scaled as before.
 SAMPLE_GRID = 4
 SAMPLE_PX = 128
 
@@ -129,14 +130,17 @@ def _sensor(source: RasterSource, tags: dict, settings: DiscoverySettings) -> st
 
 def sampled_blocks(src) -> list[Window] | None:
     """The windows of the blocks the checks read (SAMPLE_GRID), or None where the decimated
-    read costs little: a raster with overviews (it reads one), in strips of whole rows (it
-    skips rows), or of few blocks."""
+    read costs little: a raster in strips of whole rows (it skips rows), or whose level the
+    decimated read comes from (the raster, or the coarsest overview at least as fine as the
+    read: a COG's pyramid has one of a few blocks) has few blocks."""
     bh, bw = src.block_shapes[0]
-    if src.overviews(1) or bw >= src.width:
+    if bw >= src.width:
+        return None
+    fine = max(src.width, src.height) / OVERVIEW_PX
+    f = max([1, *(o for o in src.overviews(1) if o <= fine)])
+    if -(-src.width // (f * bw)) * -(-src.height // (f * bh)) <= 2 * SAMPLE_GRID ** 2:
         return None
     nx, ny = -(-src.width // bw), -(-src.height // bh)
-    if nx * ny <= 2 * SAMPLE_GRID ** 2:
-        return None
     cols = np.unique(np.linspace(0, nx - 1, SAMPLE_GRID).round().astype(int)).tolist()
     rows = np.unique(np.linspace(0, ny - 1, SAMPLE_GRID).round().astype(int)).tolist()
     return [Window(c * bw, r * bh, min(bw, src.width - c * bw), min(bh, src.height - r * bh))
