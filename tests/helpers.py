@@ -248,3 +248,19 @@ def slow_hashes(monkeypatch, hold: dict[str, threading.Event] | None = None,
 
     monkeypatch.setattr(plan, "known_or_file_sha256", slow)
     return hashed
+
+
+class InterruptingEncoder:
+    """The real encoder, but Ctrl-C arrives during its `n`-th encode_images call."""
+
+    def __init__(self, real, n: int):
+        self.real, self.n, self.calls = real, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def encode_images(self, images):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.real.encode_images(images)

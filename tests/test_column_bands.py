@@ -19,8 +19,7 @@ from indexer.rasters.grid import TileBlock, column_bands
 from indexer.rasters.inspect import inspect_raster
 from indexer.rasters.sources import RasterSource
 from indexer.store.snapshot import IndexSnapshot
-from tests.helpers import make_raster
-from tests.test_data_safety import _InterruptingEncoder
+from tests.helpers import InterruptingEncoder, make_raster
 
 BAND = 8  # in these tests (the rasters are ~19 tiles wide at the test model's 64 px)
 
@@ -109,7 +108,7 @@ def test_a_tiled_raster_is_read_in_bands_and_one_in_strips_in_rows(banded, tmp_p
 @pytest.mark.parametrize("call", [4, 6, 8])
 def test_an_interrupted_banded_run_resumes_to_the_same_tiles(banded, encoder, tmp_path, call):
     archive, s, expected, _ = banded
-    first = IndexJob(tmp_path / "idx", s, _InterruptingEncoder(encoder, call),
+    first = IndexJob(tmp_path / "idx", s, InterruptingEncoder(encoder, call),
                      progress=False).run([str(archive)])
     assert first.interrupted
     (part,) = IndexSnapshot.open(tmp_path / "idx").sources.values()
@@ -123,7 +122,7 @@ def test_an_index_read_in_rows_resumes_in_rows(banded, encoder, tmp_path, monkey
     is read on in whole rows: in bands, its watermark would name tiles never read."""
     archive, s, expected, _ = banded
     monkeypatch.setattr(plan, "BAND_TILES", 0)  # the order before bands
-    first = IndexJob(tmp_path / "idx", s, _InterruptingEncoder(encoder, 5),
+    first = IndexJob(tmp_path / "idx", s, InterruptingEncoder(encoder, 5),
                      progress=False).run([str(archive)])
     assert first.interrupted
     (old,) = IndexSnapshot.open(tmp_path / "idx").sources.values()

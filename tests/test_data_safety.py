@@ -20,7 +20,7 @@ from indexer.job.pipeline import IndexJob
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.writer import IndexWriter
 from tests.conftest import OFFLINE_CONFIG, make_raster
-from tests.helpers import rasters_sharing_batches
+from tests.helpers import InterruptingEncoder, rasters_sharing_batches
 from tests.test_store import IDENT, _add
 
 
@@ -127,22 +127,6 @@ def test_new_index_never_committed_leaves_no_index(tmp_path):
 
 # --- interrupts ---------------------------------------------------------------------------
 
-class _InterruptingEncoder:
-    """The real encoder, but Ctrl-C arrives during its `n`-th encode_images call."""
-
-    def __init__(self, real, n: int):
-        self.real, self.n, self.calls = real, n, 0
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-    def encode_images(self, images):
-        self.calls += 1
-        if self.calls == self.n:
-            raise KeyboardInterrupt
-        return self.real.encode_images(images)
-
-
 @pytest.fixture(scope="module")
 def interrupt_world(tmp_path_factory, settings, encoder):
     """Three rasters whose tiles share batches, and their uninterrupted index."""
@@ -166,7 +150,7 @@ def test_interrupt_in_the_encoder_never_completes_a_partial_raster(interrupt_wor
 
 def _interrupt_then_resume(interrupt_world, encoder, idx, call):
     d, s, expected = interrupt_world
-    first = IndexJob(idx, s, _InterruptingEncoder(encoder, call), progress=False).run(
+    first = IndexJob(idx, s, InterruptingEncoder(encoder, call), progress=False).run(
         [str(d / "archive")])
     assert first.interrupted
     snap = IndexSnapshot.open(idx)
@@ -185,7 +169,7 @@ def _interrupt_then_resume(interrupt_world, encoder, idx, call):
     assert all(v.complete for v in snap.sources.values())
 
 
-class _SignallingEncoder(_InterruptingEncoder):
+class _SignallingEncoder(InterruptingEncoder):
     """Ctrl-C (a real SIGINT to this process) arrives during the `n`-th encode_images call."""
 
     def encode_images(self, images):

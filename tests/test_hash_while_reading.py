@@ -17,8 +17,7 @@ from indexer.config import ConfigError, load_settings
 from indexer.job import commit, plan
 from indexer.job.pipeline import IndexJob, hash_while_reading
 from indexer.store.snapshot import IndexSnapshot
-from tests.helpers import rasters_sharing_batches, slow_hashes
-from tests.test_data_safety import _InterruptingEncoder
+from tests.helpers import InterruptingEncoder, rasters_sharing_batches, slow_hashes
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +118,7 @@ def test_interrupted_while_tiles_wait_for_a_hash(world, encoder, tmp_path, monke
     never = threading.Event()
     slow_hashes(monkeypatch, hold={"r1.tif": never})
     t = time.monotonic()
-    first = IndexJob(tmp_path / "idx", s, _InterruptingEncoder(encoder, call),
+    first = IndexJob(tmp_path / "idx", s, InterruptingEncoder(encoder, call),
                      progress=False).run([str(d / "archive")])
     assert first.interrupted and time.monotonic() - t < 20
     tiles, sources = _contents(tmp_path / "idx")
@@ -172,7 +171,7 @@ def test_the_setting(tmp_path, settings):
         load_settings(bad)
 
 
-class _HashThenInterrupt(_InterruptingEncoder):
+class _HashThenInterrupt(InterruptingEncoder):
     """Lets r0's hash in (`gate`), waits until its future has it (`landed`), then Ctrl-C on
     the n-th call."""
 
