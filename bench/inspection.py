@@ -2,10 +2,11 @@
 ship them): what the job's inspection of it costs before the first tile, and what the whole
 job reads, from local disk and over loopback HTTP (Debian's nginx on 127.0.0.1), with the
 inspection reading a sample of its blocks (inspect.sampled_blocks, now) or every block
-(the decimated read, before), and with the tiles read in column bands or whole rows.
+(the decimated read, before), and with the tiles read in column bands of several widths
+or whole rows (--bands N ... 0).
 
     python bench/inspection.py --tiles 3000 --rounds 2                  # both, alternated
-    python bench/inspection.py --inspect sample decimated --bands yes no --workers 2
+    python bench/inspection.py --inspect sample --bands 16 32 64 0 --where http --workers 6
 
 The raster: ../shared/data's 5 m NAIP scene mirrored to size (`--pixels real`, as
 bench/readers.py) or uniform noise, stored as bench/index.py's `--layout` (deflate: 512 px
@@ -39,13 +40,11 @@ from tests.helpers import OFFLINE_CONFIG  # noqa: E402
 from tests.servers import Nginx, nginx_binary  # noqa: E402
 
 
-def variant(inspect: str, bands: str) -> list:
+def variant(inspect: str, bands: int) -> list:
     """The module constants of a variant replaced; returns the undo callables."""
-    undo = []
+    undo = [_replace(plan, "BAND_TILES", bands)]
     if inspect == "decimated":
         undo.append(_replace(inspect_module, "sampled_blocks", lambda src: None))
-    if bands == "no":
-        undo.append(_replace(plan, "BAND_TILES", 0))
     return undo
 
 
@@ -57,13 +56,14 @@ def main() -> int:
     p.add_argument("--layout", choices=sorted(set(LAYOUTS) - {"strips"}), default="deflate")
     p.add_argument("--inspect", choices=("sample", "decimated"), nargs="+",
                    default=["sample", "decimated"])
-    p.add_argument("--bands", choices=("yes", "no"), nargs="+", default=["yes"])
+    p.add_argument("--bands", type=int, nargs="+", default=[plan.BAND_TILES],
+                   help="plan.BAND_TILES: column bands this many tiles wide (0: whole rows)")
+    p.add_argument("--where", choices=("local", "http"), nargs="+", default=["local", "http"])
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--no-http", action="store_true", help="local disk only (no nginx)")
     p.add_argument("--out", default="/tmp/satfind-bench-inspection")
     args = p.parse_args()
-    if not args.no_http and nginx_binary() is None:
-        p.error("nginx is not installed (apt-get install nginx), or use --no-http")
+    if "http" in args.where and nginx_binary() is None:
+        p.error("nginx is not installed (apt-get install nginx), or use --where local")
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     path = raster(work, args.pixels, args.tiles, True, args.layout)
@@ -81,10 +81,10 @@ def main() -> int:
           f"readers, null encoder")
     enc = NullEncoder()
     rows = []
-    web = None if args.no_http else Nginx(www, work / "nginx").__enter__()
+    web = Nginx(www, work / "nginx").__enter__() if "http" in args.where else None
     try:
-        places = [("local", str(path))] + ([] if web is None else
-                                            [("http", f"{web.url}/{path.name}")])
+        places = [(w, str(path) if w == "local" else f"{web.url}/{path.name}")
+                  for w in args.where]
         for rnd in range(1, args.rounds + 1):
             for (where, url), insp, bands in itertools.product(places, args.inspect,
                                                                args.bands):
