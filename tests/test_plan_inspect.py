@@ -32,6 +32,30 @@ def _archive(tmp_path, n: int, bad: set[int] = frozenset()) -> list[RasterSource
     return out
 
 
+def _meeting(monkeypatch, parties: int, meets, inspect) -> list[int]:
+    """plan.inspect_raster replaced by `inspect`, after sources for which meets(src) wait at
+    a barrier that only `parties` inspections at once pass (one at a time, each waits until
+    its timeout and fails). Returns [inspections running now, the most at once]."""
+    barrier = threading.Barrier(parties, timeout=10)
+    running = [0, 0]
+    lock = threading.Lock()
+
+    def meeting(src, *args):
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        try:
+            if meets(src):
+                barrier.wait()
+            return inspect(src, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(plan, "inspect_raster", meeting)
+    return running
+
+
 def test_rasters_are_inspected_at_once_and_come_back_in_order(tmp_path, settings,
                                                               monkeypatch):
     """Three inspections must run at the same time to pass the barrier (one at a time they
@@ -39,24 +63,8 @@ def test_rasters_are_inspected_at_once_and_come_back_in_order(tmp_path, settings
     sources = _archive(tmp_path, 12, bad={5})
     monkeypatch.setattr(plan, "INSPECT_THREADS", 4)
     monkeypatch.setattr(plan.os, "cpu_count", lambda: 4)
-    barrier = threading.Barrier(3, timeout=10)
-    real = plan.inspect_raster
-    running = [0, 0]  # now, most at once
-    lock = threading.Lock()
-
-    def inspect(src, *args):
-        with lock:
-            running[0] += 1
-            running[1] = max(running[1], running[0])
-        try:
-            if src.path.endswith(("r0.tif", "r1.tif", "r2.tif")):
-                barrier.wait()
-            return real(src, *args)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(plan, "inspect_raster", inspect)
+    running = _meeting(monkeypatch, 3, lambda src: src.path.endswith(
+        ("r0.tif", "r1.tif", "r2.tif")), plan.inspect_raster)
     got = list(plan.inspected(sources, settings))
     assert 3 <= running[1] <= 4
     assert isinstance(got[5], InputError) and "r5.tif" in str(got[5])
@@ -116,22 +124,38 @@ def test_remote_rasters_are_inspected_remote_stat_workers_at_once(settings, monk
     s = dataclasses.replace(settings, remote=dataclasses.replace(settings.remote,
                                                                  stat_workers=5))
     monkeypatch.setattr(plan.os, "cpu_count", lambda: 1)
-    barrier = threading.Barrier(5, timeout=10)
-    running = [0, 0]
-    lock = threading.Lock()
-
-    def inspect(src, *args):
-        with lock:
-            running[0] += 1
-            running[1] = max(running[1], running[0])
-        try:
-            barrier.wait()
-            return src.path
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(plan, "inspect_raster", inspect)
+    running = _meeting(monkeypatch, 5, lambda src: True, lambda src, *args: src.path)
     urls = [RasterSource(f"http://127.0.0.1:9/r{i}.tif") for i in range(20)]
     assert list(plan.inspected(urls, s)) == [u.path for u in urls]
     assert running[1] == 5
+
+
+def test_a_stopped_plan_does_not_wait_out_the_remote_retries(settings, monkeypatch):
+    """Ctrl-C reaches the main thread only: the inspections running on the others make no
+    more retries (each would wait 2 + 4 + 8 s here), so the plan stops at once."""
+    from rasterio.errors import RasterioError
+
+    import indexer.rasters.inspect as inspect
+
+    s = dataclasses.replace(settings, remote=dataclasses.replace(
+        settings.remote, stat_workers=4, read_retries=3, retry_delay_s=2.0))
+    attempts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def flaky(source, *args):  # no request is made: the inspection itself is a stand-in
+        with lock:
+            attempts[source.path] = attempts.get(source.path, 0) + 1
+        if source.path.endswith("ok.tif"):
+            return "ok"
+        raise RasterioError("HTTP response code: 503 (a timeout, again)")
+
+    monkeypatch.setattr(inspect, "_inspect", flaky)
+    urls = [RasterSource("http://127.0.0.1:9/ok.tif")] + \
+        [RasterSource(f"http://127.0.0.1:9/r{i}.tif") for i in range(3)]
+    gen = plan.inspected(urls, s)
+    assert next(gen) == "ok"
+    time.sleep(0.1)  # the others failed once and wait to retry
+    t = time.perf_counter()
+    gen.close()
+    assert time.perf_counter() - t < 1.5
+    assert all(attempts[u.path] == 1 for u in urls)

@@ -281,9 +281,12 @@ def inspected(sources: list[RasterSource], settings: Settings
     threads = settings.remote.stat_workers if any(is_remote(s.path) for s in sources) \
         else min(INSPECT_THREADS, os.cpu_count() or 1)
 
+    stop = threading.Event()
+
     def one(src: RasterSource) -> RasterInfo | InputError:
         try:
-            return inspect_raster(src, settings.discovery, settings.tiling, settings.remote)
+            return inspect_raster(src, settings.discovery, settings.tiling, settings.remote,
+                                  stop)
         except InputError as e:
             return e
 
@@ -299,7 +302,8 @@ def inspected(sources: list[RasterSource], settings: Settings
                     yield ahead.popleft().result()
             while ahead:
                 yield ahead.popleft().result()
-        finally:  # stopped early (Ctrl-C, an error): only what runs is waited for
+        finally:  # stopped early (Ctrl-C, an error): only the running attempts are waited
+            stop.set()  # for, not their retries (Ctrl-C reaches the main thread only)
             for f in ahead:
                 f.cancel()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -174,13 +175,14 @@ class _PixelsUnreadable(RasterioError):
 
 
 def inspect_raster(source: RasterSource, discovery: DiscoverySettings,
-                   tiling: TilingSettings, remote: RemoteSettings | None = None) -> RasterInfo:
+                   tiling: TilingSettings, remote: RemoteSettings | None = None,
+                   stop: threading.Event | None = None) -> RasterInfo:
     """Open and check one raster (local, or remote with satfind's GDAL settings and
-    retries); raises InputError with a one-line reason."""
+    retries, none once `stop` is set); raises InputError with a one-line reason."""
     path, name = source.path, public(source.path)
     try:
         return with_retries(path, remote or RemoteSettings(),
-                            lambda: _inspect(source, discovery, tiling))
+                            lambda: _inspect(source, discovery, tiling), stop=stop)
     except _PixelsUnreadable as exc:
         msg = describe(exc) if is_remote(path) else (
             str(exc).splitlines()[0] if str(exc) else "read error")

@@ -6,6 +6,7 @@ retries of reads that fail half-way, and a remote file's identity from its heade
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -136,11 +137,13 @@ def permanent(error: BaseException) -> bool:
 
 
 def with_retries(path: str, remote: RemoteSettings, attempt: Callable[[], T],
-                 reset: Callable[[], None] = lambda: None) -> T:
+                 reset: Callable[[], None] = lambda: None,
+                 stop: threading.Event | None = None) -> T:
     """attempt() under satfind's GDAL settings; for a remote path, a RasterioError that
     GDAL's own retries did not cure (a body cut short, a timeout) is tried again after
     reset() and GDAL's cache of the file are cleared, up to remote.read_retries times with
-    a doubling delay. Local paths: attempt() once."""
+    a doubling delay; none once `stop` is set (a thread of a job that is stopping: Ctrl-C
+    reaches only the main thread). Local paths: attempt() once."""
     if not is_remote(path):
         return attempt()
     from rasterio.errors import RasterioError
@@ -153,11 +156,14 @@ def with_retries(path: str, remote: RemoteSettings, attempt: Callable[[], T],
             try:
                 return attempt()
             except RasterioError as e:
-                if n == remote.read_retries or permanent(e):
+                if n == remote.read_retries or permanent(e) or (stop and stop.is_set()):
                     raise
                 reset()
                 vsi.forget(gdal_path(path))
-                time.sleep(delay)
+                if stop is None:
+                    time.sleep(delay)
+                elif stop.wait(delay):
+                    raise
                 delay *= 2
     raise AssertionError("unreachable")
 
