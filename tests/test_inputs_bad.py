@@ -96,6 +96,33 @@ def test_truncated_geotiff(tmp_path, settings, encoder, capsys, cut_bytes, when)
                for e in IndexSnapshot.open(tmp_path / "idx").sources.values())
 
 
+def test_a_corrupt_block_the_inspection_skips_fails_its_raster_while_read(tmp_path, settings,
+                                                                         encoder):
+    """The inspection checks a tiled raster without overviews on a sample of its blocks
+    (inspect.sampled_blocks): a corrupt block elsewhere is found when its tiles are read,
+    and none of the raster's tiles stay."""
+    import rasterio
+
+    from indexer.rasters import inspect
+
+    _good(tmp_path)
+    path = make_raster(tmp_path / "archive" / "blocky.tif", size=1024, seed=3, tiled=True,
+                       blockxsize=64, blockysize=64, compress="deflate")
+    with rasterio.open(path) as src:
+        sampled = {(w.row_off // 64, w.col_off // 64) for w in inspect.sampled_blocks(src)}
+        assert (7, 7) not in sampled
+        offset = int(src.get_tag_item("BLOCK_OFFSET_7_7", "TIFF", bidx=1))
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + 64] = b"\xff" * 64  # not a DEFLATE stream any more
+    path.write_bytes(bytes(raw))
+    s = dataclasses.replace(settings, job=dataclasses.replace(settings.job, commit_every=16,
+                                                              batch_size=8))
+    report = _job(tmp_path, s, encoder, [tmp_path / "archive"])
+    line = _only_problem(report, "blocky.tif")
+    assert "cannot read tile" in line and "truncated or corrupt" in line
+    assert _sources(tmp_path) == {"good.tif"}
+
+
 def _stac_item(path, href: str, when: str = "2021-05-06T07:08:09Z"):
     item = {
         "type": "Feature", "stac_version": "1.0.0", "id": path.stem,
