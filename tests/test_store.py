@@ -123,6 +123,27 @@ def test_rows_as_a_table_are_the_rows_as_dicts(tmp_path):
                 w.add(bad, _vecs(len(bad), 0), [b"jpeg"] * len(bad))
 
 
+def test_thumbnails_of_every_size_come_back_as_written(tmp_path, monkeypatch):
+    """A commit's thumbnails go to Arrow as one joined buffer with offsets (parts.binary_array),
+    in chunks under Arrow's 2 GB: empty ones, ones larger than a chunk alone, across chunks."""
+    import indexer.store.parts as parts
+
+    rng = np.random.default_rng(7)
+    jpegs = [rng.integers(0, 256, int(n), dtype=np.uint8).tobytes()
+             for n in rng.choice([0, 1, 9, 40, 300], size=60)]
+    monkeypatch.setattr(parts, "BINARY_CHUNK", 100)  # a few values a chunk, some alone
+    arr = parts.binary_array(jpegs)
+    assert arr.num_chunks > 5 and arr.to_pylist() == jpegs
+    assert parts.binary_array([]).to_pylist() == []
+    with IndexWriter(tmp_path / "idx", IDENT, StoreSettings()) as w:
+        w.add(tile_rows(60, "a"), _vecs(60, 1), jpegs)
+        mark_complete(w, "a")
+        w.commit()
+    snap = IndexSnapshot.open(tmp_path / "idx")
+    got = snap.thumbnails(np.arange(60))
+    assert [got.get(i, b"") for i in range(60)] == jpegs
+
+
 def test_foreign_encoder_is_refused(tmp_path):
     with IndexWriter(tmp_path, IDENT, StoreSettings()) as w:
         w.commit()
