@@ -77,12 +77,12 @@ class Identity:
 # or half the cores up to 8 on a machine of more than 8 cores (e.g. a GPU machine's).
 HASH_THREADS = min(8, max(4, (os.cpu_count() or 1) // 2))
 
-# Local rasters inspected at once (inspected(); remote ones: remote.stat_workers, as their
-# identities): a local one is mostly Python under the GIL (~6 ms a COG), so one per core.
-# A remote one waits on ~3 requests in turn (its header, its directory, a small overview):
-# with 50 ms a request, 8 at once check 48 COGs 6.1-6.4x as fast as one (bench/plan.py
-# --urls). Each thread sets its own GDAL options (rasterio's Env is per thread).
-INSPECT_THREADS = 8
+# Remote rasters are inspected remote.stat_workers at once (inspected()): each waits on ~3
+# requests in turn (its header, its directory, a small overview), and with 50 ms a request
+# 8 at once check 48 COGs 6.3-6.6x as fast as one (bench/plan.py --urls). Each thread sets
+# its own GDAL options (rasterio's Env is per thread). Local ones stay in the job's thread:
+# mostly Python under the GIL (~6 ms a COG: 2 threads gained ~15 % on 2 cores), and the
+# readers are forked from this process right after the plan.
 INSPECT_AHEAD = 4
 
 # The column bands of a raster stored in blocks, in tiles (grid.column_bands): two reader
@@ -273,13 +273,12 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
 
 def inspected(sources: list[RasterSource], settings: Settings
               ) -> Iterator[RasterInfo | InputError]:
-    """inspect_raster of each source, in order (its InputError where it fails), several at
-    once: remote.stat_workers where some are remote, else one per core up to
-    INSPECT_THREADS; at most INSPECT_AHEAD x that many run ahead of the caller."""
+    """inspect_raster of each source, in order (its InputError where it fails):
+    remote.stat_workers at once where some are remote (at most INSPECT_AHEAD x that many
+    ahead of the caller), else one after the other in this thread."""
     if not sources:
         return
-    threads = settings.remote.stat_workers if any(is_remote(s.path) for s in sources) \
-        else min(INSPECT_THREADS, os.cpu_count() or 1)
+    threads = settings.remote.stat_workers if any(is_remote(s.path) for s in sources) else 1
 
     stop = threading.Event()
 
