@@ -148,8 +148,18 @@ class Nginx(_Server):
                      str(self.dir / "error.log")], "/", "nginx")
         return self
 
-    def log(self) -> list[dict]:
-        """The access log so far: {method, path, status, bytes, range}."""
+    def log(self, at_least: int = 0, timeout_s: float = 5.0) -> list[dict]:
+        """The access log so far: {method, path, status, bytes, range}. `at_least`: wait (up
+        to timeout_s) until it has that many lines: nginx writes a request's line after its
+        response is sent, so a client can be done before the line is there."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = self._read_log()
+            if len(out) >= at_least or time.monotonic() > deadline:
+                return out
+            time.sleep(0.05)
+
+    def _read_log(self) -> list[dict]:
         out = []
         path = self.dir / "access.log"
         if not path.exists():
