@@ -148,16 +148,32 @@ class Nginx(_Server):
                      str(self.dir / "error.log")], "/", "nginx")
         return self
 
+    # nginx writes a request's line after its response is sent: a client can be done before
+    # the line is there. The log is read (and cleared) once no line came for this long.
+    QUIET_S = 0.2
+
     def log(self, at_least: int = 0, timeout_s: float = 5.0) -> list[dict]:
-        """The access log so far: {method, path, status, bytes, range}. `at_least`: wait (up
-        to timeout_s) until it has that many lines: nginx writes a request's line after its
-        response is sent, so a client can be done before the line is there."""
+        """The access log so far: {method, path, status, bytes, range}, once it has at least
+        `at_least` lines (waited for up to timeout_s) and no new line came for QUIET_S."""
         deadline = time.monotonic() + timeout_s
         while True:
+            self._quiet(deadline)
             out = self._read_log()
             if len(out) >= at_least or time.monotonic() > deadline:
                 return out
             time.sleep(0.05)
+
+    def _quiet(self, deadline: float) -> None:
+        """Wait until the log file did not grow for QUIET_S (or the deadline)."""
+        path = self.dir / "access.log"
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = path.stat().st_size if path.exists() else 0
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= self.QUIET_S:
+                return
+            time.sleep(0.02)
 
     def _read_log(self) -> list[dict]:
         out = []
@@ -172,7 +188,9 @@ class Nginx(_Server):
         return out
 
     def clear_log(self) -> None:
-        """Start the access log afresh (nginx keeps appending to the same open file)."""
+        """Start the access log afresh (nginx keeps appending to the same open file), once
+        the requests before have all written their lines."""
+        self._quiet(time.monotonic() + 5.0)
         path = self.dir / "access.log"
         if path.exists():
             with open(path, "r+") as f:
