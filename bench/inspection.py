@@ -90,7 +90,7 @@ def main() -> int:
                                                                args.bands):
                 undo = variant(insp, bands)
                 try:
-                    if web is not None:
+                    if where == "http":
                         web.clear_log()
                     t = time.perf_counter()
                     inspect_raster(RasterSource(url), settings.discovery, settings.tiling,
@@ -98,7 +98,7 @@ def main() -> int:
                     alone = time.perf_counter() - t
                     inspected = (sum(r["bytes"] for r in web.log()) if where == "http"
                                  else None)
-                    if web is not None:
+                    if where == "http":
                         vsi.before_fork()  # the job starts with GDAL's HTTP cache empty
                         web.clear_log()
                     idx = work / "idx"

@@ -161,7 +161,6 @@ class Nginx(_Server):
             out = self._read_log()
             if len(out) >= at_least or time.monotonic() > deadline:
                 return out
-            time.sleep(0.05)
 
     def _quiet(self, deadline: float) -> None:
         """Wait until the log file did not grow for QUIET_S (or the deadline)."""

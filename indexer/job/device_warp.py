@@ -43,7 +43,6 @@ def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int,
     return out.clamp_(0, 255).to(torch.uint8)
 
 
-
 def on_device(choice: str, device: torch.device) -> bool:
     """job.warp_on / job.thumbnails_on: whether the work goes to the encoder's `device`
     ("device": always; "auto": where that is a GPU; "readers": never)."""

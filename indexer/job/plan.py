@@ -221,15 +221,14 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
         if old and old.complete:
             report.rasters_unchanged += 1
         else:
-            todo.append((src, ident))
-    inspections = inspected([src for src, _ in todo], settings)
-    for (src, ident), info in progress(zip(todo, inspections, strict=True),
-                                       desc="checking rasters", total=len(todo)):
+            todo.append((src, ident, old))
+    inspections = inspected([src for src, _, _ in todo], settings)
+    for (src, ident, old), info in progress(zip(todo, inspections, strict=True),
+                                            desc="checking rasters", total=len(todo)):
         if isinstance(info, InputError):
             problem(info)
             continue
         key = ident.key
-        old = writer.sources.get(key)
         for stale in by_path.get(ident.name, []):
             if stale != key:  # same path, new content: the old tiles go
                 writer.remove(stale)

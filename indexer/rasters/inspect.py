@@ -129,14 +129,20 @@ def _sensor(source: RasterSource, tags: dict, settings: DiscoverySettings) -> st
     return "unknown"
 
 
+def _in_blocks(src) -> bool:
+    """Stored in internal blocks narrower than the raster (a COG, a tiled GeoTIFF), not in
+    strips of whole rows."""
+    return src.block_shapes[0][1] < src.width
+
+
 def sampled_blocks(src) -> list[Window] | None:
     """The windows of the blocks the checks read (SAMPLE_GRID), or None where the decimated
     read costs little: a raster in strips of whole rows (it skips rows), or whose level the
     decimated read comes from (the raster, or the coarsest overview at least as fine as the
     read: a COG's pyramid has one of a few blocks) has few blocks."""
-    bh, bw = src.block_shapes[0]
-    if bw >= src.width:
+    if not _in_blocks(src):
         return None
+    bh, bw = src.block_shapes[0]
     fine = max(src.width, src.height) / OVERVIEW_PX
     f = max([1, *(o for o in src.overviews(1) if o <= fine)])
     if -(-src.width // (f * bw)) * -(-src.height // (f * bh)) <= 2 * SAMPLE_GRID ** 2:
@@ -244,5 +250,5 @@ def _inspect(source: RasterSource, discovery: DiscoverySettings, tiling: TilingS
             sensor=_sensor(source, tags, discovery),
             add_alpha=src.nodata is None and not has_alpha,
             scale_lo=lo, scale_hi=hi, spans=spans, overviews=tuple(src.overviews(1)),
-            tiled=src.block_shapes[0][1] < src.width,
+            tiled=_in_blocks(src),
         )
