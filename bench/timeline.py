@@ -76,9 +76,9 @@ class Timeline:
         real_warp, real_loader = runner.resample_deferred, runner.tile_loader
         host, marks, clock = self.host, self._marks, self.clock
 
-        def warp(batch, device):
+        def warp(batch, device, *rest):  # rest: the thumbnails' size, when on the device
             t, m = time.perf_counter(), clock.mark()
-            out = real_warp(batch, device)
+            out = real_warp(batch, device, *rest)
             marks["warp"].append((m, clock.mark()))
             host["queueing the warp"].append((t, time.perf_counter()))
             return out

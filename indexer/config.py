@@ -157,8 +157,9 @@ class JobSettings:
     # = resampled there from the same source pixels (within 1 grey level of the readers')
     # and JPEG-encoded on a few threads of the job's process (the readers' CPU per tile
     # 0.69 -> 0.40 ms on the 2-core VM, bench/readers.py); "auto" = so where the encoder is
-    # a GPU; "readers" = by the readers (the default until a GPU run has timed it).
-    thumbnails_on: str = "readers"
+    # a GPU (on an H200 machine the readers' CPU per tile 0.89-0.98 -> 0.54-0.55 ms, the
+    # job as fast: BENCHMARKS.md); "readers" = by the readers.
+    thumbnails_on: str = "auto"
     # Whether rasters at paths new to the index are hashed (SHA-256 of every byte: the
     # source key) while their tiles are read, not before the first tile: "auto" = where the
     # encoder is a GPU (the readers leave it CPU to spare: job.warp_on), "yes", "no". Their
