@@ -138,6 +138,9 @@ class IndexJob:
             report.stages["plan (main thread)"] = time.perf_counter() - t0
             if line := plan_line(pendings):
                 self.log(line)
+            # The ANN's training plans for the size the run ends at (its last re-training
+            # then comes early enough to end with the stream, not after it).
+            writer.expect(sum(p.remaining for p in pendings))
             if self.strict and report.problems:
                 return report
             commits = Committer(writer, pendings, report, self.s.tiling.max_nodata_fraction,

@@ -134,6 +134,13 @@ class VectorIndex:
         nlist, _ = ivf_params(n, dim, settings)
         return min(n, max(settings.train_points_per_list * nlist, PQ_TRAIN_POINTS))
 
+    @staticmethod
+    def min_training_size(n: int, dim: int, settings: StoreSettings) -> int:
+        """The fewest vectors an IVF-PQ for `n` trains on without FAISS's warning (39 points
+        per IVF list and per PQ centroid)."""
+        nlist, _ = ivf_params(n, dim, settings)
+        return MIN_POINTS_PER_CENTROID * max(nlist, PQ_CENTROIDS)
+
     # --- what it holds -----------------------------------------------------------------
     @property
     def ntotal(self) -> int:

@@ -80,6 +80,7 @@ class IndexWriter:
         self.background_training = background_training
         self._trainer: BackgroundTraining | None = None
         self.training_s = 0.0  # seconds the ANN's training took (on its own thread or not)
+        self._expected: int | None = None  # the vectors this run brings the index to
         directory.check_directory(self.dir, create)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = directory.WriterLock(self.dir)
@@ -140,6 +141,25 @@ class IndexWriter:
     @property
     def pending(self) -> int:
         return sum(rows.num_rows for rows, _, _ in self._buf)
+
+    def expect(self, more: int) -> None:
+        """This run will add about `more` tiles to what the index holds and buffers. The
+        ANN's (re-)training then plans for the size the run ends at: the run's last
+        re-training comes once the index holds 1 / store.retrain_growth of that size, made
+        for that size, rather than when the index has grown 4x past the last training, which
+        can fall in the run's last seconds and hold its last commit for the whole training
+        (a 980,000-tile job re-trained at 800,000: its last commit waited 41 s for it;
+        BENCHMARKS.md)."""
+        self._expected = self.index.ntotal + self.pending + max(0, int(more))
+
+    def _target(self, n: int) -> int:
+        """The size an ANN trained at `n` vectors is made for: the run's expected size where
+        it serves to the run's end (n >= expected / store.retrain_growth) and `n` vectors
+        are enough points for its k-means; else `n`."""
+        f, growth = self._expected, self.settings.retrain_growth
+        if f is None or f <= n or not growth or n * growth < f:
+            return n
+        return f if n >= VectorIndex.min_training_size(f, self.dim, self.settings) else n
 
     @property
     def generation(self) -> int:
@@ -297,12 +317,24 @@ class IndexWriter:
     def _trains(self, info, n: int) -> bool:
         """The rule: a Flat index of `n` vectors becomes IVF-PQ at store.ivf_min_vectors; an
         IVF-PQ one is re-trained (from the float16 copies) at store.retrain_growth times
-        the size it was trained at."""
+        the size it was trained for, or, where the run's size is known (`expect`) and will
+        pass that, as soon as a training for the run's size can be made (`_target`); a
+        growth re-training that the run's own would follow within one growth step is
+        left to it."""
         st = self.settings
-        if info.factory == "Flat":
-            return n >= st.ivf_min_vectors
-        return bool(st.retrain_growth and self._vectors is not None
-                    and n >= st.retrain_growth * (info.trained_at or n))
+        target = self._target(n)
+        if info.factory == "Flat":  # or for a run that ends past ivf_min_vectors, earlier
+            return n >= st.ivf_min_vectors or (target > n and target >= st.ivf_min_vectors)
+        growth = st.retrain_growth
+        if not (growth and self._vectors is not None):
+            return False
+        trained = info.trained_at or n
+        if target > n:  # a training for the run's size can be made now
+            return target >= growth * trained
+        grew = n >= growth * trained
+        if grew and self._expected is not None and n < self._expected <= n * growth ** 2:
+            return False  # the run's own training comes before this one would be outgrown
+        return grew
 
     def _maybe_train_ivf(self, index: VectorIndex, m: Manifest, wait: bool
                          ) -> tuple[VectorIndex, bool]:
@@ -335,16 +367,23 @@ class IndexWriter:
         vectors = self._vectors_by_id(index, m, held)
         if self._trainer is None:  # trained here
             t = time.perf_counter()
-            empty, params = VectorIndex.train_ivfpq(vectors(self._training_sample(held)), n, st)
+            trained_at = self._target(n)
+            empty, params = VectorIndex.train_ivfpq(
+                vectors(self._training_sample(held, trained_at)), trained_at, st)
             self.training_s += time.perf_counter() - t
-            codes, trained_at = np.zeros((0, empty.code_size), dtype=np.uint8), n
+            codes = np.zeros((0, empty.code_size), dtype=np.uint8)
         if note := VectorIndex.training_note(params):
             logs.note(note)
+        if trained_at > n:  # made for the size the run brings the index to (`expect`)
+            why = (f"this run brings the index past store.ivf_min_vectors = "
+                   f"{st.ivf_min_vectors}" if flat else
+                   "re-trained: for the size this run brings the index to")
+        else:
+            why = (f"store.ivf_min_vectors = {st.ivf_min_vectors}" if flat else
+                   f"re-trained: grew {st.retrain_growth:g}x past the last training")
         for k, v in params.items():
             setattr(info, k, v)
-        why = (f"store.ivf_min_vectors = {st.ivf_min_vectors}" if flat else
-               f"re-trained: grew {st.retrain_growth:g}x past the last training")
-        info.chosen = f"auto: IVF-PQ trained at {trained_at} vectors ({why})"
+        info.chosen = f"auto: IVF-PQ trained for {trained_at} vectors ({why})"
         live = np.zeros(m.next_id, dtype=bool)
         live[held] = True
 
@@ -374,24 +413,26 @@ class IndexWriter:
         exact[held] = index.exact_vectors()
         return exact
 
-    def _training_sample(self, held: np.ndarray) -> np.ndarray:
-        """The ids to train on: a seeded random sample of the live ids `held`, sorted."""
+    def _training_sample(self, held: np.ndarray, target: int) -> np.ndarray:
+        """The ids to train an ANN for `target` vectors on: a seeded random sample of the
+        live ids `held`, sorted."""
         live_ids = np.sort(held)
         n = len(live_ids)
-        size = VectorIndex.training_size(n, self.dim, self.settings)
+        size = min(n, VectorIndex.training_size(target, self.dim, self.settings))
         rng = np.random.default_rng(1234)
         return np.sort(rng.choice(live_ids, size, replace=False)) if size < n else live_ids
 
     def _start_training(self) -> BackgroundTraining:
         """Training of the committed index on a thread of its own (see training.py)."""
         held = self.index.ids()
-        sample = self._training_sample(held)
+        target = self._target(self.index.ntotal)
+        sample = self._training_sample(held, target)
         if self._vectors is None:  # a Flat index without float16 copies: its vectors now
             exact = self._exact_by_id(self.index, self.m, held)
-            return BackgroundTraining(exact[sample], self.index.ntotal, self.settings,
+            return BackgroundTraining(exact[sample], target, self.settings,
                                       rows=lambda: self.m.next_id, exact=exact)
         vectors = self._vectors_by_id(self.index, self.m, held)
-        return BackgroundTraining(vectors(sample), self.index.ntotal, self.settings,
+        return BackgroundTraining(vectors(sample), target, self.settings,
                                   rows=lambda: self.m.next_id, source=self._vectors.path)
 
     def close(self) -> None:
