@@ -204,6 +204,10 @@ def main() -> int:
                    help="job.thumbnails_on with the warp on the device: the deferred tiles' "
                    "thumbnails resampled there and JPEG-encoded on the job's threads (yes: "
                    "device) or made by the readers (no: readers)")
+    p.add_argument("--kmeans-on", choices=("config", "auto", "device", "faiss"), nargs="+",
+                   default=["config"], help="job.kmeans_on: the IVF's k-means and the "
+                   "vectors' lists on the encoder's device or by FAISS (config: as the "
+                   "config file says)")
     p.add_argument("--cuda-graphs", choices=("config", "yes", "no"), nargs="+",
                    default=["config"], help="encoder.cuda_graphs for the encoder alone and "
                    "the job (config: as the config file says)")
@@ -312,11 +316,13 @@ def main() -> int:
     for i in range(1, args.copies):
         os.link(raster, raster.with_name(f"scene-{i}.tif"))
     total *= args.copies
-    variants = [dict(warp_on=w, ramp=r, hash=h, fixed=f, thumbs=t, graphs=g, depth=d)
+    variants = [dict(warp_on=w, ramp=r, hash=h, fixed=f, thumbs=t, graphs=g, depth=d,
+                     kmeans=k)
                 for w in args.warp_on for r in args.ramp_rounds
                 for h in args.hash_while_reading for f in args.fixed_batches
                 for t in args.device_thumbnails
-                for g in args.cuda_graphs for d in args.writer_depth]
+                for g in args.cuda_graphs for d in args.writer_depth
+                for k in args.kmeans_on]
     rows = []
     for round_ in range(args.rounds):
         for n, v in enumerate(variants):
@@ -395,6 +401,8 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
     if hasattr(job, "thumbnails_on"):  # older checkouts make every thumbnail in the readers
         job = dataclasses.replace(job, thumbnails_on="device" if variant["thumbs"] == "yes"
                                   else "readers")
+    if hasattr(job, "kmeans_on") and variant["kmeans"] != "config":
+        job = dataclasses.replace(job, kmeans_on=variant["kmeans"])
     settings = dataclasses.replace(settings, job=job)
     import indexer.job.pipeline as pipeline_module
     import indexer.job.read as read_module

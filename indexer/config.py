@@ -160,6 +160,11 @@ class JobSettings:
     # a GPU (on an H200 machine the readers' CPU per tile 0.89-0.98 -> 0.54-0.55 ms, the
     # job as fast: BENCHMARKS.md); "readers" = by the readers.
     thumbnails_on: str = "auto"
+    # Where the IVF-PQ's coarse k-means and the lists of the vectors it encodes are
+    # computed (indexer/job/device_kmeans.py): "auto" = on the encoder's GPU where it has
+    # one, "device" = on the encoder's device even a CPU (tests), "faiss" = by FAISS on the
+    # CPU cores (the default until a GPU run has timed the others).
+    kmeans_on: str = "faiss"
     # Whether rasters at paths new to the index are hashed (SHA-256 of every byte: the
     # source key) while their tiles are read, not before the first tile: "auto" = where the
     # encoder is a GPU (the readers leave it CPU to spare: job.warp_on), "yes", "no". Their
@@ -333,6 +338,9 @@ def _validate(s: Settings) -> None:
     if s.job.warp_on not in {"auto", "device", "readers"}:
         raise ConfigError(f"{where}: job.warp_on must be auto, device or readers, got "
                           f"{s.job.warp_on!r}")
+    if s.job.kmeans_on not in {"auto", "device", "faiss"}:
+        raise ConfigError(f"{where}: job.kmeans_on must be auto, device or faiss, got "
+                          f"{s.job.kmeans_on!r}")
     if s.job.thumbnails_on not in {"auto", "device", "readers"}:
         raise ConfigError(f"{where}: job.thumbnails_on must be auto, device or readers, got "
                           f"{s.job.thumbnails_on!r}")

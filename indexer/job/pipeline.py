@@ -21,6 +21,7 @@ from indexer.critical import stop_between_steps
 from indexer.errors import InputError, JobError
 from indexer.job.background import BackgroundWriter
 from indexer.job.commit import Committer
+from indexer.job.device_kmeans import DeviceKMeans
 from indexer.job.device_warp import on_device
 from indexer.job.plan import Hasher, Pending, known_hashes, plan_line, plan_sources
 from indexer.job.read import RasterPlan, TileBatch
@@ -53,6 +54,15 @@ def warp_device(settings: Settings, encoder) -> torch.device | None:
     if settings.tiling.resolved_warp() != "fast" or not isinstance(device, torch.device):
         return None
     return device if on_device(settings.job.warp_on, device) else None
+
+
+def coarse_kmeans(settings: Settings, encoder) -> DeviceKMeans | None:
+    """Where the IVF's k-means and the vectors' lists are computed (job.kmeans_on): on the
+    encoder's device (a GPU for "auto"), or None: by FAISS on the CPU cores."""
+    device = getattr(encoder, "device", None)
+    if not isinstance(device, torch.device):
+        return None
+    return DeviceKMeans(device) if on_device(settings.job.kmeans_on, device) else None
 
 
 def hash_while_reading(settings: Settings, encoder, strict: bool) -> bool:
@@ -124,7 +134,8 @@ class IndexJob:
             return report
         # The ANN's training runs on a thread of its own: the encoder never waits for it.
         with IndexWriter(self.index_dir, self.encoder.identity, self.s.store,
-                         recipe=self.recipe, background_training=True) as writer, \
+                         recipe=self.recipe, background_training=True,
+                         kmeans=coarse_kmeans(self.s, self.encoder)) as writer, \
                 Hasher(known_hashes(writer)) as hasher:
             plans, pendings = plan_sources(
                 writer, sources, self.s, self.encoder.image_size, report, problem,

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.config import StoreSettings
-from indexer.store.vector_index import VectorIndex, set_threads
+from indexer.store.vector_index import CoarseKMeans, VectorIndex, set_threads
 from indexer.store.vectors import open_rows
 
 TRAIN_THREADS = max(1, (os.cpu_count() or 1) // 4)
@@ -39,12 +39,14 @@ CATCH_UP_ROUNDS = 4  # passes over rows committed while the thread worked
 class BackgroundTraining:
     """Trains an IVF-PQ for `n` vectors on `sample` and encodes rows 0.. of `source`
     (float16 copies, row = tile id, `rows()` of them committed) or of `exact` (float32,
-    row = tile id: a Flat index without float16 copies)."""
+    row = tile id: a Flat index without float16 copies). `kmeans`: the IVF's k-means and
+    the vectors' lists computed there (VectorIndex.train_ivfpq)."""
 
     def __init__(self, sample: np.ndarray, n: int, settings: StoreSettings,
                  rows: Callable[[], int], source: Path | None = None,
-                 exact: np.ndarray | None = None):
+                 exact: np.ndarray | None = None, kmeans: CoarseKMeans | None = None):
         self.n = n
+        self._kmeans = kmeans
         self._rows = rows
         self._source, self._exact = source, exact
         self._dim = sample.shape[1]
@@ -63,7 +65,8 @@ class BackgroundTraining:
         t0 = time.perf_counter()
         try:
             set_threads(TRAIN_THREADS)
-            index, self.params = VectorIndex.train_ivfpq(sample, self.n, settings)
+            index, self.params = VectorIndex.train_ivfpq(sample, self.n, settings,
+                                                         self._kmeans)
             del sample
             parts: list[np.ndarray] = []
             done = 0

@@ -13,7 +13,9 @@ without encoding anything.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -38,6 +40,19 @@ PQ_KMEANS_ITERS = 10
 ADD_CHUNK = 65536
 
 
+class CoarseKMeans(Protocol):
+    """The IVF's coarse k-means and assignment done outside FAISS (indexer/job/
+    device_kmeans.py: on the encoder's GPU), numpy in and out: the store imports no torch."""
+
+    def centroids(self, sample: np.ndarray, k: int, iters: int) -> np.ndarray:
+        """[k, dim] float32: spherical k-means of `sample` (inner product, unit centroids,
+        as FAISS trains an inner-product IVF)."""
+
+    def assigner(self, centroids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """vectors [N, dim] float32 -> int64 [N]: each one's centroid of highest inner
+        product."""
+
+
 def set_threads(n: int) -> None:
     """OpenMP threads for the FAISS calls the calling thread makes from now on (a setting of
     each thread: the others keep theirs)."""
@@ -58,6 +73,8 @@ class VectorIndex:
 
     def __init__(self, index: faiss.Index):
         self._index = index
+        # vectors -> IVF list numbers, computed elsewhere (a GPU: CoarseKMeans); None: FAISS's
+        self._assign: Callable[[np.ndarray], np.ndarray] | None = None
 
     # --- making one --------------------------------------------------------------------
     @classmethod
@@ -94,10 +111,12 @@ class VectorIndex:
         return cls(index)
 
     @classmethod
-    def train_ivfpq(cls, sample: np.ndarray, n: int, settings: StoreSettings
-                    ) -> tuple[VectorIndex, dict]:
+    def train_ivfpq(cls, sample: np.ndarray, n: int, settings: StoreSettings,
+                    kmeans: CoarseKMeans | None = None) -> tuple[VectorIndex, dict]:
         """An empty IVF{nlist},PQ{m} for `n` vectors, trained on `sample` (see
-        `training_size`); and what to record about it (factory, nlist, pq_m, sizes)."""
+        `training_size`); and what to record about it (factory, nlist, pq_m, sizes).
+        `kmeans`: the IVF's centroids and the assignment of vectors to them made there
+        (FAISS then trains the PQ codebooks only); None: all by FAISS."""
         dim = sample.shape[1]
         nlist, m = ivf_params(n, dim, settings)
         # "np": no polysemous training (a permutation of the PQ centroids that only Hamming
@@ -113,8 +132,15 @@ class VectorIndex:
         pq = faiss.downcast_index(ivf).pq
         pq.cp.min_points_per_centroid = 1
         pq.cp.niter = PQ_KMEANS_ITERS
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        return cls(index), {"factory": factory, "nlist": nlist, "pq_m": m,
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if kmeans is not None:  # a quantizer holding nlist centroids is not trained again
+            ivf.quantizer.add(np.ascontiguousarray(
+                kmeans.centroids(sample, nlist, KMEANS_ITERS), dtype=np.float32))
+        index.train(sample)
+        out = cls(index)
+        if kmeans is not None:
+            out.assign_with(kmeans)
+        return out, {"factory": factory, "nlist": nlist, "pq_m": m,
                             "trained_on": int(len(sample)), "trained_at": int(n)}
 
     @staticmethod
@@ -201,12 +227,26 @@ class VectorIndex:
         """This index's trained structure without its vectors, as bytes."""
         return self.emptied().to_bytes()
 
+    def assign_with(self, kmeans: CoarseKMeans) -> None:
+        """From now on `encode` takes each vector's IVF list from `kmeans` (its nearest
+        centroid by inner product, as FAISS's quantizer gives it, computed there: a GPU);
+        FAISS makes the rest of the code (the PQ of the residual). Flat: nothing to do."""
+        if not self.is_flat and self._assign is None:
+            ivf = faiss.extract_index_ivf(self._index)
+            self._assign = kmeans.assigner(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """uint8 [N, code_size]: what `add_codes` needs to hold these vectors."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.is_flat:
             return x.view(np.uint8).reshape(len(x), self.code_size)
-        return self._index.sa_encode(x)
+        if self._assign is None or not len(x):
+            return self._index.sa_encode(x)
+        lists = np.ascontiguousarray(self._assign(x), dtype=np.int64)
+        out = np.empty((len(x), self.code_size), dtype=np.uint8)
+        faiss.downcast_index(faiss.extract_index_ivf(self._index)).encode_vectors(
+            len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(out), True)
+        return out
 
     def list_of(self, codes: np.ndarray) -> np.ndarray:
         """The IVF list each code goes to (its coarse bytes, little-endian)."""

@@ -33,7 +33,7 @@ from indexer.store.parts import (
     write_part,
 )
 from indexer.store.training import BackgroundTraining
-from indexer.store.vector_index import VectorIndex
+from indexer.store.vector_index import CoarseKMeans, VectorIndex
 from indexer.store.vectors import RowFileWriter, open_rows
 
 
@@ -66,18 +66,22 @@ def tile_rows(z: np.ndarray, x: np.ndarray, y: np.ndarray, nodata_fraction: np.n
 class IndexWriter:
     def __init__(self, index_dir: str | Path, identity: EncoderIdentity,
                  settings: StoreSettings, recipe: TileRecipe | None = None,
-                 create: bool = True, background_training: bool = False):
+                 create: bool = True, background_training: bool = False,
+                 kmeans: CoarseKMeans | None = None):
         """`recipe`: how the tiles to be added were cut; an index cut another way is
         refused (None: no tiles will be added, e.g. only removals).
         `background_training`: a commit that makes the ANN due for (re-)training starts it
         on a thread of its own (store/training.py) and later commits go on without it, until
         one finds it done and takes the result; `commit(wait_for_training=True)` waits for
-        it. Off: the commit trains (the writer is busy meanwhile)."""
+        it. Off: the commit trains (the writer is busy meanwhile).
+        `kmeans`: the IVF's k-means, and the lists of the vectors every commit encodes, done
+        there (the job's `job.kmeans_on`: the encoder's GPU); None: by FAISS on the CPU."""
         if str(index_dir).strip() == "":
             raise IndexError_("the index directory is empty: give a path (e.g. --index idx)")
         self.dir = Path(index_dir)
         self.settings = settings
         self.background_training = background_training
+        self._kmeans = kmeans
         self._trainer: BackgroundTraining | None = None
         self.training_s = 0.0  # seconds the ANN's training took (on its own thread or not)
         self._expected: int | None = None  # the vectors this run brings the index to
@@ -286,6 +290,8 @@ class IndexWriter:
         first = new.next_id
         if self._vectors is not None:
             self._vectors.write_at(first, vecs.astype(np.float16))
+        if self._kmeans is not None:  # an IVF loaded from disk: its lists computed there too
+            index.assign_with(self._kmeans)
         codes = self._ann.append(new, index, first, vecs)
         tiles, thumb_table = new_tables(first, rows, thumbs)
         new.parts.append(write_part(self.dir, new, tiles, thumb_table))
@@ -369,7 +375,8 @@ class IndexWriter:
             t = time.perf_counter()
             trained_at = self._target(n)
             empty, params = VectorIndex.train_ivfpq(
-                vectors(self._training_sample(held, trained_at)), trained_at, st)
+                vectors(self._training_sample(held, trained_at)), trained_at, st,
+                self._kmeans)
             self.training_s += time.perf_counter() - t
             codes = np.zeros((0, empty.code_size), dtype=np.uint8)
         if note := VectorIndex.training_note(params):
@@ -430,10 +437,12 @@ class IndexWriter:
         if self._vectors is None:  # a Flat index without float16 copies: its vectors now
             exact = self._exact_by_id(self.index, self.m, held)
             return BackgroundTraining(exact[sample], target, self.settings,
-                                      rows=lambda: self.m.next_id, exact=exact)
+                                      rows=lambda: self.m.next_id, exact=exact,
+                                      kmeans=self._kmeans)
         vectors = self._vectors_by_id(self.index, self.m, held)
         return BackgroundTraining(vectors(sample), target, self.settings,
-                                  rows=lambda: self.m.next_id, source=self._vectors.path)
+                                  rows=lambda: self.m.next_id, source=self._vectors.path,
+                                  kmeans=self._kmeans)
 
     def close(self) -> None:
         if self._trainer is not None:  # not taken by a commit: the next run trains again
