@@ -7,8 +7,10 @@ tiles are due), with the run's size given to the writer up front (`plan`: the jo
 `IndexWriter.expect`) and without (`growth`: re-trained at 4x the last training only),
 alternated. Prints each training (the index size it started at, the size it was made for),
 the last commit's wait for a training, and the run's wall time against the stream's.
+`--kmeans cpu` (or cuda): the IVF's k-means and lists by job.kmeans_on's DeviceKMeans.
 
     python bench/training_plan.py --tiles 230000 --rate 3000 --rounds 2
+    python bench/training_plan.py --tiles 980000 --rate 6000 --plan yes --kmeans faiss cpu
 """
 
 from __future__ import annotations
@@ -30,10 +32,17 @@ from indexer.store.writer import IndexWriter  # noqa: E402
 from tests.helpers import mark_complete, tile_rows  # noqa: E402
 
 
-def run(d: Path, plan: bool, a, world: EmbeddingWorld, ident: EncoderIdentity) -> dict:
+def run(d: Path, plan: bool, kmeans: str, a, world: EmbeddingWorld,
+        ident: EncoderIdentity) -> dict:
     trainings: list[tuple[int, int]] = []
+    km = None
+    if kmeans != "faiss":
+        import torch
+
+        from indexer.job.device_kmeans import DeviceKMeans
+        km = DeviceKMeans(torch.device(kmeans))
     t0 = time.perf_counter()
-    with IndexWriter(d, ident, StoreSettings(), background_training=True) as w:
+    with IndexWriter(d, ident, StoreSettings(), background_training=True, kmeans=km) as w:
         if plan:
             w.expect(a.tiles)
         n = 0
@@ -66,6 +75,10 @@ def main() -> int:
     ap.add_argument("--commit", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--plan", choices=("no", "yes"), nargs="+", default=["no", "yes"],
+                    help="the run's size given to the writer (IndexWriter.expect)")
+    ap.add_argument("--kmeans", nargs="+", default=["faiss"],
+                    help="faiss, or a torch device (cpu, cuda): job.kmeans_on's DeviceKMeans")
     a = ap.parse_args()
     world = EmbeddingWorld(dim=a.dim)
     ident = EncoderIdentity("bench", "c" * 64, "w" * 64, a.dim, 224)
@@ -77,12 +90,13 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     try:
         for r in range(1, a.rounds + 1):
-            for plan in (False, True):
-                d = root / f"idx-{r}-{plan}"
-                x = run(d, plan, a, world, ident)
+            for plan, kmeans in [(p == "yes", k) for p in a.plan for k in a.kmeans]:
+                d = root / f"idx-{r}-{plan}-{kmeans}"
+                x = run(d, plan, kmeans, a, world, ident)
                 shutil.rmtree(d, ignore_errors=True)
                 tr = ", ".join(f"{at:,} -> {t:,}" for at, t in x["trainings"])
-                print(f"| {r} | {'plan (expect)' if plan else 'growth only'} | {tr} | "
+                how = f"{'plan (expect)' if plan else 'growth only'}, k-means {kmeans}"
+                print(f"| {r} | {how} | {tr} | "
                       f"{x['stream']:.1f} | {x['last']:.2f} | {x['wall']:.1f} | "
                       f"{x['wall'] / x['stream']:.2f} | {x['training_s']:.1f} | {x['final']} |",
                       flush=True)

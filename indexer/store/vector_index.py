@@ -141,7 +141,7 @@ class VectorIndex:
         if kmeans is not None:
             out.assign_with(kmeans)
         return out, {"factory": factory, "nlist": nlist, "pq_m": m,
-                            "trained_on": int(len(sample)), "trained_at": int(n)}
+                     "trained_on": int(len(sample)), "trained_at": int(n)}
 
     @staticmethod
     def training_note(params: dict) -> str | None:
