@@ -1,5 +1,6 @@
-"""IVF-PQ training on a thread of its own, so that the writer goes on committing (and the
-job's encoder goes on encoding) while FAISS's k-means runs.
+"""When the ANN is (re-)trained and for what size (`TrainingPlan`), and IVF-PQ training on
+a thread of its own, so that the writer goes on committing (and the job's encoder goes on
+encoding) while FAISS's k-means runs.
 
 The thread trains on a sample fixed when it starts (the same sample, from the same seed,
 that training in the commit would take: the result is bit for bit the same), then encodes
@@ -23,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,53 @@ from indexer.store.vectors import open_rows
 TRAIN_THREADS = max(1, (os.cpu_count() or 1) // 4)
 CHUNK = 65536  # vectors encoded per step (the stop flag is checked between steps)
 CATCH_UP_ROUNDS = 4  # passes over rows committed while the thread worked
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """When the writer (re-)trains the ANN, and for what size. The rule: a Flat index
+    becomes IVF-PQ at store.ivf_min_vectors; an IVF-PQ one is re-trained at
+    store.retrain_growth times the size it was trained for.
+
+    `expected` (IndexWriter.expect: the job gives its plan's tiles) is the size the run
+    ends at, F. Where a training made for F can serve to the run's end (the index holds
+    F / retrain_growth) and the index holds enough points for its k-means, the writer
+    (re-)trains for F then, the first training too; a growth re-training that F's would
+    follow within one growth step is left to it. Else the growth rule alone, whose last
+    re-training can fall in a run's last seconds and hold its last commit for the whole
+    training (a 980,000-tile job re-trained at 800,000: its last commit waited 41 s for it;
+    BENCHMARKS.md)."""
+
+    settings: StoreSettings
+    dim: int
+    expected: int | None = None
+
+    def target(self, n: int) -> int:
+        """The size an ANN trained at `n` vectors is made for: F where it serves to the
+        run's end (n >= F / store.retrain_growth) and `n` vectors are enough points for its
+        k-means; else `n`."""
+        f, growth = self.expected, self.settings.retrain_growth
+        if f is None or f <= n or not growth or n * growth < f:
+            return n
+        return f if n >= VectorIndex.min_training_size(f, self.dim, self.settings) else n
+
+    def due(self, flat: bool, trained_at: int, n: int, retrain: bool) -> bool:
+        """Whether an index of `n` vectors (Flat, or an IVF-PQ made for `trained_at`) is due
+        for training; `retrain`: whether an IVF-PQ can be re-trained at all (it needs the
+        float16 copies)."""
+        st = self.settings
+        target = self.target(n)
+        if flat:  # or, for a run that ends past ivf_min_vectors, earlier
+            return n >= st.ivf_min_vectors or (target > n and target >= st.ivf_min_vectors)
+        growth = st.retrain_growth
+        if not (growth and retrain):
+            return False
+        if target > n:  # a training for the run's size can be made now
+            return target >= growth * trained_at
+        grew = n >= growth * trained_at
+        if grew and self.expected is not None and n < self.expected <= n * growth ** 2:
+            return False  # the run's own training comes before this one would be outgrown
+        return grew
 
 
 class BackgroundTraining:

@@ -32,7 +32,7 @@ from indexer.store.parts import (
     without_source,
     write_part,
 )
-from indexer.store.training import BackgroundTraining
+from indexer.store.training import BackgroundTraining, TrainingPlan
 from indexer.store.vector_index import CoarseKMeans, VectorIndex
 from indexer.store.vectors import RowFileWriter, open_rows
 
@@ -84,7 +84,6 @@ class IndexWriter:
         self._kmeans = kmeans
         self._trainer: BackgroundTraining | None = None
         self.training_s = 0.0  # seconds the ANN's training took (on its own thread or not)
-        self._expected: int | None = None  # the vectors this run brings the index to
         directory.check_directory(self.dir, create)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = directory.WriterLock(self.dir)
@@ -109,6 +108,7 @@ class IndexWriter:
         (self.dir / THUMBS_DIR).mkdir(exist_ok=True)
         self.m = m
         self.dim = m.dim
+        self._plan = TrainingPlan(self.settings, self.dim)  # the run's size: expect()
         self._recipe = recipe
         try:
             self.index = ann.load(self.dir, m)
@@ -147,23 +147,10 @@ class IndexWriter:
         return sum(rows.num_rows for rows, _, _ in self._buf)
 
     def expect(self, more: int) -> None:
-        """This run will add about `more` tiles to what the index holds and buffers. The
-        ANN's (re-)training then plans for the size the run ends at: the run's last
-        re-training comes once the index holds 1 / store.retrain_growth of that size, made
-        for that size, rather than when the index has grown 4x past the last training, which
-        can fall in the run's last seconds and hold its last commit for the whole training
-        (a 980,000-tile job re-trained at 800,000: its last commit waited 41 s for it;
-        BENCHMARKS.md)."""
-        self._expected = self.index.ntotal + self.pending + max(0, int(more))
-
-    def _target(self, n: int) -> int:
-        """The size an ANN trained at `n` vectors is made for: the run's expected size where
-        it serves to the run's end (n >= expected / store.retrain_growth) and `n` vectors
-        are enough points for its k-means; else `n`."""
-        f, growth = self._expected, self.settings.retrain_growth
-        if f is None or f <= n or not growth or n * growth < f:
-            return n
-        return f if n >= VectorIndex.min_training_size(f, self.dim, self.settings) else n
+        """This run will add about `more` tiles to what the index holds and buffers: the
+        ANN's (re-)training plans for the size the run ends at (training.TrainingPlan)."""
+        self._plan = TrainingPlan(self.settings, self.dim,
+                                  self.index.ntotal + self.pending + max(0, int(more)))
 
     @property
     def generation(self) -> int:
@@ -321,26 +308,10 @@ class IndexWriter:
         return self._trains(self.m.index, self.index.ntotal + self.pending)
 
     def _trains(self, info, n: int) -> bool:
-        """The rule: a Flat index of `n` vectors becomes IVF-PQ at store.ivf_min_vectors; an
-        IVF-PQ one is re-trained (from the float16 copies) at store.retrain_growth times
-        the size it was trained for, or, where the run's size is known (`expect`) and will
-        pass that, as soon as a training for the run's size can be made (`_target`); a
-        growth re-training that the run's own would follow within one growth step is
-        left to it."""
-        st = self.settings
-        target = self._target(n)
-        if info.factory == "Flat":  # or for a run that ends past ivf_min_vectors, earlier
-            return n >= st.ivf_min_vectors or (target > n and target >= st.ivf_min_vectors)
-        growth = st.retrain_growth
-        if not (growth and self._vectors is not None):
-            return False
-        trained = info.trained_at or n
-        if target > n:  # a training for the run's size can be made now
-            return target >= growth * trained
-        grew = n >= growth * trained
-        if grew and self._expected is not None and n < self._expected <= n * growth ** 2:
-            return False  # the run's own training comes before this one would be outgrown
-        return grew
+        """Whether an index of `n` vectors, its ANN as `info` says, is due for (re-)training
+        (re-training needs the float16 copies): training.TrainingPlan.due."""
+        return self._plan.due(info.factory == "Flat", info.trained_at or n, n,
+                              retrain=self._vectors is not None)
 
     def _maybe_train_ivf(self, index: VectorIndex, m: Manifest, wait: bool
                          ) -> tuple[VectorIndex, bool]:
@@ -373,7 +344,7 @@ class IndexWriter:
         vectors = self._vectors_by_id(index, m, held)
         if self._trainer is None:  # trained here
             t = time.perf_counter()
-            trained_at = self._target(n)
+            trained_at = self._plan.target(n)
             empty, params = VectorIndex.train_ivfpq(
                 vectors(self._training_sample(held, trained_at)), trained_at, st,
                 self._kmeans)
@@ -432,7 +403,7 @@ class IndexWriter:
     def _start_training(self) -> BackgroundTraining:
         """Training of the committed index on a thread of its own (see training.py)."""
         held = self.index.ids()
-        target = self._target(self.index.ntotal)
+        target = self._plan.target(self.index.ntotal)
         sample = self._training_sample(held, target)
         if self._vectors is None:  # a Flat index without float16 copies: its vectors now
             exact = self._exact_by_id(self.index, self.m, held)
