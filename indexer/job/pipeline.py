@@ -47,11 +47,17 @@ def _tiling_for(index_dir: Path, tiling: TilingSettings) -> TilingSettings:
     return tiling.for_index(recipe) if exists else tiling.with_warp()
 
 
+def encoder_device(encoder) -> torch.device | None:
+    """The encoder's torch device (None for a stand-in encoder without one)."""
+    device = getattr(encoder, "device", None)
+    return device if isinstance(device, torch.device) else None
+
+
 def warp_device(settings: Settings, encoder) -> torch.device | None:
     """Where the readers leave the fast warp's plain tiles (job.warp_on): the encoder's
     device where that is a GPU ("auto") or always ("device"); None: the readers warp all."""
-    device = getattr(encoder, "device", None)
-    if settings.tiling.resolved_warp() != "fast" or not isinstance(device, torch.device):
+    device = encoder_device(encoder)
+    if settings.tiling.resolved_warp() != "fast" or device is None:
         return None
     return device if on_device(settings.job.warp_on, device) else None
 
@@ -59,10 +65,10 @@ def warp_device(settings: Settings, encoder) -> torch.device | None:
 def coarse_kmeans(settings: Settings, encoder) -> DeviceKMeans | None:
     """Where the IVF's k-means and the vectors' lists are computed (job.kmeans_on): on the
     encoder's device (a GPU for "auto"), or None: by FAISS on the CPU cores."""
-    device = getattr(encoder, "device", None)
-    if not isinstance(device, torch.device):
+    device = encoder_device(encoder)
+    if device is None or not on_device(settings.job.kmeans_on, device):
         return None
-    return DeviceKMeans(device) if on_device(settings.job.kmeans_on, device) else None
+    return DeviceKMeans(device)
 
 
 def hash_while_reading(settings: Settings, encoder, strict: bool) -> bool:
@@ -70,8 +76,9 @@ def hash_while_reading(settings: Settings, encoder, strict: bool) -> bool:
     "auto" where the encoder is a GPU; never with --strict (a file that cannot be hashed
     stops the run before its first tile)."""
     on = settings.job.hash_while_reading
-    device = getattr(getattr(encoder, "device", None), "type", "cpu")
-    return not strict and (on == "yes" or (on == "auto" and device == "cuda"))
+    device = encoder_device(encoder)
+    gpu = device is not None and device.type == "cuda"
+    return not strict and (on == "yes" or (on == "auto" and gpu))
 
 
 class IndexJob:
