@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.read import best  # noqa: E402
 from indexer.config import load_settings  # noqa: E402
+from indexer.job import device_warp  # noqa: E402
 from indexer.job.device_warp import resample_deferred  # noqa: E402
 from indexer.job.read import RasterPlan, StripBatches, TileDataset, collate  # noqa: E402
 from indexer.rasters.grid import choose_zoom, raster_blocks  # noqa: E402
@@ -124,6 +125,40 @@ def main() -> int:
         n = len(full.deferred)
         print(f"the device's part, batch of {n} ({int(full.deferred.sum())} deferred), "
               f"copies included: {t / n * 1e3:.4f} ms per tile ({n / t:,.0f} tiles/s)")
+
+        # The job's default on a GPU: the deferred tiles' thumbnails resampled there too
+        # (job.thumbnails_on), the warp as before (device_warp.LEAN False) and now, alternated.
+        thumbs_at = (job.thumbnail_size, job.thumbnail_quality)
+        dt_ds = TileDataset(plans, px, tiling, job, defer=True, device_thumbs=True)
+        whole = max(batches(dt_ds, args.batch),
+                    key=lambda b: 0 if b.deferred is None else len(b.deferred))
+        if dev.type == "cuda":
+            whole = dataclasses.replace(whole, rgb=whole.rgb.pin_memory(),
+                                        crops=whole.crops.pin_memory())
+
+        def with_thumbs():
+            out = resample_deferred(dataclasses.replace(whole, thumbs=list(whole.thumbs)),
+                                    dev, thumbs_at)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()  # (the JPEGs, on threads of the CPU, are not timed)
+            return out
+
+        n = len(whole.deferred)
+        lean, made = {}, {}
+        for way in (False, True) * args.repeat:
+            device_warp.LEAN = way
+            made[way] = with_thumbs()
+            made[way].thumbnails()  # the JPEG threads done before the next round
+            t = best(with_thumbs, 1)
+            lean[way] = min(lean.get(way, 1e9), t)
+            with_thumbs().thumbnails()
+        device_warp.LEAN = True
+        before, now = lean[False] / n * 1e3, lean[True] / n * 1e3
+        apart = np.abs(made[False].rgb.cpu().numpy().astype(np.int16)
+                       - made[True].rgb.cpu().numpy().astype(np.int16))
+        print(f"the device's part with thumbnails ({job.thumbnail_size} px), batch of {n}: "
+              f"warp before {before:.4f} ms per tile, now {now:.4f} ({before / now:.2f}x); "
+              f"tiles apart: max {apart.max()}, {(apart > 0).mean():.4%} of values")
 
         # Thumbnails on the device (not used: the readers make them): a resize, then JPEG.
         size = job.thumbnail_size

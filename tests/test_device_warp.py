@@ -237,6 +237,57 @@ def test_warp_tiles_samples_where_the_maps_say():
     assert np.abs(got[0, 0].numpy() - ref).max() <= 1
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_the_sample_grid_is_where_the_maps_say(device):
+    """The grid built from a row term and a column term is the maps' positions, normalised,
+    to 1e-4 px (float64 reference), as the grid built term by term before."""
+    from indexer.job.device_warp import _grid, _grid_by_terms
+
+    g = torch.Generator().manual_seed(3)
+    d, px, w, h = 16, 224, 305, 301
+    a = torch.rand(d, generator=g) * 0.1  # ~2 degrees of rotation, 1.35x the tile's pixel
+    m = torch.stack([torch.stack([1.35 * torch.cos(a), -1.35 * torch.sin(a),
+                                  torch.rand(d, generator=g) * 9]),
+                     torch.stack([1.35 * torch.sin(a), 1.35 * torch.cos(a),
+                                  torch.rand(d, generator=g) * 9])]).permute(2, 0, 1)
+    r, c = torch.meshgrid(torch.arange(px, dtype=torch.float64),
+                          torch.arange(px, dtype=torch.float64), indexing="ij")
+    md = m.double()
+    want = torch.stack([md[:, i, 0, None, None] * c + md[:, i, 1, None, None] * r
+                        + md[:, i, 2, None, None] for i in (0, 1)], dim=-1)
+    for build in (_grid, _grid_by_terms):
+        got = build(m.to(device), px, w, h).cpu().double()
+        pixels = (got + 1) / 2 * torch.tensor([w - 1, h - 1], dtype=torch.float64)
+        assert (pixels - want).abs().max() < 1e-4, build.__name__
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_the_lean_warp_gives_the_tiles_and_thumbnails_of_the_warp_before(
+        tmp_path, settings, device, monkeypatch):
+    """device_warp.LEAN (the grid in two passes, the crops converted once for tiles and
+    thumbnails) against the code before (bench/device_warp.py compares their speed): the
+    same tiles and thumbnail pixels but for a rounding tie, a grey level apart."""
+    import indexer.job.device_warp as dw
+
+    s = _fast(settings, target_gsd_m=4.0)
+    plans = _plans(make_raster(tmp_path / "r.tif", size=900, data=_smooth(900)), s.tiling, 224)
+    ds = TileDataset(plans, 224, s.tiling, s.job, defer=True, device_thumbs=True)
+    batch = collate([ds[i] for i in range(len(ds))])
+    assert batch.deferred is not None and batch.deferred.sum() >= 4
+    made, pixels = {}, {}
+    real = dw.jpegs_later
+    for lean in (False, True):
+        monkeypatch.setattr(dw, "LEAN", lean)
+        monkeypatch.setattr(dw, "jpegs_later", lambda p, ready, q, lean=lean: (
+            pixels.__setitem__(lean, p.clone()), real(p, ready, q))[1])
+        made[lean] = resample_deferred(dataclasses.replace(batch, thumbs=list(batch.thumbs)),
+                                       device, (s.job.thumbnail_size, s.job.thumbnail_quality))
+    for a, b in ((made[False].rgb, made[True].rgb), (pixels[False], pixels[True])):
+        diff = (a.cpu().int() - b.cpu().int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+    assert all(t is not None for t in made[True].thumbnails())
+
+
 def test_the_job_gives_the_same_index_either_way(tmp_path, settings, encoder):
     """Two reader processes, the test model: the index with plain tiles resampled on the
     device (here the CPU), their thumbnails made by the readers or (as on a GPU) on the

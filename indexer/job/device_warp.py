@@ -16,31 +16,78 @@ from indexer.job.thumbnails import jpegs_later, thumbnail_maps
 _streams: dict[tuple[torch.device, bool], torch.cuda.Stream] = {}
 
 
+# False: the warp as before: the sample grid built term by term in pixels, then normalised;
+# the crops converted to float for the tiles and again for their thumbnails (bench/warp.py
+# compares the two).
+LEAN = True
+
+
 def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int,
                scales: torch.Tensor | None = None) -> torch.Tensor:
-    """Crops [D, 3, C, C] (uint8, or uint16 pixels as int16) and maps [D, 2, 3] (tile pixel
-    (col, row) -> crop pixel, pixel centres at integers: warpAffine's inverse map) on one
-    device -> uint8 tiles [D, 3, px, px] there. Every sample and its bilinear neighbours are
-    inside its crop (the readers defer only such tiles), so the crops' padding is never
-    read. `scales` [D, 2, 3]: (value mapped to 0, 255 / (value mapped to 255 - it)) per band,
-    applied as the readers' to_uint8 does, to the resampled values rounded to the raster's
-    integers as the readers' warp gives them (None: uint8 as it is)."""
+    """Crops [D, 3, C, C] (uint8, or uint16 pixels as int16, or those already as float32:
+    `source_pixels`) and maps [D, 2, 3] (tile pixel (col, row) -> crop pixel, pixel centres
+    at integers: warpAffine's inverse map) on one device -> uint8 tiles [D, 3, px, px] there.
+    Every sample and its bilinear neighbours are inside its crop (the readers defer only
+    such tiles), so the crops' padding is never read. `scales` [D, 2, 3]: (value mapped to
+    0, 255 / (value mapped to 255 - it)) per band, applied as the readers' to_uint8 does, to
+    the resampled values rounded to the raster's integers as the readers' warp gives them
+    (None: uint8 as it is)."""
     d, _, h, w = crops.shape
-    ar = torch.arange(px, device=crops.device, dtype=torch.float32)
     m = maps.to(crops.device, torch.float32)
-    cols, rows = ar.view(1, 1, px), ar.view(1, px, 1)
-    x = m[:, 0, 0].view(d, 1, 1) * cols + m[:, 0, 1].view(d, 1, 1) * rows + m[:, 0, 2].view(d, 1, 1)
-    y = m[:, 1, 0].view(d, 1, 1) * cols + m[:, 1, 1].view(d, 1, 1) * rows + m[:, 1, 2].view(d, 1, 1)
-    # align_corners=True: -1 and 1 are the centres of the first and last pixels.
-    grid = torch.stack([x.mul_(2 / max(w - 1, 1)).sub_(1), y.mul_(2 / max(h - 1, 1)).sub_(1)],
-                       dim=-1)
-    src = crops.float() if crops.dtype == torch.uint8 else \
-        crops.int().bitwise_and_(0xFFFF).float()  # int16 -> its uint16 value
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border",
+    grid = (_grid if LEAN else _grid_by_terms)(m, px, w, h)
+    out = F.grid_sample(source_pixels(crops), grid, mode="bilinear", padding_mode="border",
                         align_corners=True).round_()
     if scales is not None:
         out.sub_(scales[:, 0].view(d, 3, 1, 1)).mul_(scales[:, 1].view(d, 3, 1, 1)).round_()
     return out.clamp_(0, 255).to(torch.uint8)
+
+
+def source_pixels(crops: torch.Tensor) -> torch.Tensor:
+    """The crops as the float32 values grid_sample reads (int16 holds uint16 pixels); as
+    they are if they are float already (a batch's tiles and thumbnails sample the same
+    crops: converted once)."""
+    if crops.is_floating_point():
+        return crops
+    if crops.dtype == torch.uint8:
+        return crops.float()
+    return crops.int().bitwise_and_(0xFFFF).float()  # int16 -> its uint16 value
+
+
+def _grid(m: torch.Tensor, px: int, w: int, h: int) -> torch.Tensor:
+    """grid_sample's grid [D, px, px, 2] for maps `m` into w x h crops (align_corners=True:
+    -1 and 1 are the centres of the first and last pixels). A sample's position is affine in
+    its column and row, so each coordinate is a row term plus a column term, both
+    [D, px], the normalisation folded into them: one full-size pass per coordinate, written
+    in place into the grid."""
+    d = len(m)
+    norm = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=m.device)
+    k = m * norm.view(1, 2, 1)  # normalised: x * 2 / (w - 1) - 1
+    ar = torch.arange(px, device=m.device, dtype=torch.float32)
+    grid = torch.empty((d, px, px, 2), device=m.device, dtype=torch.float32)
+    for i in (0, 1):
+        cols = torch.addcmul((k[:, i, 2] - 1).view(d, 1), k[:, i, 0].view(d, 1), ar)
+        rows = k[:, i, 1].view(d, 1) * ar
+        torch.add(rows.view(d, px, 1), cols.view(d, 1, px), out=grid[..., i])
+    return grid
+
+
+def _grid_by_terms(m: torch.Tensor, px: int, w: int, h: int) -> torch.Tensor:
+    """`_grid` as built before: each coordinate in pixels from three full-size terms, then
+    normalised, then the two stacked (~14 full-size passes against 2)."""
+    d = len(m)
+    ar = torch.arange(px, device=m.device, dtype=torch.float32)
+    cols, rows = ar.view(1, 1, px), ar.view(1, px, 1)
+    x = m[:, 0, 0].view(d, 1, 1) * cols + m[:, 0, 1].view(d, 1, 1) * rows + m[:, 0, 2].view(d, 1, 1)
+    y = m[:, 1, 0].view(d, 1, 1) * cols + m[:, 1, 1].view(d, 1, 1) * rows + m[:, 1, 2].view(d, 1, 1)
+    return torch.stack([x.mul_(2 / max(w - 1, 1)).sub_(1), y.mul_(2 / max(h - 1, 1)).sub_(1)],
+                       dim=-1)
+
+
+def encoder_device(encoder) -> torch.device | None:
+    """The encoder's torch device (None for a stand-in encoder without one): where the
+    job's device work (this warp, thumbnails, k-means) would go."""
+    device = getattr(encoder, "device", None)
+    return device if isinstance(device, torch.device) else None
 
 
 def on_device(choice: str, device: torch.device) -> bool:
@@ -85,11 +132,14 @@ def resample_deferred(batch: TileBatch, device: torch.device,
     out = torch.empty((len(batch.deferred), 3, px, px), dtype=torch.uint8, device=device)
     if len(rows):
         out.index_copy_(0, dev["rows"], dev["rgb"])
-    out.index_copy_(0, dev["later"], warp_tiles(dev["crops"], dev["maps"], px, scale))
+    # The tiles and their thumbnails sample the same crops: converted to float once.
+    src = source_pixels(dev["crops"]) if len(make) and LEAN else dev["crops"]
+    out.index_copy_(0, dev["later"], warp_tiles(src, dev["maps"], px, scale))
     if len(make):
-        pick = dev["make"]
-        pixels = warp_tiles(dev["crops"][pick], dev["thumb_maps"], thumbs[0],
-                            None if scale is None else scale[pick])
+        if len(make) < len(later) or not LEAN:  # else all, in order: nothing to select
+            pick = dev["make"]
+            src, scale = src[pick], None if scale is None else scale[pick]
+        pixels = warp_tiles(src, dev["thumb_maps"], thumbs[0], scale)
         batch.later_thumbs = LaterThumbs(jpegs_later(*_to_host(pixels), thumbs[1]),
                                          np.arange(len(make)), later[make])
     batch.rgb, batch.crops, batch.maps, batch.scales, batch.deferred = out, None, None, None, None

@@ -22,7 +22,7 @@ from indexer.errors import InputError, JobError
 from indexer.job.background import BackgroundWriter
 from indexer.job.commit import Committer
 from indexer.job.device_kmeans import DeviceKMeans
-from indexer.job.device_warp import on_device
+from indexer.job.device_warp import encoder_device, on_device
 from indexer.job.plan import Hasher, Pending, known_hashes, plan_line, plan_sources
 from indexer.job.read import RasterPlan, TileBatch
 from indexer.job.report import JobReport
@@ -45,12 +45,6 @@ def _tiling_for(index_dir: Path, tiling: TilingSettings) -> TilingSettings:
         return tiling
     exists, recipe = recorded_recipe(index_dir)
     return tiling.for_index(recipe) if exists else tiling.with_warp()
-
-
-def encoder_device(encoder) -> torch.device | None:
-    """The encoder's torch device (None for a stand-in encoder without one)."""
-    device = getattr(encoder, "device", None)
-    return device if isinstance(device, torch.device) else None
 
 
 def warp_device(settings: Settings, encoder) -> torch.device | None:
@@ -106,7 +100,7 @@ class IndexJob:
                                     RayOptions(j.ray_address, j.actors, j.gpus_per_actor),
                                     remote=settings.remote)
         else:
-            device = getattr(encoder.device, "type", "cpu")
+            device = getattr(encoder_device(encoder), "type", "cpu")
             self.job = j.for_device(device)
             self.runner = LocalRunner(settings.tiling, self.job, encoder.image_size,
                                       pin_memory=device == "cuda", remote=settings.remote,
