@@ -1,10 +1,12 @@
 """The IVF's coarse k-means and list assignment on the encoder's device (job.kmeans_on,
-indexer/job/device_kmeans.py), here on the CPU: the lists are FAISS's nearest centroids,
-the codes FAISS's own, and the index finds what FAISS's k-means finds."""
+indexer/job/device_kmeans.py), on the CPU and on CUDA where there is one: the lists are
+FAISS's nearest centroids, the codes FAISS's own, and the index finds what FAISS's k-means
+finds."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import faiss
 import numpy as np
@@ -22,6 +24,7 @@ from tests.helpers import mark_complete, tile_rows
 from tests.test_store import IDENT
 
 CPU = DeviceKMeans(torch.device("cpu"))
+DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 ST = StoreSettings(ivf_min_vectors=1000, retrain_growth=0)
 
 
@@ -34,26 +37,35 @@ def _spread(x: np.ndarray, c: np.ndarray) -> float:
     return float((x @ c.T).max(1).mean())
 
 
-def test_lists_are_the_nearest_centroids_and_codes_are_faiss_own():
+@pytest.fixture(params=DEVICES, ids=str)
+def km(request) -> DeviceKMeans:
+    return DeviceKMeans(request.param)
+
+
+def test_lists_are_the_nearest_centroids_and_codes_are_faiss_own(km):
     x = _world(6000, 64, 1)
     faiss_made, _ = VectorIndex.train_ivfpq(x[:3000], 6000, ST)
     want = faiss_made.encode(x)
-    faiss_made.assign_with(CPU)  # the same template, its lists computed by torch
+    faiss_made.assign_with(km)  # the same template, its lists computed by torch
     got = faiss_made.encode(x)
     assert got.shape == want.shape
     assert (got == want).all(1).mean() >= 0.999  # a near tie may round either way
     c = faiss.extract_index_ivf(faiss_made._index).quantizer.reconstruct_n(0, 77)
-    np.testing.assert_array_equal(CPU.assigner(c)(x[:500]), (x[:500] @ c.T).argmax(1))
+    scores = x[:500] @ c.T
+    lists = km.assigner(c)(x[:500])
+    assert lists.dtype == np.int64 and lists.shape == (500,)
+    # Each vector's list is a centroid of highest inner product (a tie either way).
+    assert (scores[np.arange(500), lists] >= scores.max(1) - 1e-5).all()
 
 
-def test_kmeans_is_as_good_as_faiss_and_its_index_finds_as_much():
+def test_kmeans_is_as_good_as_faiss_and_its_index_finds_as_much(km):
     x, q = _world(20_000, 64, 2), _world(200, 64, 3)
     fa, params = VectorIndex.train_ivfpq(x[:8000], 20_000, ST)
-    dev, same = VectorIndex.train_ivfpq(x[:8000], 20_000, ST, CPU)
+    dev, same = VectorIndex.train_ivfpq(x[:8000], 20_000, ST, km)
     assert same == params  # recorded alike: factory, nlist, sample
     nlist = params["nlist"]
     c_fa = faiss.extract_index_ivf(fa._index).quantizer.reconstruct_n(0, nlist)
-    c_dev = CPU.centroids(x[:8000], nlist, KMEANS_ITERS)
+    c_dev = km.centroids(x[:8000], nlist, KMEANS_ITERS)
     np.testing.assert_allclose(np.linalg.norm(c_dev, axis=1), 1, atol=1e-5)
     assert _spread(x, c_dev) >= _spread(x, c_fa) - 0.005
     truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
@@ -66,16 +78,42 @@ def test_kmeans_is_as_good_as_faiss_and_its_index_finds_as_much():
     assert recall["device"] >= recall["faiss"] - 0.03, recall
 
 
-def test_empty_clusters_are_split_not_left_empty():
+def test_empty_clusters_are_split_not_left_empty(km):
     """50 distinct points into 80 centroids: the seeding draws duplicates, whose clusters
     empty; each takes half of the largest cluster instead of staying NaN or empty."""
     base = _world(50, 16, 4)
     x = base[np.random.default_rng(0).integers(0, 50, 400)]
-    c = CPU.centroids(x, 80, 5)
+    c = km.centroids(x, 80, 5)
     assert np.isfinite(c).all()
     np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="k-means of 10 points into 11"):
-        CPU.centroids(x[:10], 11, 1)
+        km.centroids(x[:10], 11, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_writers_lists_do_not_wait_for_the_encoders_queue():
+    """On CUDA the k-means and the lists run on a stream of their own: with ~1 s of work
+    queued on the current stream (the job's encoder's), assigning a commit's vectors and a
+    small k-means return long before it ends."""
+    km = DeviceKMeans(torch.device("cuda"))
+    x = _world(2048, 64, 5)
+    c = km.centroids(x, 32, 3)
+    assign = km.assigner(c)
+    want = assign(x)
+    torch.cuda.synchronize()
+    khz = getattr(torch.cuda.get_device_properties(0), "clock_rate", 1_800_000)
+    cycles = int(khz * 1e3)  # ~1 s of the GPU's clock
+    t = time.perf_counter()
+    torch.cuda._sleep(cycles)  # the encoder's batches, queued
+    got = assign(x)
+    c2 = km.centroids(x, 32, 3)
+    waited = time.perf_counter() - t
+    queued = torch.cuda.current_stream().query()  # False: the "encoder" is still busy
+    torch.cuda.synchronize()
+    assert time.perf_counter() - t >= 0.5  # the queued work took its ~1 s
+    assert not queued and waited < 0.3, waited
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(c2, c, atol=1e-6)  # seeded: the same k-means
 
 
 class Counting(DeviceKMeans):

@@ -8,6 +8,10 @@ of ~99,000 points into 1,979 lists (10 iterations) and then the list of every ve
 few matrix products that a GPU does in milliseconds. FAISS keeps the rest: the PQ
 codebooks' training and the codes of the residuals.
 
+On CUDA the work runs on a stream of its own: the training thread and the writer thread that
+call it wait for their own work only, not for the encoder's batches queued on the job's
+stream (which a copy from pageable memory or a result's copy back would wait behind).
+
 Spherical k-means as FAISS trains an inner-product IVF (ClusteringParameters.spherical):
 the first centroids a seeded random choice of the points, each iteration every point to
 its centroid of highest inner product, each centroid its points' mean, normalised; an
@@ -16,6 +20,7 @@ empty centroid takes half of the largest cluster (FAISS splits a cluster likewis
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -31,8 +36,19 @@ class DeviceKMeans:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def _own_stream(self) -> contextlib.AbstractContextManager:
+        """The calling thread's work on this object's CUDA stream (elsewhere: as it is)."""
+        if self._stream is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(self._stream)
 
     def centroids(self, sample: np.ndarray, k: int, iters: int) -> np.ndarray:
+        with self._own_stream():
+            return self._centroids(sample, k, iters)
+
+    def _centroids(self, sample: np.ndarray, k: int, iters: int) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).to(self.device)
         n = len(x)
         if not 0 < k <= n:
@@ -56,11 +72,14 @@ class DeviceKMeans:
         return c.float().cpu().numpy()
 
     def assigner(self, centroids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(self.device)
+        with self._own_stream():
+            c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(
+                self.device)
 
         def assign(vectors: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-            return self._nearest(x.to(self.device), c).cpu().numpy()
+            with self._own_stream():
+                return self._nearest(x.to(self.device), c).cpu().numpy()
         return assign
 
     def _nearest(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
