@@ -72,8 +72,8 @@ def _grid(m: torch.Tensor, px: int, w: int, h: int) -> torch.Tensor:
 
 
 def _grid_by_terms(m: torch.Tensor, px: int, w: int, h: int) -> torch.Tensor:
-    """`_grid` as built before: each coordinate in pixels from three full-size terms, then
-    normalised, then the two stacked (~14 full-size passes against 2)."""
+    """`_grid` as built before: each coordinate in pixels from three terms, then normalised,
+    then the two stacked (9 full-size kernels against 2)."""
     d = len(m)
     ar = torch.arange(px, device=m.device, dtype=torch.float32)
     cols, rows = ar.view(1, 1, px), ar.view(1, px, 1)
