@@ -204,6 +204,13 @@ def main() -> int:
                    help="job.thumbnails_on with the warp on the device: the deferred tiles' "
                    "thumbnails resampled there and JPEG-encoded on the job's threads (yes: "
                    "device) or made by the readers (no: readers)")
+    p.add_argument("--warp-stream", choices=("config", "beside", "inline"), nargs="+",
+                   default=["config"], help="device_warp.WARP_BESIDE: the device's warp on the "
+                   "copy stream beside the encoding (beside) or on the encoder's stream "
+                   "(inline); config: as the code has it")
+    p.add_argument("--lean-warp", choices=("config", "yes", "no"), nargs="+",
+                   default=["config"], help="device_warp.LEAN: the warp's grid in two "
+                   "passes and the crops converted once (yes), or as before (no)")
     p.add_argument("--kmeans-on", choices=("config", "auto", "device", "faiss"), nargs="+",
                    default=["config"], help="job.kmeans_on: the IVF's k-means and the "
                    "vectors' lists on the encoder's device or by FAISS (config: as the "
@@ -317,12 +324,12 @@ def main() -> int:
         os.link(raster, raster.with_name(f"scene-{i}.tif"))
     total *= args.copies
     variants = [dict(warp_on=w, ramp=r, hash=h, fixed=f, thumbs=t, graphs=g, depth=d,
-                     kmeans=k)
+                     kmeans=k, stream=ws, lean=lw)
                 for w in args.warp_on for r in args.ramp_rounds
                 for h in args.hash_while_reading for f in args.fixed_batches
                 for t in args.device_thumbnails
                 for g in args.cuda_graphs for d in args.writer_depth
-                for k in args.kmeans_on]
+                for k in args.kmeans_on for ws in args.warp_stream for lw in args.lean_warp]
     rows = []
     for round_ in range(args.rounds):
         for n, v in enumerate(variants):
@@ -388,7 +395,8 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
             enc_rate: float, bs: int) -> dict:
     """One run of the job over `archive` into a new index `idx` with the variant's
     job.warp_on, job.hash_while_reading, job.thumbnails_on, read.RAMP_ROUNDS,
-    runner.FIXED_BATCHES and pipeline.WRITER_DEPTH (the module constants put back after it;
+    runner.FIXED_BATCHES, pipeline.WRITER_DEPTH, device_warp.WARP_BESIDE and device_warp.LEAN
+    (the module constants put back after it;
     an older checkout without one runs as it is); prints what it measured and returns the
     numbers for the side-by-side table."""
     from bench.timeline import _replace
@@ -404,13 +412,17 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
     if hasattr(job, "kmeans_on") and variant["kmeans"] != "config":
         job = dataclasses.replace(job, kmeans_on=variant["kmeans"])
     settings = dataclasses.replace(settings, job=job)
+    import indexer.job.device_warp as warp_module
     import indexer.job.pipeline as pipeline_module
     import indexer.job.read as read_module
     import indexer.job.runner as runner_module
 
     constants = [(read_module, "RAMP_ROUNDS", variant["ramp"], variant["ramp"] >= 0),
                  (runner_module, "FIXED_BATCHES", variant["fixed"] == "yes", True),
-                 (pipeline_module, "WRITER_DEPTH", variant["depth"], variant["depth"] > 0)]
+                 (pipeline_module, "WRITER_DEPTH", variant["depth"], variant["depth"] > 0),
+                 (warp_module, "WARP_BESIDE", variant["stream"] == "beside",
+                  variant["stream"] != "config"),
+                 (warp_module, "LEAN", variant["lean"] == "yes", variant["lean"] != "config")]
     undo = [_replace(module, name, value) for module, name, value, given in constants
             if given and hasattr(module, name)]
     try:

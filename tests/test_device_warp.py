@@ -288,6 +288,42 @@ def test_the_lean_warp_gives_the_tiles_and_thumbnails_of_the_warp_before(
     assert all(t is not None for t in made[True].thumbnails())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_warp_beside_the_encoder_makes_the_same_tiles_without_waiting_for_it(
+        tmp_path, settings, monkeypatch):
+    """device_warp.WARP_BESIDE: the warp on the copy stream gives the tiles and thumbnails
+    of the warp on the encoder's stream, made while ~1 s of work queued on that stream still
+    runs, and the encoder's stream sees them once it gets there."""
+    import indexer.job.device_warp as dw
+
+    s = _fast(settings, target_gsd_m=4.0)
+    plans = _plans(make_raster(tmp_path / "r.tif", size=900, data=_smooth(900)), s.tiling, 224)
+    ds = TileDataset(plans, 224, s.tiling, s.job, defer=True, device_thumbs=True)
+    batch = collate([ds[i] for i in range(len(ds))]).pin_memory()
+    assert batch.deferred is not None and batch.deferred.sum() >= 4
+    cuda = torch.device("cuda")
+
+    def run():
+        return resample_deferred(dataclasses.replace(batch, thumbs=list(batch.thumbs)), cuda,
+                                 (s.job.thumbnail_size, s.job.thumbnail_quality))
+
+    ref = run()
+    want = ref.thumbnails()
+    monkeypatch.setattr(dw, "WARP_BESIDE", True)
+    run().thumbnails()  # the copy stream's memory, allocated once
+    torch.cuda.synchronize()
+    khz = getattr(torch.cuda.get_device_properties(0), "clock_rate", 1_800_000)
+    torch.cuda._sleep(int(khz * 1e3))  # ~1 s: the encoder's batches, queued
+    got = run()
+    made = torch.cuda.Event()
+    made.record(dw._copy_stream(cuda))
+    made.synchronize()
+    assert not torch.cuda.current_stream().query()  # made while the queued work runs
+    assert got.thumbnails() == want  # copied back without waiting for it either
+    assert not torch.cuda.current_stream().query()
+    assert torch.equal(got.rgb, ref.rgb)  # read on the encoder's stream, after the warp
+
+
 def test_the_job_gives_the_same_index_either_way(tmp_path, settings, encoder):
     """Two reader processes, the test model: the index with plain tiles resampled on the
     device (here the CPU), their thumbnails made by the readers or (as on a GPU) on the

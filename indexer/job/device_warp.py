@@ -16,9 +16,13 @@ from indexer.job.thumbnails import jpegs_later, thumbnail_maps
 _streams: dict[tuple[torch.device, bool], torch.cuda.Stream] = {}
 
 
+# True: on CUDA the warp runs on the copy stream, beside the encoder's work queued before it,
+# not in line on the encoder's stream (off until a GPU run has timed and tested it:
+# bench/index.py --warp-stream).
+WARP_BESIDE = False
 # False: the warp as before: the sample grid built term by term in pixels, then normalised;
-# the crops converted to float for the tiles and again for their thumbnails (bench/warp.py
-# compares the two).
+# the crops converted to float for the tiles and again for their thumbnails
+# (bench/device_warp.py and bench/index.py --lean-warp compare the two).
 LEAN = True
 
 
@@ -127,21 +131,34 @@ def resample_deferred(batch: TileBatch, device: torch.device,
     if len(make):
         host["thumb_maps"] = torch.from_numpy(thumbnail_maps(batch.maps[make], px, thumbs[0]))
         host["make"] = torch.from_numpy(make)
-    dev = dict(zip(host, _to(device, *host.values()), strict=True))
-    scale = dev.get("scales")
-    out = torch.empty((len(batch.deferred), 3, px, px), dtype=torch.uint8, device=device)
-    if len(rows):
-        out.index_copy_(0, dev["rows"], dev["rgb"])
-    # The tiles and their thumbnails sample the same crops: converted to float once.
-    src = source_pixels(dev["crops"]) if len(make) and LEAN else dev["crops"]
-    out.index_copy_(0, dev["later"], warp_tiles(src, dev["maps"], px, scale))
-    if len(make):
-        if len(make) < len(later) or not LEAN:  # else all, in order: nothing to select
-            pick = dev["make"]
-            src, scale = src[pick], None if scale is None else scale[pick]
-        pixels = warp_tiles(src, dev["thumb_maps"], thumbs[0], scale)
-        batch.later_thumbs = LaterThumbs(jpegs_later(*_to_host(pixels), thumbs[1]),
-                                         np.arange(len(make)), later[make])
+    def resample() -> torch.Tensor:
+        dev = dict(zip(host, _to(device, *host.values()), strict=True))
+        scale = dev.get("scales")
+        out = torch.empty((len(batch.deferred), 3, px, px), dtype=torch.uint8, device=device)
+        if len(rows):
+            out.index_copy_(0, dev["rows"], dev["rgb"])
+        # The tiles and their thumbnails sample the same crops: converted to float once.
+        src = source_pixels(dev["crops"]) if len(make) and LEAN else dev["crops"]
+        out.index_copy_(0, dev["later"], warp_tiles(src, dev["maps"], px, scale))
+        if len(make):
+            if len(make) < len(later) or not LEAN:  # else all, in order: nothing to select
+                pick = dev["make"]
+                src, scale = src[pick], None if scale is None else scale[pick]
+            pixels = warp_tiles(src, dev["thumb_maps"], thumbs[0], scale)
+            batch.later_thumbs = LaterThumbs(jpegs_later(*_to_host(pixels), thumbs[1]),
+                                             np.arange(len(make)), later[make])
+        return out
+
+    if not (WARP_BESIDE and device.type == "cuda"):
+        out = resample()
+    else:
+        # On the copy stream, after the copies: the encoder's stream waits for the tiles only
+        # where it uses them, and the warp's kernels run beside the encoding queued before.
+        stream, current = _copy_stream(device), torch.cuda.current_stream(device)
+        with torch.cuda.stream(stream):
+            out = resample()
+        current.wait_stream(stream)
+        out.record_stream(current)  # made on the copy stream, read on the encoder's
     batch.rgb, batch.crops, batch.maps, batch.scales, batch.deferred = out, None, None, None, None
     return batch
 
