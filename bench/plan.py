@@ -8,6 +8,12 @@ trip), with remote.stat_workers 1 and more at once, alternated.
     python bench/plan.py                       # 8 files of 256 MB
     python bench/plan.py --files 16 --mb 64 --threads 1 2 4 8
     python bench/plan.py --urls 48 --delay-ms 50 --threads 1 8 16
+    python bench/plan.py --local 48 --threads 1 2 4    # local rasters' inspection
+
+With --local: plan.inspected over N local rasters (hard links to one file, in the page
+cache after the first pass) of each of two kinds, an 8,000 px DEFLATE COG with overviews and
+a 5 m raster in strips of whole rows without overviews, per plan.LOCAL_INSPECT_THREADS,
+alternated.
 """
 
 from __future__ import annotations
@@ -39,10 +45,14 @@ def main() -> int:
                    "instead (the shared NAIP scene as a COG under as many names)")
     p.add_argument("--delay-ms", type=float, default=50.0, help="with --urls: each answer "
                    "held this long")
+    p.add_argument("--local", type=int, default=0, help="inspect this many local rasters of "
+                   "each kind instead")
     p.add_argument("--out", default="/tmp/satfind-bench-plan")
     args = p.parse_args()
     if args.urls:
         return inspect_urls(args)
+    if args.local:
+        return inspect_local(args)
     work = Path(args.out)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -70,6 +80,54 @@ def main() -> int:
             base = base or best
             print(f"HASH_THREADS {n}: {best:.2f} s, {total_gb / best:.2f} GB/s, "
                   f"{base / best:.2f}x one thread")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def inspect_local(args) -> int:
+    """plan.inspected over --local local rasters of each kind, per LOCAL_INSPECT_THREADS."""
+    import numpy as np
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from indexer.config import load_settings
+    from tests.helpers import OFFLINE_CONFIG, make_raster
+
+    work = Path(args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    kinds = {}
+    n = 8000
+    data = rng.integers(0, 64, (3, n, n), dtype=np.uint8) + np.uint8(96)  # compresses ~2x
+    cog = make_raster(work / "cog.tif", size=n, res=0.5, data=data, tiled=True,
+                      blockxsize=512, blockysize=512, compress="deflate")
+    with rasterio.open(cog, "r+") as ds:
+        ds.build_overviews([2, 4, 8, 16, 32], Resampling.average)
+    kinds["8,000 px DEFLATE COG"] = cog
+    kinds["5 m raster in strips"] = make_raster(work / "strips.tif", size=6000,
+                                                data=data[:, :6000, :6000])
+    settings = load_settings(OFFLINE_CONFIG)
+    print(f"{args.local} local rasters of each kind; {os.cpu_count()} CPUs")
+    for kind, path in kinds.items():
+        sources = []
+        for i in range(args.local):
+            link = work / f"{path.stem}-{i}.tif"
+            link.hardlink_to(path)
+            sources.append(RasterSource(str(link)))
+        list(plan.inspected(sources[:2], settings))  # the page cache
+        base = None
+        for rnd in range(1, args.repeat + 1):
+            for t in args.threads:
+                plan.LOCAL_INSPECT_THREADS = t
+                t0 = time.perf_counter()
+                got = list(plan.inspected(sources, settings))
+                took = time.perf_counter() - t0
+                assert not [g for g in got if not hasattr(g, "width")], got
+                base = base or took
+                print(f"{kind}, round {rnd}, {t} thread(s): {took:.2f} s, "
+                      f"{took / len(sources) * 1e3:.1f} ms a raster, {base / took:.2f}x the "
+                      "first", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -104,23 +104,23 @@ def test_inspections_run_a_bounded_way_ahead_and_stop_with_the_plan(settings, mo
     assert len(calls) <= bound
 
 
-def test_local_rasters_are_inspected_in_the_jobs_own_thread(tmp_path, settings,
-                                                            monkeypatch):
-    """Local inspection is mostly Python under the GIL (threads gained ~15 % on 2 cores),
-    and the readers are forked from this process right after the plan: no thread of it
-    runs then."""
-    threads = []
+def test_local_rasters_are_inspected_several_at_once_and_none_runs_after(tmp_path, settings,
+                                                                         monkeypatch):
+    """A larger local raster's check is mostly GDAL decoding with the GIL let go: local
+    rasters go LOCAL_INSPECT_THREADS at once (two must meet at a barrier here), whatever
+    remote.stat_workers says; the readers are forked from this process right after the
+    plan, so none of the plan's threads is left once the iteration has ended."""
+    monkeypatch.setattr(plan, "LOCAL_INSPECT_THREADS", 2)
     real = plan.inspect_raster
-
-    def inspect(src, *args):
-        threads.append(threading.current_thread())
-        return real(src, *args)
-
-    monkeypatch.setattr(plan, "inspect_raster", inspect)
-    sources = _archive(tmp_path, 4)
+    running = _meeting(monkeypatch, 2, lambda src: src.path.endswith(("r0.tif", "r1.tif")),
+                       real)
+    sources = _archive(tmp_path, 5, bad={3})
     got = list(plan.inspected(sources, _workers(settings, 8)))
-    assert [g.path for g in got] == [s.path for s in sources]
-    assert threads == [threading.current_thread()] * 4
+    assert running[1] == 2
+    assert isinstance(got[3], InputError) and "r3.tif" in str(got[3])
+    assert [g.path for i, g in enumerate(got) if i != 3] == \
+        [s.path for i, s in enumerate(sources) if i != 3]
+    assert not [t for t in threading.enumerate() if t.name.startswith("satfind-inspect")]
 
 
 def test_the_plan_reports_problems_and_plans_in_source_order(tmp_path, settings):

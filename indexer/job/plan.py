@@ -80,10 +80,15 @@ HASH_THREADS = min(8, max(4, (os.cpu_count() or 1) // 2))
 # Remote rasters are inspected remote.stat_workers at once (inspected()): each waits on ~3
 # requests in turn (its header, its directory, a small overview), and with 50 ms a request
 # 8 at once check 48 COGs 6.3-6.6x as fast as one (bench/plan.py --urls). Each thread sets
-# its own GDAL options (rasterio's Env is per thread). Local ones stay in the job's thread:
-# mostly Python under the GIL (~6 ms a COG: 2 threads gained ~15 % on 2 cores), and the
-# readers are forked from this process right after the plan.
+# its own GDAL options (rasterio's Env is per thread).
 INSPECT_AHEAD = 4
+# Local ones LOCAL_INSPECT_THREADS at once: a small COG's check is mostly Python under the
+# GIL (~6 ms: 2 threads gained ~15 % on 2 cores), but a larger raster's is mostly GDAL
+# decoding with the GIL let go (an 8,000 px DEFLATE COG 33 ms, a 6,000 px raster in strips
+# 11 ms: 2 threads 1.5-1.7x as fast on 2 cores, 4 no better there; bench/plan.py --local).
+# Half the cores, 2 to 8; the threads end with the plan, before the readers are forked from
+# this process.
+LOCAL_INSPECT_THREADS = min(8, max(2, (os.cpu_count() or 1) // 2))
 
 # The column bands of a raster stored in blocks, in tiles (grid.column_bands): two reader
 # strips wide, so a 512-tile read batch is ~32 x 16 tiles instead of a slab of whole rows.
@@ -273,11 +278,13 @@ def plan_sources(writer: IndexWriter, sources: list[RasterSource], settings: Set
 def inspected(sources: list[RasterSource], settings: Settings
               ) -> Iterator[RasterInfo | InputError]:
     """inspect_raster of each source, in order (its InputError where it fails):
-    remote.stat_workers at once where some are remote (at most INSPECT_AHEAD x that many
-    ahead of the caller), else one after the other in this thread."""
+    remote.stat_workers at once where some are remote, else LOCAL_INSPECT_THREADS (at most
+    INSPECT_AHEAD x that many ahead of the caller); in this thread where that is 1. The
+    threads are gone once the iteration has ended."""
     if not sources:
         return
-    threads = settings.remote.stat_workers if any(is_remote(s.path) for s in sources) else 1
+    threads = (settings.remote.stat_workers if any(is_remote(s.path) for s in sources)
+               else LOCAL_INSPECT_THREADS)
 
     stop = threading.Event()
 
