@@ -84,6 +84,15 @@ def main() -> int:
     return 0
 
 
+def timed_inspection(sources: list[RasterSource], settings) -> float:
+    """Seconds plan.inspected takes over `sources`; every one must inspect (no problem)."""
+    t0 = time.perf_counter()
+    got = list(plan.inspected(sources, settings))
+    took = time.perf_counter() - t0
+    assert not [g for g in got if not hasattr(g, "width")], got
+    return took
+
+
 def inspect_local(args) -> int:
     """plan.inspected over --local local rasters of each kind, per LOCAL_INSPECT_THREADS."""
     import numpy as np
@@ -120,10 +129,7 @@ def inspect_local(args) -> int:
         for rnd in range(1, args.repeat + 1):
             for t in args.threads:
                 plan.LOCAL_INSPECT_THREADS = t
-                t0 = time.perf_counter()
-                got = list(plan.inspected(sources, settings))
-                took = time.perf_counter() - t0
-                assert not [g for g in got if not hasattr(g, "width")], got
+                took = timed_inspection(sources, settings)
                 base = base or took
                 print(f"{kind}, round {rnd}, {t} thread(s): {took:.2f} s, "
                       f"{took / len(sources) * 1e3:.1f} ms a raster, {base / took:.2f}x the "
@@ -159,10 +165,7 @@ def inspect_urls(args) -> int:
                     settings.remote, stat_workers=n))
                 vsi.before_fork()  # nothing cached from the pass before
                 asked = len(proxy.seen)
-                t0 = time.perf_counter()
-                got = list(plan.inspected(sources, settings))
-                took = time.perf_counter() - t0
-                assert not [g for g in got if not hasattr(g, "width")], got
+                took = timed_inspection(sources, settings)
                 base = base or took
                 print(f"round {rnd}, stat_workers {n}: {took:.2f} s, "
                       f"{took / args.urls * 1e3:.0f} ms a raster, "

@@ -185,6 +185,16 @@ def wait_until(predicate, timeout_s: float, what: str, every_s: float = 0.25):
     raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
+def busy_cuda_stream(seconds: float = 1.0) -> None:
+    """Queue about `seconds` of work on the current CUDA stream (torch.cuda._sleep: the
+    GPU's clock cycles): a stand-in for the job's encoder batches, which work on a stream of
+    its own must not wait behind."""
+    import torch
+
+    khz = getattr(torch.cuda.get_device_properties(0), "clock_rate", 1_800_000)
+    torch.cuda._sleep(int(khz * 1e3 * seconds))
+
+
 def shared_raster_tiles(px: int, finer: int = 0, limit: int = 0) -> np.ndarray:
     """uint8 [N, 3, px, px]: the tiles the job reads from every raster in
     ../shared/data/geotiff (empty when absent), at the zoom it chooses and `finer` zooms

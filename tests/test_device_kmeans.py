@@ -20,7 +20,7 @@ from indexer.job.pipeline import coarse_kmeans
 from indexer.store.snapshot import IndexSnapshot
 from indexer.store.vector_index import KMEANS_ITERS, VectorIndex
 from indexer.store.writer import IndexWriter
-from tests.helpers import mark_complete, tile_rows
+from tests.helpers import busy_cuda_stream, mark_complete, tile_rows
 from tests.test_store import IDENT
 
 CPU = DeviceKMeans(torch.device("cpu"))
@@ -101,10 +101,8 @@ def test_the_writers_lists_do_not_wait_for_the_encoders_queue():
     assign = km.assigner(c)
     want = assign(x)
     torch.cuda.synchronize()
-    khz = getattr(torch.cuda.get_device_properties(0), "clock_rate", 1_800_000)
-    cycles = int(khz * 1e3)  # ~1 s of the GPU's clock
     t = time.perf_counter()
-    torch.cuda._sleep(cycles)  # the encoder's batches, queued
+    busy_cuda_stream(1.0)  # the encoder's batches, queued
     got = assign(x)
     c2 = km.centroids(x, 32, 3)
     waited = time.perf_counter() - t

@@ -21,7 +21,7 @@ from indexer.rasters.grid import choose_zoom, raster_blocks
 from indexer.rasters.inspect import inspect_raster
 from indexer.rasters.sources import RasterSource
 from indexer.store.snapshot import IndexSnapshot
-from tests.helpers import make_raster, patterned_raster
+from tests.helpers import busy_cuda_stream, make_raster, patterned_raster
 
 CPU = torch.device("cpu")
 DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -312,8 +312,7 @@ def test_the_warp_beside_the_encoder_makes_the_same_tiles_without_waiting_for_it
     monkeypatch.setattr(dw, "WARP_BESIDE", True)
     run().thumbnails()  # the copy stream's memory, allocated once
     torch.cuda.synchronize()
-    khz = getattr(torch.cuda.get_device_properties(0), "clock_rate", 1_800_000)
-    torch.cuda._sleep(int(khz * 1e3))  # ~1 s: the encoder's batches, queued
+    busy_cuda_stream(1.0)  # the encoder's batches, queued
     got = run()
     made = torch.cuda.Event()
     made.record(dw._copy_stream(cuda))
