@@ -167,11 +167,13 @@ def test_a_writer_encodes_every_vector_with_the_device_lists(tmp_path):
     assert counted.kmeans == 1 and counted.rows >= 3200  # every code's list made there
 
 
-@pytest.mark.parametrize(("choice", "want"), [("faiss", False), ("auto", False),
+@pytest.mark.parametrize(("choice", "want"), [("faiss", False), ("auto", "on CUDA"),
                                               ("device", True)])
 def test_kmeans_on_chooses_the_encoders_device(settings, encoder, choice, want):
     s = dataclasses.replace(settings, job=dataclasses.replace(settings.job, kmeans_on=choice))
-    got = coarse_kmeans(s, encoder)  # a CPU encoder: auto means FAISS
+    got = coarse_kmeans(s, encoder)
+    if want == "on CUDA":  # auto: the encoder's GPU where it has one, else FAISS
+        want = encoder.device.type == "cuda"
     assert (got is not None) == want
     if want:
         assert got.device == encoder.device
