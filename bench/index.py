@@ -208,9 +208,6 @@ def main() -> int:
                    default=["config"], help="device_warp.WARP_BESIDE: the device's warp on the "
                    "copy stream beside the encoding (beside) or on the encoder's stream "
                    "(inline); config: as the code has it")
-    p.add_argument("--lean-warp", choices=("config", "yes", "no"), nargs="+",
-                   default=["config"], help="device_warp.LEAN: the warp's grid in two "
-                   "passes and the crops converted once (yes), or as before (no)")
     p.add_argument("--kmeans-on", choices=("config", "auto", "device", "faiss"), nargs="+",
                    default=["config"], help="job.kmeans_on: the IVF's k-means and the "
                    "vectors' lists on the encoder's device or by FAISS (config: as the "
@@ -324,12 +321,12 @@ def main() -> int:
         os.link(raster, raster.with_name(f"scene-{i}.tif"))
     total *= args.copies
     variants = [dict(warp_on=w, ramp=r, hash=h, fixed=f, thumbs=t, graphs=g, depth=d,
-                     kmeans=k, stream=ws, lean=lw)
+                     kmeans=k, stream=ws)
                 for w in args.warp_on for r in args.ramp_rounds
                 for h in args.hash_while_reading for f in args.fixed_batches
                 for t in args.device_thumbnails
                 for g in args.cuda_graphs for d in args.writer_depth
-                for k in args.kmeans_on for ws in args.warp_stream for lw in args.lean_warp]
+                for k in args.kmeans_on for ws in args.warp_stream]
     rows = []
     for round_ in range(args.rounds):
         for n, v in enumerate(variants):
@@ -395,7 +392,7 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
             enc_rate: float, bs: int) -> dict:
     """One run of the job over `archive` into a new index `idx` with the variant's
     job.warp_on, job.hash_while_reading, job.thumbnails_on, read.RAMP_ROUNDS,
-    runner.FIXED_BATCHES, pipeline.WRITER_DEPTH, device_warp.WARP_BESIDE and device_warp.LEAN
+    runner.FIXED_BATCHES, pipeline.WRITER_DEPTH, and device_warp.WARP_BESIDE
     (the module constants put back after it;
     an older checkout without one runs as it is); prints what it measured and returns the
     numbers for the side-by-side table."""
@@ -421,8 +418,7 @@ def one_job(args, settings, enc, variant: dict, archive: Path, idx: Path, total:
                  (runner_module, "FIXED_BATCHES", variant["fixed"] == "yes", True),
                  (pipeline_module, "WRITER_DEPTH", variant["depth"], variant["depth"] > 0),
                  (warp_module, "WARP_BESIDE", variant["stream"] == "beside",
-                  variant["stream"] != "config"),
-                 (warp_module, "LEAN", variant["lean"] == "yes", variant["lean"] != "config")]
+                  variant["stream"] != "config")]
     undo = [_replace(module, name, value) for module, name, value, given in constants
             if given and hasattr(module, name)]
     try:

@@ -5,6 +5,7 @@ the readers' warp within 1 grey level, the same validity, the same job output.""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import cv2
 import numpy as np
@@ -240,8 +241,8 @@ def test_warp_tiles_samples_where_the_maps_say():
 @pytest.mark.parametrize("device", DEVICES, ids=str)
 def test_the_sample_grid_is_where_the_maps_say(device):
     """The grid built from a row term and a column term is the maps' positions, normalised,
-    to 1e-4 px (float64 reference), as the grid built term by term before."""
-    from indexer.job.device_warp import _grid, _grid_by_terms
+    to 1e-4 px (float64 reference)."""
+    from indexer.job.device_warp import _grid
 
     g = torch.Generator().manual_seed(3)
     d, px, w, h = 16, 224, 305, 301
@@ -255,37 +256,23 @@ def test_the_sample_grid_is_where_the_maps_say(device):
     md = m.double()
     want = torch.stack([md[:, i, 0, None, None] * c + md[:, i, 1, None, None] * r
                         + md[:, i, 2, None, None] for i in (0, 1)], dim=-1)
-    for build in (_grid, _grid_by_terms):
-        got = build(m.to(device), px, w, h).cpu().double()
-        pixels = (got + 1) / 2 * torch.tensor([w - 1, h - 1], dtype=torch.float64)
-        assert (pixels - want).abs().max() < 1e-4, build.__name__
+    got = _grid(m.to(device), px, w, h).cpu().double()
+    pixels = (got + 1) / 2 * torch.tensor([w - 1, h - 1], dtype=torch.float64)
+    assert (pixels - want).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("device", DEVICES, ids=str)
-def test_the_lean_warp_gives_the_tiles_and_thumbnails_of_the_warp_before(
-        tmp_path, settings, device, monkeypatch):
-    """device_warp.LEAN (the grid in two passes, the crops converted once for tiles and
-    thumbnails) against the code before (bench/device_warp.py compares their speed): the
-    same tiles and thumbnail pixels but for a rounding tie, a grey level apart."""
-    import indexer.job.device_warp as dw
-
+def test_a_batch_with_some_deferred_thumbnails_made_is_refused(tmp_path, settings):
+    """The device makes every deferred tile's thumbnail or none: a batch where the readers
+    made some of them (no reader does) is an error, not thumbnails put on the wrong rows."""
     s = _fast(settings, target_gsd_m=4.0)
     plans = _plans(make_raster(tmp_path / "r.tif", size=900, data=_smooth(900)), s.tiling, 224)
     ds = TileDataset(plans, 224, s.tiling, s.job, defer=True, device_thumbs=True)
     batch = collate([ds[i] for i in range(len(ds))])
-    assert batch.deferred is not None and batch.deferred.sum() >= 4
-    made, pixels = {}, {}
-    real = dw.jpegs_later
-    for lean in (False, True):
-        monkeypatch.setattr(dw, "LEAN", lean)
-        monkeypatch.setattr(dw, "jpegs_later", lambda p, ready, q, lean=lean: (
-            pixels.__setitem__(lean, p.clone()), real(p, ready, q))[1])
-        made[lean] = resample_deferred(dataclasses.replace(batch, thumbs=list(batch.thumbs)),
-                                       device, (s.job.thumbnail_size, s.job.thumbnail_quality))
-    for a, b in ((made[False].rgb, made[True].rgb), (pixels[False], pixels[True])):
-        diff = (a.cpu().int() - b.cpu().int()).abs()
-        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
-    assert all(t is not None for t in made[True].thumbnails())
+    later = np.flatnonzero(batch.deferred)
+    assert len(later) >= 2
+    batch.thumbs[later[0]] = b"\xff\xd8 made by a reader"
+    with pytest.raises(ValueError, match="some deferred tiles' thumbnails, not all"):
+        resample_deferred(batch, CPU, (s.job.thumbnail_size, s.job.thumbnail_quality))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -293,7 +280,8 @@ def test_the_warp_beside_the_encoder_makes_the_same_tiles_without_waiting_for_it
         tmp_path, settings, monkeypatch):
     """device_warp.WARP_BESIDE: the warp on the copy stream gives the tiles and thumbnails
     of the warp on the encoder's stream, made while ~1 s of work queued on that stream still
-    runs, and the encoder's stream sees them once it gets there."""
+    runs, and the encoder's stream sees them once it gets there. In line, it is queued
+    without waiting for that work."""
     import indexer.job.device_warp as dw
 
     s = _fast(settings, target_gsd_m=4.0)
@@ -307,6 +295,7 @@ def test_the_warp_beside_the_encoder_makes_the_same_tiles_without_waiting_for_it
         return resample_deferred(dataclasses.replace(batch, thumbs=list(batch.thumbs)), cuda,
                                  (s.job.thumbnail_size, s.job.thumbnail_quality))
 
+    monkeypatch.setattr(dw, "WARP_BESIDE", False)  # in line on the encoder's stream
     ref = run()
     want = ref.thumbnails()
     monkeypatch.setattr(dw, "WARP_BESIDE", True)
@@ -321,6 +310,16 @@ def test_the_warp_beside_the_encoder_makes_the_same_tiles_without_waiting_for_it
     assert got.thumbnails() == want  # copied back without waiting for it either
     assert not torch.cuda.current_stream().query()
     assert torch.equal(got.rgb, ref.rgb)  # read on the encoder's stream, after the warp
+    # In line, the warp's kernels queue behind the encoder's work, but the main thread that
+    # queues them does not wait for it (no copy from pageable memory on that stream).
+    monkeypatch.setattr(dw, "WARP_BESIDE", False)
+    torch.cuda.synchronize()
+    busy_cuda_stream(1.0)
+    t0 = time.perf_counter()
+    inline = run()
+    assert time.perf_counter() - t0 < 0.3
+    assert not torch.cuda.current_stream().query()
+    assert torch.equal(inline.rgb, ref.rgb) and inline.thumbnails() == want
 
 
 def test_the_job_gives_the_same_index_either_way(tmp_path, settings, encoder):

@@ -17,13 +17,9 @@ _streams: dict[tuple[torch.device, bool], torch.cuda.Stream] = {}
 
 
 # True: on CUDA the warp runs on the copy stream, beside the encoder's work queued before it,
-# not in line on the encoder's stream (off until a GPU run has timed and tested it:
-# bench/index.py --warp-stream).
-WARP_BESIDE = False
-# False: the warp as before: the sample grid built term by term in pixels, then normalised;
-# the crops converted to float for the tiles and again for their thumbnails
-# (bench/device_warp.py and bench/index.py --lean-warp compare the two).
-LEAN = True
+# not in line on the encoder's stream (False: in line, for bench/index.py --warp-stream). On
+# an H200 the 980,000-tile job went from 0.87 to 0.92 of the encoder alone (BENCHMARKS.md).
+WARP_BESIDE = True
 
 
 def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int,
@@ -38,7 +34,7 @@ def warp_tiles(crops: torch.Tensor, maps: torch.Tensor, px: int,
     (None: uint8 as it is)."""
     d, _, h, w = crops.shape
     m = maps.to(crops.device, torch.float32)
-    grid = (_grid if LEAN else _grid_by_terms)(m, px, w, h)
+    grid = _grid(m, px, w, h)
     out = F.grid_sample(source_pixels(crops), grid, mode="bilinear", padding_mode="border",
                         align_corners=True).round_()
     if scales is not None:
@@ -64,8 +60,9 @@ def _grid(m: torch.Tensor, px: int, w: int, h: int) -> torch.Tensor:
     [D, px], the normalisation folded into them: one full-size pass per coordinate, written
     in place into the grid."""
     d = len(m)
-    norm = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=m.device)
-    k = m * norm.view(1, 2, 1)  # normalised: x * 2 / (w - 1) - 1
+    # Normalised: x * 2 / (w - 1) - 1. By Python numbers: a tensor of them made on the GPU
+    # would be a copy from pageable memory, which waits for the stream's queued encoding.
+    k = torch.stack([m[:, 0] * (2 / max(w - 1, 1)), m[:, 1] * (2 / max(h - 1, 1))], dim=1)
     ar = torch.arange(px, device=m.device, dtype=torch.float32)
     grid = torch.empty((d, px, px, 2), device=m.device, dtype=torch.float32)
     for i in (0, 1):
@@ -73,18 +70,6 @@ def _grid(m: torch.Tensor, px: int, w: int, h: int) -> torch.Tensor:
         rows = k[:, i, 1].view(d, 1) * ar
         torch.add(rows.view(d, px, 1), cols.view(d, 1, px), out=grid[..., i])
     return grid
-
-
-def _grid_by_terms(m: torch.Tensor, px: int, w: int, h: int) -> torch.Tensor:
-    """`_grid` as built before: each coordinate in pixels from three terms, then normalised,
-    then the two stacked (9 full-size kernels against 2)."""
-    d = len(m)
-    ar = torch.arange(px, device=m.device, dtype=torch.float32)
-    cols, rows = ar.view(1, 1, px), ar.view(1, px, 1)
-    x = m[:, 0, 0].view(d, 1, 1) * cols + m[:, 0, 1].view(d, 1, 1) * rows + m[:, 0, 2].view(d, 1, 1)
-    y = m[:, 1, 0].view(d, 1, 1) * cols + m[:, 1, 1].view(d, 1, 1) * rows + m[:, 1, 2].view(d, 1, 1)
-    return torch.stack([x.mul_(2 / max(w - 1, 1)).sub_(1), y.mul_(2 / max(h - 1, 1)).sub_(1)],
-                       dim=-1)
 
 
 def encoder_device(encoder) -> torch.device | None:
@@ -106,8 +91,8 @@ def resample_deferred(batch: TileBatch, device: torch.device,
     the deferred ones resampled there, in the batch's order. On CUDA the copies run on a
     stream of their own (the encoding of the batch before goes on meanwhile); the returned
     pixels are not views of the batch's host buffers, which are free to reuse on return.
-    `thumbs` (size, JPEG quality): the thumbnails the readers left (None in `thumbs`, all
-    of deferred tiles) resampled here too, from the same crops, then copied back and
+    `thumbs` (size, JPEG quality): the thumbnails the readers left (None in `thumbs`: all
+    the deferred tiles' or none) resampled here too, from the same crops, then copied back and
     JPEG-encoded on threads of this process (batch.later_thumbs, thumbnails.jpegs_later)."""
     if batch.deferred is None:
         return batch
@@ -116,10 +101,14 @@ def resample_deferred(batch: TileBatch, device: torch.device,
     # from pageable memory on the encoder's stream would wait for the batch it encodes),
     # and rows are placed by index (a boolean mask would wait for the GPU to count it).
     rows, later = np.flatnonzero(~batch.deferred), np.flatnonzero(batch.deferred)
-    # The thumbnails to make here (positions among the deferred tiles): those the readers
-    # left.
-    make = np.flatnonzero([batch.thumbs[r] is None for r in later.tolist()])
-    if len(make) and thumbs is None:
+    # The readers left every deferred tile's thumbnail to the device or none (one
+    # TileDataset(device_thumbs) makes all of a job's batches).
+    left = {batch.thumbs[r] is None for r in later.tolist()}
+    if len(left) > 1:
+        raise ValueError("resample_deferred: the readers left some deferred tiles' "
+                         "thumbnails, not all")
+    make = left == {True}
+    if make and thumbs is None:
         raise ValueError("resample_deferred: the readers left thumbnails (device_thumbs): "
                          "say their size and quality")
     scales = _factors(batch.scales)
@@ -128,9 +117,8 @@ def resample_deferred(batch: TileBatch, device: torch.device,
             "crops": batch.crops, "rgb": batch.rgb}
     if scales is not None:
         host["scales"] = torch.from_numpy(scales)
-    if len(make):
-        host["thumb_maps"] = torch.from_numpy(thumbnail_maps(batch.maps[make], px, thumbs[0]))
-        host["make"] = torch.from_numpy(make)
+    if make:
+        host["thumb_maps"] = torch.from_numpy(thumbnail_maps(batch.maps, px, thumbs[0]))
     def resample() -> torch.Tensor:
         dev = dict(zip(host, _to(device, *host.values()), strict=True))
         scale = dev.get("scales")
@@ -138,15 +126,12 @@ def resample_deferred(batch: TileBatch, device: torch.device,
         if len(rows):
             out.index_copy_(0, dev["rows"], dev["rgb"])
         # The tiles and their thumbnails sample the same crops: converted to float once.
-        src = source_pixels(dev["crops"]) if len(make) and LEAN else dev["crops"]
+        src = source_pixels(dev["crops"]) if make else dev["crops"]
         out.index_copy_(0, dev["later"], warp_tiles(src, dev["maps"], px, scale))
-        if len(make):
-            if len(make) < len(later) or not LEAN:  # else all, in order: nothing to select
-                pick = dev["make"]
-                src, scale = src[pick], None if scale is None else scale[pick]
+        if make:
             pixels = warp_tiles(src, dev["thumb_maps"], thumbs[0], scale)
             batch.later_thumbs = LaterThumbs(jpegs_later(*_to_host(pixels), thumbs[1]),
-                                             np.arange(len(make)), later[make])
+                                             np.arange(len(later)), later)
         return out
 
     if not (WARP_BESIDE and device.type == "cuda"):
