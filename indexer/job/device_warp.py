@@ -79,6 +79,13 @@ def encoder_device(encoder) -> torch.device | None:
     return device if isinstance(device, torch.device) else None
 
 
+def encoder_device_type(encoder) -> str:
+    """The type of the encoder's device ("cuda", "cpu"; "cpu" for a stand-in encoder
+    without one): what the job's choices by device ask."""
+    device = encoder_device(encoder)
+    return "cpu" if device is None else device.type
+
+
 def on_device(choice: str, device: torch.device) -> bool:
     """job.warp_on / job.thumbnails_on: whether the work goes to the encoder's `device`
     ("device": always; "auto": where that is a GPU; "readers": never)."""

@@ -22,7 +22,7 @@ from indexer.errors import InputError, JobError
 from indexer.job.background import BackgroundWriter
 from indexer.job.commit import Committer
 from indexer.job.device_kmeans import DeviceKMeans
-from indexer.job.device_warp import encoder_device, on_device
+from indexer.job.device_warp import encoder_device, encoder_device_type, on_device
 from indexer.job.plan import Hasher, Pending, known_hashes, plan_line, plan_sources
 from indexer.job.read import RasterPlan, TileBatch
 from indexer.job.report import JobReport
@@ -70,8 +70,7 @@ def hash_while_reading(settings: Settings, encoder, strict: bool) -> bool:
     "auto" where the encoder is a GPU; never with --strict (a file that cannot be hashed
     stops the run before its first tile)."""
     on = settings.job.hash_while_reading
-    device = encoder_device(encoder)
-    gpu = device is not None and device.type == "cuda"
+    gpu = encoder_device_type(encoder) == "cuda"
     return not strict and (on == "yes" or (on == "auto" and gpu))
 
 
@@ -100,7 +99,7 @@ class IndexJob:
                                     RayOptions(j.ray_address, j.actors, j.gpus_per_actor),
                                     remote=settings.remote)
         else:
-            device = getattr(encoder_device(encoder), "type", "cpu")
+            device = encoder_device_type(encoder)
             self.job = j.for_device(device)
             self.runner = LocalRunner(settings.tiling, self.job, encoder.image_size,
                                       pin_memory=device == "cuda", remote=settings.remote,

@@ -14,7 +14,7 @@ import torch
 from indexer.config import JobSettings, RemoteSettings, TilingSettings
 from indexer.critical import deferred_interrupts
 from indexer.errors import JobError
-from indexer.job.device_warp import encoder_device, on_device, resample_deferred
+from indexer.job.device_warp import encoder_device_type, on_device, resample_deferred
 from indexer.job.fixed_batches import FixedBatches
 from indexer.job.read import NO_PIXELS, RasterPlan, TileBatch, TileDataset, read_tiles, tile_loader
 from indexer.job.slots import SLOTS, SharedSlots
@@ -103,7 +103,7 @@ class LocalRunner:
         are waited for, so the GPU is not idle meanwhile; a stop between batches drops the
         ones in flight (not committed: the next run reads them again). Batches come
         without their pixels (`rgb` empty): only the vectors are needed from here on."""
-        cuda = getattr(encoder_device(encoder), "type", "cpu") == "cuda"
+        cuda = encoder_device_type(encoder) == "cuda"
         later = getattr(encoder, "encode_images_later", None) if cuda else None
         fixed = None if later is None else FixedBatches(
             later, self.job.batch_size if FIXED_BATCHES else None, AHEAD)
