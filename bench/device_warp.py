@@ -30,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.read import best  # noqa: E402
 from indexer.config import load_settings  # noqa: E402
 from indexer.job.device_warp import resample_deferred  # noqa: E402
-from indexer.job.read import RasterPlan, StripBatches, TileDataset, collate  # noqa: E402
+from indexer.job.read import (  # noqa: E402
+    RasterPlan,
+    StripBatches,
+    TileBatch,
+    TileDataset,
+    collate,
+)
 from indexer.rasters.grid import choose_zoom, raster_blocks  # noqa: E402
 from indexer.rasters.inspect import inspect_raster  # noqa: E402
 from indexer.rasters.sources import RasterSource  # noqa: E402
@@ -39,6 +45,25 @@ from tests.helpers import OFFLINE_CONFIG, patterned_raster  # noqa: E402
 
 def batches(ds: TileDataset, size: int) -> list:
     return [collate([ds[i] for i in group]) for group in StripBatches(ds, size)]
+
+
+def fullest(made: list[TileBatch], dev: torch.device) -> TileBatch:
+    """The batch with the most deferred tiles; on CUDA in page-locked memory, as the job's
+    readers hand batches over."""
+    b = max(made, key=lambda b: 0 if b.deferred is None else len(b.deferred))
+    if dev.type != "cuda":
+        return b
+    return dataclasses.replace(b, rgb=b.rgb.pin_memory(), crops=b.crops.pin_memory())
+
+
+def resampled(batch: TileBatch, dev: torch.device,
+              thumbs: tuple[int, int] | None = None) -> TileBatch:
+    """resample_deferred on a copy of `batch`, the device's work done (the thumbnails' JPEGs,
+    on threads of the CPU, are not waited for)."""
+    out = resample_deferred(dataclasses.replace(batch, thumbs=list(batch.thumbs)), dev, thumbs)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return out
 
 
 def main() -> int:
@@ -108,16 +133,10 @@ def main() -> int:
               f"max {diff.max()}, pixels off by more than 1: {(diff > 1).mean():.4%}")
 
         # The device's time per batch: copies from page-locked memory and the warp.
-        full = max(mine, key=lambda b: 0 if b.deferred is None else len(b.deferred))
-        if dev.type == "cuda":
-            full = dataclasses.replace(full, rgb=full.rgb.pin_memory(),
-                                       crops=full.crops.pin_memory())
+        full = fullest(mine, dev)
 
         def once():
-            out = resample_deferred(dataclasses.replace(full), dev)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            return out
+            return resampled(full, dev)
 
         tiles = once().rgb
         t = best(once, args.repeat)
@@ -129,18 +148,10 @@ def main() -> int:
         # (job.thumbnails_on), from the same crops.
         thumbs_at = (job.thumbnail_size, job.thumbnail_quality)
         dt_ds = TileDataset(plans, px, tiling, job, defer=True, device_thumbs=True)
-        whole = max(batches(dt_ds, args.batch),
-                    key=lambda b: 0 if b.deferred is None else len(b.deferred))
-        if dev.type == "cuda":
-            whole = dataclasses.replace(whole, rgb=whole.rgb.pin_memory(),
-                                        crops=whole.crops.pin_memory())
+        whole = fullest(batches(dt_ds, args.batch), dev)
 
         def with_thumbs():
-            out = resample_deferred(dataclasses.replace(whole, thumbs=list(whole.thumbs)),
-                                    dev, thumbs_at)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()  # (the JPEGs, on threads of the CPU, are not timed)
-            return out
+            return resampled(whole, dev, thumbs_at)
 
         n = len(whole.deferred)
         with_thumbs().thumbnails()
