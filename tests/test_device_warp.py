@@ -62,6 +62,17 @@ def _both(plans, px, tiling, job, device=CPU, device_thumbs=True):
     return a, resample_deferred(b, device, thumbs if on_device else None), deferred
 
 
+def _deferred_batch(tmp_path, settings):
+    """(settings, one batch of every strip of a 900 px smooth raster at 4 m, its plain tiles
+    deferred with their thumbnails left to the device)."""
+    s = _fast(settings, target_gsd_m=4.0)
+    plans = _plans(make_raster(tmp_path / "r.tif", size=900, data=_smooth(900)), s.tiling, 224)
+    ds = TileDataset(plans, 224, s.tiling, s.job, defer=True, device_thumbs=True)
+    batch = collate([ds[i] for i in range(len(ds))])
+    assert batch.deferred is not None
+    return s, batch
+
+
 def _same_batch(a, b, mean_thumb=4.0):
     """Same tiles, validity and rows; pixels within 1 grey level; thumbnails alike."""
     for k in ("raster", "z", "x", "y", "done", "pixel_row"):
@@ -264,10 +275,7 @@ def test_the_sample_grid_is_where_the_maps_say(device):
 def test_a_batch_with_some_deferred_thumbnails_made_is_refused(tmp_path, settings):
     """The device makes every deferred tile's thumbnail or none: a batch where the readers
     made some of them (no reader does) is an error, not thumbnails put on the wrong rows."""
-    s = _fast(settings, target_gsd_m=4.0)
-    plans = _plans(make_raster(tmp_path / "r.tif", size=900, data=_smooth(900)), s.tiling, 224)
-    ds = TileDataset(plans, 224, s.tiling, s.job, defer=True, device_thumbs=True)
-    batch = collate([ds[i] for i in range(len(ds))])
+    s, batch = _deferred_batch(tmp_path, settings)
     later = np.flatnonzero(batch.deferred)
     assert len(later) >= 2
     batch.thumbs[later[0]] = b"\xff\xd8 made by a reader"
@@ -284,11 +292,9 @@ def test_the_warp_beside_the_encoder_makes_the_same_tiles_without_waiting_for_it
     without waiting for that work."""
     import indexer.job.device_warp as dw
 
-    s = _fast(settings, target_gsd_m=4.0)
-    plans = _plans(make_raster(tmp_path / "r.tif", size=900, data=_smooth(900)), s.tiling, 224)
-    ds = TileDataset(plans, 224, s.tiling, s.job, defer=True, device_thumbs=True)
-    batch = collate([ds[i] for i in range(len(ds))]).pin_memory()
-    assert batch.deferred is not None and batch.deferred.sum() >= 4
+    s, batch = _deferred_batch(tmp_path, settings)
+    batch = batch.pin_memory()
+    assert batch.deferred.sum() >= 4
     cuda = torch.device("cuda")
 
     def run():

@@ -19,14 +19,16 @@ ST = StoreSettings(ivf_min_vectors=2000, retrain_growth=4.0)
 RUN, STEP = 80_000, 4000
 
 
-def _trainings(tmp_path, expect: bool) -> tuple[list[tuple[int, int]], IndexSnapshot]:
-    """(index size at each training, the size it was trained for) over a run of RUN tiles
-    in commits of STEP, each training done in its commit."""
+def _trainings(tmp_path, expect: bool, st: StoreSettings = ST, run: int = RUN
+               ) -> tuple[list[tuple[int, int]], IndexSnapshot]:
+    """(index size at each training, the size it was trained for) over a run of `run` tiles
+    in commits of STEP, each training done in its commit; `expect`: the run's size given to
+    the writer."""
     seen, out = [], []
-    with IndexWriter(tmp_path, IDENT, ST) as w:
+    with IndexWriter(tmp_path, IDENT, st) as w:
         if expect:
-            w.expect(RUN)
-        for i in range(RUN // STEP):
+            w.expect(run)
+        for i in range(run // STEP):
             _add(w, STEP, f"s{i}", i)
             w.commit()
             info = w.m.index
@@ -84,19 +86,12 @@ def test_a_run_that_ends_past_ivf_min_vectors_trains_its_ivf_early(tmp_path):
     40,000) trains its IVF-PQ for 60,000 once it can (19,071 points), not at 40,000."""
     st = StoreSettings(ivf_min_vectors=40_000, retrain_growth=4.0)
     for expect, want in ((False, [(40_000, 40_000)]), (True, [(20_000, 60_000)])):
-        with IndexWriter(tmp_path / str(expect), IDENT, st) as w:
-            if expect:
-                w.expect(60_000)
-            got = []
-            for i in range(60_000 // STEP):
-                _add(w, STEP, f"s{i}", i)
-                w.commit()
-                if w.m.index.trained_at and (not got or got[-1][1] != w.m.index.trained_at):
-                    got.append((w.index.ntotal, w.m.index.trained_at))
-            assert got == want
-            assert "IVF-PQ trained for" in w.m.index.chosen
-            if expect:
-                assert "this run brings the index past" in w.m.index.chosen
+        got, snap = _trainings(tmp_path / str(expect), expect, st, 60_000)
+        assert got == want
+        chosen = snap.manifest.index.chosen
+        assert "IVF-PQ trained for" in chosen
+        if expect:
+            assert "this run brings the index past" in chosen
 
 
 def test_without_float16_copies_or_growth_nothing_is_re_trained(tmp_path):
