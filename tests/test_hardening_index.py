@@ -340,6 +340,52 @@ def test_a_killed_reader_process_is_one_line(tmp_path, capfd, monkeypatch):
     assert len(ids) == len(set(ids)) == snap.ntotal  # opens, no duplicates
 
 
+@pytest.mark.timeout(120)
+def test_a_reader_killed_mid_hand_over_is_one_line_without_its_signal(tmp_path, capfd,
+                                                                      monkeypatch):
+    """A reader killed with half a batch in the data pipe, its SIGCHLD unheard (as once in
+    CI, where the job then waited forever in the main thread's read of the rest): the
+    job's reader watch ends the read, and the death is one line, in torch's words."""
+    import struct
+    import sys
+    import time
+
+    from torch.utils.data._utils import signal_handling
+
+    from indexer.job import read as dataset
+
+    make_raster(tmp_path / "a" / "big.tif", size=1200, seed=2)  # 225 tiles
+    real = dataset.TileDataset.__getitem__
+
+    def dying(self, i):
+        if i == len(self) * 2 // 3:  # in the forked reader: torch's worker loop's queue
+            frame = sys._getframe()
+            while "data_queue" not in frame.f_locals:
+                frame = frame.f_back
+            queue = frame.f_locals["data_queue"]
+            time.sleep(1.0)  # its batches before are taken, their shared memory too
+            with queue._wlock:  # between two whole messages: a header, a few bytes of 1 MiB
+                os.write(queue._writer.fileno(), struct.pack("!i", 1 << 20) + b"half a batch")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, i)
+
+    monkeypatch.setattr(dataset.TileDataset, "__getitem__", dying)
+    monkeypatch.setattr(signal_handling, "_set_SIGCHLD_handler", lambda: None)
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # nobody hears the death
+    try:
+        t = time.monotonic()
+        rc = _cli(str(tmp_path / "a"), "--index", str(tmp_path / "idx"))
+        took = time.monotonic() - t
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    err = capfd.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "worker process died" in err and "killed by signal: Killed" in err
+    assert "intact at commit" in err and took < 60, (err, took)
+    snap = IndexSnapshot.open(tmp_path / "idx")
+    ids = snap.tiles(["id"])["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == snap.ntotal  # opens, no duplicates
+
+
 def test_a_reader_dying_mid_hand_over_is_its_death(monkeypatch):
     """A reader killed while handing a batch over surfaces as the data queue's EOFError (or
     a ConnectionError) before torch's SIGCHLD handler says which reader died: the job asks

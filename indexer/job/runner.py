@@ -17,6 +17,7 @@ from indexer.errors import JobError
 from indexer.job.device_warp import encoder_device_type, on_device, resample_deferred
 from indexer.job.fixed_batches import FixedBatches
 from indexer.job.read import NO_PIXELS, RasterPlan, TileBatch, TileDataset, read_tiles, tile_loader
+from indexer.job.reader_watch import ReaderWatch
 from indexer.job.slots import SLOTS, SharedSlots
 from indexer.job.thumbnails import device_thumbnails
 
@@ -64,6 +65,24 @@ class LocalRunner:
             it = iter(tile_loader(dataset, self.job, self.pin_memory, slots))
         if stages is not None:  # forking the readers: part of the first tiles' wait
             stages["start the readers (in first tiles)"] = time.perf_counter() - t
+        # A reader killed mid-hand-over ends the main thread's read even if its SIGCHLD goes
+        # unheard (reader_watch.py). With pinned memory torch's pin thread does the reading,
+        # and the main thread's own waits time out and check the readers.
+        watch = ReaderWatch(it) if self.job.workers and not self.pin_memory else None
+        try:
+            yield from self._split(it, slots, thumbs, stages)
+        except (RuntimeError, EOFError, OSError) as e:
+            if watch is None or watch.death is None:
+                raise
+            raise RuntimeError(watch.death) from e  # how the reader died, as torch says it
+        finally:
+            if watch is not None:
+                watch.stop()
+
+    def _split(self, it, slots: SharedSlots | None, thumbs: tuple[int, int] | None,
+               stages: defaultdict[str, float] | None) -> Iterator[TileBatch]:
+        """The reads of `it` resampled where deferred and split into batches of at most
+        job.batch_size tiles, their readers' buffers handed back once free."""
         for read in it:
             reused = slots is not None and read.slot >= 0
             if reused and read.rgb.is_pinned():
